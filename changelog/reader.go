@@ -1,0 +1,160 @@
+package changelog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Progress reports how far a replay has got.
+type Progress struct {
+	Done    uint64        // records applied so far
+	Total   uint64        // records to apply (an estimate: compaction leaves holes)
+	Rate    float64       // records per second since the start
+	Elapsed time.Duration // time since the start
+	ETA     time.Duration // estimated time left
+}
+
+// Percent is Done as a percentage of Total.
+func (p Progress) Percent() float64 {
+	if p.Total == 0 {
+		return 100
+	}
+	return 100 * float64(p.Done) / float64(p.Total)
+}
+
+// ReplayConfig tunes a replay.
+type ReplayConfig struct {
+	// From is the first changelog sequence to read (1 for the whole changelog).
+	From uint64
+	// ProgressEvery is how often OnProgress is called (0: never).
+	ProgressEvery time.Duration
+	// OnProgress receives progress reports.
+	OnProgress func(Progress)
+	// Buffer is how many messages the ordered consumer keeps in flight.
+	Buffer int
+}
+
+// Replay reads the changelog of s from cfg.From up to the last sequence it has
+// when Replay starts, calling apply for each record in order, and returns that
+// last sequence (cfg.From-1, or the stream's last sequence, when there is nothing
+// to read). apply must not keep rec's slices past the call.
+func Replay(ctx context.Context, js jetstream.JetStream, s Subjects, cfg ReplayConfig,
+	apply func(seq uint64, rec Record) error) (uint64, error) {
+	st, err := js.Stream(ctx, s.Stream())
+	if err != nil {
+		return 0, fmt.Errorf("replay %s: %w", s.Stream(), err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("replay %s: %w", s.Stream(), err)
+	}
+	from := max(cfg.From, 1)
+	target := info.State.LastSeq
+	if target < from || info.State.Msgs == 0 {
+		return target, nil
+	}
+	total := info.State.Msgs
+	if from > info.State.FirstSeq {
+		total = min(total, target-from+1)
+	}
+	buffer := cfg.Buffer
+	if buffer <= 0 {
+		buffer = 4096
+	}
+	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:   from,
+	})
+	if err != nil {
+		return 0, fmt.Errorf("replay %s: consumer: %w", s.Stream(), err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(buffer))
+	if err != nil {
+		return 0, fmt.Errorf("replay %s: consume: %w", s.Stream(), err)
+	}
+	defer it.Stop()
+
+	start := time.Now()
+	lastReport := start
+	var done uint64
+	for {
+		msg, err := it.Next(jetstream.NextContext(ctx))
+		if err != nil {
+			return 0, fmt.Errorf("replay %s: %w", s.Stream(), err)
+		}
+		md, err := msg.Metadata()
+		if err != nil {
+			return 0, fmt.Errorf("replay %s: %w", s.Stream(), err)
+		}
+		rec, err := s.Decode(msg.Subject(), msg.Headers(), msg.Data())
+		if err != nil {
+			return 0, err
+		}
+		if err := apply(md.Sequence.Stream, rec); err != nil {
+			return 0, err
+		}
+		done++
+		if md.Sequence.Stream >= target || md.NumPending == 0 {
+			if cfg.OnProgress != nil {
+				cfg.OnProgress(progress(done, max(done, total), start))
+			}
+			return md.Sequence.Stream, nil
+		}
+		if cfg.ProgressEvery > 0 && cfg.OnProgress != nil && done%1024 == 0 {
+			if now := time.Now(); now.Sub(lastReport) >= cfg.ProgressEvery {
+				lastReport = now
+				cfg.OnProgress(progress(done, max(done, total), start))
+			}
+		}
+	}
+}
+
+func progress(done, total uint64, start time.Time) Progress {
+	el := time.Since(start)
+	p := Progress{Done: done, Total: total, Elapsed: el}
+	if el > 0 {
+		p.Rate = float64(done) / el.Seconds()
+	}
+	if p.Rate > 0 && total > done {
+		p.ETA = time.Duration(float64(total-done) / p.Rate * float64(time.Second))
+	}
+	return p
+}
+
+// LastMeta returns the newest meta record of the changelog, and whether there is one.
+func LastMeta(ctx context.Context, js jetstream.JetStream, s Subjects) (Meta, bool, error) {
+	st, err := js.Stream(ctx, s.Stream())
+	if err != nil {
+		return Meta{}, false, fmt.Errorf("last meta %s: %w", s.Stream(), err)
+	}
+	raw, err := st.GetLastMsgForSubject(ctx, s.Meta())
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return Meta{}, false, nil
+	}
+	if err != nil {
+		return Meta{}, false, fmt.Errorf("last meta %s: %w", s.Stream(), err)
+	}
+	var m Meta
+	if err := msgpack.Unmarshal(raw.Data, &m); err != nil {
+		return Meta{}, false, fmt.Errorf("last meta %s: %w", s.Stream(), err)
+	}
+	return m, true, nil
+}
+
+// PurgeOutbox removes the outbox entries below sequence upTo (exclusive): they
+// have been forwarded and a committed meta record says so.
+func PurgeOutbox(ctx context.Context, js jetstream.JetStream, s Subjects, upTo uint64) error {
+	st, err := js.Stream(ctx, s.Stream())
+	if err != nil {
+		return fmt.Errorf("purge outbox %s: %w", s.Stream(), err)
+	}
+	if err := st.Purge(ctx, jetstream.WithPurgeSubject(s.Outboxes()), jetstream.WithPurgeSequence(upTo)); err != nil {
+		return fmt.Errorf("purge outbox %s: %w", s.Stream(), err)
+	}
+	return nil
+}

@@ -1,0 +1,168 @@
+package changelog
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Kind says what a Record holds.
+type Kind uint8
+
+const (
+	// KindSet is a state-store value for a key.
+	KindSet Kind = iota + 1
+	// KindDelete is a tombstone: the key was deleted.
+	KindDelete
+	// KindMeta is the partition's {offset, epoch, forwarded} marker.
+	KindMeta
+	// KindOutbox is an entry to forward to another stream after the commit.
+	KindOutbox
+)
+
+// Record is one changelog message.
+type Record struct {
+	Kind  Kind
+	Store string // KindSet, KindDelete
+	Key   []byte // KindSet, KindDelete
+	Value []byte // KindSet: the encoded value
+	Meta  Meta   // KindMeta
+	// KindOutbox: the entry, and the input offset and index that name it.
+	Outbox Outbox
+}
+
+// Meta is the partition's progress marker, committed in every batch.
+type Meta struct {
+	// Offset is the input stream sequence of the last event whose effects are committed.
+	Offset uint64 `msgpack:"o"`
+	// Epoch is the owner epoch that wrote the batch.
+	Epoch uint64 `msgpack:"e"`
+	// Forwarded is the highest changelog sequence up to which every outbox entry
+	// has been forwarded to its target stream.
+	Forwarded uint64 `msgpack:"f"`
+}
+
+// Outbox is a message to publish to another stream once its batch is committed.
+// MsgID deduplicates the forward in the target stream.
+type Outbox struct {
+	Offset  uint64            `msgpack:"-"`
+	Index   int               `msgpack:"-"`
+	Subject string            `msgpack:"s"`
+	MsgID   string            `msgpack:"i"`
+	Header  map[string]string `msgpack:"h,omitempty"`
+	Data    []byte            `msgpack:"d"`
+}
+
+const (
+	hdrOp     = "Eddy-Op"
+	opDelete  = "del"
+	metaToken = "_meta"
+	outToken  = "_out"
+)
+
+// Subjects names the changelog of one (actor type, partition).
+type Subjects struct {
+	Type      string
+	Partition int
+	prefix    string // "eddy.cl.<type>.<p>."
+}
+
+// NewSubjects returns the subject layout of the changelog of (typ, partition).
+func NewSubjects(typ string, partition int) Subjects {
+	return Subjects{Type: typ, Partition: partition,
+		prefix: "eddy.cl." + typ + "." + strconv.Itoa(partition) + "."}
+}
+
+// Stream is the changelog stream's name.
+func (s Subjects) Stream() string { return "EDDY_CL_" + s.Type + "_" + strconv.Itoa(s.Partition) }
+
+// All is the filter that matches every subject of the changelog.
+func (s Subjects) All() string { return s.prefix + ">" }
+
+// Meta is the subject of the meta records.
+func (s Subjects) Meta() string { return s.prefix + metaToken }
+
+// Outboxes is the filter matching every outbox entry.
+func (s Subjects) Outboxes() string { return s.prefix + outToken + ".>" }
+
+// Msg encodes r as a NATS message for this changelog.
+func (s Subjects) Msg(r *Record) (*nats.Msg, error) {
+	m := &nats.Msg{Header: nats.Header{}}
+	switch r.Kind {
+	case KindSet, KindDelete:
+		b := make([]byte, 0, len(s.prefix)+len(r.Store)+1+len(r.Key)*4/3+2)
+		b = append(b, s.prefix...)
+		b = append(b, r.Store...)
+		b = append(b, '.')
+		m.Subject = string(AppendKey(b, r.Key))
+		if r.Kind == KindDelete {
+			m.Header[hdrOp] = []string{opDelete}
+		} else {
+			m.Data = r.Value
+		}
+	case KindMeta:
+		m.Subject = s.Meta()
+		data, err := msgpack.Marshal(&r.Meta)
+		if err != nil {
+			return nil, fmt.Errorf("encode meta: %w", err)
+		}
+		m.Data = data
+	case KindOutbox:
+		m.Subject = s.prefix + outToken + "." + strconv.FormatUint(r.Outbox.Offset, 10) + "." + strconv.Itoa(r.Outbox.Index)
+		data, err := msgpack.Marshal(&r.Outbox)
+		if err != nil {
+			return nil, fmt.Errorf("encode outbox entry: %w", err)
+		}
+		m.Data = data
+	default:
+		return nil, fmt.Errorf("changelog: unknown record kind %d", r.Kind)
+	}
+	return m, nil
+}
+
+// Decode parses a message of this changelog back into a Record. Key and Value
+// alias subject and data where possible; copy them to keep them past the message.
+func (s Subjects) Decode(subject string, header nats.Header, data []byte) (Record, error) {
+	rest, ok := strings.CutPrefix(subject, s.prefix)
+	if !ok {
+		return Record{}, fmt.Errorf("changelog: subject %q is not in %s", subject, s.Stream())
+	}
+	switch {
+	case rest == metaToken:
+		var r Record
+		r.Kind = KindMeta
+		if err := msgpack.Unmarshal(data, &r.Meta); err != nil {
+			return Record{}, fmt.Errorf("changelog: decode meta: %w", err)
+		}
+		return r, nil
+	case strings.HasPrefix(rest, outToken+"."):
+		var r Record
+		r.Kind = KindOutbox
+		if err := msgpack.Unmarshal(data, &r.Outbox); err != nil {
+			return Record{}, fmt.Errorf("changelog: decode outbox entry: %w", err)
+		}
+		parts := strings.Split(rest[len(outToken)+1:], ".")
+		if len(parts) != 2 {
+			return Record{}, fmt.Errorf("changelog: malformed outbox subject %q", subject)
+		}
+		r.Outbox.Offset, _ = strconv.ParseUint(parts[0], 10, 64)
+		r.Outbox.Index, _ = strconv.Atoi(parts[1])
+		return r, nil
+	}
+	store, token, ok := strings.Cut(rest, ".")
+	if !ok {
+		return Record{}, fmt.Errorf("changelog: malformed subject %q", subject)
+	}
+	key, err := DecodeKey(token)
+	if err != nil {
+		return Record{}, err
+	}
+	r := Record{Kind: KindSet, Store: store, Key: []byte(key), Value: data}
+	if header.Get(hdrOp) == opDelete {
+		r.Kind, r.Value = KindDelete, nil
+	}
+	return r, nil
+}
