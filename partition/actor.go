@@ -1,0 +1,666 @@
+package partition
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/eddyrt/eddy/actor"
+	"github.com/eddyrt/eddy/changelog"
+	"github.com/eddyrt/eddy/statestore"
+)
+
+// Messages the partition actor receives.
+type (
+	// inputBatch is a batch of input events read by the incarnation's reader.
+	inputBatch struct {
+		from *partitionActor
+		msgs []jetstream.Msg
+	}
+	// readerFailed reports that the incarnation's input reader stopped.
+	readerFailed struct {
+		from *partitionActor
+		err  error
+	}
+	// markTick asks an idle actor to commit its outbox forwarded mark.
+	markTick struct{ from *partitionActor }
+	// queryReq reads a committed value.
+	queryReq struct {
+		store string
+		key   []byte
+	}
+	// statusReq asks for the actor's Status.
+	statusReq struct{}
+)
+
+// Status is a partition actor's progress.
+type Status struct {
+	Type         string
+	Partition    int
+	Epoch        uint64
+	Offset       uint64 // last input sequence whose effects are committed
+	ChangelogSeq uint64 // last changelog sequence committed
+}
+
+// pendingKeyPrefix keeps unforwarded outbox entries in the local store, out of
+// every user store's key space (store names never start with 0x00).
+const pendingKeyPrefix = "\x00out\x00"
+
+func pendingKey(seq uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte(pendingKeyPrefix), seq)
+}
+
+type pending struct {
+	seq uint64
+	out changelog.Outbox
+}
+
+// partitionActor is one incarnation of a partition actor.
+type partitionActor struct {
+	cfg      *Config
+	log      *slog.Logger
+	m        *partitionMetrics
+	subjects changelog.Subjects
+	stores   map[string]bool
+
+	store  statestore.Store
+	writer *changelog.Writer
+	epoch  uint64
+	offset uint64
+	// forwarded: every outbox entry at or below this changelog sequence is forwarded.
+	forwarded     uint64
+	markCommitted uint64 // the forwarded mark the changelog holds
+	purged        uint64
+	lastPurge     time.Time
+	markTimer     *time.Timer
+	pendingOut    []pending
+
+	// The batch being built.
+	ws      map[string]int
+	writes  []write
+	outbox  []changelog.Outbox
+	replies []reply
+	// committedOffset is the offset in the last committed meta record.
+	committedOffset uint64
+	epochWritten    bool
+	self            *actor.Ref
+	tx      Txn
+	recs    []changelog.Record
+
+	readerCancel context.CancelFunc
+	readerDone   chan struct{}
+}
+
+type reply struct {
+	inbox string
+	data  []byte
+}
+
+func (a *partitionActor) msgID(offset uint64, suffix string) string {
+	return a.cfg.Type + "/" + strconv.Itoa(a.cfg.Partition) + "/" + strconv.FormatUint(offset, 10) + "/" + suffix
+}
+
+func (a *partitionActor) get(k string) ([]byte, error) {
+	if i, ok := a.ws[k]; ok {
+		if a.writes[i].del {
+			return nil, statestore.ErrNotFound
+		}
+		return a.writes[i].value, nil
+	}
+	return a.store.Get([]byte(k))
+}
+
+// Started restores the store, fences older owners and starts reading input.
+func (a *partitionActor) Started(c *actor.Context) error {
+	ctx := c.Context()
+	a.self = c.Self()
+	a.ws = make(map[string]int)
+	a.tx.a = a
+	start := time.Now()
+	st, err := statestore.OpenPebble(statestore.Config{
+		Dir:          a.cfg.StoreDir,
+		Cache:        a.cfg.Cache,
+		CacheSize:    a.cfg.StoreCacheSize,
+		MemTableSize: 16 << 20,
+	})
+	if err != nil {
+		return fmt.Errorf("open store: %w", err)
+	}
+	a.store = st
+	if _, err := changelog.EnsureStream(ctx, a.cfg.JS, a.subjects, a.cfg.Changelog); err != nil {
+		return err
+	}
+	if err := a.restoreAndFence(ctx); err != nil {
+		return err
+	}
+	a.log.Info("partition started", "epoch", a.epoch, "offset", a.offset,
+		"changelog_seq", a.writer.Last(), "took", time.Since(start).Round(time.Millisecond))
+	// Forward whatever a crash left unforwarded before taking new input.
+	if err := a.forward(ctx, a.pendingOut); err != nil {
+		return err
+	}
+	a.pendingOut = nil
+	if a.forwarded > a.markCommitted {
+		if err := a.commit(ctx); err != nil {
+			return err
+		}
+	}
+	return a.startReader(c)
+}
+
+// restoreAndFence brings the local store up to the changelog's end, then writes
+// this owner's epoch record, re-reading the tail if another writer got there first.
+func (a *partitionActor) restoreAndFence(ctx context.Context) error {
+	for attempt := 0; ; attempt++ {
+		meta, err := a.restore(ctx)
+		if err != nil {
+			return fmt.Errorf("restore: %w", err)
+		}
+		epoch := a.cfg.Epoch
+		if epoch == 0 {
+			epoch = meta.Epoch + 1
+		}
+		if epoch <= meta.Epoch {
+			a.m.fenced.Inc()
+			return fmt.Errorf("%w: epoch %d, changelog has epoch %d", ErrFenced, epoch, meta.Epoch)
+		}
+		a.epoch = epoch
+		a.writer = changelog.NewWriter(a.cfg.Conn, a.subjects, meta.ChangelogSeq, a.cfg.MaxBatchRecords)
+		err = a.commit(ctx)
+		if errors.Is(err, changelog.ErrFenced) && attempt < 10 {
+			a.log.Info("changelog moved while fencing, re-reading the tail", "attempt", attempt+1)
+			continue
+		}
+		return err
+	}
+}
+
+// restore replays the changelog past the local store's sequence into the local
+// store, and loads the offset, epoch and unforwarded outbox entries.
+func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
+	meta, err := a.store.Meta()
+	if err != nil {
+		return meta, err
+	}
+	var (
+		last      changelog.Meta
+		haveMeta  bool
+		b         = a.store.NewBatch()
+		applied   uint64
+		full      = meta.ChangelogSeq == 0
+	)
+	defer func() { b.Close() }()
+	start := time.Now()
+	if full {
+		a.log.Info("restoring from the whole changelog", "stream", a.subjects.Stream())
+	}
+	end, err := changelog.Replay(ctx, a.cfg.JS, a.subjects, changelog.ReplayConfig{
+		From:          meta.ChangelogSeq + 1,
+		ProgressEvery: a.cfg.ProgressEvery,
+		OnProgress: func(p changelog.Progress) {
+			if p.Elapsed >= a.cfg.ProgressEvery {
+				a.log.Info("restore progress", "records", p.Done, "percent", fmt.Sprintf("%.1f", p.Percent()),
+					"rate", fmt.Sprintf("%.0f/s", p.Rate), "eta", p.ETA.Round(time.Second))
+			}
+		},
+	}, func(seq uint64, r changelog.Record) error {
+		switch r.Kind {
+		case changelog.KindSet:
+			b.Set([]byte(storeKey(r.Store, r.Key)), r.Value)
+		case changelog.KindDelete:
+			b.Delete([]byte(storeKey(r.Store, r.Key)))
+		case changelog.KindMeta:
+			last, haveMeta = r.Meta, true
+		case changelog.KindOutbox:
+			v, err := msgpack.Marshal(&r.Outbox)
+			if err != nil {
+				return err
+			}
+			// Keep offset and index, which the changelog carries in the subject.
+			v = binary.BigEndian.AppendUint64(v, r.Outbox.Offset)
+			v = binary.BigEndian.AppendUint32(v, uint32(r.Outbox.Index))
+			b.Set(pendingKey(seq), v)
+		}
+		applied++
+		if b.Len() >= 16384 {
+			// Commit restore progress in chunks; the sequence is recorded only
+			// at the end, so a crash here replays the same tail again.
+			if err := b.Commit(); err != nil {
+				return err
+			}
+			b.Close()
+			b = a.store.NewBatch()
+		}
+		return nil
+	})
+	if err != nil {
+		return meta, err
+	}
+	if !haveMeta {
+		last = changelog.Meta{Offset: meta.Offset, Epoch: meta.Epoch}
+		// The local store does not keep the forwarded mark: a restart re-forwards
+		// its pending entries, which the targets deduplicate.
+	}
+	meta = statestore.Meta{Offset: last.Offset, ChangelogSeq: max(end, meta.ChangelogSeq), Epoch: max(last.Epoch, meta.Epoch)}
+	b.SetMeta(meta)
+	if err := b.Commit(); err != nil {
+		return meta, err
+	}
+	a.m.restoreRecords.Add(float64(applied))
+	if applied > 0 {
+		el := time.Since(start)
+		a.log.Info("restored from changelog", "records", applied, "full", full, "took", el.Round(time.Millisecond),
+			"rate", fmt.Sprintf("%.0f/s", float64(applied)/max(el.Seconds(), 1e-9)))
+	}
+	a.offset, a.committedOffset = meta.Offset, meta.Offset
+	a.forwarded, a.markCommitted = last.Forwarded, last.Forwarded
+	return meta, a.loadPending()
+}
+
+// loadPending reads unforwarded outbox entries, dropping those the mark covers.
+func (a *partitionActor) loadPending() error {
+	a.pendingOut = a.pendingOut[:0]
+	drop := a.store.NewBatch()
+	defer drop.Close()
+	err := a.store.Iterate([]byte(pendingKeyPrefix), func(k, v []byte) error {
+		seq := binary.BigEndian.Uint64(k[len(pendingKeyPrefix):])
+		if seq <= a.forwarded {
+			drop.Delete(k)
+			return nil
+		}
+		if len(v) < 12 {
+			return fmt.Errorf("pending outbox entry %d: short value", seq)
+		}
+		var out changelog.Outbox
+		if err := msgpack.Unmarshal(v[:len(v)-12], &out); err != nil {
+			return fmt.Errorf("pending outbox entry %d: %w", seq, err)
+		}
+		out.Offset = binary.BigEndian.Uint64(v[len(v)-12:])
+		out.Index = int(binary.BigEndian.Uint32(v[len(v)-4:]))
+		a.pendingOut = append(a.pendingOut, pending{seq: seq, out: out})
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return drop.Commit()
+}
+
+// Stopped stops the reader and closes the store.
+func (a *partitionActor) Stopped(c *actor.Context) {
+	if a.readerCancel != nil {
+		a.readerCancel()
+		<-a.readerDone
+	}
+	if a.markTimer != nil {
+		a.markTimer.Stop()
+	}
+	if a.store != nil {
+		if err := a.store.Close(); err != nil {
+			a.log.Warn("close store", "err", err)
+		}
+	}
+}
+
+// Receive handles one message.
+func (a *partitionActor) Receive(c *actor.Context, msg any) error {
+	switch m := msg.(type) {
+	case inputBatch:
+		if m.from != a {
+			return nil // read by an earlier incarnation: this one re-reads from its offset
+		}
+		return a.process(c.Context(), m.msgs)
+	case readerFailed:
+		if m.from != a {
+			return nil
+		}
+		return fmt.Errorf("input reader: %w", m.err)
+	case markTick:
+		if m.from != a || a.forwarded <= a.markCommitted {
+			return nil
+		}
+		return a.commit(c.Context())
+	case queryReq:
+		v, err := a.store.Get([]byte(storeKey(m.store, m.key)))
+		if err != nil {
+			c.RespondError(err)
+			return nil
+		}
+		c.Respond(v)
+		return nil
+	case statusReq:
+		c.Respond(Status{Type: a.cfg.Type, Partition: a.cfg.Partition, Epoch: a.epoch,
+			Offset: a.offset, ChangelogSeq: a.writer.Last()})
+		return nil
+	}
+	return fmt.Errorf("partition: unexpected message %T", msg)
+}
+
+// process runs the handler for each event and commits, cutting the batch early
+// when the next event's records would not fit in one atomic changelog batch.
+func (a *partitionActor) process(ctx context.Context, msgs []jetstream.Msg) error {
+	for _, msg := range msgs {
+		md, err := msg.Metadata()
+		if err != nil {
+			return fmt.Errorf("input metadata: %w", err)
+		}
+		seq := md.Sequence.Stream
+		if seq <= a.offset {
+			continue // already committed (a redelivery after a reset)
+		}
+		if err := a.runEvent(ctx, msg, seq); err != nil {
+			return err
+		}
+		a.offset = seq
+	}
+	return a.commit(ctx)
+}
+
+// runEvent runs the handler with retries and merges its effects into the
+// batch, or sends the event to the dead-letter stream.
+func (a *partitionActor) runEvent(ctx context.Context, msg jetstream.Msg, seq uint64) error {
+	ev := Event{Subject: msg.Subject(), Data: msg.Data(), Header: msg.Headers(), Offset: seq, Partition: a.cfg.Partition}
+	var err error
+	attempts := 0
+	if len(ev.Data) > a.cfg.MaxEventSize {
+		err = fmt.Errorf("event of %d bytes, limit %d: %w", len(ev.Data), a.cfg.MaxEventSize, ErrPermanent)
+	} else if ev.Key, err = keyOf(ev.Subject); err == nil {
+		for attempts < a.cfg.MaxAttempts {
+			attempts++
+			a.tx.reset(ev)
+			if err = a.call(); err == nil {
+				break
+			}
+			a.m.handlerFailures.Inc()
+			if errors.Is(err, ErrPermanent) {
+				break
+			}
+		}
+	}
+	if err == nil && a.records()+a.newRecords() > a.cfg.MaxBatchRecords {
+		if len(a.writes) == 0 && len(a.outbox) == 0 {
+			err = fmt.Errorf("%d records: %w", a.newRecords(), ErrTooManyWrites)
+		} else if err := a.commit(ctx); err != nil {
+			return err
+		}
+	}
+	if err != nil {
+		a.toDeadLetter(ev, err, attempts)
+		return nil
+	}
+	for _, w := range a.tx.writes {
+		if i, ok := a.ws[w.key]; ok {
+			a.writes[i] = w
+		} else {
+			a.ws[w.key] = len(a.writes)
+			a.writes = append(a.writes, w)
+		}
+	}
+	a.outbox = append(a.outbox, a.tx.outbox...)
+	if a.tx.replied {
+		if inbox := ev.Header.Get(HeaderReply); inbox != "" {
+			a.replies = append(a.replies, reply{inbox: inbox, data: a.tx.reply})
+		}
+	}
+	a.m.events.Inc()
+	return nil
+}
+
+// call runs the handler once, turning a panic into an error.
+func (a *partitionActor) call() (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("handler panic: %v\n%s", r, debug.Stack())
+		}
+	}()
+	return a.cfg.Handler(&a.tx)
+}
+
+// records is how many changelog records the batch holds, with its meta.
+func (a *partitionActor) records() int { return len(a.writes) + len(a.outbox) + 1 }
+
+// newRecords is how many records the current event would add.
+func (a *partitionActor) newRecords() int {
+	n := len(a.tx.outbox)
+	for i, w := range a.tx.writes {
+		if _, ok := a.ws[w.key]; ok {
+			continue
+		}
+		if slices.ContainsFunc(a.tx.writes[:i], func(p write) bool { return p.key == w.key }) {
+			continue
+		}
+		n++
+	}
+	return n
+}
+
+func (a *partitionActor) toDeadLetter(ev Event, cause error, attempts int) {
+	a.m.deadLetters.Inc()
+	a.log.Error("event to dead-letter stream", "offset", ev.Offset, "subject", ev.Subject, "attempts", attempts, "err", cause)
+	h := map[string]string{
+		"Eddy-Error":     cause.Error(),
+		"Eddy-Type":      a.cfg.Type,
+		"Eddy-Partition": strconv.Itoa(a.cfg.Partition),
+		"Eddy-Offset":    strconv.FormatUint(ev.Offset, 10),
+		"Eddy-Attempts":  strconv.Itoa(attempts),
+		"Eddy-Subject":   ev.Subject,
+	}
+	if len(h["Eddy-Error"]) > 4096 {
+		h["Eddy-Error"] = h["Eddy-Error"][:4096]
+	}
+	data := ev.Data
+	if len(data) > a.cfg.MaxEventSize {
+		// The event stays in its input stream at Eddy-Offset.
+		h["Eddy-Truncated"] = strconv.Itoa(len(data))
+		data = nil
+	}
+	if ev.Header != nil {
+		for k := range ev.Header {
+			if k != HeaderReply && k != "Nats-Msg-Id" {
+				h["Eddy-Header-"+k] = ev.Header.Get(k)
+			}
+		}
+	}
+	// The event's own outbox entries were discarded, so index 0 is free.
+	a.outbox = append(a.outbox, changelog.Outbox{
+		Offset: ev.Offset, Index: 0, Subject: a.cfg.DLQSubject,
+		MsgID: a.msgID(ev.Offset, "dlq"), Header: h, Data: data,
+	})
+}
+
+// commit writes the batch: (1) one fenced atomic changelog batch with the
+// writes, the outbox and the meta record; (2) the same to the local store in one
+// batch; (3) forwards the outbox; then sends the replies.
+func (a *partitionActor) commit(ctx context.Context) error {
+	if len(a.writes) == 0 && len(a.outbox) == 0 && a.epochWritten &&
+		a.offset == a.committedOffset && a.forwarded <= a.markCommitted {
+		return nil
+	}
+	start := time.Now()
+	recs := a.recs[:0]
+	for _, w := range a.writes {
+		store, key := splitStoreKey([]byte(w.key))
+		if w.del {
+			recs = append(recs, changelog.Record{Kind: changelog.KindDelete, Store: store, Key: key})
+		} else {
+			recs = append(recs, changelog.Record{Kind: changelog.KindSet, Store: store, Key: key, Value: w.value})
+		}
+	}
+	for _, o := range a.outbox {
+		recs = append(recs, changelog.Record{Kind: changelog.KindOutbox, Outbox: o})
+	}
+	mark := a.forwarded
+	recs = append(recs, changelog.Record{Kind: changelog.KindMeta,
+		Meta: changelog.Meta{Offset: a.offset, Epoch: a.epoch, Forwarded: mark}})
+	a.recs = recs[:0]
+
+	cctx, cancel := context.WithTimeout(ctx, a.cfg.CommitTimeout)
+	first, last, err := a.writer.Commit(cctx, recs)
+	cancel()
+	if errors.Is(err, changelog.ErrFenced) {
+		return a.fenced(ctx, err)
+	}
+	if err != nil {
+		return fmt.Errorf("commit changelog: %w", err)
+	}
+	a.markCommitted, a.epochWritten, a.committedOffset = mark, true, a.offset
+	if h := a.cfg.Hooks.AfterChangelog; h != nil {
+		h()
+	}
+
+	b := a.store.NewBatch()
+	for _, w := range a.writes {
+		if w.del {
+			b.Delete([]byte(w.key))
+		} else {
+			b.Set([]byte(w.key), w.value)
+		}
+	}
+	outs := make([]pending, len(a.outbox))
+	for i, o := range a.outbox {
+		seq := first + uint64(len(a.writes)+i)
+		v, err := msgpack.Marshal(&o)
+		if err != nil {
+			b.Close()
+			return err
+		}
+		v = binary.BigEndian.AppendUint64(v, o.Offset)
+		v = binary.BigEndian.AppendUint32(v, uint32(o.Index))
+		b.Set(pendingKey(seq), v)
+		outs[i] = pending{seq: seq, out: o}
+	}
+	b.SetMeta(statestore.Meta{Offset: a.offset, ChangelogSeq: last, Epoch: a.epoch})
+	err = b.Commit()
+	b.Close()
+	if err != nil {
+		return fmt.Errorf("commit local store: %w", err)
+	}
+	if h := a.cfg.Hooks.AfterLocal; h != nil {
+		h()
+	}
+	a.m.commits.Inc()
+	a.m.commitSeconds.Observe(time.Since(start).Seconds())
+	a.m.changelogRecords.Add(float64(len(recs)))
+	a.m.offset.Set(float64(a.offset))
+
+	clear(a.ws)
+	a.writes = a.writes[:0]
+	a.outbox = a.outbox[:0]
+
+	if err := a.forward(ctx, outs); err != nil {
+		return err
+	}
+	for _, r := range a.replies {
+		if err := a.cfg.Conn.Publish(r.inbox, r.data); err != nil {
+			a.log.Warn("reply lost; the client will time out", "err", err)
+		}
+	}
+	a.replies = a.replies[:0]
+	return a.maybePurge(ctx)
+}
+
+// forward publishes outbox entries with their message ids and waits for every
+// acknowledgement; the targets deduplicate entries forwarded before a crash.
+func (a *partitionActor) forward(ctx context.Context, outs []pending) error {
+	if len(outs) == 0 {
+		return nil
+	}
+	futures := make([]jetstream.PubAckFuture, 0, len(outs))
+	for i, p := range outs {
+		m := &nats.Msg{Subject: p.out.Subject, Data: p.out.Data, Header: nats.Header{}}
+		for k, v := range p.out.Header {
+			m.Header.Set(k, v)
+		}
+		m.Header.Set(jetstream.MsgIDHeader, p.out.MsgID)
+		f, err := a.cfg.JS.PublishMsgAsync(m)
+		if err != nil {
+			return fmt.Errorf("forward outbox to %s: %w", p.out.Subject, err)
+		}
+		futures = append(futures, f)
+		if i == 0 && len(outs) > 1 {
+			if h := a.cfg.Hooks.MidForward; h != nil {
+				<-f.Ok()
+				h()
+			}
+		}
+	}
+	timeout := time.NewTimer(a.cfg.CommitTimeout)
+	defer timeout.Stop()
+	for i, f := range futures {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return fmt.Errorf("forward outbox to %s: %w", outs[i].out.Subject, err)
+		case <-timeout.C:
+			return fmt.Errorf("forward outbox to %s: timed out", outs[i].out.Subject)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	a.m.forwarded.Add(float64(len(outs)))
+	// Forwarded entries are dropped from the local store now; the mark reaches
+	// the changelog with the next commit, or after MarkDelay when idle.
+	b := a.store.NewBatch()
+	defer b.Close()
+	for _, p := range outs {
+		b.Delete(pendingKey(p.seq))
+		a.forwarded = max(a.forwarded, p.seq)
+	}
+	if err := b.Commit(); err != nil {
+		return fmt.Errorf("drop forwarded outbox entries: %w", err)
+	}
+	a.armMark()
+	return nil
+}
+
+func (a *partitionActor) armMark() {
+	if a.self == nil {
+		return
+	}
+	if a.markTimer == nil {
+		self, from := a.self, a
+		a.markTimer = time.AfterFunc(a.cfg.MarkDelay, func() { _ = self.TrySend(markTick{from: from}) })
+		return
+	}
+	a.markTimer.Reset(a.cfg.MarkDelay)
+}
+
+// maybePurge drops forwarded outbox entries from the changelog once a committed
+// meta record covers them.
+func (a *partitionActor) maybePurge(ctx context.Context) error {
+	if a.markCommitted <= a.purged || time.Since(a.lastPurge) < a.cfg.PurgeEvery {
+		return nil
+	}
+	if err := changelog.PurgeOutbox(ctx, a.cfg.JS, a.subjects, a.markCommitted+1); err != nil {
+		a.log.Warn("purge forwarded outbox entries", "err", err)
+		return nil
+	}
+	a.purged, a.lastPurge = a.markCommitted, time.Now()
+	return nil
+}
+
+// fenced decides, after a wrong-last-sequence, whether a newer owner exists
+// (stop for good) or this owner's own earlier commit landed unseen (restart and
+// restore).
+func (a *partitionActor) fenced(ctx context.Context, cause error) error {
+	m, ok, err := changelog.LastMeta(ctx, a.cfg.JS, a.subjects)
+	if err != nil {
+		return fmt.Errorf("%w (and reading the newest epoch: %v)", cause, err)
+	}
+	if ok && m.Epoch > a.epoch {
+		a.m.fenced.Inc()
+		a.log.Warn("fenced by a newer owner; stopping", "epoch", a.epoch, "newer_epoch", m.Epoch)
+		return fmt.Errorf("%w: epoch %d, newer epoch %d", ErrFenced, a.epoch, m.Epoch)
+	}
+	return fmt.Errorf("changelog moved under epoch %d, restoring: %w", a.epoch, cause)
+}

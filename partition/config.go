@@ -1,0 +1,156 @@
+package partition
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/eddyrt/eddy/changelog"
+	"github.com/eddyrt/eddy/statestore"
+)
+
+// DefaultStore is the store that holds each key's own state.
+const DefaultStore = "state"
+
+// Config describes one partition actor.
+type Config struct {
+	// Type is the actor type; its input stream has the same name.
+	Type string
+	// Partition is this actor's partition, 0 <= Partition < Partitions.
+	Partition int
+	// Partitions is the number of partitions of the input stream.
+	Partitions int
+	// Epoch is the owner epoch to fence with. 0 means "one more than the
+	// newest epoch in the changelog", which is what a single node wants.
+	Epoch uint64
+	// Stores are the named stores besides DefaultStore.
+	Stores []string
+	// Handler processes one event.
+	Handler Handler
+
+	// Conn is the NATS connection; it should not buffer while reconnecting
+	// (nats.ReconnectBufSize(-1)) so that a commit fails fast when NATS is away.
+	Conn *nats.Conn
+	// JS is the JetStream context of Conn.
+	JS jetstream.JetStream
+
+	// Changelog says how the changelog stream is created.
+	Changelog changelog.StreamConfig
+
+	// StoreDir is the directory of the partition's local pebble store.
+	StoreDir string
+	// Cache is a block cache shared by the node's stores (optional).
+	Cache *statestore.Cache
+	// StoreCacheSize is the block cache of this store when Cache is nil.
+	StoreCacheSize int64
+
+	// BatchSize is the most events processed per batch: larger batches amortise
+	// the commit round trip.
+	BatchSize int
+	// Linger is how long the input reader waits to fill a batch once it has one event.
+	Linger time.Duration
+	// MaxBatchRecords is the most changelog records per commit, the server's
+	// atomic batch limit (jetstream.limits.max_batch_size, 1000 by default).
+	MaxBatchRecords int
+	// MaxAttempts is how often a failing or panicking handler runs for one event
+	// before the event goes to the dead-letter stream.
+	MaxAttempts int
+	// MaxValueSize is the largest value a handler may store or publish.
+	MaxValueSize int
+	// MaxEventSize is the largest event processed; larger ones go to the dead-letter stream.
+	MaxEventSize int
+	// DLQSubject receives events whose handler keeps failing.
+	DLQSubject string
+	// MarkDelay is how soon an idle partition commits its outbox "forwarded" mark,
+	// so that a failover never re-forwards outside the targets' duplicate window.
+	MarkDelay time.Duration
+	// PurgeEvery is the least time between purges of forwarded outbox entries.
+	PurgeEvery time.Duration
+	// CommitTimeout bounds one changelog commit or forward.
+	CommitTimeout time.Duration
+	// ProgressEvery is how often a long restore logs its progress.
+	ProgressEvery time.Duration
+
+	// Hooks inject faults between the commit steps (tests only).
+	Hooks Hooks
+	// Logger receives the partition's logs.
+	Logger *slog.Logger
+	// Metrics records the partition's metrics (optional).
+	Metrics *Metrics
+}
+
+// Hooks are called between the steps of a commit. Tests use them to crash the
+// process at each step; they are nil in production.
+type Hooks struct {
+	// AfterChangelog runs after the changelog batch is committed, before the local store.
+	AfterChangelog func()
+	// AfterLocal runs after the local store batch, before the outbox is forwarded.
+	AfterLocal func()
+	// MidForward runs after the first outbox entry of a commit is forwarded, when there are more.
+	MidForward func()
+}
+
+// DefaultConfig returns a config with the tuning defaults; the caller fills in
+// Type, Partition, Partitions, Handler, Conn, JS, StoreDir and DLQSubject.
+func DefaultConfig() Config {
+	return Config{
+		BatchSize:       1000,                   // 1000 events amortise a ~1 ms commit round trip
+		Linger:          2 * time.Millisecond,   // a batch waits at most this for more events
+		MaxBatchRecords: changelog.MaxBatch,     // the server's atomic batch limit
+		MaxAttempts:     3,                      // a transient failure gets two retries
+		MaxValueSize:    256 << 10,              // leaves room under NATS's 1 MiB max payload
+		MaxEventSize:    256 << 10,              // same
+		MarkDelay:       500 * time.Millisecond, // far inside JetStream's 2 min duplicate window
+		PurgeEvery:      time.Second,            // one purge request a second at most
+		CommitTimeout:   10 * time.Second,       // the server abandons a batch after 10 s
+		ProgressEvery:   3 * time.Second,        // restore progress in the logs
+		StoreCacheSize:  32 << 20,
+		Changelog:       changelog.DefaultStreamConfig(),
+	}
+}
+
+// ErrInvalidConfig wraps every Validate failure.
+var ErrInvalidConfig = errors.New("partition: invalid config")
+
+// Validate checks the config.
+func (c *Config) Validate() error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: %s", ErrInvalidConfig, fmt.Sprintf(format, a...))
+	}
+	switch {
+	case !changelog.ValidName(c.Type):
+		return bad("type %q: use letters, digits, '-' and '_'", c.Type)
+	case c.Partitions < 1 || c.Partition < 0 || c.Partition >= c.Partitions:
+		return bad("partition %d of %d", c.Partition, c.Partitions)
+	case c.Handler == nil:
+		return bad("no handler")
+	case c.Conn == nil || c.JS == nil:
+		return bad("no NATS connection")
+	case c.Changelog.Validate() != nil:
+		return bad("changelog: %v", c.Changelog.Validate())
+	case c.StoreDir == "":
+		return bad("no store dir")
+	case c.DLQSubject == "":
+		return bad("no dead-letter subject")
+	case c.BatchSize < 1:
+		return bad("batch size %d", c.BatchSize)
+	case c.MaxBatchRecords < 2:
+		return bad("max batch records %d: a commit needs room for a record and its meta", c.MaxBatchRecords)
+	case c.MaxAttempts < 1:
+		return bad("max attempts %d", c.MaxAttempts)
+	case c.MaxValueSize < 1 || c.MaxEventSize < 1:
+		return bad("max value/event size must be positive")
+	case c.CommitTimeout <= 0 || c.MarkDelay <= 0:
+		return bad("commit timeout and mark delay must be positive")
+	}
+	for _, s := range c.Stores {
+		if !changelog.ValidName(s) {
+			return bad("store name %q", s)
+		}
+	}
+	return nil
+}

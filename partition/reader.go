@@ -1,0 +1,102 @@
+package partition
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/eddyrt/eddy/actor"
+	"github.com/eddyrt/eddy/changelog"
+)
+
+// keyOf returns the event key of an input subject "<type>.<partition>.<token>".
+func keyOf(subject string) (string, error) {
+	i := strings.LastIndexByte(subject, '.')
+	if i < 0 {
+		return "", fmt.Errorf("input subject %q has no key: %w", subject, ErrPermanent)
+	}
+	k, err := changelog.DecodeKey(subject[i+1:])
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", err, ErrPermanent)
+	}
+	return k, nil
+}
+
+// InputFilter is the subject filter of partition p of input stream typ.
+func InputFilter(typ string, p int) string { return typ + "." + strconv.Itoa(p) + ".*" }
+
+// startReader starts the incarnation's input reader: an ordered consumer of
+// the partition from offset+1, batching up to BatchSize events or Linger.
+func (a *partitionActor) startReader(c *actor.Context) error {
+	ctx := c.Context()
+	st, err := a.cfg.JS.Stream(ctx, a.cfg.Type)
+	if err != nil {
+		return fmt.Errorf("input stream %s: %w", a.cfg.Type, err)
+	}
+	if info, err := st.Info(ctx); err == nil && info.State.FirstSeq > a.offset+1 && a.offset > 0 {
+		// Retention removed events past our offset: some may have been ours.
+		a.m.inputGaps.Inc()
+		a.log.Error("input stream no longer holds events this partition has not processed: possible data loss",
+			"offset", a.offset, "stream_first_seq", info.State.FirstSeq)
+	}
+	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{InputFilter(a.cfg.Type, a.cfg.Partition)},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    a.offset + 1,
+	})
+	if err != nil {
+		return fmt.Errorf("input consumer: %w", err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(2 * a.cfg.BatchSize))
+	if err != nil {
+		return fmt.Errorf("input consumer: %w", err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	a.readerCancel, a.readerDone = cancel, make(chan struct{})
+	go a.read(rctx, it)
+	return nil
+}
+
+func (a *partitionActor) read(ctx context.Context, it jetstream.MessagesContext) {
+	defer close(a.readerDone)
+	defer it.Stop()
+	fail := func(err error) {
+		if ctx.Err() == nil {
+			_ = a.self.Send(ctx, readerFailed{from: a, err: err})
+		}
+	}
+	for {
+		msg, err := it.Next(jetstream.NextContext(ctx))
+		if err != nil {
+			fail(err)
+			return
+		}
+		batch := make([]jetstream.Msg, 1, a.cfg.BatchSize)
+		batch[0] = msg
+		deadline := time.Now().Add(a.cfg.Linger)
+		for len(batch) < a.cfg.BatchSize {
+			wait := time.Until(deadline)
+			if wait <= 0 {
+				break
+			}
+			msg, err := it.Next(jetstream.NextMaxWait(wait))
+			if errors.Is(err, nats.ErrTimeout) {
+				break
+			}
+			if err != nil {
+				fail(err)
+				return
+			}
+			batch = append(batch, msg)
+		}
+		if err := a.self.Send(ctx, inputBatch{from: a, msgs: batch}); err != nil {
+			return
+		}
+	}
+}

@@ -1,0 +1,142 @@
+package partition
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"log/slog"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/eddyrt/eddy/actor"
+	"github.com/eddyrt/eddy/internal/natstest"
+	"github.com/eddyrt/eddy/statestore"
+)
+
+// harness is one node's worth of parts for partition tests: a real embedded
+// NATS server, a connection, and pebble stores in a temp dir.
+type harness struct {
+	t    *testing.T
+	ctx  context.Context
+	srv  *natstest.Server
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	sys  *actor.System
+	dir  string
+	typ  string
+	np   int
+}
+
+func newHarness(t *testing.T, typ string, partitions int) *harness {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	srv := natstest.Start(t)
+	nc, js := srv.Connect(t)
+	h := &harness{t: t, ctx: ctx, srv: srv, nc: nc, js: js, sys: actor.NewSystem(testLogger(t)), dir: t.TempDir(), typ: typ, np: partitions}
+	t.Cleanup(func() { _ = h.sys.Stop(context.Background()) })
+	opt := StreamOptions{Replicas: 1, Duplicates: 2 * time.Minute}
+	if err := EnsureInputStream(ctx, js, typ, partitions, opt); err != nil {
+		t.Fatal(err)
+	}
+	if err := EnsureStream(ctx, js, DLQStream(typ), []string{DLQSubject(typ)}, opt); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
+
+func (h *harness) config(p int, handler Handler) Config {
+	cfg := DefaultConfig()
+	cfg.Type, cfg.Partition, cfg.Partitions = h.typ, p, h.np
+	cfg.Handler, cfg.Conn, cfg.JS = handler, h.nc, h.js
+	cfg.StoreDir = filepath.Join(h.dir, h.typ, strconv.Itoa(p))
+	cfg.DLQSubject = DLQSubject(h.typ)
+	cfg.Logger = testLogger(h.t)
+	cfg.MarkDelay = 50 * time.Millisecond
+	return cfg
+}
+
+func (h *harness) start(cfg Config) *Actor {
+	h.t.Helper()
+	sup := actor.DefaultSupervisorConfig()
+	sup.MinBackoff, sup.MaxBackoff = 10*time.Millisecond, 200*time.Millisecond
+	a, err := Start(h.sys, cfg, sup)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return a
+}
+
+func (h *harness) publish(key string, data []byte) {
+	h.t.Helper()
+	if _, err := h.js.Publish(h.ctx, InputSubject(h.typ, key), data); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// counter counts events per key in the default store.
+func counter(tx *Txn) error {
+	key := []byte(tx.Event().Key)
+	var n uint64
+	if v, err := tx.Get(DefaultStore, key); err == nil {
+		n = binary.BigEndian.Uint64(v)
+	} else if !errors.Is(err, statestore.ErrNotFound) {
+		return err
+	}
+	return tx.Set(DefaultStore, key, binary.BigEndian.AppendUint64(nil, n+1))
+}
+
+// count returns the committed count of key, 0 if absent.
+func count(ctx context.Context, a *Actor, key string) uint64 {
+	v, err := a.Get(ctx, DefaultStore, []byte(key))
+	if err != nil {
+		return 0
+	}
+	return binary.BigEndian.Uint64(v)
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// waitOffset waits until a has committed input up to the stream's last sequence.
+func (h *harness) waitOffset(a *Actor, p int) {
+	h.t.Helper()
+	st, err := h.js.Stream(h.ctx, h.typ)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	var want uint64
+	waitFor(h.t, "partition to catch up", func() bool {
+		if want == 0 {
+			msg, err := st.GetLastMsgForSubject(h.ctx, InputFilter(h.typ, p))
+			if err != nil {
+				return false
+			}
+			want = msg.Sequence
+		}
+		s, err := a.Status(h.ctx)
+		return err == nil && s.Offset >= want
+	})
+}

@@ -1,0 +1,161 @@
+package partition
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/eddyrt/eddy/changelog"
+	"github.com/eddyrt/eddy/statestore"
+)
+
+var (
+	// ErrFenced means a newer owner of the partition has committed: this actor
+	// stopped and committed nothing more.
+	ErrFenced = errors.New("partition: fenced by a newer owner")
+	// ErrPermanent marks a handler error that retrying cannot fix (a malformed
+	// event, a value that is too large): the event goes to the dead-letter stream at once.
+	ErrPermanent = errors.New("permanent failure")
+	// ErrValueTooLarge means a value exceeds Config.MaxValueSize. It is permanent.
+	ErrValueTooLarge = fmt.Errorf("value too large: %w", ErrPermanent)
+	// ErrUnknownStore means the handler named a store its actor type did not declare.
+	ErrUnknownStore = fmt.Errorf("unknown store: %w", ErrPermanent)
+	// ErrTooManyWrites means one event wrote more records than one commit can hold.
+	ErrTooManyWrites = fmt.Errorf("event writes more records than one commit holds: %w", ErrPermanent)
+)
+
+// HeaderReply carries the inbox a client waits on for the handler's reply.
+const HeaderReply = "Eddy-Reply"
+
+// Handler processes one event inside a transaction. Its writes, publishes and
+// reply take effect only if it returns nil and the batch commits; on an error or
+// a panic they are discarded and the event is retried, up to Config.MaxAttempts.
+type Handler func(tx *Txn) error
+
+// Event is one input event.
+type Event struct {
+	Key       string
+	Subject   string
+	Data      []byte
+	Header    nats.Header
+	Offset    uint64 // input stream sequence
+	Partition int
+}
+
+type write struct {
+	key   string // store + "\x00" + key, also the local store key
+	value []byte
+	del   bool
+}
+
+// Txn is the transaction of one event: reads see the committed store plus the
+// batch's earlier events plus this event's own writes.
+type Txn struct {
+	a      *partitionActor
+	ev     Event
+	writes []write
+	outbox []changelog.Outbox
+	reply  []byte
+	replied bool
+}
+
+// Event is the event being processed.
+func (tx *Txn) Event() *Event { return &tx.ev }
+
+func (tx *Txn) storeKey(store string, key []byte) (string, error) {
+	if store != DefaultStore && !tx.a.stores[store] {
+		return "", fmt.Errorf("%w: %q", ErrUnknownStore, store)
+	}
+	return storeKey(store, key), nil
+}
+
+func storeKey(store string, key []byte) string {
+	b := make([]byte, 0, len(store)+1+len(key))
+	b = append(b, store...)
+	b = append(b, 0)
+	return string(append(b, key...))
+}
+
+func splitStoreKey(k []byte) (store string, key []byte) {
+	i := bytes.IndexByte(k, 0)
+	return string(k[:i]), k[i+1:]
+}
+
+// Get returns the value of key in store, or statestore.ErrNotFound.
+func (tx *Txn) Get(store string, key []byte) ([]byte, error) {
+	k, err := tx.storeKey(store, key)
+	if err != nil {
+		return nil, err
+	}
+	for i := len(tx.writes) - 1; i >= 0; i-- {
+		if tx.writes[i].key == k {
+			if tx.writes[i].del {
+				return nil, statestore.ErrNotFound
+			}
+			return tx.writes[i].value, nil
+		}
+	}
+	return tx.a.get(k)
+}
+
+// Set stores value under key in store.
+func (tx *Txn) Set(store string, key, value []byte) error {
+	if len(value) > tx.a.cfg.MaxValueSize {
+		return fmt.Errorf("set %s/%q: %d bytes, limit %d: %w", store, key, len(value), tx.a.cfg.MaxValueSize, ErrValueTooLarge)
+	}
+	k, err := tx.storeKey(store, key)
+	if err != nil {
+		return err
+	}
+	tx.writes = append(tx.writes, write{key: k, value: value})
+	return nil
+}
+
+// Delete removes key from store.
+func (tx *Txn) Delete(store string, key []byte) error {
+	k, err := tx.storeKey(store, key)
+	if err != nil {
+		return err
+	}
+	tx.writes = append(tx.writes, write{key: k, del: true})
+	return nil
+}
+
+// Publish queues a message for subject in the outbox: it is published after
+// the batch commits, exactly once in the target stream (deduplicated by a
+// message id derived from the event's offset), and never if the event fails.
+func (tx *Txn) Publish(subject string, header map[string]string, data []byte) error {
+	if len(data) > tx.a.cfg.MaxValueSize {
+		return fmt.Errorf("publish to %s: %d bytes, limit %d: %w", subject, len(data), tx.a.cfg.MaxValueSize, ErrValueTooLarge)
+	}
+	n := len(tx.outbox)
+	tx.outbox = append(tx.outbox, changelog.Outbox{
+		Offset:  tx.ev.Offset,
+		Index:   n,
+		Subject: subject,
+		MsgID:   tx.a.msgID(tx.ev.Offset, strconv.Itoa(n)),
+		Header:  header,
+		Data:    data,
+	})
+	return nil
+}
+
+// Reply answers the client that asked with this event (no-op when nobody
+// asked). The reply is sent only after the event's effects are committed.
+func (tx *Txn) Reply(data []byte) error {
+	if len(data) > tx.a.cfg.MaxValueSize {
+		return fmt.Errorf("reply: %d bytes, limit %d: %w", len(data), tx.a.cfg.MaxValueSize, ErrValueTooLarge)
+	}
+	tx.reply, tx.replied = data, true
+	return nil
+}
+
+func (tx *Txn) reset(ev Event) {
+	tx.ev = ev
+	tx.writes = tx.writes[:0]
+	tx.outbox = tx.outbox[:0]
+	tx.reply, tx.replied = nil, false
+}
