@@ -94,8 +94,8 @@ type partitionActor struct {
 	committedOffset uint64
 	epochWritten    bool
 	self            *actor.Ref
-	tx      Txn
-	recs    []changelog.Record
+	tx              Txn
+	recs            []changelog.Record
 
 	readerCancel context.CancelFunc
 	readerDone   chan struct{}
@@ -193,11 +193,11 @@ func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 		return meta, err
 	}
 	var (
-		last      changelog.Meta
-		haveMeta  bool
-		b         = a.store.NewBatch()
-		applied   uint64
-		full      = meta.ChangelogSeq == 0
+		last     changelog.Meta
+		haveMeta bool
+		b        = a.store.NewBatch()
+		applied  uint64
+		full     = meta.ChangelogSeq == 0
 	)
 	defer func() { b.Close() }()
 	start := time.Now()

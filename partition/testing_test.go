@@ -21,15 +21,15 @@ import (
 // harness is one node's worth of parts for partition tests: a real embedded
 // NATS server, a connection, and pebble stores in a temp dir.
 type harness struct {
-	t    *testing.T
-	ctx  context.Context
-	srv  *natstest.Server
-	nc   *nats.Conn
-	js   jetstream.JetStream
-	sys  *actor.System
-	dir  string
-	typ  string
-	np   int
+	t   *testing.T
+	ctx context.Context
+	srv *natstest.Server
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	sys *actor.System
+	dir string
+	typ string
+	np  int
 }
 
 func newHarness(t *testing.T, typ string, partitions int) *harness {

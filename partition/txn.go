@@ -54,11 +54,11 @@ type write struct {
 // Txn is the transaction of one event: reads see the committed store plus the
 // batch's earlier events plus this event's own writes.
 type Txn struct {
-	a      *partitionActor
-	ev     Event
-	writes []write
-	outbox []changelog.Outbox
-	reply  []byte
+	a       *partitionActor
+	ev      Event
+	writes  []write
+	outbox  []changelog.Outbox
+	reply   []byte
 	replied bool
 }
 
