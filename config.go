@@ -1,0 +1,129 @@
+package eddy
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/eddyrt/eddy/partition"
+)
+
+// Config configures a Node.
+type Config struct {
+	// NodeID names the node in logs and metrics.
+	NodeID string
+	// DataDir holds the local state stores and, with the embedded NATS server, its JetStream data.
+	DataDir string
+
+	// NATSURL is the NATS server to use; empty starts an embedded server with
+	// JetStream under DataDir/nats, for development.
+	NATSURL string
+	// NATSOptions are extra client options (credentials, TLS) for NATSURL.
+	NATSOptions []nats.Option
+	// EmbeddedNATSHost and EmbeddedNATSPort are where the embedded server
+	// listens (port -1 picks a free one).
+	EmbeddedNATSHost string
+	EmbeddedNATSPort int
+
+	// HTTPAddr serves /v1/state, /v1/status and /metrics; empty disables HTTP.
+	HTTPAddr string
+
+	// BatchSize is the most events a partition processes per commit.
+	BatchSize int
+	// Linger is how long a partition waits to fill a batch.
+	Linger time.Duration
+	// MaxAttempts is how often a failing handler runs before its event goes to the dead-letter stream.
+	MaxAttempts int
+	// MaxValueSize is the largest state value, emitted message or reply.
+	MaxValueSize int
+	// MaxEventSize is the largest event processed; larger ones go to the dead-letter stream.
+	MaxEventSize int
+	// MaxBatchRecords is the NATS server's atomic batch limit (jetstream.limits.max_batch_size).
+	MaxBatchRecords int
+
+	// CacheSize is the block cache shared by all state stores of the node.
+	CacheSize int64
+	// StreamReplicas is the JetStream replication of the streams eddy creates.
+	StreamReplicas int
+	// DuplicateWindow is the deduplication window of the streams eddy creates;
+	// it must cover the longest outage after which an outbox is re-forwarded.
+	DuplicateWindow time.Duration
+
+	// Logger receives the node's logs (nil: slog.Default()).
+	Logger *slog.Logger
+	// Registerer receives the node's metrics (nil: a registry of the node's own,
+	// served on /metrics).
+	Registerer prometheus.Registerer
+
+	// Hooks inject faults between commit steps; for tests.
+	Hooks partition.Hooks
+}
+
+// DefaultConfig returns a config that runs a development node: embedded NATS
+// on 127.0.0.1:4222, data in ./data, HTTP on 127.0.0.1:8080.
+func DefaultConfig() Config {
+	p := partition.DefaultConfig()
+	return Config{
+		NodeID:           "node-1",
+		DataDir:          "./data",
+		EmbeddedNATSHost: "127.0.0.1",
+		EmbeddedNATSPort: 4222,
+		HTTPAddr:         "127.0.0.1:8080",
+		BatchSize:        p.BatchSize,
+		Linger:           p.Linger,
+		MaxAttempts:      p.MaxAttempts,
+		MaxValueSize:     p.MaxValueSize,
+		MaxEventSize:     p.MaxEventSize,
+		MaxBatchRecords:  p.MaxBatchRecords,
+		CacheSize:        256 << 20,        // hot keys of every partition stay in memory (~3x faster gets than 8 MiB)
+		StreamReplicas:   1,                // a single NATS server; use 3 on a NATS cluster
+		DuplicateWindow:  10 * time.Minute, // covers restarts and failovers by a wide margin
+	}
+}
+
+// ErrInvalidConfig wraps every Validate failure.
+var ErrInvalidConfig = errors.New("eddy: invalid config")
+
+// Validate checks the config.
+func (c *Config) Validate() error {
+	bad := func(f string, a ...any) error { return fmt.Errorf("%w: %s", ErrInvalidConfig, fmt.Sprintf(f, a...)) }
+	switch {
+	case c.DataDir == "":
+		return bad("no data dir")
+	case c.NATSURL == "" && c.EmbeddedNATSPort == 0:
+		return bad("embedded NATS needs a port (-1 for any)")
+	case c.BatchSize < 1 || c.MaxAttempts < 1 || c.MaxValueSize < 1 || c.MaxEventSize < 1:
+		return bad("batch size, max attempts, max value and event size must be positive")
+	case c.MaxBatchRecords < 2:
+		return bad("max batch records %d", c.MaxBatchRecords)
+	case c.MaxValueSize >= 1<<20 || c.MaxEventSize >= 1<<20:
+		return bad("max value/event size must stay under NATS's 1 MiB max payload")
+	case c.StreamReplicas < 1 || c.StreamReplicas > 5:
+		return bad("stream replicas %d", c.StreamReplicas)
+	case c.DuplicateWindow < time.Minute:
+		return bad("duplicate window %v: must cover a failover (at least 1m)", c.DuplicateWindow)
+	case c.CacheSize < 1<<20:
+		return bad("cache size %d: at least 1 MiB", c.CacheSize)
+	}
+	return nil
+}
+
+// ActorType is a named handler with its input stream (same name), partition
+// count and stores.
+type ActorType struct {
+	// Name is the actor type and its input stream: letters, digits, '-', '_'.
+	Name string
+	// Partitions is how many partitions the input stream has; it cannot change later.
+	Partitions int
+	// Handler processes one event.
+	Handler func(c *Context) error
+	// Stores are named stores besides the per-key state, for cross-key state.
+	Stores []string
+	// Outputs are the streams the handler Emits to; created if missing, with
+	// subjects "<name>.*" (the key is the last token).
+	Outputs []string
+}

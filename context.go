@@ -1,0 +1,135 @@
+package eddy
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/eddyrt/eddy/partition"
+	"github.com/eddyrt/eddy/statestore"
+)
+
+// Context is what a handler sees of one event. All of its writes, emits, sends
+// and its reply take effect together, once, when the event's batch commits —
+// or not at all if the handler returns an error or panics.
+type Context struct {
+	tx *partition.Txn
+}
+
+// Key is the event's key.
+func (c *Context) Key() string { return c.tx.Event().Key }
+
+// Partition is the partition processing the event.
+func (c *Context) Partition() int { return c.tx.Event().Partition }
+
+// Offset is the event's sequence in its input stream.
+func (c *Context) Offset() uint64 { return c.tx.Event().Offset }
+
+// Data is the event's raw payload.
+func (c *Context) Data() []byte { return c.tx.Event().Data }
+
+// Header returns an event header.
+func (c *Context) Header(name string) string { return c.tx.Event().Header.Get(name) }
+
+// Decode decodes the event into v: msgpack, or JSON when the event has the
+// header Content-Type: application/json. A failure wraps ErrMalformed, which
+// sends the event to the dead-letter stream without retries.
+func (c *Context) Decode(v any) error {
+	var err error
+	if c.Header("Content-Type") == "application/json" {
+		err = json.Unmarshal(c.Data(), v)
+	} else {
+		err = msgpack.Unmarshal(c.Data(), v)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: decode %T: %v", ErrMalformed, v, err)
+	}
+	return nil
+}
+
+// Get decodes the key's own state into v and reports whether there is any.
+func (c *Context) Get(v any) (bool, error) { return c.Store(partition.DefaultStore).Get(c.Key(), v) }
+
+// Set replaces the key's own state.
+func (c *Context) Set(v any) error { return c.Store(partition.DefaultStore).Set(c.Key(), v) }
+
+// Delete removes the key's own state.
+func (c *Context) Delete() error { return c.Store(partition.DefaultStore).Delete(c.Key()) }
+
+// Store returns a named store of the actor type (declared in ActorType.Stores),
+// shared by all keys of the partition.
+func (c *Context) Store(name string) Store { return Store{tx: c.tx, name: name} }
+
+// Emit publishes v under key to an output stream, once.
+func (c *Context) Emit(stream, key string, v any) error {
+	b, err := encode(v)
+	if err != nil {
+		return err
+	}
+	return c.tx.Publish(partition.InputSubject(stream, key), nil, b)
+}
+
+// Send delivers v as an event to the actor of actorType for key, once.
+func (c *Context) Send(actorType, key string, v any) error { return c.Emit(actorType, key, v) }
+
+// Reply answers a client's Ask, after the event's effects are committed.
+func (c *Context) Reply(v any) error {
+	b, err := encode(v)
+	if err != nil {
+		return err
+	}
+	return c.tx.Reply(b)
+}
+
+func encode(v any) ([]byte, error) {
+	b, err := msgpack.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("eddy: encode %T: %w", v, err)
+	}
+	return b, nil
+}
+
+// Store is a named state store seen from inside a handler.
+type Store struct {
+	tx   *partition.Txn
+	name string
+}
+
+// Get decodes the value of key into v and reports whether it exists.
+func (s Store) Get(key string, v any) (bool, error) {
+	b, err := s.tx.Get(s.name, []byte(key))
+	if errors.Is(err, statestore.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if err := msgpack.Unmarshal(b, v); err != nil {
+		return false, fmt.Errorf("eddy: decode %s/%q into %T: %w", s.name, key, v, err)
+	}
+	return true, nil
+}
+
+// Set stores v under key.
+func (s Store) Set(key string, v any) error {
+	b, err := encode(v)
+	if err != nil {
+		return err
+	}
+	return s.tx.Set(s.name, []byte(key), b)
+}
+
+// Delete removes key.
+func (s Store) Delete(key string) error { return s.tx.Delete(s.name, []byte(key)) }
+
+// Bytes returns the store's raw byte view; it satisfies statestore.KV, so
+// statestore.NewTyped[T](c.Store(name).Bytes(), nil) gives typed access.
+func (s Store) Bytes() statestore.KV { return storeKV(s) }
+
+type storeKV Store
+
+func (s storeKV) Get(key []byte) ([]byte, error) { return s.tx.Get(s.name, key) }
+func (s storeKV) Set(key, value []byte) error   { return s.tx.Set(s.name, key, value) }
+func (s storeKV) Delete(key []byte) error       { return s.tx.Delete(s.name, key) }

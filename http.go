@@ -1,0 +1,72 @@
+package eddy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/eddyrt/eddy/partition"
+)
+
+// Handler is the node's HTTP API:
+//
+//	GET /v1/state/{type}/{key}[?store=name]  the committed state of a key, as JSON
+//	GET /v1/status                           every partition's epoch, offset and changelog sequence
+//	GET /metrics                             Prometheus metrics
+//	GET /healthz                             200 while the node runs
+func (n *Node) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/state/{type}/{key}", n.handleState)
+	mux.HandleFunc("GET /v1/status", n.handleStatus)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	if n.gatherer != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(n.gatherer, promhttp.HandlerOpts{}))
+	}
+	return mux
+}
+
+func (n *Node) handleState(w http.ResponseWriter, r *http.Request) {
+	store := r.URL.Query().Get("store")
+	if store == "" {
+		store = partition.DefaultStore
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	b, err := n.queryRaw(ctx, r.PathValue("type"), store, r.PathValue("key"))
+	switch {
+	case errors.Is(err, ErrNotFound), errors.Is(err, ErrUnknownType):
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": err.Error()})
+		return
+	case err != nil:
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+		return
+	}
+	var v any
+	if err := msgpack.Unmarshal(b, &v); err != nil {
+		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"type": r.PathValue("type"), "key": r.PathValue("key"), "store": store, "value": v})
+}
+
+func (n *Node) handleStatus(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	st, err := n.Status(ctx)
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"error": err.Error(), "partitions": st})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"node": n.cfg.NodeID, "partitions": st})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}

@@ -1,0 +1,384 @@
+package eddy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/eddyrt/eddy/actor"
+	"github.com/eddyrt/eddy/changelog"
+	"github.com/eddyrt/eddy/partition"
+	"github.com/eddyrt/eddy/statestore"
+)
+
+// Node runs the partition actors of the registered actor types. On one node
+// it owns every partition of every type.
+type Node struct {
+	cfg   Config
+	log   *slog.Logger
+	types map[string]*ActorType
+	order []string
+
+	reg      prometheus.Registerer
+	gatherer prometheus.Gatherer
+	metrics  *partition.Metrics
+
+	mu       sync.Mutex
+	running  bool
+	srv      *server.Server
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	cache    *statestore.Cache
+	sys      *actor.System
+	actors   map[string][]*partition.Actor
+	http     *http.Server
+	httpAddr string
+	httpDone chan struct{}
+}
+
+// NewNode returns a node for cfg; register actor types, then Start it.
+func NewNode(cfg Config) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	n := &Node{cfg: cfg, log: cfg.Logger, types: map[string]*ActorType{}}
+	if n.log == nil {
+		n.log = slog.Default()
+	}
+	n.log = n.log.With("node", cfg.NodeID)
+	if cfg.Registerer != nil {
+		n.reg = cfg.Registerer
+		if g, ok := cfg.Registerer.(prometheus.Gatherer); ok {
+			n.gatherer = g
+		}
+	} else {
+		r := prometheus.NewRegistry()
+		r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		n.reg, n.gatherer = r, r
+	}
+	n.metrics = partition.NewMetrics(n.reg)
+	return n, nil
+}
+
+// Register adds an actor type. It must be called before Start.
+func (n *Node) Register(t ActorType) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	switch {
+	case n.running:
+		return errors.New("eddy: register before Start")
+	case !changelog.ValidName(t.Name):
+		return fmt.Errorf("%w: actor type name %q: use letters, digits, '-' and '_'", ErrInvalidConfig, t.Name)
+	case t.Partitions < 1:
+		return fmt.Errorf("%w: actor type %s: partitions %d", ErrInvalidConfig, t.Name, t.Partitions)
+	case t.Handler == nil:
+		return fmt.Errorf("%w: actor type %s: no handler", ErrInvalidConfig, t.Name)
+	case n.types[t.Name] != nil:
+		return fmt.Errorf("%w: actor type %s registered twice", ErrInvalidConfig, t.Name)
+	}
+	for _, s := range t.Stores {
+		if !changelog.ValidName(s) || s == partition.DefaultStore {
+			return fmt.Errorf("%w: actor type %s: store name %q", ErrInvalidConfig, t.Name, s)
+		}
+	}
+	for _, o := range t.Outputs {
+		if !changelog.ValidName(o) {
+			return fmt.Errorf("%w: actor type %s: output stream %q", ErrInvalidConfig, t.Name, o)
+		}
+	}
+	n.types[t.Name] = &t
+	n.order = append(n.order, t.Name)
+	return nil
+}
+
+// Start connects to NATS (starting the embedded server if no URL is set),
+// creates the streams, starts a partition actor for every partition and serves
+// HTTP. Partitions restore in the background; Status tells when they run.
+func (n *Node) Start(ctx context.Context) (err error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.running {
+		return errors.New("eddy: node already started")
+	}
+	defer func() {
+		if err != nil {
+			n.shutdown(context.Background())
+		}
+	}()
+	if err := os.MkdirAll(n.cfg.DataDir, 0o755); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	url := n.cfg.NATSURL
+	if url == "" {
+		if url, err = n.startEmbeddedNATS(); err != nil {
+			return err
+		}
+	}
+	opts := append([]nats.Option{
+		nats.Name("eddy " + n.cfg.NodeID),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(100 * time.Millisecond),
+		// Fail publishes while disconnected instead of buffering them: a commit
+		// must know whether it reached the server.
+		nats.ReconnectBufSize(-1),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil { // nil: the node closed the connection itself
+				n.log.Warn("NATS disconnected; partitions retry until it is back", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) { n.log.Info("NATS reconnected", "url", c.ConnectedUrl()) }),
+	}, n.cfg.NATSOptions...)
+	if n.nc, err = nats.Connect(url, opts...); err != nil {
+		return fmt.Errorf("connect to NATS at %s: %w", url, err)
+	}
+	if n.js, err = jetstream.New(n.nc); err != nil {
+		return err
+	}
+	sopt := partition.StreamOptions{Replicas: n.cfg.StreamReplicas, Duplicates: n.cfg.DuplicateWindow}
+	for _, name := range n.order {
+		t := n.types[name]
+		if err := partition.EnsureInputStream(ctx, n.js, t.Name, t.Partitions, sopt); err != nil {
+			return err
+		}
+		if err := partition.EnsureStream(ctx, n.js, partition.DLQStream(t.Name), []string{partition.DLQSubject(t.Name)}, sopt); err != nil {
+			return err
+		}
+	}
+	for _, name := range n.order {
+		for _, o := range n.types[name].Outputs {
+			if n.types[o] != nil {
+				continue // another actor type's input stream
+			}
+			if err := partition.EnsureStream(ctx, n.js, o, []string{o + ".*"}, sopt); err != nil {
+				return err
+			}
+		}
+	}
+	n.cache = statestore.NewCache(n.cfg.CacheSize)
+	n.sys = actor.NewSystem(n.log)
+	n.actors = map[string][]*partition.Actor{}
+	for _, name := range n.order {
+		t := n.types[name]
+		for p := 0; p < t.Partitions; p++ {
+			a, err := partition.Start(n.sys, n.partitionConfig(t, p), n.supervisor())
+			if err != nil {
+				return err
+			}
+			n.actors[name] = append(n.actors[name], a)
+		}
+	}
+	if n.cfg.HTTPAddr != "" {
+		if err := n.serveHTTP(); err != nil {
+			return err
+		}
+	}
+	n.running = true
+	n.log.Info("node started", "nats", url, "http", n.httpAddr, "types", n.order)
+	return nil
+}
+
+func (n *Node) supervisor() actor.SupervisorConfig {
+	s := actor.DefaultSupervisorConfig()
+	s.MinBackoff, s.MaxBackoff = 50*time.Millisecond, 2*time.Second // NATS coming back is noticed within 2 s
+	return s
+}
+
+func (n *Node) partitionConfig(t *ActorType, p int) partition.Config {
+	c := partition.DefaultConfig()
+	c.Type, c.Partition, c.Partitions = t.Name, p, t.Partitions
+	c.Stores = t.Stores
+	h := t.Handler
+	c.Handler = func(tx *partition.Txn) error { return h(&Context{tx: tx}) }
+	c.Conn, c.JS = n.nc, n.js
+	c.StoreDir = filepath.Join(n.cfg.DataDir, "stores", t.Name, strconv.Itoa(p))
+	c.Cache = n.cache
+	c.BatchSize, c.Linger = n.cfg.BatchSize, n.cfg.Linger
+	c.MaxBatchRecords, c.MaxAttempts = n.cfg.MaxBatchRecords, n.cfg.MaxAttempts
+	c.MaxValueSize, c.MaxEventSize = n.cfg.MaxValueSize, n.cfg.MaxEventSize
+	c.DLQSubject = partition.DLQSubject(t.Name)
+	c.Changelog.Replicas = n.cfg.StreamReplicas
+	c.Hooks = n.cfg.Hooks
+	c.Logger = n.log
+	c.Metrics = n.metrics
+	return c
+}
+
+func (n *Node) startEmbeddedNATS() (string, error) {
+	opts := &server.Options{
+		ServerName: "eddy-" + n.cfg.NodeID,
+		Host:       n.cfg.EmbeddedNATSHost,
+		Port:       n.cfg.EmbeddedNATSPort,
+		JetStream:  true,
+		StoreDir:   filepath.Join(n.cfg.DataDir, "nats"),
+		NoSigs:     true,
+		NoLog:      true,
+	}
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		return "", fmt.Errorf("embedded NATS: %w", err)
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		srv.Shutdown()
+		return "", fmt.Errorf("embedded NATS did not start on %s:%d", opts.Host, opts.Port)
+	}
+	n.srv = srv
+	n.log.Info("embedded NATS server started", "url", srv.ClientURL(), "store", opts.StoreDir)
+	return srv.ClientURL(), nil
+}
+
+// NATSURL is the URL of the NATS server the node uses (the embedded one's when embedded).
+func (n *Node) NATSURL() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.nc == nil {
+		return ""
+	}
+	return n.nc.ConnectedUrl()
+}
+
+// HTTPAddr is the address the node's HTTP endpoint listens on, once started.
+func (n *Node) HTTPAddr() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.httpAddr
+}
+
+// Stop stops the partition actors (each finishes the batch in hand), HTTP, the
+// NATS connection and the embedded server.
+func (n *Node) Stop(ctx context.Context) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.running {
+		return ErrNotRunning
+	}
+	n.running = false
+	return n.shutdown(ctx)
+}
+
+func (n *Node) shutdown(ctx context.Context) error {
+	var errs []error
+	if n.http != nil {
+		errs = append(errs, n.http.Shutdown(ctx))
+		<-n.httpDone
+		n.http = nil
+	}
+	if n.sys != nil {
+		errs = append(errs, n.sys.Stop(ctx))
+		n.sys = nil
+	}
+	if n.cache != nil {
+		n.cache.Close()
+		n.cache = nil
+	}
+	if n.nc != nil {
+		n.nc.Close()
+		n.nc = nil
+	}
+	if n.srv != nil {
+		n.srv.Shutdown()
+		n.srv.WaitForShutdown()
+		n.srv = nil
+	}
+	n.log.Info("node stopped")
+	return errors.Join(errs...)
+}
+
+func (n *Node) partitionActor(typ, key string) (*partition.Actor, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.running {
+		return nil, ErrNotRunning
+	}
+	actors, ok := n.actors[typ]
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", ErrUnknownType, typ)
+	}
+	return actors[partition.Of(key, len(actors))], nil
+}
+
+// Query decodes the committed state of key in actor type typ into v.
+// It returns ErrNotFound when the key has no state.
+func (n *Node) Query(ctx context.Context, typ, key string, v any) error {
+	return n.QueryStore(ctx, typ, partition.DefaultStore, key, v)
+}
+
+// QueryStore decodes the committed value of key in a named store into v.
+func (n *Node) QueryStore(ctx context.Context, typ, store, key string, v any) error {
+	b, err := n.queryRaw(ctx, typ, store, key)
+	if err != nil {
+		return err
+	}
+	return msgpack.Unmarshal(b, v)
+}
+
+func (n *Node) queryRaw(ctx context.Context, typ, store, key string) ([]byte, error) {
+	a, err := n.partitionActor(typ, key)
+	if err != nil {
+		return nil, err
+	}
+	if store != partition.DefaultStore && !slices.Contains(n.types[typ].Stores, store) {
+		return nil, fmt.Errorf("%w: actor type %s has no store %q", ErrNotFound, typ, store)
+	}
+	return a.Get(ctx, store, []byte(key))
+}
+
+// PartitionStatus is the progress of one partition actor.
+type PartitionStatus = partition.Status
+
+// Status returns the progress of every partition actor; partitions still
+// restoring answer once they run, or are left out when ctx ends first.
+func (n *Node) Status(ctx context.Context) ([]PartitionStatus, error) {
+	n.mu.Lock()
+	if !n.running {
+		n.mu.Unlock()
+		return nil, ErrNotRunning
+	}
+	var all []*partition.Actor
+	for _, name := range n.order {
+		all = append(all, n.actors[name]...)
+	}
+	n.mu.Unlock()
+	out := make([]PartitionStatus, 0, len(all))
+	for _, a := range all {
+		s, err := a.Status(ctx)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+func (n *Node) serveHTTP() error {
+	ln, err := net.Listen("tcp", n.cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("http: %w", err)
+	}
+	n.httpAddr = ln.Addr().String()
+	n.http = &http.Server{Handler: n.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	n.httpDone = make(chan struct{})
+	go func() {
+		defer close(n.httpDone)
+		if err := n.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			n.log.Error("http server", "err", err)
+		}
+	}()
+	return nil
+}
