@@ -131,5 +131,5 @@ func (s Store) Bytes() statestore.KV { return storeKV(s) }
 type storeKV Store
 
 func (s storeKV) Get(key []byte) ([]byte, error) { return s.tx.Get(s.name, key) }
-func (s storeKV) Set(key, value []byte) error   { return s.tx.Set(s.name, key, value) }
-func (s storeKV) Delete(key []byte) error       { return s.tx.Delete(s.name, key) }
+func (s storeKV) Set(key, value []byte) error    { return s.tx.Set(s.name, key, value) }
+func (s storeKV) Delete(key []byte) error        { return s.tx.Delete(s.name, key) }
