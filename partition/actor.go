@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -127,20 +128,25 @@ func (a *partitionActor) Started(c *actor.Context) error {
 	a.ws = make(map[string]int)
 	a.tx.a = a
 	start := time.Now()
-	st, err := statestore.OpenPebble(statestore.Config{
-		Dir:          a.cfg.StoreDir,
-		Cache:        a.cfg.Cache,
-		CacheSize:    a.cfg.StoreCacheSize,
-		MemTableSize: 16 << 20,
-	})
+	st, err := a.openStore()
 	if err != nil {
-		return fmt.Errorf("open store: %w", err)
+		return err
 	}
 	a.store = st
 	if _, err := changelog.EnsureStream(ctx, a.cfg.JS, a.subjects, a.cfg.Changelog); err != nil {
 		return err
 	}
-	if err := a.restoreAndFence(ctx); err != nil {
+	err = a.restoreAndFence(ctx)
+	if errors.Is(err, errStoreAhead) {
+		// The changelog was reset (for example NATS's data was wiped): the
+		// changelog is the truth, so the local store starts over from it.
+		a.log.Warn("local store is ahead of its changelog; discarding it", "err", err)
+		if err := a.reopenEmpty(); err != nil {
+			return err
+		}
+		err = a.restoreAndFence(ctx)
+	}
+	if err != nil {
 		return err
 	}
 	a.log.Info("partition started", "epoch", a.epoch, "offset", a.offset,
@@ -156,6 +162,40 @@ func (a *partitionActor) Started(c *actor.Context) error {
 		}
 	}
 	return a.startReader(c)
+}
+
+// errStoreAhead means the local store has seen changelog records that the
+// changelog no longer has.
+var errStoreAhead = errors.New("local store ahead of changelog")
+
+// reopenEmpty deletes the local store and opens an empty one in its place.
+func (a *partitionActor) reopenEmpty() error {
+	if err := a.store.Close(); err != nil {
+		return err
+	}
+	a.store = nil
+	if err := os.RemoveAll(a.cfg.StoreDir); err != nil {
+		return fmt.Errorf("remove store: %w", err)
+	}
+	st, err := a.openStore()
+	if err != nil {
+		return err
+	}
+	a.store = st
+	return nil
+}
+
+func (a *partitionActor) openStore() (*statestore.Pebble, error) {
+	st, err := statestore.OpenPebble(statestore.Config{
+		Dir:          a.cfg.StoreDir,
+		Cache:        a.cfg.Cache,
+		CacheSize:    a.cfg.StoreCacheSize,
+		MemTableSize: 16 << 20,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	return st, nil
 }
 
 // restoreAndFence brings the local store up to the changelog's end, then writes
@@ -246,10 +286,21 @@ func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 	if err != nil {
 		return meta, err
 	}
+	if end < meta.ChangelogSeq {
+		return meta, fmt.Errorf("%w: local store at changelog sequence %d, changelog ends at %d",
+			errStoreAhead, meta.ChangelogSeq, end)
+	}
 	if !haveMeta {
+		// Nothing new in the tail: the newest meta record is older than the
+		// local store's sequence, and holds the forwarded mark.
+		m, ok, err := changelog.LastMeta(ctx, a.cfg.JS, a.subjects)
+		if err != nil {
+			return meta, err
+		}
 		last = changelog.Meta{Offset: meta.Offset, Epoch: meta.Epoch}
-		// The local store does not keep the forwarded mark: a restart re-forwards
-		// its pending entries, which the targets deduplicate.
+		if ok {
+			last.Forwarded = m.Forwarded
+		}
 	}
 	meta = statestore.Meta{Offset: last.Offset, ChangelogSeq: max(end, meta.ChangelogSeq), Epoch: max(last.Epoch, meta.Epoch)}
 	b.SetMeta(meta)
@@ -387,10 +438,17 @@ func (a *partitionActor) runEvent(ctx context.Context, msg jetstream.Msg, seq ui
 			}
 		}
 	}
-	if err == nil && a.records()+a.newRecords() > a.cfg.MaxBatchRecords {
-		if len(a.writes) == 0 && len(a.outbox) == 0 {
-			err = fmt.Errorf("%d records: %w", a.newRecords(), ErrTooManyWrites)
-		} else if err := a.commit(ctx); err != nil {
+	need := 1 // a dead-letter entry
+	if err == nil {
+		need = a.newRecords()
+	}
+	if err == nil && need+1 > a.cfg.MaxBatchRecords {
+		err, need = fmt.Errorf("%d records: %w", need, ErrTooManyWrites), 1
+	}
+	if a.records()+need > a.cfg.MaxBatchRecords {
+		// The event does not fit: commit the batch so far first. The event ran
+		// against the batch's writes, which the commit makes the store's.
+		if err := a.commit(ctx); err != nil {
 			return err
 		}
 	}
