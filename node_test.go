@@ -1,0 +1,140 @@
+package eddy_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/eddyrt/eddy"
+	"github.com/eddyrt/eddy/examples/apps"
+	"github.com/eddyrt/eddy/partition"
+)
+
+// startNode runs a node with an embedded NATS server on a free port and HTTP
+// on a free port, stopped when the test ends.
+func startNode(t *testing.T, types ...eddy.ActorType) (*eddy.Node, *eddy.Client, jetstream.JetStream) {
+	t.Helper()
+	cfg := eddy.DefaultConfig()
+	cfg.DataDir, cfg.EmbeddedNATSPort, cfg.HTTPAddr = t.TempDir(), -1, "127.0.0.1:0"
+	node, err := eddy.NewNode(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, typ := range types {
+		if err := node.Register(typ); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := node.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = node.Stop(context.Background()) })
+	nc, err := nats.Connect(node.NATSURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	client, err := eddy.NewClient(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	return node, client, js
+}
+
+func TestNodeServesBankThroughClientQueryAndHTTP(t *testing.T) {
+	node, client, js := startNode(t, apps.Bank(4))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	var bal int64
+	if err := client.Ask(ctx, apps.BankType, "alice", apps.Op{Kind: "deposit", Amount: 100}, &bal); err != nil || bal != 100 {
+		t.Fatalf("deposit: balance %d, %v", bal, err)
+	}
+	// The transfer's credit lands in bob's partition through the outbox.
+	if err := client.Ask(ctx, apps.BankType, "alice", apps.Op{Kind: "transfer", Amount: 30, To: "bob"}, &bal); err != nil || bal != 70 {
+		t.Fatalf("transfer: balance %d, %v", bal, err)
+	}
+	var bob apps.Account
+	deadline := time.Now().Add(10 * time.Second)
+	for bob.Balance != 30 {
+		if time.Now().After(deadline) {
+			t.Fatalf("bob never credited: %+v", bob)
+		}
+		err := node.Query(ctx, apps.BankType, "bob", &bob)
+		if err != nil && !errors.Is(err, eddy.ErrNotFound) {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := node.Query(ctx, apps.BankType, "nobody", &bob); !errors.Is(err, eddy.ErrNotFound) {
+		t.Fatalf("query of a missing key: %v", err)
+	}
+
+	resp, err := http.Get("http://" + node.HTTPAddr() + "/v1/state/bank/alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var got struct {
+		Value apps.Account `json:"value"`
+	}
+	if resp.StatusCode != 200 || json.Unmarshal(body, &got) != nil || got.Value.Balance != 70 || got.Value.Debits != 1 {
+		t.Fatalf("GET state: %d %s", resp.StatusCode, body)
+	}
+	if resp, err := http.Get("http://" + node.HTTPAddr() + "/v1/state/bank/nobody"); err != nil || resp.StatusCode != 404 {
+		t.Fatalf("GET missing state: %v %v", resp, err)
+	}
+
+	// Any NATS client can publish; a malformed event goes to the dead-letter
+	// stream and the partition goes on.
+	if _, err := js.Publish(ctx, "bank.carol", []byte{0xc1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := client.Ask(ctx, apps.BankType, "carol", apps.Op{Kind: "deposit", Amount: 5}, &bal); err != nil || bal != 5 {
+		t.Fatalf("after a malformed event: %d %v", bal, err)
+	}
+	dlq, err := js.Stream(ctx, partition.DLQStream(apps.BankType))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := dlq.GetLastMsgForSubject(ctx, partition.DLQSubject(apps.BankType))
+	if err != nil {
+		t.Fatalf("dead letter: %v", err)
+	}
+	if msg.Header.Get("Eddy-Attempts") != "1" || msg.Header.Get("Eddy-Error") == "" || string(msg.Data) != "\xc1" {
+		t.Fatalf("dead letter headers %v data %q", msg.Header, msg.Data)
+	}
+	st, err := node.Status(ctx)
+	if err != nil || len(st) != 4 {
+		t.Fatalf("status: %v %v", st, err)
+	}
+}
+
+func TestRegisterRejectsBadTypes(t *testing.T) {
+	node, err := eddy.NewNode(eddy.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := func(*eddy.Context) error { return nil }
+	for _, typ := range []eddy.ActorType{
+		{Name: "a.b", Partitions: 1, Handler: h},
+		{Name: "ok", Partitions: 0, Handler: h},
+		{Name: "ok", Partitions: 1},
+		{Name: "ok", Partitions: 1, Handler: h, Stores: []string{"has space"}},
+	} {
+		if err := node.Register(typ); !errors.Is(err, eddy.ErrInvalidConfig) {
+			t.Errorf("Register(%+v) = %v, want ErrInvalidConfig", typ.Name, err)
+		}
+	}
+}
