@@ -191,6 +191,7 @@ func (a *partitionActor) openStore() (*statestore.Pebble, error) {
 		Cache:        a.cfg.Cache,
 		CacheSize:    a.cfg.StoreCacheSize,
 		MemTableSize: 16 << 20,
+		Sync:         a.cfg.StoreSync,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
@@ -442,15 +443,19 @@ func (a *partitionActor) runEvent(ctx context.Context, msg jetstream.Msg, seq ui
 	if err == nil {
 		need = a.newRecords()
 	}
-	if err == nil && need+1 > a.cfg.MaxBatchRecords {
-		err, need = fmt.Errorf("%d records: %w", need, ErrTooManyWrites), 1
-	}
-	if a.records()+need > a.cfg.MaxBatchRecords {
+	if a.records()+need > a.cfg.MaxBatchRecords && (len(a.writes) > 0 || len(a.outbox) > 0) {
 		// The event does not fit: commit the batch so far first. The event ran
 		// against the batch's writes, which the commit makes the store's.
-		if err := a.commit(ctx); err != nil {
-			return err
+		if cerr := a.commit(ctx); cerr != nil {
+			return cerr
 		}
+		if err == nil {
+			need = a.newRecords() // keys it shared with the batch are new records now
+		}
+	}
+	if err == nil && a.records()+need > a.cfg.MaxBatchRecords {
+		// Too many even on its own.
+		err = fmt.Errorf("%d records: %w", need, ErrTooManyWrites)
 	}
 	if err != nil {
 		a.toDeadLetter(ev, err, attempts)
@@ -647,7 +652,14 @@ func (a *partitionActor) forward(ctx context.Context, outs []pending) error {
 		futures = append(futures, f)
 		if i == 0 && len(outs) > 1 {
 			if h := a.cfg.Hooks.MidForward; h != nil {
-				<-f.Ok()
+				// A future delivers its ack once: take it here, and do not wait
+				// for it again below.
+				select {
+				case <-f.Ok():
+				case err := <-f.Err():
+					return fmt.Errorf("forward outbox to %s: %w", p.out.Subject, err)
+				}
+				futures[0] = nil
 				h()
 			}
 		}
@@ -655,6 +667,9 @@ func (a *partitionActor) forward(ctx context.Context, outs []pending) error {
 	timeout := time.NewTimer(a.cfg.CommitTimeout)
 	defer timeout.Stop()
 	for i, f := range futures {
+		if f == nil {
+			continue // acknowledged already
+		}
 		select {
 		case <-f.Ok():
 		case err := <-f.Err():

@@ -47,6 +47,11 @@ type Config struct {
 	Cache *statestore.Cache
 	// StoreCacheSize is the block cache of this store when Cache is nil.
 	StoreCacheSize int64
+	// StoreSync fsyncs the local store on every commit. Off by default: the
+	// changelog is the truth, and a crashed process only replays a longer tail
+	// (pebble keeps up to one 32 KiB WAL block in memory, so a small store may
+	// lose all of its unsynced commits and restore from the whole changelog).
+	StoreSync bool
 
 	// BatchSize is the most events processed per batch: larger batches amortise
 	// the commit round trip.

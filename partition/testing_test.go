@@ -87,16 +87,103 @@ func (h *harness) publish(key string, data []byte) {
 	}
 }
 
+// publishMsg publishes m to the input stream and returns its offset.
+func (h *harness) publishMsg(m *nats.Msg) uint64 {
+	h.t.Helper()
+	ack, err := h.js.PublishMsg(h.ctx, m)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return ack.Sequence
+}
+
 // counter counts events per key in the default store.
 func counter(tx *Txn) error {
+	_, err := increment(tx)
+	return err
+}
+
+// increment adds one to the count of the event's key and returns the new count.
+func increment(tx *Txn) (uint64, error) {
 	key := []byte(tx.Event().Key)
 	var n uint64
 	if v, err := tx.Get(DefaultStore, key); err == nil {
 		n = binary.BigEndian.Uint64(v)
 	} else if !errors.Is(err, statestore.ErrNotFound) {
-		return err
+		return 0, err
 	}
-	return tx.Set(DefaultStore, key, binary.BigEndian.AppendUint64(nil, n+1))
+	n++
+	return n, tx.Set(DefaultStore, key, binary.BigEndian.AppendUint64(nil, n))
+}
+
+// countAndEmit counts events per key and publishes copies outputs "<key>=<count>"
+// to subject for each event, so a test can compare outputs with a sequential model.
+func countAndEmit(subject string, copies int) Handler {
+	return func(tx *Txn) error {
+		n, err := increment(tx)
+		if err != nil {
+			return err
+		}
+		v := []byte(tx.Event().Key + "=" + strconv.FormatUint(n, 10))
+		for range copies {
+			if err := tx.Publish(subject, nil, v); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// ensureOutput creates the output stream name on subject, with a duplicate
+// window that covers every failover of a test.
+func ensureOutput(t *testing.T, ctx context.Context, js jetstream.JetStream, name, subject string) {
+	t.Helper()
+	opt := StreamOptions{Replicas: 1, Duplicates: 2 * time.Minute}
+	if err := EnsureStream(ctx, js, name, []string{subject}, opt); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// streamMsgs returns every message stream name holds, in stream order.
+func streamMsgs(t *testing.T, ctx context.Context, js jetstream.JetStream, name string) []*jetstream.RawStreamMsg {
+	t.Helper()
+	st, err := js.Stream(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var msgs []*jetstream.RawStreamMsg
+	if info.State.Msgs == 0 {
+		return nil
+	}
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
+		m, err := st.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgs = append(msgs, m)
+	}
+	return msgs
+}
+
+// byMsgID indexes msgs by their Nats-Msg-Id and fails on a duplicate id.
+func byMsgID(t *testing.T, msgs []*jetstream.RawStreamMsg) map[string]*jetstream.RawStreamMsg {
+	t.Helper()
+	ids := make(map[string]*jetstream.RawStreamMsg, len(msgs))
+	for _, m := range msgs {
+		id := m.Header.Get(jetstream.MsgIDHeader)
+		if _, dup := ids[id]; dup {
+			t.Errorf("message id %q stored twice", id)
+		}
+		ids[id] = m
+	}
+	return ids
 }
 
 // count returns the committed count of key, 0 if absent.

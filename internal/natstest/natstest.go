@@ -70,10 +70,12 @@ func (s *Server) Restart() {
 	s.start()
 }
 
-// Connect returns a client connection and its JetStream context, closed when the test ends.
-func (s *Server) Connect(t testing.TB) (*nats.Conn, jetstream.JetStream) {
+// Connect returns a client connection and its JetStream context, closed when the
+// test ends. It reconnects forever, every 50 ms; opts are applied after that.
+func (s *Server) Connect(t testing.TB, opts ...nats.Option) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	nc, err := nats.Connect(s.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	opts = append([]nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(50 * time.Millisecond)}, opts...)
+	nc, err := nats.Connect(s.URL(), opts...)
 	if err != nil {
 		t.Fatalf("connect: %v", err)
 	}

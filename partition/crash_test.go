@@ -1,0 +1,303 @@
+package partition
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/eddyrt/eddy/actor"
+	"github.com/eddyrt/eddy/changelog"
+	"github.com/eddyrt/eddy/internal/natstest"
+)
+
+// The crash child is this test binary run again with these variables set.
+const (
+	envChild    = "EDDY_CRASH_CHILD" // "1" in the child
+	envNATS     = "EDDY_CRASH_NATS"  // the parent's NATS URL
+	envType     = "EDDY_CRASH_TYPE"  // the actor type
+	envStoreDir = "EDDY_CRASH_STORE" // the partition's store dir
+	envHook     = "EDDY_CRASH_HOOK"  // AfterChangelog, AfterLocal, MidForward, or empty: no crash
+	envAt       = "EDDY_CRASH_AT"    // crash on this call of the hook
+)
+
+// crashExit is the exit code of a child that crashed at its hook.
+const crashExit = 3
+
+// crashOutputs is how many outputs the crash handler publishes per event: a
+// commit needs two outbox entries for MidForward to run.
+const crashOutputs = 2
+
+// TestCrashBetweenCommitSteps crashes a child process running a partition actor
+// at each step of a commit (os.Exit in a hook: no cleanup runs, as after a
+// SIGKILL), restarts it on the same local store or on none, and compares state
+// and outputs with a sequential run of the same input.
+func TestCrashBetweenCommitSteps(t *testing.T) {
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	for _, hook := range []string{"AfterChangelog", "AfterLocal", "MidForward"} {
+		for _, storeLost := range []bool{false, true} {
+			name := hook
+			if storeLost {
+				name += "/StoreLost"
+			}
+			t.Run(name, func(t *testing.T) {
+				typ := "crash_" + strings.ToLower(hook)
+				if storeLost {
+					typ += "_lost"
+				}
+				crashScenario(t, ctx, srv.URL(), js, typ, hook, storeLost)
+			})
+		}
+	}
+}
+
+func crashScenario(t *testing.T, ctx context.Context, url string, js jetstream.JetStream, typ, hook string, storeLost bool) {
+	const events, keys = 300, 10
+	opt := StreamOptions{Replicas: 1, Duplicates: 2 * time.Minute}
+	if err := EnsureInputStream(ctx, js, typ, 1, opt); err != nil {
+		t.Fatal(err)
+	}
+	if err := EnsureStream(ctx, js, DLQStream(typ), []string{DLQSubject(typ)}, opt); err != nil {
+		t.Fatal(err)
+	}
+	ensureOutput(t, ctx, js, typ+"_out", "out."+typ)
+
+	// The input, and what a sequential run makes of it: the count of each key,
+	// and for each event the output "<key>=<count so far>".
+	rng := rand.New(rand.NewPCG(1, uint64(len(typ))))
+	counts := map[string]uint64{}
+	outputs := map[uint64]string{}
+	var last uint64
+	for range events {
+		key := "k" + strconv.Itoa(rng.IntN(keys))
+		ack, err := js.Publish(ctx, InputSubject(typ, key), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		counts[key]++
+		outputs[ack.Sequence] = fmt.Sprintf("%s=%d", key, counts[key])
+		last = ack.Sequence
+	}
+
+	child := crashChild{t: t, url: url, typ: typ, storeDir: filepath.Join(t.TempDir(), "store")}
+	if code, _ := child.run(ctx, hook, 4); code != crashExit {
+		t.Fatalf("child exited with %d, want %d: it did not crash at %s", code, crashExit, hook)
+	}
+	cl := changelog.NewSubjects(typ, 0)
+	if m, _, err := changelog.LastMeta(ctx, js, cl); err != nil || m.Offset >= last || m.Epoch != 1 {
+		t.Fatalf("the child committed offset %d of %d in epoch %d (%v); want a crash mid-stream, in its first incarnation",
+			m.Offset, last, m.Epoch, err)
+	}
+	if storeLost {
+		if err := os.RemoveAll(child.storeDir); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, logs := child.run(ctx, "", 0)
+	if code != 0 {
+		t.Fatalf("restarted child exited with %d", code)
+	}
+	// The restart took the restore path this case is about.
+	if full := strings.Contains(logs, "restoring from the whole changelog"); full != storeLost {
+		t.Errorf("restart restored from the whole changelog: %v, want %v", full, storeLost)
+	}
+
+	// State: the changelog holds each key's count, as a sequential run has it.
+	if m, _, err := changelog.LastMeta(ctx, js, cl); err != nil || m.Offset != last {
+		t.Fatalf("committed offset %d, want %d (%v)", m.Offset, last, err)
+	}
+	got := map[string]uint64{}
+	_, err := changelog.Replay(ctx, js, cl, changelog.ReplayConfig{From: 1}, func(_ uint64, r changelog.Record) error {
+		if r.Kind == changelog.KindSet && r.Store == DefaultStore {
+			got[string(r.Key)] = binary.BigEndian.Uint64(r.Value)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for key, want := range counts {
+		if got[key] != want {
+			t.Errorf("%s = %d, want %d", key, got[key], want)
+		}
+	}
+	if len(got) != len(counts) {
+		t.Errorf("changelog holds %d keys, want %d", len(got), len(counts))
+	}
+
+	// Outputs: every (event, index) exactly once, with the sequential value.
+	ids := byMsgID(t, streamMsgs(t, ctx, js, typ+"_out"))
+	if len(ids) != crashOutputs*events {
+		t.Errorf("output stream holds %d messages, want %d", len(ids), crashOutputs*events)
+	}
+	for off, want := range outputs {
+		for i := range crashOutputs {
+			id := fmt.Sprintf("%s/0/%d/%d", typ, off, i)
+			if m := ids[id]; m == nil {
+				t.Errorf("output %s missing", id)
+			} else if string(m.Data) != want {
+				t.Errorf("output %s = %q, want %q", id, m.Data, want)
+			}
+		}
+	}
+	if dl := streamMsgs(t, ctx, js, DLQStream(typ)); len(dl) != 0 {
+		t.Errorf("%d dead letters, want none", len(dl))
+	}
+}
+
+// crashChild runs the partition actor of TestCrashChild in a child process.
+type crashChild struct {
+	t        *testing.T
+	url      string
+	typ      string
+	storeDir string
+}
+
+// run runs the child until it exits and returns its exit code and output. With
+// a hook it crashes on call number at of that hook; without, it stops once it
+// has committed every input event. Its logs go to t.Log if the test fails (or
+// always, with EDDY_CRASH_LOGS=1).
+func (c crashChild) run(ctx context.Context, hook string, at int) (int, string) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1", "-test.v", "-test.timeout=60s")
+	cmd.Env = append(os.Environ(),
+		envChild+"=1", envNATS+"="+c.url, envType+"="+c.typ, envStoreDir+"="+c.storeDir,
+		envHook+"="+hook, envAt+"="+strconv.Itoa(at),
+		// Under -race a clean exit otherwise sleeps 1 s for late race reports.
+		"GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	start := time.Now()
+	err := cmd.Run()
+	what := "child (no crash)"
+	if hook != "" {
+		what = fmt.Sprintf("child (crash at %s #%d)", hook, at)
+	}
+	c.t.Cleanup(func() {
+		if c.t.Failed() || os.Getenv("EDDY_CRASH_LOGS") != "" {
+			c.t.Logf("%s output:\n%s", what, logs.String())
+		}
+	})
+	c.t.Logf("%s ran %v", what, time.Since(start).Round(time.Millisecond))
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		return 0, logs.String()
+	case errors.As(err, &exit):
+		return exit.ExitCode(), logs.String()
+	default:
+		c.t.Fatalf("%s: %v", what, err)
+		return -1, ""
+	}
+}
+
+// TestCrashChild is the child process of TestCrashBetweenCommitSteps; it does
+// nothing in a normal test run.
+func TestCrashChild(t *testing.T) {
+	if os.Getenv(envChild) != "1" {
+		t.Skip("the child process of TestCrashBetweenCommitSteps")
+	}
+	typ, hook := os.Getenv(envType), os.Getenv(envHook)
+	at, _ := strconv.Atoi(os.Getenv(envAt))
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Second)
+	defer cancel()
+	nc, err := nats.Connect(os.Getenv(envNATS), nats.MaxReconnects(-1), nats.ReconnectBufSize(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Straight to stderr: a crash must not lose the last lines.
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	sys := actor.NewSystem(log)
+	defer func() { _ = sys.Stop(context.Background()) }()
+
+	cfg := DefaultConfig()
+	cfg.Type, cfg.Partition, cfg.Partitions = typ, 0, 1
+	cfg.Handler = countAndEmit("out."+typ, crashOutputs)
+	cfg.Conn, cfg.JS = nc, js
+	cfg.StoreDir = os.Getenv(envStoreDir)
+	cfg.DLQSubject = DLQSubject(typ)
+	cfg.Logger = log
+	cfg.BatchSize = 25 // a dozen commits
+	// The local commit a hook crashes after must be on disk, as it would be
+	// after any commit of a large store.
+	cfg.StoreSync = true
+	cfg.MarkDelay = 50 * time.Millisecond
+	calls := 0
+	crash := func() {
+		calls++
+		if calls == at {
+			log.Info("crashing", "hook", hook, "call", calls)
+			os.Exit(crashExit)
+		}
+	}
+	switch hook {
+	case "AfterChangelog":
+		cfg.Hooks.AfterChangelog = crash
+	case "AfterLocal":
+		cfg.Hooks.AfterLocal = crash
+	case "MidForward":
+		cfg.Hooks.MidForward = crash
+	case "":
+	default:
+		t.Fatalf("unknown hook %q", hook)
+	}
+	sup := actor.DefaultSupervisorConfig()
+	sup.MinBackoff, sup.MaxBackoff = 10*time.Millisecond, 200*time.Millisecond
+	a, err := Start(sys, cfg, sup)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	st, err := js.Stream(ctx, typ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		s, err := a.Status(ctx)
+		if err != nil {
+			t.Fatalf("status: %v", err)
+		}
+		if s.Offset >= info.State.LastSeq {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("offset %d, want %d: %v", s.Offset, info.State.LastSeq, ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	if err := a.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := a.Restarts(); n != 0 {
+		t.Errorf("actor restarted %d times", n)
+	}
+}

@@ -1,0 +1,181 @@
+package partition
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/eddyrt/eddy/changelog"
+)
+
+func TestOutboxForwardedOnceAndReply(t *testing.T) {
+	h := newHarness(t, "orders", 1)
+	out, subject := "orders_out", "out.orders"
+	ensureOutput(t, h.ctx, h.js, out, subject)
+	cfg := h.config(0, func(tx *Txn) error {
+		n, err := increment(tx)
+		if err != nil {
+			return err
+		}
+		v := []byte(tx.Event().Key + "=" + strconv.FormatUint(n, 10))
+		if err := tx.Publish(subject, map[string]string{"Eddy-Key": tx.Event().Key}, v); err != nil {
+			return err
+		}
+		return tx.Reply(v)
+	})
+	a := h.start(cfg)
+
+	want := map[uint64]string{} // input offset -> the output a sequential run emits
+	counts := map[string]int{}
+	pub := func(m *nats.Msg) uint64 {
+		key := m.Subject[len(h.typ)+1:]
+		off := h.publishMsg(m)
+		counts[key]++
+		want[off] = fmt.Sprintf("%s=%d", key, counts[key])
+		return off
+	}
+	for i := range 20 {
+		pub(&nats.Msg{Subject: InputSubject(h.typ, "k"+strconv.Itoa(i%3))})
+	}
+
+	// A client asks with an event and waits for the reply on its inbox.
+	inbox := nats.NewInbox()
+	sub, err := h.nc.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := &nats.Msg{Subject: InputSubject(h.typ, "k1"), Header: nats.Header{}}
+	req.Header.Set(HeaderReply, inbox)
+	off := pub(req)
+	reply, err := sub.NextMsg(10 * time.Second)
+	if err != nil {
+		t.Fatalf("no reply: %v", err)
+	}
+	if string(reply.Data) != want[off] {
+		t.Errorf("reply %q, want %q", reply.Data, want[off])
+	}
+	// The reply is sent only after the event's effects are committed.
+	if m, _, err := changelog.LastMeta(h.ctx, h.js, changelog.NewSubjects(h.typ, 0)); err != nil || m.Offset < off {
+		t.Errorf("replied before the commit: changelog offset %d, event %d (%v)", m.Offset, off, err)
+	}
+	if got := count(h.ctx, a, "k1"); got < uint64(counts["k1"]) {
+		t.Errorf("replied before the local commit: k1 = %d", got)
+	}
+
+	h.waitOffset(a, 0)
+	checkOutputs := func(when string) {
+		t.Helper()
+		ids := byMsgID(t, streamMsgs(t, h.ctx, h.js, out))
+		if len(ids) != len(want) {
+			t.Errorf("%s: output stream holds %d messages, want one per event: %d", when, len(ids), len(want))
+		}
+		for off, v := range want {
+			id := fmt.Sprintf("%s/0/%d/0", h.typ, off)
+			m := ids[id]
+			if m == nil {
+				t.Errorf("%s: no output %s", when, id)
+				continue
+			}
+			if string(m.Data) != v || m.Subject != subject || m.Header.Get("Eddy-Key") == "" {
+				t.Errorf("%s: output %s = %s %q %v, want %s %q", when, id, m.Subject, m.Data, m.Header, subject, v)
+			}
+		}
+	}
+	checkOutputs("after processing")
+
+	// A new owner restored from the whole changelog forwards again what the
+	// committed mark does not cover; the output stream keeps each message once.
+	if err := a.Stop(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(cfg.StoreDir); err != nil {
+		t.Fatal(err)
+	}
+	a = h.start(cfg)
+	pub(&nats.Msg{Subject: InputSubject(h.typ, "k2")})
+	h.waitOffset(a, 0)
+	checkOutputs("after a full restore")
+}
+
+// TestForwardedMarkNeverRegresses restarts a partition on the same node (its
+// local store is current, so the changelog tail is empty) and then loses that
+// node: the new owner must not forward again what was forwarded before, because
+// after a real failover the targets' duplicate window may be over.
+func TestForwardedMarkNeverRegresses(t *testing.T) {
+	h := newHarness(t, "mark", 1)
+	out, subject := "mark_out", "out.mark"
+	ensureOutput(t, h.ctx, h.js, out, subject)
+	metrics := NewMetrics(nil)
+	cfg := h.config(0, countAndEmit(subject, 1))
+	cfg.Metrics = metrics
+	cfg.PurgeEvery = time.Hour // keep forwarded entries in the changelog: only the mark covers them
+	forwarded := func() float64 {
+		var m dto.Metric
+		if err := metrics.forwarded.WithLabelValues(h.typ, "0").Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		return m.GetCounter().GetValue()
+	}
+	cl := changelog.NewSubjects(h.typ, 0)
+	mark := func() uint64 {
+		m, _, err := changelog.LastMeta(h.ctx, h.js, cl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m.Forwarded
+	}
+
+	a := h.start(cfg)
+	for i := range 30 {
+		h.publish("k"+strconv.Itoa(i%3), nil)
+		if i%10 == 9 {
+			h.waitOffset(a, 0) // several commits, several outbox ranges
+		}
+	}
+	// The idle partition commits its mark after MarkDelay.
+	st, err := h.js.Stream(h.ctx, cl.Stream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	lastOut, err := st.GetLastMsgForSubject(h.ctx, cl.Outboxes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the forwarded mark to be committed", func() bool { return mark() >= lastOut.Sequence })
+	if err := a.Stop(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	sent := forwarded()
+
+	// Restart on the same node.
+	a = h.start(cfg)
+	if _, err := a.Status(h.ctx); err != nil { // answered once restored and fenced
+		t.Fatal(err)
+	}
+	if got := mark(); got < lastOut.Sequence {
+		t.Errorf("restart committed forwarded mark %d, below %d which the changelog held", got, lastOut.Sequence)
+	}
+	if err := a.Stop(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// The node is lost; a new owner restores from the whole changelog.
+	if err := os.RemoveAll(cfg.StoreDir); err != nil {
+		t.Fatal(err)
+	}
+	a = h.start(cfg)
+	if _, err := a.Status(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if again := forwarded() - sent; again != 0 {
+		t.Errorf("the new owner forwarded %v outbox entries again", again)
+	}
+	if n := len(streamMsgs(t, h.ctx, h.js, out)); n != 30 {
+		t.Errorf("output stream holds %d messages, want 30", n)
+	}
+}
