@@ -7,10 +7,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -41,6 +43,7 @@ type Node struct {
 
 	mu       sync.Mutex
 	running  bool
+	stopping bool
 	srv      *server.Server
 	nc       *nats.Conn
 	js       jetstream.JetStream
@@ -113,7 +116,7 @@ func (n *Node) Register(t ActorType) error {
 func (n *Node) Start(ctx context.Context) (err error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.running {
+	if n.running || n.stopping {
 		return errors.New("eddy: node already started")
 	}
 	defer func() {
@@ -145,7 +148,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		nats.ReconnectHandler(func(c *nats.Conn) { n.log.Info("NATS reconnected", "url", c.ConnectedUrl()) }),
 	}, n.cfg.NATSOptions...)
 	if n.nc, err = nats.Connect(url, opts...); err != nil {
-		return fmt.Errorf("connect to NATS at %s: %w", url, err)
+		return fmt.Errorf("connect to NATS at %s: %w", redactURL(url), err)
 	}
 	if n.js, err = jetstream.New(n.nc); err != nil {
 		return err
@@ -189,7 +192,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		}
 	}
 	n.running = true
-	n.log.Info("node started", "nats", url, "http", n.httpAddr, "types", n.order)
+	n.log.Info("node started", "nats", redactURL(url), "http", n.httpAddr, "types", n.order)
 	return nil
 }
 
@@ -243,14 +246,26 @@ func (n *Node) startEmbeddedNATS() (string, error) {
 	return srv.ClientURL(), nil
 }
 
-// NATSURL is the URL of the NATS server the node uses (the embedded one's when embedded).
+// redactURL hides a password in a NATS URL (or a comma-separated list of them).
+func redactURL(s string) string {
+	parts := strings.Split(s, ",")
+	for i, p := range parts {
+		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
+			parts[i] = u.Redacted()
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+// NATSURL is the URL of the NATS server the node uses (the embedded one's when
+// embedded), without credentials.
 func (n *Node) NATSURL() string {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.nc == nil {
 		return ""
 	}
-	return n.nc.ConnectedUrl()
+	return n.nc.ConnectedUrlRedacted()
 }
 
 // HTTPAddr is the address the node's HTTP endpoint listens on, once started.
@@ -264,12 +279,25 @@ func (n *Node) HTTPAddr() string {
 // NATS connection and the embedded server.
 func (n *Node) Stop(ctx context.Context) error {
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	if !n.running {
+		n.mu.Unlock()
 		return ErrNotRunning
 	}
-	n.running = false
-	return n.shutdown(ctx)
+	n.running, n.stopping = false, true
+	h, httpDone := n.http, n.httpDone
+	n.http = nil
+	n.mu.Unlock()
+	// Shut HTTP down without holding n.mu: a handler in flight takes n.mu
+	// (and now answers ErrNotRunning), and Shutdown waits for it.
+	var errs []error
+	if h != nil {
+		errs = append(errs, h.Shutdown(ctx))
+		<-httpDone
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.stopping = false
+	return errors.Join(append(errs, n.shutdown(ctx))...)
 }
 
 func (n *Node) shutdown(ctx context.Context) error {
@@ -342,9 +370,9 @@ func (n *Node) queryRaw(ctx context.Context, typ, store, key string) ([]byte, er
 // PartitionStatus is the progress of one partition actor.
 type PartitionStatus = partition.Status
 
-// Status returns the progress of every partition actor; partitions still
-// restoring answer once they run, or are left out when ctx ends first.
-func (n *Node) Status(ctx context.Context) ([]PartitionStatus, error) {
+// Status returns the progress of every partition actor as of its last commit;
+// partitions still restoring report Running false.
+func (n *Node) Status() ([]PartitionStatus, error) {
 	n.mu.Lock()
 	if !n.running {
 		n.mu.Unlock()
@@ -357,11 +385,7 @@ func (n *Node) Status(ctx context.Context) ([]PartitionStatus, error) {
 	n.mu.Unlock()
 	out := make([]PartitionStatus, 0, len(all))
 	for _, a := range all {
-		s, err := a.Status(ctx)
-		if err != nil {
-			return out, err
-		}
-		out = append(out, s)
+		out = append(out, a.Status())
 	}
 	return out, nil
 }

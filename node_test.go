@@ -115,8 +115,8 @@ func TestNodeServesBankThroughClientQueryAndHTTP(t *testing.T) {
 	if msg.Header.Get("Eddy-Attempts") != "1" || msg.Header.Get("Eddy-Error") == "" || string(msg.Data) != "\xc1" {
 		t.Fatalf("dead letter headers %v data %q", msg.Header, msg.Data)
 	}
-	st, err := node.Status(ctx)
-	if err != nil || len(st) != 4 {
+	st, err := node.Status()
+	if err != nil || len(st) != 4 || !st[0].Running {
 		t.Fatalf("status: %v %v", st, err)
 	}
 }

@@ -1,6 +1,7 @@
 package partition
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -40,17 +42,24 @@ type (
 		store string
 		key   []byte
 	}
-	// statusReq asks for the actor's Status.
-	statusReq struct{}
 )
 
 // Status is a partition actor's progress.
 type Status struct {
 	Type         string
 	Partition    int
-	Epoch        uint64
+	Running      bool   // restored and processing (false while restoring or after it stopped)
+	Epoch        uint64 // the epoch it fences with
 	Offset       uint64 // last input sequence whose effects are committed
 	ChangelogSeq uint64 // last changelog sequence committed
+	Restarts     int    // supervised restarts after failures
+}
+
+// publishStatus makes the actor's progress visible to Actor.Status without a
+// round trip through the mailbox, which may be queued behind input batches.
+func (a *partitionActor) publishStatus(running bool) {
+	a.status.Store(&Status{Type: a.cfg.Type, Partition: a.cfg.Partition, Running: running,
+		Epoch: a.epoch, Offset: a.offset, ChangelogSeq: a.writer.Last()})
 }
 
 // pendingKeyPrefix keeps unforwarded outbox entries in the local store, out of
@@ -69,15 +78,17 @@ type pending struct {
 // partitionActor is one incarnation of a partition actor.
 type partitionActor struct {
 	cfg      *Config
+	status   *atomic.Pointer[Status]
 	log      *slog.Logger
 	m        *partitionMetrics
 	subjects changelog.Subjects
 	stores   map[string]bool
 
-	store  statestore.Store
-	writer *changelog.Writer
-	epoch  uint64
-	offset uint64
+	store       statestore.Store
+	changelogID []byte
+	writer      *changelog.Writer
+	epoch       uint64
+	offset      uint64
 	// forwarded: every outbox entry at or below this changelog sequence is forwarded.
 	forwarded     uint64
 	markCommitted uint64 // the forwarded mark the changelog holds
@@ -133,14 +144,16 @@ func (a *partitionActor) Started(c *actor.Context) error {
 		return err
 	}
 	a.store = st
-	if _, err := changelog.EnsureStream(ctx, a.cfg.JS, a.subjects, a.cfg.Changelog); err != nil {
+	cl, err := changelog.EnsureStream(ctx, a.cfg.JS, a.subjects, a.cfg.Changelog)
+	if err != nil {
 		return err
 	}
+	a.changelogID = binary.BigEndian.AppendUint64(nil, uint64(cl.CachedInfo().Created.UnixNano()))
 	err = a.restoreAndFence(ctx)
 	if errors.Is(err, errStoreAhead) {
 		// The changelog was reset (for example NATS's data was wiped): the
 		// changelog is the truth, so the local store starts over from it.
-		a.log.Warn("local store is ahead of its changelog; discarding it", "err", err)
+		a.log.Warn("local store does not belong to this changelog; discarding it", "err", err)
 		if err := a.reopenEmpty(); err != nil {
 			return err
 		}
@@ -149,6 +162,7 @@ func (a *partitionActor) Started(c *actor.Context) error {
 	if err != nil {
 		return err
 	}
+	a.publishStatus(true)
 	a.log.Info("partition started", "epoch", a.epoch, "offset", a.offset,
 		"changelog_seq", a.writer.Last(), "took", time.Since(start).Round(time.Millisecond))
 	// Forward whatever a crash left unforwarded before taking new input.
@@ -164,9 +178,14 @@ func (a *partitionActor) Started(c *actor.Context) error {
 	return a.startReader(c)
 }
 
-// errStoreAhead means the local store has seen changelog records that the
-// changelog no longer has.
+// errStoreAhead means the local store was built from another changelog than
+// the current one (it was deleted and created again), or has seen records
+// that the changelog no longer has.
 var errStoreAhead = errors.New("local store ahead of changelog")
+
+// changelogIDKey holds the identity (creation time) of the changelog stream
+// the local store was built from, in the internal key space.
+const changelogIDKey = "\x00changelog-id"
 
 // reopenEmpty deletes the local store and opens an empty one in its place.
 func (a *partitionActor) reopenEmpty() error {
@@ -232,6 +251,20 @@ func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 	meta, err := a.store.Meta()
 	if err != nil {
 		return meta, err
+	}
+	id, err := a.store.Get([]byte(changelogIDKey))
+	switch {
+	case errors.Is(err, statestore.ErrNotFound):
+		if meta.ChangelogSeq > 0 {
+			return meta, fmt.Errorf("%w: local store has no changelog identity", errStoreAhead)
+		}
+		if err := a.store.Set([]byte(changelogIDKey), a.changelogID); err != nil {
+			return meta, err
+		}
+	case err != nil:
+		return meta, err
+	case !bytes.Equal(id, a.changelogID):
+		return meta, fmt.Errorf("%w: local store was built from an earlier changelog of the same name", errStoreAhead)
 	}
 	var (
 		last     changelog.Meta
@@ -350,6 +383,9 @@ func (a *partitionActor) loadPending() error {
 
 // Stopped stops the reader and closes the store.
 func (a *partitionActor) Stopped(c *actor.Context) {
+	if a.writer != nil {
+		a.publishStatus(false)
+	}
 	if a.readerCancel != nil {
 		a.readerCancel()
 		<-a.readerDone
@@ -389,10 +425,6 @@ func (a *partitionActor) Receive(c *actor.Context, msg any) error {
 			return nil
 		}
 		c.Respond(v)
-		return nil
-	case statusReq:
-		c.Respond(Status{Type: a.cfg.Type, Partition: a.cfg.Partition, Epoch: a.epoch,
-			Offset: a.offset, ChangelogSeq: a.writer.Last()})
 		return nil
 	}
 	return fmt.Errorf("partition: unexpected message %T", msg)
@@ -615,6 +647,7 @@ func (a *partitionActor) commit(ctx context.Context) error {
 	a.m.commitSeconds.Observe(time.Since(start).Seconds())
 	a.m.changelogRecords.Add(float64(len(recs)))
 	a.m.offset.Set(float64(a.offset))
+	a.publishStatus(true)
 
 	clear(a.ws)
 	a.writes = a.writes[:0]

@@ -154,9 +154,7 @@ func TestForwardedMarkNeverRegresses(t *testing.T) {
 
 	// Restart on the same node.
 	a = h.start(cfg)
-	if _, err := a.Status(h.ctx); err != nil { // answered once restored and fenced
-		t.Fatal(err)
-	}
+	h.waitRunning(a) // restored and fenced
 	if got := mark(); got < lastOut.Sequence {
 		t.Errorf("restart committed forwarded mark %d, below %d which the changelog held", got, lastOut.Sequence)
 	}
@@ -169,9 +167,7 @@ func TestForwardedMarkNeverRegresses(t *testing.T) {
 		t.Fatal(err)
 	}
 	a = h.start(cfg)
-	if _, err := a.Status(h.ctx); err != nil {
-		t.Fatal(err)
-	}
+	h.waitRunning(a)
 	if again := forwarded() - sent; again != 0 {
 		t.Errorf("the new owner forwarded %v outbox entries again", again)
 	}

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 
 	"github.com/eddyrt/eddy/actor"
 	"github.com/eddyrt/eddy/changelog"
@@ -26,8 +27,9 @@ import (
 
 // Actor is a running partition actor.
 type Actor struct {
-	cfg Config
-	ref *actor.Ref
+	cfg    Config
+	ref    *actor.Ref
+	status atomic.Pointer[Status]
 }
 
 // Start spawns the partition actor in sys. It restores and starts reading in
@@ -53,6 +55,7 @@ func Start(sys *actor.System, cfg Config, sup actor.SupervisorConfig) (*Actor, e
 		return actor.Restart
 	}
 	a := &Actor{cfg: cfg}
+	a.status.Store(&Status{Type: cfg.Type, Partition: cfg.Partition})
 	ref, err := sys.Spawn(actor.Props{
 		Name:        fmt.Sprintf("%s/%d", cfg.Type, cfg.Partition),
 		MailboxSize: 4,
@@ -61,7 +64,7 @@ func Start(sys *actor.System, cfg Config, sup actor.SupervisorConfig) (*Actor, e
 		OnRestart:   func(error) { m.restarts.Inc() },
 		New: func() actor.Receiver {
 			c := cfg
-			return &partitionActor{cfg: &c, log: log, m: m, subjects: subjects, stores: stores}
+			return &partitionActor{cfg: &c, status: &a.status, log: log, m: m, subjects: subjects, stores: stores}
 		},
 	})
 	if err != nil {
@@ -80,13 +83,17 @@ func (a *Actor) Get(ctx context.Context, store string, key []byte) ([]byte, erro
 	return v.([]byte), nil
 }
 
-// Status returns the actor's epoch, offset and changelog sequence.
-func (a *Actor) Status(ctx context.Context) (Status, error) {
-	v, err := a.ref.Ask(ctx, statusReq{})
-	if err != nil {
-		return Status{}, err
+// Status returns the actor's progress as of its last commit. It does not wait
+// for the actor: a partition still restoring reports Running false.
+func (a *Actor) Status() Status {
+	s := *a.status.Load()
+	s.Restarts = a.ref.Restarts()
+	select {
+	case <-a.ref.Done():
+		s.Running = false
+	default:
 	}
-	return v.(Status), nil
+	return s
 }
 
 // Stop finishes the batch in hand and stops the actor.

@@ -223,7 +223,12 @@ func (h *harness) waitOffset(a *Actor, p int) {
 			}
 			want = msg.Sequence
 		}
-		s, err := a.Status(h.ctx)
-		return err == nil && s.Offset >= want
+		return a.Status().Offset >= want
 	})
+}
+
+// waitRunning waits until a has restored, fenced and started reading.
+func (h *harness) waitRunning(a *Actor) {
+	h.t.Helper()
+	waitFor(h.t, "partition to run", func() bool { return a.Status().Running })
 }

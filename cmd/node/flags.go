@@ -1,0 +1,187 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/eddyrt/eddy"
+)
+
+// envName is the environment variable that mirrors a flag: --data-dir is EDDY_DATA_DIR.
+func envName(flagName string) string {
+	return "EDDY_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// parseFlags sets fs's flags from their EDDY_* variables, then from args, so a
+// flag on the command line wins over its variable, which wins over the default.
+func parseFlags(fs *flag.FlagSet, args []string, lookupEnv func(string) (string, bool)) error {
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		name := envName(f.Name)
+		if !strings.HasSuffix(f.Usage, "$"+name+")") {
+			f.Usage += " ($" + name + ")"
+		}
+		v, ok := lookupEnv(name)
+		if !ok || err != nil {
+			return
+		}
+		if e := fs.Set(f.Name, v); e != nil {
+			err = fmt.Errorf("$%s=%q: %w", name, v, e)
+		}
+	})
+	if err != nil {
+		fmt.Fprintln(fs.Output(), err)
+		return err
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		err := fmt.Errorf("%s: unexpected arguments %q", fs.Name(), fs.Args())
+		fmt.Fprintln(fs.Output(), err)
+		return err
+	}
+	return nil
+}
+
+// nodeFlags binds the flags of the eddy.Config fields that place a node: its
+// id, data, NATS server and HTTP endpoint.
+type nodeFlags struct {
+	cfg *eddy.Config
+	// Sources of Config.NATSOptions.
+	natsCreds, tlsCA, tlsCert, tlsKey string
+}
+
+func addNodeFlags(fs *flag.FlagSet, cfg *eddy.Config) *nodeFlags {
+	f := &nodeFlags{cfg: cfg}
+	fs.StringVar(&cfg.NodeID, "node-id", cfg.NodeID, "`name` of the node in logs and metrics")
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "`dir`ectory of the state stores (and of the embedded NATS server's JetStream data, under nats/)")
+	fs.StringVar(&cfg.NATSURL, "nats", cfg.NATSURL, "NATS server `URL`s, comma-separated; empty runs an embedded server (development)")
+	fs.StringVar(&f.natsCreds, "nats-creds", "", "NATS user credentials `file` (with --nats)")
+	fs.StringVar(&f.tlsCA, "nats-tls-ca", "", "CA certificate `file` that signs the NATS server's certificate (with --nats)")
+	fs.StringVar(&f.tlsCert, "nats-tls-cert", "", "client certificate `file` for NATS TLS (with --nats and --nats-tls-key)")
+	fs.StringVar(&f.tlsKey, "nats-tls-key", "", "client key `file` for NATS TLS (with --nats and --nats-tls-cert)")
+	fs.StringVar(&cfg.EmbeddedNATSHost, "nats-host", cfg.EmbeddedNATSHost, "`host` the embedded NATS server listens on")
+	fs.IntVar(&cfg.EmbeddedNATSPort, "nats-port", cfg.EmbeddedNATSPort, "`port` the embedded NATS server listens on (-1: any free port)")
+	fs.StringVar(&cfg.HTTPAddr, "http", cfg.HTTPAddr, "`address` of the HTTP API (/v1/state, /v1/status, /metrics); empty disables it")
+	return f
+}
+
+// natsOptions turns the credential and TLS flags into Config.NATSOptions.
+func (f *nodeFlags) natsOptions() ([]nats.Option, error) {
+	var opts []nats.Option
+	if f.natsCreds != "" {
+		opts = append(opts, nats.UserCredentials(f.natsCreds))
+	}
+	if f.tlsCA != "" {
+		opts = append(opts, nats.RootCAs(f.tlsCA))
+	}
+	switch {
+	case f.tlsCert != "" && f.tlsKey != "":
+		opts = append(opts, nats.ClientCert(f.tlsCert, f.tlsKey))
+	case f.tlsCert != "" || f.tlsKey != "":
+		return nil, errors.New("--nats-tls-cert and --nats-tls-key go together")
+	}
+	if len(opts) > 0 && f.cfg.NATSURL == "" {
+		return nil, errors.New("--nats-creds and --nats-tls-* need --nats: the embedded server has no credentials or TLS")
+	}
+	return opts, nil
+}
+
+// addTuningFlags binds the flags of the eddy.Config fields that tune
+// processing, stores and streams.
+func addTuningFlags(fs *flag.FlagSet, cfg *eddy.Config) {
+	fs.IntVar(&cfg.BatchSize, "batch-size", cfg.BatchSize, "most `events` a partition processes per commit")
+	fs.DurationVar(&cfg.Linger, "linger", cfg.Linger, "how long a partition waits to fill a batch")
+	fs.IntVar(&cfg.MaxAttempts, "max-attempts", cfg.MaxAttempts, "how often a failing handler runs before its event goes to the dead-letter stream")
+	fs.Var(sizeFlag[int]{&cfg.MaxValueSize}, "max-value-size", "largest state value, emitted message or reply, in `bytes` (or with KiB, MiB)")
+	fs.Var(sizeFlag[int]{&cfg.MaxEventSize}, "max-event-size", "largest event processed, in `bytes`; larger ones go to the dead-letter stream")
+	fs.IntVar(&cfg.MaxBatchRecords, "max-batch-records", cfg.MaxBatchRecords, "the NATS server's atomic batch limit (jetstream.limits.max_batch_size)")
+	fs.Var(sizeFlag[int64]{&cfg.CacheSize}, "cache-size", "block cache shared by the node's state stores, in `bytes` (or with KiB, MiB, GiB)")
+	fs.IntVar(&cfg.StreamReplicas, "stream-replicas", cfg.StreamReplicas, "JetStream replicas of the streams eddy creates (3 on a NATS cluster)")
+	fs.DurationVar(&cfg.DuplicateWindow, "duplicate-window", cfg.DuplicateWindow, "deduplication window of the streams eddy creates; must cover the longest failover")
+}
+
+// logFlags choose the format and level of the logs on stderr.
+type logFlags struct {
+	format string
+	level  slog.Level
+}
+
+func addLogFlags(fs *flag.FlagSet, level slog.Level) *logFlags {
+	l := &logFlags{format: "text", level: level}
+	fs.StringVar(&l.format, "log-format", l.format, "log `format` on stderr: text or json")
+	fs.TextVar(&l.level, "log-level", l.level, "least `level` logged: debug, info, warn or error")
+	return l
+}
+
+func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
+	opts := &slog.HandlerOptions{Level: l.level}
+	switch l.format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", l.format)
+}
+
+// sizeFlag is a byte count flag that takes plain bytes or a binary unit
+// (KiB, MiB, GiB; K, M, G mean the same).
+type sizeFlag[T ~int | ~int64] struct{ p *T }
+
+func (s sizeFlag[T]) String() string {
+	if s.p == nil {
+		return "0"
+	}
+	return formatSize(int64(*s.p))
+}
+
+func (s sizeFlag[T]) Set(v string) error {
+	n, err := parseSize(v)
+	if err != nil {
+		return err
+	}
+	if int64(T(n)) != n {
+		return fmt.Errorf("size %s out of range", v)
+	}
+	*s.p = T(n)
+	return nil
+}
+
+var sizeUnits = []struct {
+	suffix string
+	mult   int64
+}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}, {"B", 1}}
+
+func parseSize(v string) (int64, error) {
+	s := strings.TrimSpace(v)
+	mult := int64(1)
+	for _, u := range sizeUnits {
+		if rest, ok := strings.CutSuffix(s, u.suffix); ok {
+			s, mult = strings.TrimSpace(rest), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)/mult {
+		return 0, fmt.Errorf("size %q: want bytes, or a number with KiB, MiB or GiB", v)
+	}
+	return n * mult, nil
+}
+
+func formatSize(n int64) string {
+	for _, u := range sizeUnits[:3] {
+		if n >= u.mult && n%u.mult == 0 {
+			return strconv.FormatInt(n/u.mult, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(n, 10)
+}
