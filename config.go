@@ -47,6 +47,10 @@ type Config struct {
 
 	// CacheSize is the block cache shared by all state stores of the node.
 	CacheSize int64
+	// StoreSync fsyncs each partition's local store once per commit, so that
+	// a restart after a crash restores from the local store plus the changelog
+	// tail rather than the whole changelog. The changelog stays the truth either way.
+	StoreSync bool
 	// StreamReplicas is the JetStream replication of the streams eddy creates.
 	StreamReplicas int
 	// DuplicateWindow is the deduplication window of the streams eddy creates;
@@ -79,6 +83,7 @@ func DefaultConfig() Config {
 		MaxValueSize:     p.MaxValueSize,
 		MaxEventSize:     p.MaxEventSize,
 		MaxBatchRecords:  p.MaxBatchRecords,
+		StoreSync:        p.StoreSync,
 		CacheSize:        256 << 20,        // hot keys of every partition stay in memory (~3x faster gets than 8 MiB)
 		StreamReplicas:   1,                // a single NATS server; use 3 on a NATS cluster
 		DuplicateWindow:  10 * time.Minute, // covers restarts and failovers by a wide margin

@@ -211,6 +211,7 @@ func (n *Node) partitionConfig(t *ActorType, p int) partition.Config {
 	c.Conn, c.JS = n.nc, n.js
 	c.StoreDir = filepath.Join(n.cfg.DataDir, "stores", t.Name, strconv.Itoa(p))
 	c.Cache = n.cache
+	c.StoreSync = n.cfg.StoreSync
 	c.BatchSize, c.Linger = n.cfg.BatchSize, n.cfg.Linger
 	c.MaxBatchRecords, c.MaxAttempts = n.cfg.MaxBatchRecords, n.cfg.MaxAttempts
 	c.MaxValueSize, c.MaxEventSize = n.cfg.MaxValueSize, n.cfg.MaxEventSize

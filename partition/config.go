@@ -47,10 +47,11 @@ type Config struct {
 	Cache *statestore.Cache
 	// StoreCacheSize is the block cache of this store when Cache is nil.
 	StoreCacheSize int64
-	// StoreSync fsyncs the local store on every commit. Off by default: the
-	// changelog is the truth, and a crashed process only replays a longer tail
-	// (pebble keeps up to one 32 KiB WAL block in memory, so a small store may
-	// lose all of its unsynced commits and restore from the whole changelog).
+	// StoreSync fsyncs the local store once per commit. Correctness does not
+	// need it (the changelog is the truth), but without it pebble keeps up to
+	// one 32 KiB WAL block in process memory, so a killed process loses its
+	// recent commits and, for a small store, restores from the whole changelog
+	// instead of the local store plus the tail.
 	StoreSync bool
 
 	// BatchSize is the most events processed per batch: larger batches amortise
@@ -114,6 +115,7 @@ func DefaultConfig() Config {
 		CommitTimeout:   10 * time.Second,       // the server abandons a batch after 10 s
 		ProgressEvery:   3 * time.Second,        // restore progress in the logs
 		StoreCacheSize:  32 << 20,
+		StoreSync:       true, // one fsync per commit (~0.2 ms here) against a multi-ms changelog round trip
 		Changelog:       changelog.DefaultStreamConfig(),
 	}
 }

@@ -101,7 +101,7 @@ func TestEveryConfigFieldHasAFlag(t *testing.T) {
 		"EmbeddedNATSHost": "nats-host", "EmbeddedNATSPort": "nats-port", "HTTPAddr": "http",
 		"BatchSize": "batch-size", "Linger": "linger", "MaxAttempts": "max-attempts",
 		"MaxValueSize": "max-value-size", "MaxEventSize": "max-event-size", "MaxBatchRecords": "max-batch-records",
-		"CacheSize": "cache-size", "StreamReplicas": "stream-replicas", "DuplicateWindow": "duplicate-window",
+		"CacheSize": "cache-size", "StoreSync": "store-sync", "StreamReplicas": "stream-replicas", "DuplicateWindow": "duplicate-window",
 		"Logger": "log-format",
 	}
 	noFlag := map[string]bool{"Registerer": true, "Hooks": true} // Go values for embedders and tests
