@@ -1,0 +1,441 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/hashicorp/raft"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+var (
+	// ErrMalformedCommand is returned by FSM.Apply for a log entry that is not
+	// an encoded Command.
+	ErrMalformedCommand = errors.New("cluster: malformed command")
+	// ErrInvalidCommand is returned for a command that breaks the assignment's
+	// rules whatever the state (a replica on the active's node, an epoch that
+	// is not the expected one plus one, an unknown actor type): a bug in its sender.
+	ErrInvalidCommand = errors.New("cluster: invalid command")
+	// ErrStale is returned for a command planned against an older assignment:
+	// an Assign whose expected epoch or version no longer matches, or that
+	// names a node that is no longer alive. The leader plans again.
+	ErrStale = errors.New("cluster: stale command")
+	// ErrTypeConflict is returned for a RegisterType that changes the
+	// partition count of a registered actor type.
+	ErrTypeConflict = errors.New("cluster: actor type registered with another partition count")
+	// ErrUnknownNode is returned for a command about a node the assignment
+	// does not know.
+	ErrUnknownNode = errors.New("cluster: unknown node")
+)
+
+// FSM is the assignment state machine that Raft replicates to every node: it
+// applies Commands to a Model. Raft calls Apply, ApplyBatch, Snapshot and
+// Restore on its own goroutine; Assignment, Subscribe and Wait may be called
+// from any goroutine at any time.
+//
+// Apply returns nil, or an error (never panics) for a command that is
+// malformed (ErrMalformedCommand), invalid (ErrInvalidCommand), stale
+// (ErrStale) or otherwise refused; the error reaches the leader as the
+// raft.ApplyFuture's Response and leaves the assignment unchanged on every node.
+type FSM struct {
+	mu    sync.Mutex
+	m     Model
+	subs  map[*fsmSub]struct{}
+	ready chan struct{} // closed and replaced on every change, for Wait
+}
+
+type fsmSub struct {
+	ch   chan struct{}
+	once sync.Once
+}
+
+var (
+	_ raft.FSM         = (*FSM)(nil)
+	_ raft.BatchingFSM = (*FSM)(nil)
+)
+
+// NewFSM returns an FSM holding an empty assignment.
+func NewFSM() *FSM {
+	return &FSM{subs: make(map[*fsmSub]struct{}), ready: make(chan struct{})}
+}
+
+// Apply applies one committed log entry; see FSM for its result.
+func (f *FSM) Apply(l *raft.Log) any {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	changed, err := f.apply(l.Index, l.Data)
+	if changed {
+		f.notifyLocked()
+	}
+	if err != nil {
+		return err
+	}
+	return nil
+}
+
+// ApplyBatch applies committed log entries in order (raft's Config.BatchApplyCh),
+// notifying watchers once for the whole batch.
+func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	resps := make([]any, len(logs))
+	changed := false
+	for i, l := range logs {
+		if l.Type != raft.LogCommand {
+			continue
+		}
+		c, err := f.apply(l.Index, l.Data)
+		changed = changed || c
+		if err != nil {
+			resps[i] = err
+		}
+	}
+	if changed {
+		f.notifyLocked()
+	}
+	return resps
+}
+
+// apply applies one encoded command and records its index. It reports whether
+// the assignment changed.
+func (f *FSM) apply(index uint64, data []byte) (bool, error) {
+	if index > f.m.Index {
+		f.m.Index = index
+	}
+	cmd, err := DecodeCommand(data)
+	if err != nil {
+		return false, err
+	}
+	switch c := cmd.(type) {
+	case RegisterType:
+		return f.registerType(c)
+	case NodeUp:
+		return f.nodeUp(c)
+	case NodeDown:
+		return f.nodeGone(c.ID, NodeDead)
+	case NodeLeave:
+		return f.nodeGone(c.ID, NodeLeft)
+	case ForgetNode:
+		return f.forgetNode(c.ID)
+	case Assign:
+		return f.assign(c.Changes)
+	case ReportLag:
+		return f.reportLag(c), nil
+	}
+	return false, fmt.Errorf("%w: %T", ErrMalformedCommand, cmd)
+}
+
+func (f *FSM) registerType(c RegisterType) (bool, error) {
+	i, ok := f.m.typeIndex(c.Type.Name)
+	if ok {
+		t := &f.m.Types[i].Type
+		if t.Partitions != c.Type.Partitions {
+			return false, fmt.Errorf("%w: %s has %d partitions, not %d", ErrTypeConflict, t.Name, t.Partitions, c.Type.Partitions)
+		}
+		if t.ReplicationFactor == c.Type.ReplicationFactor {
+			return false, nil
+		}
+		t.ReplicationFactor = c.Type.ReplicationFactor
+		return true, nil
+	}
+	ta := TypeAssignment{Type: c.Type, Partitions: make([]PartitionAssignment, c.Type.Partitions)}
+	for p := range ta.Partitions {
+		ta.Partitions[p] = PartitionAssignment{Type: c.Type.Name, Partition: p}
+	}
+	f.m.Types = slices.Insert(f.m.Types, i, ta)
+	return true, nil
+}
+
+func (f *FSM) nodeUp(c NodeUp) (bool, error) {
+	n := NodeInfo{ID: c.ID, Zone: c.Zone, RaftAddr: c.RaftAddr, HTTPAddr: c.HTTPAddr, State: NodeAlive}
+	i, ok := f.m.nodeIndex(c.ID)
+	if !ok {
+		f.m.Nodes = slices.Insert(f.m.Nodes, i, n)
+		return true, nil
+	}
+	if f.m.Nodes[i] == n {
+		return false, nil
+	}
+	f.m.Nodes[i] = n
+	return true, nil
+}
+
+func (f *FSM) nodeGone(id string, state NodeState) (bool, error) {
+	i, ok := f.m.nodeIndex(id)
+	if !ok {
+		return false, fmt.Errorf("%w: %s", ErrUnknownNode, id)
+	}
+	if f.m.Nodes[i].State == state {
+		return false, nil
+	}
+	f.m.Nodes[i].State = state
+	return true, nil
+}
+
+func (f *FSM) forgetNode(id string) (bool, error) {
+	i, ok := f.m.nodeIndex(id)
+	if !ok {
+		return false, fmt.Errorf("%w: %s", ErrUnknownNode, id)
+	}
+	if f.m.Nodes[i].Alive() {
+		return false, fmt.Errorf("%w: forget node %s: it is alive", ErrStale, id)
+	}
+	for _, t := range f.m.Types {
+		for _, p := range t.Partitions {
+			if p.Active == id || p.HasReplica(id) {
+				return false, fmt.Errorf("%w: forget node %s: it still holds %s", ErrStale, id, p)
+			}
+		}
+	}
+	f.m.Nodes = slices.Delete(f.m.Nodes, i, i+1)
+	return true, nil
+}
+
+// assign checks every change against the current assignment, then applies
+// them all, or none.
+func (f *FSM) assign(changes []Change) (bool, error) {
+	seen := make(map[partitionKey]bool, len(changes))
+	targets := make([]*PartitionAssignment, len(changes))
+	for i, ch := range changes {
+		k := partitionKey{ch.Type, ch.Partition}
+		if seen[k] {
+			return false, fmt.Errorf("%w: assign: %s changed twice in one batch", ErrInvalidCommand, k)
+		}
+		seen[k] = true
+		p, err := f.checkChange(ch)
+		if err != nil {
+			return false, fmt.Errorf("assign %s: %w", k, err)
+		}
+		targets[i] = p
+	}
+	for i, ch := range changes {
+		p := targets[i]
+		old := p.Replicas
+		p.Replicas = make([]Replica, 0, len(ch.Replicas))
+		for _, rp := range ch.Replicas {
+			r := Replica{Node: rp.Node}
+			if j, ok := slices.BinarySearchFunc(old, rp.Node, func(r Replica, n string) int { return strings.Compare(r.Node, n) }); ok {
+				r = old[j] // the replica stays: keep its lag
+			}
+			r.Replaces = rp.Replaces
+			p.Replicas = append(p.Replicas, r)
+		}
+		slices.SortFunc(p.Replicas, func(a, b Replica) int { return strings.Compare(a.Node, b.Node) })
+		p.Active, p.Epoch, p.MovingTo = ch.Active, ch.Epoch, ch.MovingTo
+		p.Version++
+	}
+	return true, nil
+}
+
+// checkChange returns the partition ch changes if ch may be applied to it.
+func (f *FSM) checkChange(ch Change) (*PartitionAssignment, error) {
+	ti, ok := f.m.typeIndex(ch.Type)
+	if !ok {
+		return nil, fmt.Errorf("%w: actor type not registered", ErrInvalidCommand)
+	}
+	ps := f.m.Types[ti].Partitions
+	if ch.Partition < 0 || ch.Partition >= len(ps) {
+		return nil, fmt.Errorf("%w: no such partition", ErrInvalidCommand)
+	}
+	p := &ps[ch.Partition]
+	if p.Epoch != ch.ExpectEpoch || p.Version != ch.ExpectVersion {
+		return nil, fmt.Errorf("%w: at epoch %d version %d, change expects epoch %d version %d",
+			ErrStale, p.Epoch, p.Version, ch.ExpectEpoch, ch.ExpectVersion)
+	}
+	if ch.Active == "" {
+		return nil, fmt.Errorf("%w: no active node", ErrInvalidCommand)
+	}
+	want := p.Epoch
+	if ch.Active != p.Active {
+		want++
+	}
+	if ch.Epoch != want {
+		return nil, fmt.Errorf("%w: epoch %d with active %s -> %s at epoch %d", ErrInvalidCommand, ch.Epoch, p.Active, ch.Active, p.Epoch)
+	}
+	if err := f.checkAlive(ch.Active); err != nil {
+		return nil, err
+	}
+	nodes := make(map[string]bool, len(ch.Replicas))
+	for _, r := range ch.Replicas {
+		switch {
+		case r.Node == ch.Active:
+			return nil, fmt.Errorf("%w: replica on the active node %s", ErrInvalidCommand, r.Node)
+		case nodes[r.Node]:
+			return nil, fmt.Errorf("%w: two replicas on %s", ErrInvalidCommand, r.Node)
+		}
+		nodes[r.Node] = true
+		if err := f.checkAlive(r.Node); err != nil {
+			return nil, err
+		}
+	}
+	for _, r := range ch.Replicas {
+		if r.Replaces != "" && (r.Replaces == r.Node || !nodes[r.Replaces] || r.Replaces == ch.MovingTo || r.Node == ch.MovingTo) {
+			return nil, fmt.Errorf("%w: replica %s replaces %q", ErrInvalidCommand, r.Node, r.Replaces)
+		}
+	}
+	if ch.MovingTo != "" && !nodes[ch.MovingTo] {
+		return nil, fmt.Errorf("%w: moving to %s, which holds no replica", ErrInvalidCommand, ch.MovingTo)
+	}
+	return p, nil
+}
+
+func (f *FSM) checkAlive(id string) error {
+	n, ok := f.m.Node(id)
+	if !ok {
+		return fmt.Errorf("%w: node %s is unknown", ErrStale, id)
+	}
+	if !n.Alive() {
+		return fmt.Errorf("%w: node %s is %s", ErrStale, id, n.State)
+	}
+	return nil
+}
+
+// reportLag records the lags of the replicas c.Node still holds.
+func (f *FSM) reportLag(c ReportLag) bool {
+	changed := false
+	for _, l := range c.Lags {
+		ti, ok := f.m.typeIndex(l.Type)
+		if !ok || l.Partition < 0 || l.Partition >= len(f.m.Types[ti].Partitions) {
+			continue
+		}
+		p := &f.m.Types[ti].Partitions[l.Partition]
+		j, ok := p.replicaIndex(c.Node)
+		if !ok {
+			continue
+		}
+		r := &p.Replicas[j]
+		if r.LagKnown() && !c.At.After(r.ReportedAt) {
+			continue
+		}
+		r.Lag, r.Behind, r.ReportedAt = l.Records, l.Behind, c.At
+		changed = true
+	}
+	return changed
+}
+
+// Assignment returns a copy of the current assignment.
+func (f *FSM) Assignment() Model {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.m.Clone()
+}
+
+// Subscribe returns a channel that receives a value after the assignment
+// changes, and a cancel func that stops the notifications and closes the
+// channel. Notifications coalesce: the channel holds at most one, and a
+// receiver reads the current state with Assignment. The channel starts with
+// one pending notification, so a loop of receive-then-Assignment starts in sync.
+func (f *FSM) Subscribe() (<-chan struct{}, func()) {
+	s := &fsmSub{ch: make(chan struct{}, 1)}
+	s.ch <- struct{}{}
+	f.mu.Lock()
+	f.subs[s] = struct{}{}
+	f.mu.Unlock()
+	return s.ch, func() {
+		s.once.Do(func() {
+			f.mu.Lock()
+			delete(f.subs, s)
+			f.mu.Unlock()
+			close(s.ch)
+		})
+	}
+}
+
+// Wait returns the assignment once cond holds for it, or ctx's error.
+func (f *FSM) Wait(ctx context.Context, cond func(Model) bool) (Model, error) {
+	for {
+		f.mu.Lock()
+		m, ready := f.m.Clone(), f.ready
+		f.mu.Unlock()
+		if cond(m) {
+			return m, nil
+		}
+		select {
+		case <-ready:
+		case <-ctx.Done():
+			return m, ctx.Err()
+		}
+	}
+}
+
+func (f *FSM) notifyLocked() {
+	for s := range f.subs {
+		select {
+		case s.ch <- struct{}{}:
+		default:
+		}
+	}
+	close(f.ready)
+	f.ready = make(chan struct{})
+}
+
+// snapshotVersion is the first byte of a snapshot: the encoding of the rest.
+const snapshotVersion = 1
+
+// Snapshot captures the assignment for Raft; Persist writes it as msgpack.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	return fsmSnapshot{m: f.Assignment()}, nil
+}
+
+// Restore replaces the assignment with a snapshot written by Persist.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		return fmt.Errorf("restore assignment: %w", err)
+	}
+	m, err := decodeSnapshot(b)
+	if err != nil {
+		return fmt.Errorf("restore assignment: %w", err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.m = m
+	f.notifyLocked()
+	return nil
+}
+
+type fsmSnapshot struct{ m Model }
+
+func (s fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	b, err := encodeSnapshot(s.m)
+	if err == nil {
+		_, err = sink.Write(b)
+	}
+	if err != nil {
+		sink.Cancel()
+		return fmt.Errorf("persist assignment snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+func (fsmSnapshot) Release() {}
+
+func encodeSnapshot(m Model) ([]byte, error) {
+	var buf bytes.Buffer
+	buf.WriteByte(snapshotVersion)
+	if err := msgpack.NewEncoder(&buf).Encode(m); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+func decodeSnapshot(b []byte) (Model, error) {
+	if len(b) == 0 || b[0] != snapshotVersion {
+		return Model{}, errors.New("not an assignment snapshot (version byte)")
+	}
+	var m Model
+	if err := msgpack.Unmarshal(b[1:], &m); err != nil {
+		return Model{}, err
+	}
+	if err := m.check(); err != nil {
+		return Model{}, err
+	}
+	return m, nil
+}

@@ -1,0 +1,224 @@
+package cluster
+
+import (
+	"bytes"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// CommandType is the leading byte of an encoded command in the Raft log.
+type CommandType uint8
+
+const (
+	// CommandRegisterType registers an actor type (RegisterType).
+	CommandRegisterType CommandType = iota + 1
+	// CommandNodeUp records an alive node (NodeUp).
+	CommandNodeUp
+	// CommandNodeDown records a node that stopped answering (NodeDown).
+	CommandNodeDown
+	// CommandNodeLeave records a node that left gracefully (NodeLeave).
+	CommandNodeLeave
+	// CommandForgetNode drops a gone node that holds nothing (ForgetNode).
+	CommandForgetNode
+	// CommandAssign applies a batch of partition changes (Assign).
+	CommandAssign
+	// CommandReportLag records hot replicas' lag (ReportLag).
+	CommandReportLag
+)
+
+func (t CommandType) String() string {
+	switch t {
+	case CommandRegisterType:
+		return "RegisterType"
+	case CommandNodeUp:
+		return "NodeUp"
+	case CommandNodeDown:
+		return "NodeDown"
+	case CommandNodeLeave:
+		return "NodeLeave"
+	case CommandForgetNode:
+		return "ForgetNode"
+	case CommandAssign:
+		return "Assign"
+	case CommandReportLag:
+		return "ReportLag"
+	}
+	return "CommandType(" + strconv.Itoa(int(t)) + ")"
+}
+
+// Command is a change of the assignment, applied through the Raft log.
+// EncodeCommand turns one into the bytes to pass to raft.Apply.
+type Command interface {
+	commandType() CommandType
+	validate() error
+}
+
+// RegisterType registers an actor type, or changes the replication factor of
+// a registered one. The partition count of a registered type cannot change
+// (ErrTypeConflict): its input stream is split by it.
+type RegisterType struct {
+	Type ActorType `msgpack:"t"`
+}
+
+// NodeUp records that a node is alive (joined, came back, or changed its
+// zone or addresses).
+type NodeUp struct {
+	ID       string `msgpack:"id"`
+	Zone     string `msgpack:"z,omitempty"`
+	RaftAddr string `msgpack:"ra,omitempty"`
+	HTTPAddr string `msgpack:"ha,omitempty"`
+}
+
+// NodeDown records that gossip declared a node dead.
+type NodeDown struct {
+	ID string `msgpack:"id"`
+}
+
+// NodeLeave records that a node left gracefully.
+type NodeLeave struct {
+	ID string `msgpack:"id"`
+}
+
+// ForgetNode removes a node that is not alive and holds no active partition
+// or replica (ErrStale otherwise), so that the node list does not grow forever.
+type ForgetNode struct {
+	ID string `msgpack:"id"`
+}
+
+// Assign applies a batch of partition changes, all or none: if any change is
+// stale (its expected epoch or version differs from the partition's, or it
+// names a node that is no longer alive) the whole batch is rejected with
+// ErrStale and the assignor plans again.
+type Assign struct {
+	Changes []Change `msgpack:"c"`
+}
+
+// ReportLag records how far behind the changelog a node's hot replicas are.
+// Reports for partitions where Node holds no replica (any more), and reports
+// older than the one recorded, are ignored: they race with reassignments.
+type ReportLag struct {
+	// Node is the reporting node.
+	Node string `msgpack:"n"`
+	// At is when the node measured the lags.
+	At time.Time `msgpack:"at"`
+	// Lags are the node's replicas' lags.
+	Lags []LagReport `msgpack:"l"`
+}
+
+// LagReport is one hot replica's lag.
+type LagReport struct {
+	Type      string `msgpack:"ty"`
+	Partition int    `msgpack:"p"`
+	// Records is the number of changelog records the replica has not applied.
+	Records uint64 `msgpack:"r"`
+	// Behind is the age of the newest changelog record the replica has not applied.
+	Behind time.Duration `msgpack:"b,omitempty"`
+}
+
+func (RegisterType) commandType() CommandType { return CommandRegisterType }
+func (NodeUp) commandType() CommandType       { return CommandNodeUp }
+func (NodeDown) commandType() CommandType     { return CommandNodeDown }
+func (NodeLeave) commandType() CommandType    { return CommandNodeLeave }
+func (ForgetNode) commandType() CommandType   { return CommandForgetNode }
+func (Assign) commandType() CommandType       { return CommandAssign }
+func (ReportLag) commandType() CommandType    { return CommandReportLag }
+
+func (c RegisterType) validate() error {
+	switch {
+	case c.Type.Name == "":
+		return fmt.Errorf("%w: register type: empty name", ErrInvalidCommand)
+	case c.Type.Partitions < 1:
+		return fmt.Errorf("%w: register type %s: %d partitions", ErrInvalidCommand, c.Type.Name, c.Type.Partitions)
+	case c.Type.ReplicationFactor < 0:
+		return fmt.Errorf("%w: register type %s: replication factor %d", ErrInvalidCommand, c.Type.Name, c.Type.ReplicationFactor)
+	}
+	return nil
+}
+
+func (c NodeUp) validate() error     { return checkNodeID("node up", c.ID) }
+func (c NodeDown) validate() error   { return checkNodeID("node down", c.ID) }
+func (c NodeLeave) validate() error  { return checkNodeID("node leave", c.ID) }
+func (c ForgetNode) validate() error { return checkNodeID("forget node", c.ID) }
+
+func checkNodeID(what, id string) error {
+	if id == "" {
+		return fmt.Errorf("%w: %s: empty node id", ErrInvalidCommand, what)
+	}
+	return nil
+}
+
+func (c Assign) validate() error {
+	if len(c.Changes) == 0 {
+		return fmt.Errorf("%w: assign: no changes", ErrInvalidCommand)
+	}
+	return nil
+}
+
+func (c ReportLag) validate() error {
+	if err := checkNodeID("report lag", c.Node); err != nil {
+		return err
+	}
+	if c.At.IsZero() {
+		return fmt.Errorf("%w: report lag from %s: no time", ErrInvalidCommand, c.Node)
+	}
+	return nil
+}
+
+// EncodeCommand encodes cmd for raft.Apply: its CommandType byte, then the
+// command in msgpack.
+func EncodeCommand(cmd Command) ([]byte, error) {
+	if err := cmd.validate(); err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	buf.WriteByte(byte(cmd.commandType()))
+	if err := msgpack.NewEncoder(&buf).Encode(cmd); err != nil {
+		return nil, fmt.Errorf("encode %s: %w", cmd.commandType(), err)
+	}
+	return buf.Bytes(), nil
+}
+
+// DecodeCommand decodes a command encoded by EncodeCommand. It fails with
+// ErrMalformedCommand if b cannot be decoded, and ErrInvalidCommand if the
+// command is not well formed.
+func DecodeCommand(b []byte) (Command, error) {
+	if len(b) == 0 {
+		return nil, fmt.Errorf("%w: empty", ErrMalformedCommand)
+	}
+	var cmd Command
+	var err error
+	switch t := CommandType(b[0]); t {
+	case CommandRegisterType:
+		cmd, err = decodeAs[RegisterType](b[1:])
+	case CommandNodeUp:
+		cmd, err = decodeAs[NodeUp](b[1:])
+	case CommandNodeDown:
+		cmd, err = decodeAs[NodeDown](b[1:])
+	case CommandNodeLeave:
+		cmd, err = decodeAs[NodeLeave](b[1:])
+	case CommandForgetNode:
+		cmd, err = decodeAs[ForgetNode](b[1:])
+	case CommandAssign:
+		cmd, err = decodeAs[Assign](b[1:])
+	case CommandReportLag:
+		cmd, err = decodeAs[ReportLag](b[1:])
+	default:
+		return nil, fmt.Errorf("%w: unknown command type %d", ErrMalformedCommand, b[0])
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrMalformedCommand, CommandType(b[0]), err)
+	}
+	if err := cmd.validate(); err != nil {
+		return nil, err
+	}
+	return cmd, nil
+}
+
+func decodeAs[C Command](b []byte) (C, error) {
+	var c C
+	err := msgpack.Unmarshal(b, &c)
+	return c, err
+}
