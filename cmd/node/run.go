@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -81,8 +80,8 @@ func (c *cli) run(ctx context.Context, args []string) error {
 		defer cancel()
 		return node.Stop(sctx)
 	}
-	natsURL := node.NATSURL()
-	fmt.Fprintf(c.stdout, "nats: %s\n", redactURL(natsURL))
+	natsURL := node.NATSURL() // without credentials: the embedded server has none
+	fmt.Fprintf(c.stdout, "nats: %s\n", natsURL)
 	if addr := node.HTTPAddr(); addr != "" {
 		for _, t := range types {
 			fmt.Fprintf(c.stdout, "http: http://%s/v1/state/%s/<key>\n", addr, t.Name)
@@ -121,13 +120,3 @@ func (c *cli) run(ctx context.Context, args []string) error {
 	return stopNode()
 }
 
-// redactURL hides passwords in NATS URLs before they are printed.
-func redactURL(s string) string {
-	parts := strings.Split(s, ",")
-	for i, p := range parts {
-		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
-			parts[i] = u.Redacted()
-		}
-	}
-	return strings.Join(parts, ",")
-}
