@@ -119,4 +119,3 @@ func (c *cli) run(ctx context.Context, args []string) error {
 	wg.Wait()
 	return stopNode()
 }
-
