@@ -1,0 +1,546 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Config configures a node's control plane: gossip, Raft, the assignment FSM
+// and the assignor that runs while the node leads.
+type Config struct {
+	// NodeID names the node in the cluster: unique and stable across restarts
+	// (gossip's node name and Raft's server id).
+	NodeID string
+	// Zone is the node's failure domain; replicas are spread across zones.
+	Zone string
+	// DataDir holds the node's Raft log and snapshots (DataDir/raft).
+	DataDir string
+	// GossipAddr is the host:port memberlist binds (UDP and TCP); port 0 picks
+	// a free port (GossipAddr on the Cluster reports it).
+	GossipAddr string
+	// RaftAddr is the host:port the Raft transport binds; port 0 picks a free port.
+	RaftAddr string
+	// HTTPAddr is the node's HTTP address, gossiped for queries and status.
+	HTTPAddr string
+	// Join is the gossip seed list, "host:port" each; empty for the first node.
+	Join []string
+	// GossipProfile is ProfileLANFast or ProfileLAN.
+	GossipProfile string
+	// GossipKey, when set, encrypts gossip (16, 24 or 32 bytes).
+	GossipKey []byte
+	// Bootstrap makes this node a one-voter cluster on first start.
+	Bootstrap bool
+	// BootstrapExpect forms a new cluster once that many nodes have gossiped.
+	BootstrapExpect int
+	// BootstrapSettle is how long the expected nodes must be seen unchanged
+	// before BootstrapExpect forms the cluster.
+	BootstrapSettle time.Duration
+	// MaxVoters is how many Raft servers vote (odd, 1 to 7).
+	MaxVoters int
+	// DeadGrace is how long a dead member stays in the Raft configuration and
+	// the assignment's node list before the leader removes it. Its partitions
+	// move at once: the grace only delays forgetting the node.
+	DeadGrace time.Duration
+	// Assignor tunes Plan.
+	Assignor AssignorConfig
+	// Logger receives every log of the control plane (nil: slog.Default()).
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns a config for one node on loopback; set NodeID,
+// DataDir, Join and one of Bootstrap or BootstrapExpect to form a cluster.
+func DefaultConfig() Config {
+	g, r := DefaultGossipConfig(), DefaultRaftConfig()
+	return Config{
+		NodeID:          g.NodeID,
+		DataDir:         r.DataDir,
+		GossipAddr:      net.JoinHostPort(g.BindAddr, strconv.Itoa(g.BindPort)),
+		RaftAddr:        r.BindAddr,
+		GossipProfile:   g.Profile,
+		BootstrapSettle: r.BootstrapSettle,
+		MaxVoters:       r.MaxVoters,
+		DeadGrace:       r.DeadGrace,
+		Assignor:        DefaultAssignorConfig(),
+	}
+}
+
+// Validate checks the config's fields against each other, with the checks of
+// the gossip, Raft and assignor configs it makes.
+func (c *Config) Validate() error {
+	if _, err := c.gossipConfig(); err != nil {
+		return err
+	}
+	rc := c.raftConfig()
+	if err := rc.Validate(); err != nil {
+		return err
+	}
+	if err := c.Assignor.Validate(); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (c *Config) gossipConfig() (GossipConfig, error) {
+	g := DefaultGossipConfig()
+	host, port, err := net.SplitHostPort(c.GossipAddr)
+	if err != nil {
+		return g, fmt.Errorf("cluster: config: gossip address %q: %w", c.GossipAddr, err)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return g, fmt.Errorf("cluster: config: gossip port %q: %w", port, err)
+	}
+	g.NodeID = c.NodeID
+	g.BindAddr, g.BindPort = host, p
+	g.Join = c.Join
+	g.JoinRetryInterval = 200 * time.Millisecond // seeds of a cluster started together answer within a second
+	g.Profile = c.GossipProfile
+	g.SecretKey = c.GossipKey
+	g.Meta = NodeMeta{NodeID: c.NodeID, HTTPAddr: c.HTTPAddr, Zone: c.Zone}
+	g.Logger = c.Logger
+	return g, g.Validate()
+}
+
+func (c *Config) raftConfig() RaftConfig {
+	r := DefaultRaftConfig()
+	r.NodeID = c.NodeID
+	r.BindAddr = c.RaftAddr
+	r.DataDir = c.DataDir
+	r.Bootstrap = c.Bootstrap
+	r.BootstrapExpect = c.BootstrapExpect
+	r.BootstrapSettle = c.BootstrapSettle
+	r.MaxVoters = c.MaxVoters
+	r.DeadGrace = c.DeadGrace
+	r.Logger = c.Logger
+	return r
+}
+
+const (
+	// commandTimeout bounds one Raft Apply or Barrier of the leader loop.
+	commandTimeout = 5 * time.Second
+	// assignEvery is how often the leader re-runs the assignor when nothing
+	// happens: it retries a failed command and catches what a coalesced
+	// notification hid.
+	assignEvery = time.Second
+	// unknownMemberGrace is how long an alive node of the assignment may be
+	// unknown to gossip before the leader records it dead: a leader whose
+	// gossip has just (re)started learns the members within a push-pull.
+	unknownMemberGrace = 5 * time.Second
+	// maxStaleReplans bounds the re-plans after an Assign found stale in one pass.
+	maxStaleReplans = 3
+)
+
+// Cluster is this node's control plane: gossip membership, Raft, the
+// assignment FSM, and the assignor loop that runs while this node leads.
+// Its methods are safe for concurrent use.
+//
+// Actor types: RegisterType declares a type on this node; the leader applies
+// the types declared on its own node. Every eddy node declares the same
+// types at start, so whichever node leads has them all; a type declared on
+// followers only is not registered until one of them leads.
+type Cluster struct {
+	cfg    Config
+	log    *slog.Logger
+	gossip *Gossip
+	raft   *Raft
+	fsm    *FSM
+
+	typesMu sync.Mutex
+	types   map[string]ActorType // declared on this node
+	kick    chan struct{}        // capacity 1: "the declared types changed"
+
+	stop     chan struct{}
+	wg       sync.WaitGroup
+	shutdown sync.Once
+	shutErr  error
+}
+
+// Start starts gossip, the FSM and Raft, and the loop that runs the assignor
+// whenever this node leads. It registers no actor type (RegisterType does).
+func Start(cfg Config) (*Cluster, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.Join = slices.Clone(cfg.Join)
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.Default()
+		cfg.Logger = logger
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return nil, fmt.Errorf("cluster: start: %w", err)
+	}
+	gcfg, _ := cfg.gossipConfig()
+	g, err := StartGossip(gcfg)
+	if err != nil {
+		return nil, err
+	}
+	fsm := NewFSM()
+	r, err := StartRaft(cfg.raftConfig(), fsm, g)
+	if err != nil {
+		g.Shutdown()
+		return nil, err
+	}
+	c := &Cluster{
+		cfg:    cfg,
+		log:    logger.With("component", "assignor", "node", cfg.NodeID),
+		gossip: g,
+		raft:   r,
+		fsm:    fsm,
+		types:  make(map[string]ActorType),
+		kick:   make(chan struct{}, 1),
+		stop:   make(chan struct{}),
+	}
+	c.wg.Add(1)
+	go c.followLeadership()
+	return c, nil
+}
+
+// ID is this node's id.
+func (c *Cluster) ID() string { return c.cfg.NodeID }
+
+// GossipAddr is the gossip address other nodes join through.
+func (c *Cluster) GossipAddr() string { return c.gossip.Addr() }
+
+// RaftAddr is the Raft transport's address.
+func (c *Cluster) RaftAddr() string { return c.raft.Addr() }
+
+// RegisterType declares the actor type t on this node and waits until the
+// assignment holds it (as declared), or ctx ends. It fails with
+// ErrTypeConflict if the assignment holds the type with another partition
+// count. See Cluster for which node's declarations the leader applies.
+func (c *Cluster) RegisterType(ctx context.Context, t ActorType) error {
+	if err := (RegisterType{Type: t}).validate(); err != nil {
+		return err
+	}
+	c.typesMu.Lock()
+	c.types[t.Name] = t
+	c.typesMu.Unlock()
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+	var conflict error
+	_, err := c.fsm.Wait(ctx, func(m Model) bool {
+		have, ok := m.ActorType(t.Name)
+		if ok && have.Partitions != t.Partitions {
+			conflict = fmt.Errorf("%w: %s has %d partitions, not %d", ErrTypeConflict, t.Name, have.Partitions, t.Partitions)
+			return true
+		}
+		return ok && have == t
+	})
+	if conflict != nil {
+		return conflict
+	}
+	if err != nil {
+		return fmt.Errorf("cluster: register actor type %s: %w", t.Name, err)
+	}
+	return nil
+}
+
+// Assignment returns a copy of the current assignment as this node's FSM
+// holds it.
+func (c *Cluster) Assignment() Model { return c.fsm.Assignment() }
+
+// Subscribe notifies of assignment changes; see FSM.Subscribe.
+func (c *Cluster) Subscribe() (<-chan struct{}, func()) { return c.fsm.Subscribe() }
+
+// Wait returns the assignment once cond holds for it, or ctx's error.
+func (c *Cluster) Wait(ctx context.Context, cond func(Model) bool) (Model, error) {
+	return c.fsm.Wait(ctx, cond)
+}
+
+// Leader is the Raft leader as this node knows it; empty when unknown.
+func (c *Cluster) Leader() (id, addr string) { return c.raft.Leader() }
+
+// IsLeader reports whether this node leads (and runs the assignor) now.
+func (c *Cluster) IsLeader() bool { return c.raft.IsLeader() }
+
+// Members lists the gossip members this node knows, itself included.
+func (c *Cluster) Members() []Member { return c.gossip.Members() }
+
+// Shutdown stops the assignor loop, Raft and gossip without leaving: the
+// others see a crash. Safe to call more than once.
+func (c *Cluster) Shutdown() error {
+	c.shutdown.Do(func() {
+		close(c.stop)
+		c.wg.Wait()
+		c.shutErr = errors.Join(c.raft.Shutdown(), c.gossip.Shutdown())
+	})
+	return c.shutErr
+}
+
+// Leave leaves the cluster gracefully within timeout: it announces the
+// leave, so that the leader moves this node's active partitions away, waits
+// until the assignment shows none on this node (or the timeout), leaves
+// gossip and shuts down. The returned error says if the actives did not
+// move in time; the node has shut down either way.
+func (c *Cluster) Leave(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	var errs []error
+	if err := c.gossip.AnnounceLeave(timeout / 4); err != nil {
+		c.log.Warn("leave announcement not confirmed; waiting for gossip to spread it", "err", err)
+	}
+	_, err := c.fsm.Wait(ctx, func(m Model) bool { return len(m.ActiveOn(c.cfg.NodeID)) == 0 })
+	if err != nil {
+		errs = append(errs, fmt.Errorf("cluster: leave: actives still on this node: %w", err))
+	} else {
+		c.log.Info("no active partition left on this node; leaving")
+	}
+	if err := c.gossip.Leave(max(time.Until(deadline), 500*time.Millisecond)); err != nil {
+		errs = append(errs, err)
+	}
+	errs = append(errs, c.Shutdown())
+	return errors.Join(errs...)
+}
+
+// followLeadership runs the assignor loop while this node leads.
+func (c *Cluster) followLeadership() {
+	defer c.wg.Done()
+	changes := c.raft.LeadershipChanges()
+	var stopLoop func()
+	defer func() {
+		if stopLoop != nil {
+			stopLoop()
+		}
+	}()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case leading, ok := <-changes:
+			if !ok {
+				return
+			}
+			if stopLoop != nil {
+				stopLoop() // also on true after true: leadership was lost in between
+				stopLoop = nil
+			}
+			if leading {
+				done := make(chan struct{})
+				var wg sync.WaitGroup
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					c.leaderLoop(done)
+				}()
+				stopLoop = func() { close(done); wg.Wait() }
+			}
+		}
+	}
+}
+
+// leaderLoop is the assignor: after a Barrier (so that it decides on every
+// committed command), it runs a pass on every gossip event, assignment
+// change, declared type and at least every assignEvery, until done.
+func (c *Cluster) leaderLoop(done <-chan struct{}) {
+	c.log.Info("assignor started: this node leads", "term", c.raft.Term())
+	defer c.log.Info("assignor stopped")
+	for {
+		err := c.raft.Barrier(commandTimeout)
+		if err == nil {
+			break
+		}
+		if errors.Is(err, ErrNotLeader) {
+			return
+		}
+		c.log.Warn("barrier failed; retrying", "err", err)
+		select {
+		case <-done:
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	events, cancelEvents := c.gossip.Subscribe()
+	defer cancelEvents()
+	fsmCh, cancelFSM := c.fsm.Subscribe()
+	defer cancelFSM()
+	tick := time.NewTicker(assignEvery)
+	defer tick.Stop()
+	lp := &leaderPass{c: c, unknownSince: make(map[string]time.Time)}
+	for {
+		lp.run()
+		select {
+		case <-done:
+			return
+		case _, ok := <-events:
+			if !ok {
+				events = nil
+			}
+		case <-fsmCh:
+		case <-c.kick:
+		case <-tick.C:
+		}
+	}
+}
+
+// leaderPass holds what the assignor remembers between passes.
+type leaderPass struct {
+	c            *Cluster
+	unknownSince map[string]time.Time // alive in the assignment, unknown to gossip, since
+}
+
+// run makes one pass: declared types, membership, forgetting, then Plan.
+// Every failure is logged and retried by a later pass.
+func (lp *leaderPass) run() {
+	c := lp.c
+	if !c.raft.IsLeader() {
+		return
+	}
+	m := c.fsm.Assignment()
+
+	c.typesMu.Lock()
+	var types []ActorType
+	for _, t := range c.types {
+		types = append(types, t)
+	}
+	c.typesMu.Unlock()
+	slices.SortFunc(types, func(a, b ActorType) int { return strings.Compare(a.Name, b.Name) })
+	for _, t := range types {
+		if have, ok := m.ActorType(t.Name); ok && have == t {
+			continue
+		}
+		lp.apply(RegisterType{Type: t}, "register actor type", "type", t.Name, "partitions", t.Partitions, "replication_factor", t.ReplicationFactor)
+	}
+
+	members := c.gossip.Members()
+	byID := make(map[string]Member, len(members))
+	now := time.Now()
+	for _, mb := range members {
+		byID[mb.ID] = mb
+		n, known := m.Node(mb.ID)
+		switch mb.State {
+		case MemberAlive:
+			up := NodeUp{ID: mb.ID, Zone: mb.Meta.Zone, RaftAddr: mb.Meta.RaftAddr, HTTPAddr: mb.Meta.HTTPAddr}
+			if mb.Meta.RaftAddr == "" {
+				continue // not running Raft yet: it could not follow the assignment
+			}
+			if known && n == (NodeInfo{ID: up.ID, Zone: up.Zone, RaftAddr: up.RaftAddr, HTTPAddr: up.HTTPAddr, State: NodeAlive}) {
+				continue
+			}
+			why := "joined"
+			if known && !n.Alive() {
+				why = "back from " + n.State.String()
+			} else if known {
+				why = "metadata changed"
+			}
+			lp.apply(up, "node up", "member", mb.ID, "why", why, "zone", up.Zone, "raft_addr", up.RaftAddr)
+		case MemberLeaving, MemberLeft:
+			if known && n.State == NodeAlive {
+				lp.apply(NodeLeave{ID: mb.ID}, "node leaves", "member", mb.ID, "why", "gossip: "+mb.State.String())
+			}
+		case MemberDead:
+			if known && n.State == NodeAlive {
+				lp.apply(NodeDown{ID: mb.ID}, "node down", "member", mb.ID, "why", "gossip: dead since "+mb.Since.Format(time.RFC3339Nano))
+			}
+		}
+	}
+	for id := range lp.unknownSince {
+		if _, ok := m.Node(id); !ok {
+			delete(lp.unknownSince, id) // forgotten
+		}
+	}
+	for _, n := range m.Nodes {
+		if _, ok := byID[n.ID]; ok {
+			delete(lp.unknownSince, n.ID)
+			continue
+		}
+		since, ok := lp.unknownSince[n.ID]
+		if !ok {
+			since = now
+			lp.unknownSince[n.ID] = now
+		}
+		if n.Alive() && now.Sub(since) >= unknownMemberGrace {
+			lp.apply(NodeDown{ID: n.ID}, "node down", "member", n.ID, "why", "unknown to gossip for "+now.Sub(since).Round(time.Millisecond).String())
+		}
+	}
+
+	m = c.fsm.Assignment()
+	lp.forget(m, byID, now)
+	lp.assign()
+}
+
+// forget drops gone nodes that hold nothing once they are past DeadGrace.
+func (lp *leaderPass) forget(m Model, byID map[string]Member, now time.Time) {
+	for _, n := range m.Nodes {
+		if n.Alive() {
+			continue
+		}
+		since, ok := lp.unknownSince[n.ID]
+		if mb, known := byID[n.ID]; known {
+			if mb.State == MemberAlive || mb.State == MemberLeaving {
+				continue
+			}
+			since, ok = mb.Since, true
+		}
+		if !ok || now.Sub(since) < lp.c.cfg.DeadGrace || holdsAnything(m, n.ID) {
+			continue
+		}
+		lp.apply(ForgetNode{ID: n.ID}, "forget node", "member", n.ID, "why", fmt.Sprintf("%s for %s, past the grace of %s", n.State, now.Sub(since).Round(time.Millisecond), lp.c.cfg.DeadGrace))
+	}
+}
+
+func holdsAnything(m Model, node string) bool {
+	for _, p := range m.Partitions() {
+		if p.Active == node || p.HasReplica(node) {
+			return true
+		}
+	}
+	return false
+}
+
+// assign plans and applies the changes as one Assign, planning again when
+// the Assign was stale.
+func (lp *leaderPass) assign() {
+	c := lp.c
+	for range maxStaleReplans {
+		m := c.fsm.Assignment()
+		changes := Plan(m, c.cfg.Assignor)
+		if len(changes) == 0 {
+			return
+		}
+		_, err := lp.c.apply(Assign{Changes: changes})
+		if errors.Is(err, ErrStale) {
+			c.log.Info("assignment changed under the plan; planning again", "err", err)
+			continue
+		}
+		if err != nil {
+			c.log.Warn("could not apply the assignor's plan", "changes", len(changes), "err", err)
+			return
+		}
+		for _, ch := range changes {
+			c.log.Info("assignment changed", "change", ch.String()) // ends with the reason
+		}
+		return
+	}
+}
+
+// apply applies cmd and logs it as what; a failure is logged, not returned:
+// the next pass retries.
+func (lp *leaderPass) apply(cmd Command, what string, args ...any) {
+	if _, err := lp.c.apply(cmd); err != nil {
+		lp.c.log.Warn("could not apply "+what, append(args, "err", err)...)
+		return
+	}
+	lp.c.log.Info(what, args...)
+}
+
+// apply encodes cmd and applies it through Raft; only the leader can.
+func (c *Cluster) apply(cmd Command) (any, error) {
+	b, err := EncodeCommand(cmd)
+	if err != nil {
+		return nil, err
+	}
+	return c.raft.Apply(b, commandTimeout)
+}
