@@ -48,6 +48,9 @@ type NodeInfo struct {
 	HTTPAddr string `msgpack:"ha,omitempty"`
 	// State is the node's liveness as the leader last saw it.
 	State NodeState `msgpack:"s"`
+	// Incarnation identifies the node's current process (NodeMeta.Incarnation):
+	// it changes, growing, each time the node restarts; 0 if never announced.
+	Incarnation uint64 `msgpack:"inc,omitempty"`
 }
 
 // Alive reports whether the node can hold partitions.
@@ -106,8 +109,16 @@ type PartitionAssignment struct {
 	// assignor first places the partition.
 	Active string `msgpack:"a,omitempty"`
 	// Epoch is bumped each time the active owner changes (0 before the first
-	// placement); the partition actor fences its changelog with it.
+	// placement), and each time the active's node restarts (its incarnation
+	// changes) while it stays the active; the partition actor fences its
+	// changelog with it, so every process that runs the actor gets a newer one.
 	Epoch uint64 `msgpack:"e,omitempty"`
+	// ActiveIncarnation is the incarnation of the Active node's process that
+	// Epoch was assigned to (NodeInfo.Incarnation when it was assigned). A node
+	// starts the partition actor only when ActiveIncarnation equals its own
+	// incarnation (see Model.ActiveOnIncarnation and ActiveFor): after a
+	// restart it waits for the leader to assign it a new epoch.
+	ActiveIncarnation uint64 `msgpack:"ai,omitempty"`
 	// Version is bumped by every applied change of this partition. With
 	// Epoch it is what an Assign change compares and sets.
 	Version uint64 `msgpack:"v,omitempty"`
@@ -118,6 +129,13 @@ type PartitionAssignment struct {
 	// progress. The assignor hands the active over once that replica's lag is
 	// small enough; "" when no move is in progress.
 	MovingTo string `msgpack:"m,omitempty"`
+}
+
+// ActiveFor reports whether the process of node with incarnation inc is the
+// partition's active owner at Epoch: the check a node makes before it starts
+// the partition actor with Epoch.
+func (p PartitionAssignment) ActiveFor(node string, inc uint64) bool {
+	return node != "" && p.Active == node && p.ActiveIncarnation == inc
 }
 
 // Replica returns the partition's replica on node.
@@ -259,6 +277,23 @@ func (m Model) ActiveOn(node string) []PartitionAssignment {
 	for _, t := range m.Types {
 		for _, p := range t.Partitions {
 			if p.Active == node {
+				ps = append(ps, p.clone())
+			}
+		}
+	}
+	return ps
+}
+
+// ActiveOnIncarnation returns the partitions whose active owner is the
+// process of node with incarnation inc (PartitionAssignment.ActiveFor): the
+// partition actors that process may start, each with its partition's Epoch.
+// A partition still assigned to an earlier incarnation of node is left out
+// until the leader bumps its epoch for inc.
+func (m Model) ActiveOnIncarnation(node string, inc uint64) []PartitionAssignment {
+	var ps []PartitionAssignment
+	for _, t := range m.Types {
+		for _, p := range t.Partitions {
+			if p.ActiveFor(node, inc) {
 				ps = append(ps, p.clone())
 			}
 		}

@@ -57,8 +57,14 @@ type Change struct {
 	ExpectVersion uint64 `msgpack:"xv"`
 	// Active is the active node after the change.
 	Active string `msgpack:"a"`
-	// Epoch is ExpectEpoch+1 if Active changes, else ExpectEpoch.
+	// Epoch is ExpectEpoch+1 if Active or ActiveIncarnation changes, else
+	// ExpectEpoch.
 	Epoch uint64 `msgpack:"e"`
+	// ActiveIncarnation is the partition's ActiveIncarnation after the change.
+	// When it differs from the partition's (or Active changes), it must be the
+	// Active node's recorded incarnation (ErrStale otherwise): a new epoch is
+	// assigned only to the node's current process.
+	ActiveIncarnation uint64 `msgpack:"ai,omitempty"`
 	// Replicas is the whole set of hot replicas after the change; replicas
 	// that stay keep their reported lag.
 	Replicas []ReplicaPlacement `msgpack:"r,omitempty"`
@@ -111,6 +117,10 @@ func (c Change) String() string {
 // not all in the active's zone while another zone has an alive node, and
 // spread so that each node holds about as many replicas of a type as the
 // others (moving a replica also warms the new one up before dropping the old).
+// A partition whose active node restarted (its NodeInfo.Incarnation differs
+// from the partition's ActiveIncarnation) stays on that node with a new
+// epoch for the new incarnation, so that the restarted partition actor's
+// epoch is newer than the one its changelog was fenced with.
 //
 // Plan is a pure function of m and cfg (which must be valid): the same input
 // gives the same output. Lag reports matter only while a move is in progress
@@ -237,7 +247,11 @@ func (pl *planner) changes() []Change {
 	for _, tp := range pl.types {
 		for _, p := range tp.parts {
 			o, c := p.orig, p.cur
-			if o.Active == c.Active && o.MovingTo == c.MovingTo && slices.EqualFunc(o.Replicas, c.Replicas, func(a, b Replica) bool {
+			inc := pl.nodes[c.Active].Incarnation // the active's current process
+			if c.Active == o.Active && inc != o.ActiveIncarnation {
+				p.note("%s restarted (incarnation %d -> %d): new epoch", c.Active, o.ActiveIncarnation, inc)
+			}
+			if o.Active == c.Active && inc == o.ActiveIncarnation && o.MovingTo == c.MovingTo && slices.EqualFunc(o.Replicas, c.Replicas, func(a, b Replica) bool {
 				return a.Node == b.Node && a.Replaces == b.Replaces
 			}) {
 				continue
@@ -245,10 +259,10 @@ func (pl *planner) changes() []Change {
 			ch := Change{
 				Type: c.Type, Partition: c.Partition,
 				ExpectEpoch: o.Epoch, ExpectVersion: o.Version,
-				Active: c.Active, Epoch: o.Epoch, MovingTo: c.MovingTo,
+				Active: c.Active, Epoch: o.Epoch, ActiveIncarnation: inc, MovingTo: c.MovingTo,
 				Reason: strings.Join(p.reasons, "; "),
 			}
-			if c.Active != o.Active {
+			if c.Active != o.Active || inc != o.ActiveIncarnation {
 				ch.Epoch++
 			}
 			for _, r := range c.Replicas {

@@ -52,6 +52,7 @@ type assignSim struct {
 	zones    []string
 	nextNode int
 	nextType int
+	nextInc  uint64 // the last incarnation a node process got
 	history  []string
 }
 
@@ -109,7 +110,13 @@ func (s *assignSim) join() {
 	id := fmt.Sprintf("n%d", s.nextNode)
 	zone := s.zones[s.rng.IntN(len(s.zones))]
 	s.event("join %s@%s", id, zone)
-	s.must(NodeUp{ID: id, Zone: zone})
+	s.must(NodeUp{ID: id, Zone: zone, Incarnation: s.incarnation()})
+}
+
+// incarnation returns a new node process's incarnation.
+func (s *assignSim) incarnation() uint64 {
+	s.nextInc++
+	return s.nextInc
 }
 
 func (s *assignSim) registerType() {
@@ -157,7 +164,7 @@ func (s *assignSim) perturb() bool {
 	case r == 4 && len(gone) > 0 && len(alive) < 7:
 		n := gone[s.rng.IntN(len(gone))]
 		s.event("return %s", n.ID)
-		s.must(NodeUp{ID: n.ID, Zone: n.Zone})
+		s.must(NodeUp{ID: n.ID, Zone: n.Zone, Incarnation: s.incarnation()})
 	case r == 5 && len(s.zones) > 1: // a zone outage, if another zone survives
 		zone := s.zones[s.rng.IntN(len(s.zones))]
 		var down []string
@@ -190,6 +197,13 @@ func (s *assignSim) perturb() bool {
 		s.event("forget %s", n.ID)
 		if err := s.a.apply(ForgetNode{ID: n.ID}); held != errors.Is(err, ErrStale) || (!held && err != nil) {
 			s.fatalf("forget %s (held: %v): %v", n.ID, held, err)
+		}
+	case r == 9: // a quick restart: alive all along, a new process; then the old one's NodeUp, late
+		n := alive[s.rng.IntN(len(alive))]
+		s.event("restart %s", n.ID)
+		s.must(NodeUp{ID: n.ID, Zone: n.Zone, Incarnation: s.incarnation()})
+		if err := s.a.apply(NodeUp{ID: n.ID, Zone: n.Zone, Incarnation: n.Incarnation}); !errors.Is(err, ErrStale) {
+			s.fatalf("late NodeUp of %s's old incarnation: %v, want ErrStale", n.ID, err)
 		}
 	default:
 		return false
@@ -300,8 +314,16 @@ func (s *assignSim) checkPlan(before, after Model, changes []Change) {
 				s.fatalf("%s: active %q is not an alive node", p1, p1.Active)
 			}
 			moved := p1.Active != p0.Active
-			if want := p0.Epoch + map[bool]uint64{true: 1}[moved]; p1.Epoch != want {
-				s.fatalf("%s: epoch %d -> %d with active %s -> %s", p1, p0.Epoch, p1.Epoch, p0.Active, p1.Active)
+			restarted := !moved && p1.ActiveIncarnation != p0.ActiveIncarnation
+			if want := p0.Epoch + map[bool]uint64{true: 1}[moved || restarted]; p1.Epoch != want {
+				s.fatalf("%s: epoch %d -> %d with active %s (incarnation %d) -> %s (incarnation %d)",
+					p1, p0.Epoch, p1.Epoch, p0.Active, p0.ActiveIncarnation, p1.Active, p1.ActiveIncarnation)
+			}
+			if inc := alive[p1.Active].Incarnation; p1.ActiveIncarnation != inc {
+				s.fatalf("%s: active %s at incarnation %d, assigned to incarnation %d", p1, p1.Active, inc, p1.ActiveIncarnation)
+			}
+			if restarted && !strings.Contains(reason(changes, p1), fmt.Sprintf("%s restarted (incarnation %d -> %d): new epoch", p1.Active, p0.ActiveIncarnation, p1.ActiveIncarnation)) {
+				s.fatalf("%s: new epoch for a restart without the reason: %s", p1, reason(changes, p1))
 			}
 			for _, r := range p1.Replicas {
 				if _, ok := alive[r.Node]; !ok || r.Node == p1.Active {
@@ -413,6 +435,9 @@ func (s *assignSim) checkSettled(m Model) {
 		}
 		want := min(t.Type.ReplicationFactor, n-1)
 		for _, p := range t.Partitions {
+			if !p.ActiveFor(p.Active, alive[p.Active].Incarnation) {
+				s.fatalf("%s: active %s assigned to incarnation %d, node at %d", p, p.Active, p.ActiveIncarnation, alive[p.Active].Incarnation)
+			}
 			if len(p.Replicas) != want {
 				s.fatalf("%s: %d replicas, want %d", p, len(p.Replicas), want)
 			}

@@ -211,6 +211,11 @@ func (c *Cluster) ID() string { return c.cfg.NodeID }
 // GossipAddr is the gossip address other nodes join through.
 func (c *Cluster) GossipAddr() string { return c.gossip.Addr() }
 
+// Incarnation identifies this run of the node (NodeMeta.Incarnation). The
+// node runs a partition actor only while the assignment gives the partition
+// to this incarnation: see Model.ActiveOnIncarnation.
+func (c *Cluster) Incarnation() uint64 { return c.gossip.Incarnation() }
+
 // RaftAddr is the Raft transport's address.
 func (c *Cluster) RaftAddr() string { return c.raft.Addr() }
 
@@ -422,20 +427,29 @@ func (lp *leaderPass) run() {
 		n, known := m.Node(mb.ID)
 		switch mb.State {
 		case MemberAlive:
-			up := NodeUp{ID: mb.ID, Zone: mb.Meta.Zone, RaftAddr: mb.Meta.RaftAddr, HTTPAddr: mb.Meta.HTTPAddr}
+			up := NodeUp{ID: mb.ID, Zone: mb.Meta.Zone, RaftAddr: mb.Meta.RaftAddr, HTTPAddr: mb.Meta.HTTPAddr, Incarnation: mb.Meta.Incarnation}
 			if mb.Meta.RaftAddr == "" {
 				continue // not running Raft yet: it could not follow the assignment
 			}
-			if known && n == (NodeInfo{ID: up.ID, Zone: up.Zone, RaftAddr: up.RaftAddr, HTTPAddr: up.HTTPAddr, State: NodeAlive}) {
+			if known && n == (NodeInfo{ID: up.ID, Zone: up.Zone, RaftAddr: up.RaftAddr, HTTPAddr: up.HTTPAddr, State: NodeAlive, Incarnation: up.Incarnation}) {
 				continue
 			}
+			if known && up.Incarnation < n.Incarnation {
+				continue // gossip still shows a process that has since restarted
+			}
 			why := "joined"
-			if known && !n.Alive() {
+			switch {
+			case known && up.Incarnation != n.Incarnation:
+				why = fmt.Sprintf("restarted (incarnation %d -> %d)", n.Incarnation, up.Incarnation)
+				if !n.Alive() {
+					why += ", back from " + n.State.String()
+				}
+			case known && !n.Alive():
 				why = "back from " + n.State.String()
-			} else if known {
+			case known:
 				why = "metadata changed"
 			}
-			lp.apply(up, "node up", "member", mb.ID, "why", why, "zone", up.Zone, "raft_addr", up.RaftAddr)
+			lp.apply(up, "node up", "member", mb.ID, "why", why, "zone", up.Zone, "raft_addr", up.RaftAddr, "incarnation", up.Incarnation)
 		case MemberLeaving, MemberLeft:
 			if known && n.State == NodeAlive {
 				lp.apply(NodeLeave{ID: mb.ID}, "node leaves", "member", mb.ID, "why", "gossip: "+mb.State.String())

@@ -429,3 +429,98 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+// restart shuts c down like a crash and starts its node again at once: same
+// id, data dir and ports, joining through another alive node.
+func (e *clusterTestEnv) restart(c *Cluster) *Cluster {
+	e.t.Helper()
+	cfg := c.cfg
+	cfg.GossipAddr, cfg.RaftAddr = c.GossipAddr(), c.RaftAddr()
+	cfg.Join = nil
+	for _, o := range e.alive() {
+		if o != c {
+			cfg.Join = []string{o.GossipAddr()}
+			break
+		}
+	}
+	c.Shutdown()
+	var n *Cluster
+	var err error
+	for range 50 { // the ports may take a moment to be free again
+		if n, err = Start(cfg); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		e.t.Fatalf("restart %s: %v", c.ID(), err)
+	}
+	e.t.Cleanup(func() { n.Shutdown() })
+	e.mu.Lock()
+	e.nodes[slices.Index(e.nodes, c)] = n
+	e.mu.Unlock()
+	return n
+}
+
+func TestClusterQuickRestartNewEpochs(t *testing.T) {
+	e := clusterTestNewEnv(t)
+	// The slower failure detector keeps the restart well inside the time
+	// gossip takes to declare a node dead, even under the race detector.
+	e.mutate = func(c *Config) { c.GossipProfile = ProfileLAN }
+	e.form()
+	leader := e.leader(5 * time.Second)
+	var victim *Cluster
+	for _, c := range e.alive() {
+		if c != leader {
+			victim = c
+			break
+		}
+	}
+	before := e.settled(time.Second, "formed")
+	mine := before.ActiveOn(victim.ID())
+	if len(mine) == 0 {
+		t.Fatalf("%s holds no active", victim.ID())
+	}
+	oldInc := victim.Incarnation()
+	if got := before.ActiveOnIncarnation(victim.ID(), oldInc); len(got) != len(mine) {
+		t.Fatalf("%s's incarnation %d is active on %d partitions, want %d", victim.ID(), oldInc, len(got), len(mine))
+	}
+
+	start := time.Now()
+	restarted := e.restart(victim)
+	newInc := restarted.Incarnation()
+	if newInc <= oldInc {
+		t.Fatalf("incarnation %d after a restart, was %d", newInc, oldInc)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if _, err := leader.Wait(ctx, func(m Model) bool {
+		return len(m.ActiveOnIncarnation(victim.ID(), newInc)) == len(mine)
+	}); err != nil {
+		t.Fatalf("partitions of restarted %s not assigned to its new incarnation: %v", victim.ID(), err)
+	}
+	t.Logf("restart of %s to new epochs for its %d partitions: %s", victim.ID(), len(mine), time.Since(start).Round(time.Millisecond))
+	after := e.settled(5*time.Second, "after the restart")
+	if n, _ := after.Node(victim.ID()); !n.Alive() || n.Incarnation != newInc {
+		t.Fatalf("%s in the assignment: %+v, want alive at incarnation %d", victim.ID(), n, newInc)
+	}
+	for _, p := range before.Partitions() {
+		q, _ := after.Partition(p.Type, p.Partition)
+		want := p.Epoch
+		if p.Active == victim.ID() {
+			want++
+			if q.ActiveIncarnation != newInc {
+				t.Errorf("%s: assigned to incarnation %d, want %d", q, q.ActiveIncarnation, newInc)
+			}
+		}
+		if q.Active != p.Active || q.Epoch != want {
+			t.Errorf("%s: %s at epoch %d -> %s at epoch %d, want %s at epoch %d", p, p.Active, p.Epoch, q.Active, q.Epoch, p.Active, want)
+		}
+	}
+	// The restarted node follows the assignment again.
+	if _, err := restarted.Wait(ctx, func(m Model) bool {
+		return len(m.ActiveOnIncarnation(victim.ID(), newInc)) == len(mine)
+	}); err != nil {
+		t.Fatalf("restarted %s does not see its new epochs: %v", victim.ID(), err)
+	}
+}

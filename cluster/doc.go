@@ -9,7 +9,11 @@
 // compare-and-set on the partition's epoch, so a command from an old leader
 // cannot overwrite newer state. Nodes watch the FSM (Subscribe, Assignment)
 // and start or stop their partition actors and replica actors to match,
-// fencing their changelog with the partition's epoch.
+// fencing their changelog with the partition's epoch. Each run of a node's
+// process has its own incarnation (NodeMeta.Incarnation); a node that
+// restarts, even before gossip notices, gets a new epoch for each partition
+// it stays active for, and runs only the partitions assigned to its current
+// incarnation (Model.ActiveOnIncarnation).
 //
 // The assignor is the Raft leader running Plan, a pure function from the
 // assignment to the changes it needs: every partition active on an alive

@@ -153,11 +153,14 @@ func (f *FSM) registerType(c RegisterType) (bool, error) {
 }
 
 func (f *FSM) nodeUp(c NodeUp) (bool, error) {
-	n := NodeInfo{ID: c.ID, Zone: c.Zone, RaftAddr: c.RaftAddr, HTTPAddr: c.HTTPAddr, State: NodeAlive}
+	n := NodeInfo{ID: c.ID, Zone: c.Zone, RaftAddr: c.RaftAddr, HTTPAddr: c.HTTPAddr, State: NodeAlive, Incarnation: c.Incarnation}
 	i, ok := f.m.nodeIndex(c.ID)
 	if !ok {
 		f.m.Nodes = slices.Insert(f.m.Nodes, i, n)
 		return true, nil
+	}
+	if have := f.m.Nodes[i].Incarnation; c.Incarnation < have {
+		return false, fmt.Errorf("%w: node up %s: incarnation %d, older than %d", ErrStale, c.ID, c.Incarnation, have)
 	}
 	if f.m.Nodes[i] == n {
 		return false, nil
@@ -227,7 +230,7 @@ func (f *FSM) assign(changes []Change) (bool, error) {
 			p.Replicas = append(p.Replicas, r)
 		}
 		slices.SortFunc(p.Replicas, func(a, b Replica) int { return strings.Compare(a.Node, b.Node) })
-		p.Active, p.Epoch, p.MovingTo = ch.Active, ch.Epoch, ch.MovingTo
+		p.Active, p.Epoch, p.ActiveIncarnation, p.MovingTo = ch.Active, ch.Epoch, ch.ActiveIncarnation, ch.MovingTo
 		p.Version++
 	}
 	return true, nil
@@ -251,15 +254,22 @@ func (f *FSM) checkChange(ch Change) (*PartitionAssignment, error) {
 	if ch.Active == "" {
 		return nil, fmt.Errorf("%w: no active node", ErrInvalidCommand)
 	}
+	// A new epoch for a new owner: another node, or a restarted process
+	// (another incarnation) of the same node.
+	newOwner := ch.Active != p.Active || ch.ActiveIncarnation != p.ActiveIncarnation
 	want := p.Epoch
-	if ch.Active != p.Active {
+	if newOwner {
 		want++
 	}
 	if ch.Epoch != want {
-		return nil, fmt.Errorf("%w: epoch %d with active %s -> %s at epoch %d", ErrInvalidCommand, ch.Epoch, p.Active, ch.Active, p.Epoch)
+		return nil, fmt.Errorf("%w: epoch %d with active %s (incarnation %d) -> %s (incarnation %d) at epoch %d",
+			ErrInvalidCommand, ch.Epoch, p.Active, p.ActiveIncarnation, ch.Active, ch.ActiveIncarnation, p.Epoch)
 	}
 	if err := f.checkAlive(ch.Active); err != nil {
 		return nil, err
+	}
+	if n, _ := f.m.Node(ch.Active); newOwner && ch.ActiveIncarnation != n.Incarnation {
+		return nil, fmt.Errorf("%w: new epoch for incarnation %d of %s, which is at incarnation %d", ErrStale, ch.ActiveIncarnation, ch.Active, n.Incarnation)
 	}
 	nodes := make(map[string]bool, len(ch.Replicas))
 	for _, r := range ch.Replicas {

@@ -63,13 +63,17 @@ type RegisterType struct {
 	Type ActorType `msgpack:"t"`
 }
 
-// NodeUp records that a node is alive (joined, came back, or changed its
-// zone or addresses).
+// NodeUp records that a node is alive (joined, came back, restarted, or
+// changed its zone or addresses). A NodeUp whose Incarnation is older (less)
+// than the one recorded for the node comes from a process that has since
+// restarted; it is refused with ErrStale.
 type NodeUp struct {
 	ID       string `msgpack:"id"`
 	Zone     string `msgpack:"z,omitempty"`
 	RaftAddr string `msgpack:"ra,omitempty"`
 	HTTPAddr string `msgpack:"ha,omitempty"`
+	// Incarnation is the node process's NodeMeta.Incarnation.
+	Incarnation uint64 `msgpack:"inc,omitempty"`
 }
 
 // NodeDown records that gossip declared a node dead.

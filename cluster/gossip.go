@@ -66,6 +66,12 @@ type NodeMeta struct {
 	// the others tell a graceful leave from a crash (memberlist reports both
 	// alike) and can move work away first.
 	Leaving bool `msgpack:"lv,omitempty"`
+	// Incarnation identifies this run of the node's process: StartGossip sets
+	// it (unless the config sets one) to the start time in Unix nanoseconds, so
+	// that a restarted node, same id and data dir, announces a greater one. The
+	// assignor gives the partitions of a restarted node new epochs for it
+	// (PartitionAssignment.ActiveIncarnation).
+	Incarnation uint64 `msgpack:"inc,omitempty"`
 }
 
 // GossipConfig configures a node's gossip membership.
@@ -92,7 +98,8 @@ type GossipConfig struct {
 	// seed answers or the node shuts down.
 	JoinRetryAttempts int
 	// Meta is the metadata gossiped to the other nodes. Meta.NodeID may be left
-	// empty: it is set to NodeID.
+	// empty: it is set to NodeID. Meta.Incarnation is normally left 0: it is
+	// set to a new incarnation (see NodeMeta.Incarnation).
 	Meta NodeMeta
 	// SecretKey, when set, encrypts and authenticates all gossip with AES-GCM
 	// (16, 24 or 32 bytes for AES-128/192/256). Every node needs the same key;
@@ -279,6 +286,9 @@ func StartGossip(cfg GossipConfig) (*Gossip, error) {
 		return nil, err
 	}
 	cfg.Meta.NodeID = cfg.NodeID
+	if cfg.Meta.Incarnation == 0 {
+		cfg.Meta.Incarnation = newIncarnation()
+	}
 	cfg.Join = slices.Clone(cfg.Join)
 	cfg.SecretKey = slices.Clone(cfg.SecretKey)
 	logger := cfg.Logger
@@ -407,6 +417,16 @@ func (g *Gossip) Addr() string { return g.addr }
 // once for a node without seeds. It stays open if the join attempts run out.
 func (g *Gossip) Joined() <-chan struct{} { return g.joined }
 
+// newIncarnation returns the incarnation of a process starting now: the time
+// in Unix nanoseconds, which grows from one start to the next (barring a clock
+// set back), at least 1.
+func newIncarnation() uint64 {
+	return max(uint64(time.Now().UnixNano()), 1)
+}
+
+// Incarnation is this node process's incarnation (NodeMeta.Incarnation).
+func (g *Gossip) Incarnation() uint64 { return g.cfg.Meta.Incarnation }
+
 // LocalMeta is the metadata this node gossips.
 func (g *Gossip) LocalMeta() NodeMeta {
 	m, _ := decodeMeta(*g.meta.Load())
@@ -424,8 +444,8 @@ func (g *Gossip) UpdateMeta(update func(*NodeMeta), timeout time.Duration) error
 	err := g.updateMeta(func(m *NodeMeta) {
 		old := *m
 		update(m)
-		if m.NodeID != old.NodeID || m.Leaving != old.Leaving {
-			bad = fmt.Errorf("cluster: update meta: NodeID and Leaving cannot change")
+		if m.NodeID != old.NodeID || m.Leaving != old.Leaving || m.Incarnation != old.Incarnation {
+			bad = fmt.Errorf("cluster: update meta: NodeID, Leaving and Incarnation cannot change")
 			*m = old
 		}
 	}, timeout)
@@ -470,8 +490,33 @@ func (g *Gossip) setMeta(update func(*NodeMeta)) (changed bool, err error) {
 	g.metaVersion.Add(1)
 	// UpdateNode calls back into gossipEvents (which takes g.mu): hold no lock
 	// but metaMu here. Its only error is the wait's timeout.
-	_ = g.ml.UpdateNode(time.Nanosecond)
+	//
+	// memberlist silently drops the update when a refutation raced it: a node
+	// that restarts under the same name refutes the alive message of its
+	// previous process (found in the join's state exchange) with a higher
+	// incarnation than the one UpdateNode had taken, and goes on gossiping its
+	// previous metadata. The update took if the local member shows it; else
+	// try again, with a newer incarnation.
+	for range metaUpdateAttempts {
+		_ = g.ml.UpdateNode(time.Nanosecond)
+		if g.localMetaIs(meta) {
+			break
+		}
+	}
 	return true, nil
+}
+
+// metaUpdateAttempts bounds setMeta's UpdateNode calls; each lost one means a
+// refutation came in between, which takes a join's state exchange.
+const metaUpdateAttempts = 10
+
+// localMetaIs reports whether memberlist holds meta as this node's metadata
+// (observed through its events).
+func (g *Gossip) localMetaIs(meta NodeMeta) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	m, ok := g.members[g.cfg.NodeID]
+	return ok && m.Meta == meta
 }
 
 // metaSyncPeers is how many members a metadata change is pushed to directly,

@@ -144,7 +144,10 @@ func TestGossipMetadataRoundTrip(t *testing.T) {
 			t.Fatalf("%s sees %s as %+v", observer.ID(), subject.ID(), m)
 		}
 	}
-	want := NodeMeta{NodeID: "n1", RaftAddr: "127.0.0.1:7100", HTTPAddr: "127.0.0.1:801", Zone: "zone-n1"}
+	if n1.Incarnation() == 0 || n1.Incarnation() == n2.Incarnation() {
+		t.Fatalf("incarnations n1 %d, n2 %d: want distinct, non-zero", n1.Incarnation(), n2.Incarnation())
+	}
+	want := NodeMeta{NodeID: "n1", RaftAddr: "127.0.0.1:7100", HTTPAddr: "127.0.0.1:801", Zone: "zone-n1", Incarnation: n1.Incarnation()}
 	if got := n1.LocalMeta(); got != want {
 		t.Fatalf("n1 meta %+v, want %+v", got, want)
 	}

@@ -451,6 +451,11 @@ func (r *Raft) Shutdown() error {
 	var err error
 	r.shutdown.Do(func() {
 		close(r.stop)
+		// raft's heartbeat fast path runs on the transport's connection
+		// goroutines, which raft.Shutdown does not wait for: one could save the
+		// term after the log store is closed, and raft panics on that. Without
+		// the handler, heartbeats queue for raft's main loop, which is stopped.
+		r.trans.SetHeartbeatHandler(nil)
 		if e := r.raft.Shutdown().Error(); e != nil {
 			err = fmt.Errorf("cluster: raft shutdown: %w", e)
 		}
