@@ -261,27 +261,13 @@ func (m Model) Partition(typ string, p int) (PartitionAssignment, bool) {
 
 // Partitions returns every partition assignment, by type then partition.
 func (m Model) Partitions() []PartitionAssignment {
-	var ps []PartitionAssignment
-	for _, t := range m.Types {
-		for _, p := range t.Partitions {
-			ps = append(ps, p.clone())
-		}
-	}
-	return ps
+	return m.partitionsWhere(func(PartitionAssignment) bool { return true })
 }
 
 // ActiveOn returns the partitions whose active owner is node: the partition
 // actors node should run.
 func (m Model) ActiveOn(node string) []PartitionAssignment {
-	var ps []PartitionAssignment
-	for _, t := range m.Types {
-		for _, p := range t.Partitions {
-			if p.Active == node {
-				ps = append(ps, p.clone())
-			}
-		}
-	}
-	return ps
+	return m.partitionsWhere(func(p PartitionAssignment) bool { return p.Active == node })
 }
 
 // ActiveOnIncarnation returns the partitions whose active owner is the
@@ -290,23 +276,21 @@ func (m Model) ActiveOn(node string) []PartitionAssignment {
 // A partition still assigned to an earlier incarnation of node is left out
 // until the leader bumps its epoch for inc.
 func (m Model) ActiveOnIncarnation(node string, inc uint64) []PartitionAssignment {
-	var ps []PartitionAssignment
-	for _, t := range m.Types {
-		for _, p := range t.Partitions {
-			if p.ActiveFor(node, inc) {
-				ps = append(ps, p.clone())
-			}
-		}
-	}
-	return ps
+	return m.partitionsWhere(func(p PartitionAssignment) bool { return p.ActiveFor(node, inc) })
 }
 
 // ReplicasOn returns the partitions that have a hot replica on node.
 func (m Model) ReplicasOn(node string) []PartitionAssignment {
+	return m.partitionsWhere(func(p PartitionAssignment) bool { return p.HasReplica(node) })
+}
+
+// partitionsWhere returns copies of the partition assignments that keep
+// selects, by type then partition.
+func (m Model) partitionsWhere(keep func(PartitionAssignment) bool) []PartitionAssignment {
 	var ps []PartitionAssignment
 	for _, t := range m.Types {
 		for _, p := range t.Partitions {
-			if p.HasReplica(node) {
+			if keep(p) {
 				ps = append(ps, p.clone())
 			}
 		}
