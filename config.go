@@ -4,11 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/eddyrt/eddy/changelog"
+	"github.com/eddyrt/eddy/cluster"
 	"github.com/eddyrt/eddy/partition"
 )
 
@@ -57,6 +60,36 @@ type Config struct {
 	// it must cover the longest outage after which an outbox is re-forwarded.
 	DuplicateWindow time.Duration
 
+	// GossipAddr, when set, makes the node a cluster member: the host:port
+	// its gossip (memberlist, UDP and TCP) binds. Empty runs a single node
+	// that owns every partition.
+	GossipAddr string
+	// RaftAddr is the host:port of the node's Raft transport (cluster only).
+	RaftAddr string
+	// Join is the gossip seed list, host:port each; any live member will do,
+	// and the node retries until one answers. Empty for the first node.
+	Join []string
+	// Bootstrap forms a new one-voter cluster on the first start.
+	Bootstrap bool
+	// BootstrapExpect forms a new cluster once that many nodes have gossiped
+	// (Consul's bootstrap-expect); give every initial node the same number.
+	BootstrapExpect int
+	// Zone is the node's failure domain; hot replicas are spread across zones.
+	Zone string
+	// GossipKey encrypts gossip when set (16, 24 or 32 bytes; the same on every node).
+	GossipKey []byte
+	// GossipProfile is the failure detector's timing: "lan-fast" (a crash is
+	// seen in about a second on a LAN) or "lan" (memberlist's default, ~7 s).
+	GossipProfile string
+	// MaxLagForMove is the replica lag, in changelog records, under which a
+	// warm-up move hands a partition over to its new node.
+	MaxLagForMove uint64
+	// MaxConcurrentMoves bounds the warm-up moves in progress in the cluster.
+	MaxConcurrentMoves int
+	// LeaveTimeout bounds the graceful leave on Stop: the time the node's
+	// active partitions have to move to other nodes.
+	LeaveTimeout time.Duration
+
 	// Logger receives the node's logs (nil: slog.Default()).
 	Logger *slog.Logger
 	// Registerer receives the node's metrics (nil: a registry of the node's own,
@@ -70,23 +103,27 @@ type Config struct {
 // DefaultConfig returns a config that runs a development node: embedded NATS
 // on 127.0.0.1:4222, data in ./data, HTTP on 127.0.0.1:8080.
 func DefaultConfig() Config {
-	p := partition.DefaultConfig()
+	p, cl := partition.DefaultConfig(), cluster.DefaultConfig()
 	return Config{
-		NodeID:           "node-1",
-		DataDir:          "./data",
-		EmbeddedNATSHost: "127.0.0.1",
-		EmbeddedNATSPort: 4222,
-		HTTPAddr:         "127.0.0.1:8080",
-		BatchSize:        p.BatchSize,
-		Linger:           p.Linger,
-		MaxAttempts:      p.MaxAttempts,
-		MaxValueSize:     p.MaxValueSize,
-		MaxEventSize:     p.MaxEventSize,
-		MaxBatchRecords:  p.MaxBatchRecords,
-		StoreSync:        p.StoreSync,
-		CacheSize:        256 << 20,        // hot keys of every partition stay in memory (~3x faster gets than 8 MiB)
-		StreamReplicas:   1,                // a single NATS server; use 3 on a NATS cluster
-		DuplicateWindow:  10 * time.Minute, // covers restarts and failovers by a wide margin
+		NodeID:             "node-1",
+		DataDir:            "./data",
+		EmbeddedNATSHost:   "127.0.0.1",
+		EmbeddedNATSPort:   4222,
+		HTTPAddr:           "127.0.0.1:8080",
+		BatchSize:          p.BatchSize,
+		Linger:             p.Linger,
+		MaxAttempts:        p.MaxAttempts,
+		MaxValueSize:       p.MaxValueSize,
+		MaxEventSize:       p.MaxEventSize,
+		MaxBatchRecords:    p.MaxBatchRecords,
+		StoreSync:          p.StoreSync,
+		CacheSize:          256 << 20,        // hot keys of every partition stay in memory (~3x faster gets than 8 MiB)
+		StreamReplicas:     1,                // a single NATS server; use 3 on a NATS cluster
+		DuplicateWindow:    10 * time.Minute, // covers restarts and failovers by a wide margin
+		GossipProfile:      cl.GossipProfile,
+		MaxLagForMove:      cl.Assignor.MaxLagForMove,
+		MaxConcurrentMoves: cl.Assignor.MaxConcurrentMoves,
+		LeaveTimeout:       30 * time.Second, // each partition commits its batch in hand and restores elsewhere
 	}
 }
 
@@ -114,7 +151,43 @@ func (c *Config) Validate() error {
 	case c.CacheSize < 1<<20:
 		return bad("cache size %d: at least 1 MiB", c.CacheSize)
 	}
+	if !c.clustered() {
+		if c.Bootstrap || c.BootstrapExpect > 0 || len(c.Join) > 0 {
+			return bad("bootstrap, expect and join need a gossip address")
+		}
+		return nil
+	}
+	switch {
+	case !changelog.ValidName(c.NodeID):
+		return bad("node id %q: a cluster member's id is a NATS subject token: letters, digits, '-' and '_'", c.NodeID)
+	case c.RaftAddr == "":
+		return bad("a cluster member needs a Raft address")
+	case c.Bootstrap && c.BootstrapExpect > 0:
+		return bad("bootstrap and expect exclude each other")
+	case c.LeaveTimeout < 0:
+		return bad("leave timeout %v", c.LeaveTimeout)
+	}
+	cc := c.clusterConfig("")
+	if err := cc.Validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
 	return nil
+}
+
+// clusterConfig is the control plane's config for this node.
+func (c *Config) clusterConfig(httpAddr string) cluster.Config {
+	cc := cluster.DefaultConfig()
+	cc.NodeID, cc.Zone = c.NodeID, c.Zone
+	cc.DataDir = filepath.Join(c.DataDir, "raft")
+	cc.GossipAddr, cc.RaftAddr, cc.HTTPAddr = c.GossipAddr, c.RaftAddr, httpAddr
+	cc.Join = c.Join
+	cc.GossipProfile = c.GossipProfile
+	cc.GossipKey = c.GossipKey
+	cc.Bootstrap, cc.BootstrapExpect = c.Bootstrap, c.BootstrapExpect
+	cc.Assignor.MaxLagForMove = c.MaxLagForMove
+	cc.Assignor.MaxConcurrentMoves = c.MaxConcurrentMoves
+	cc.Logger = c.Logger
+	return cc
 }
 
 // ActorType is a named handler with its input stream (same name), partition
@@ -131,4 +204,27 @@ type ActorType struct {
 	// Outputs are the streams the handler Emits to; created if missing, with
 	// subjects "<name>.*" (the key is the last token).
 	Outputs []string
+	// ReplicationFactor is the number of hot replicas each partition keeps on
+	// other nodes of a cluster (fewer while the cluster has too few nodes):
+	// 0 means DefaultReplicationFactor, NoReplicas none. A replica tails the
+	// changelog, so a failover or a move needs no restore.
+	ReplicationFactor int
+}
+
+// DefaultReplicationFactor is the hot replicas per partition of an actor type
+// that does not say.
+const DefaultReplicationFactor = 1
+
+// NoReplicas as ActorType.ReplicationFactor keeps no hot replica: a failed
+// over partition restores from its changelog.
+const NoReplicas = -1
+
+func (t *ActorType) replicationFactor() int {
+	switch {
+	case t.ReplicationFactor == 0:
+		return DefaultReplicationFactor
+	case t.ReplicationFactor < 0:
+		return 0
+	}
+	return t.ReplicationFactor
 }

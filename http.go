@@ -16,13 +16,15 @@ import (
 // Handler is the node's HTTP API:
 //
 //	GET /v1/state/{type}/{key}[?store=name]  the committed state of a key, as JSON
-//	GET /v1/status                           every partition's epoch, offset and changelog sequence
+//	GET /v1/status                           this node's partitions: epoch, offset, changelog sequence
+//	GET /v1/cluster                          members, Raft leader and term, the assignment and replica lags
 //	GET /metrics                             Prometheus metrics
 //	GET /healthz                             200 while the node runs
 func (n *Node) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/state/{type}/{key}", n.handleState)
 	mux.HandleFunc("GET /v1/status", n.handleStatus)
+	mux.HandleFunc("GET /v1/cluster", n.handleCluster)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	if n.gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(n.gatherer, promhttp.HandlerOpts{}))
@@ -61,6 +63,18 @@ func (n *Node) handleStatus(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"node": n.cfg.NodeID, "partitions": st})
+}
+
+func (n *Node) handleCluster(w http.ResponseWriter, _ *http.Request) {
+	st, err := n.Cluster()
+	switch {
+	case errors.Is(err, ErrNotClustered):
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": err.Error()})
+	case err != nil:
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+	default:
+		writeJSON(w, http.StatusOK, st)
+	}
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

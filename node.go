@@ -1,6 +1,7 @@
 package eddy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -11,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -25,12 +25,16 @@ import (
 
 	"github.com/eddyrt/eddy/actor"
 	"github.com/eddyrt/eddy/changelog"
+	"github.com/eddyrt/eddy/cluster"
 	"github.com/eddyrt/eddy/partition"
 	"github.com/eddyrt/eddy/statestore"
 )
 
-// Node runs the partition actors of the registered actor types. On one node
-// it owns every partition of every type.
+// Node runs the partition actors of the registered actor types. Alone, it
+// owns every partition of every type. As a cluster member (Config.GossipAddr
+// set) it runs the partition actors and hot replicas the Raft-elected
+// assignor gives it, each partition actor fencing with the epoch of its
+// assignment.
 type Node struct {
 	cfg   Config
 	log   *slog.Logger
@@ -41,18 +45,28 @@ type Node struct {
 	gatherer prometheus.Gatherer
 	metrics  *partition.Metrics
 
-	mu       sync.Mutex
-	running  bool
-	stopping bool
-	srv      *server.Server
-	nc       *nats.Conn
-	js       jetstream.JetStream
-	cache    *statestore.Cache
-	sys      *actor.System
-	actors   map[string][]*partition.Actor
-	http     *http.Server
-	httpAddr string
-	httpDone chan struct{}
+	mu        sync.Mutex
+	running   bool
+	starting  bool
+	stopping  bool
+	srv       *server.Server
+	nc        *nats.Conn
+	js        jetstream.JetStream
+	cache     *statestore.Cache
+	sys       *actor.System
+	actives   map[pkey]*activeSlot
+	replicas  map[pkey]*partition.Replica
+	stoppedAt map[pkey]uint64 // newest epoch a partition actor stopped at on this node
+	http      *http.Server
+	httpAddr  string
+	httpDone  chan struct{}
+
+	// Cluster mode.
+	cl         *cluster.Cluster
+	ctlSubs    []*nats.Subscription
+	loopCancel context.CancelFunc
+	loopDone   chan struct{}
+	wg         sync.WaitGroup // control request handlers
 }
 
 // NewNode returns a node for cfg; register actor types, then Start it.
@@ -92,6 +106,8 @@ func (n *Node) Register(t ActorType) error {
 		return fmt.Errorf("%w: actor type %s: partitions %d", ErrInvalidConfig, t.Name, t.Partitions)
 	case t.Handler == nil:
 		return fmt.Errorf("%w: actor type %s: no handler", ErrInvalidConfig, t.Name)
+	case t.ReplicationFactor < NoReplicas || t.ReplicationFactor > 5:
+		return fmt.Errorf("%w: actor type %s: replication factor %d (0 to 5, or NoReplicas)", ErrInvalidConfig, t.Name, t.ReplicationFactor)
 	case n.types[t.Name] != nil:
 		return fmt.Errorf("%w: actor type %s registered twice", ErrInvalidConfig, t.Name)
 	}
@@ -111,24 +127,66 @@ func (n *Node) Register(t ActorType) error {
 }
 
 // Start connects to NATS (starting the embedded server if no URL is set),
-// creates the streams, starts a partition actor for every partition and serves
-// HTTP. Partitions restore in the background; Status tells when they run.
+// creates the streams and serves HTTP. On a single node it then starts a
+// partition actor for every partition; in a cluster it joins, declares the
+// actor types (waiting for the cluster to form, within ctx) and runs the
+// partition actors and hot replicas the assignment gives it. Partitions
+// restore in the background; Status tells when they run.
 func (n *Node) Start(ctx context.Context) (err error) {
 	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.running || n.stopping {
+	if n.running || n.starting || n.stopping {
+		n.mu.Unlock()
 		return errors.New("eddy: node already started")
 	}
+	n.starting = true
+	n.mu.Unlock()
 	defer func() {
 		if err != nil {
-			n.shutdown(context.Background())
+			n.stopCluster(0)
 		}
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		n.starting = false
+		if err != nil {
+			n.shutdown(context.Background())
+			return
+		}
+		n.running = true
 	}()
+	if err := n.connect(ctx); err != nil {
+		return err
+	}
+	n.mu.Lock()
+	n.cache = statestore.NewCache(n.cfg.CacheSize)
+	n.sys = actor.NewSystem(n.log)
+	n.actives, n.replicas, n.stoppedAt = map[pkey]*activeSlot{}, map[pkey]*partition.Replica{}, map[pkey]uint64{}
+	if n.cfg.HTTPAddr != "" {
+		if err := n.serveHTTP(); err != nil {
+			n.mu.Unlock()
+			return err
+		}
+	}
+	n.mu.Unlock()
+	if n.cfg.clustered() {
+		if err := n.startCluster(ctx); err != nil {
+			return err
+		}
+	} else {
+		n.apply(ctx, n.allPartitions())
+	}
+	n.log.Info("node started", "nats", redactURL(n.nc.ConnectedUrl()), "http", n.httpAddr, "types", n.order, "cluster", n.cfg.clustered())
+	return nil
+}
+
+// connect connects to NATS, starting the embedded server if no URL is set,
+// and creates the input, dead-letter and output streams.
+func (n *Node) connect(ctx context.Context) error {
 	if err := os.MkdirAll(n.cfg.DataDir, 0o755); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
 	url := n.cfg.NATSURL
 	if url == "" {
+		var err error
 		if url, err = n.startEmbeddedNATS(); err != nil {
 			return err
 		}
@@ -147,19 +205,25 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) { n.log.Info("NATS reconnected", "url", c.ConnectedUrl()) }),
 	}, n.cfg.NATSOptions...)
-	if n.nc, err = nats.Connect(url, opts...); err != nil {
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
 		return fmt.Errorf("connect to NATS at %s: %w", redactURL(url), err)
 	}
-	if n.js, err = jetstream.New(n.nc); err != nil {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
 		return err
 	}
+	n.mu.Lock()
+	n.nc, n.js = nc, js
+	n.mu.Unlock()
 	sopt := partition.StreamOptions{Replicas: n.cfg.StreamReplicas, Duplicates: n.cfg.DuplicateWindow}
 	for _, name := range n.order {
 		t := n.types[name]
-		if err := partition.EnsureInputStream(ctx, n.js, t.Name, t.Partitions, sopt); err != nil {
+		if err := partition.EnsureInputStream(ctx, js, t.Name, t.Partitions, sopt); err != nil {
 			return err
 		}
-		if err := partition.EnsureStream(ctx, n.js, partition.DLQStream(t.Name), []string{partition.DLQSubject(t.Name)}, sopt); err != nil {
+		if err := partition.EnsureStream(ctx, js, partition.DLQStream(t.Name), []string{partition.DLQSubject(t.Name)}, sopt); err != nil {
 			return err
 		}
 	}
@@ -168,31 +232,11 @@ func (n *Node) Start(ctx context.Context) (err error) {
 			if n.types[o] != nil {
 				continue // another actor type's input stream
 			}
-			if err := partition.EnsureStream(ctx, n.js, o, []string{o + ".*"}, sopt); err != nil {
+			if err := partition.EnsureStream(ctx, js, o, []string{o + ".*"}, sopt); err != nil {
 				return err
 			}
 		}
 	}
-	n.cache = statestore.NewCache(n.cfg.CacheSize)
-	n.sys = actor.NewSystem(n.log)
-	n.actors = map[string][]*partition.Actor{}
-	for _, name := range n.order {
-		t := n.types[name]
-		for p := 0; p < t.Partitions; p++ {
-			a, err := partition.Start(n.sys, n.partitionConfig(t, p), n.supervisor())
-			if err != nil {
-				return err
-			}
-			n.actors[name] = append(n.actors[name], a)
-		}
-	}
-	if n.cfg.HTTPAddr != "" {
-		if err := n.serveHTTP(); err != nil {
-			return err
-		}
-	}
-	n.running = true
-	n.log.Info("node started", "nats", redactURL(url), "http", n.httpAddr, "types", n.order)
 	return nil
 }
 
@@ -200,27 +244,6 @@ func (n *Node) supervisor() actor.SupervisorConfig {
 	s := actor.DefaultSupervisorConfig()
 	s.MinBackoff, s.MaxBackoff = 50*time.Millisecond, 2*time.Second // NATS coming back is noticed within 2 s
 	return s
-}
-
-func (n *Node) partitionConfig(t *ActorType, p int) partition.Config {
-	c := partition.DefaultConfig()
-	c.Type, c.Partition, c.Partitions = t.Name, p, t.Partitions
-	c.Stores = t.Stores
-	h := t.Handler
-	c.Handler = func(tx *partition.Txn) error { return h(&Context{tx: tx}) }
-	c.Conn, c.JS = n.nc, n.js
-	c.StoreDir = filepath.Join(n.cfg.DataDir, "stores", t.Name, strconv.Itoa(p))
-	c.Cache = n.cache
-	c.StoreSync = n.cfg.StoreSync
-	c.BatchSize, c.Linger = n.cfg.BatchSize, n.cfg.Linger
-	c.MaxBatchRecords, c.MaxAttempts = n.cfg.MaxBatchRecords, n.cfg.MaxAttempts
-	c.MaxValueSize, c.MaxEventSize = n.cfg.MaxValueSize, n.cfg.MaxEventSize
-	c.DLQSubject = partition.DLQSubject(t.Name)
-	c.Changelog.Replicas = n.cfg.StreamReplicas
-	c.Hooks = n.cfg.Hooks
-	c.Logger = n.log
-	c.Metrics = n.metrics
-	return c
 }
 
 func (n *Node) startEmbeddedNATS() (string, error) {
@@ -276,21 +299,27 @@ func (n *Node) HTTPAddr() string {
 	return n.httpAddr
 }
 
-// Stop stops the partition actors (each finishes the batch in hand), HTTP, the
-// NATS connection and the embedded server.
+// Stop stops the node. In a cluster it first leaves gracefully (within
+// Config.LeaveTimeout): the assignor moves its active partitions to other
+// nodes, each handed over after its batch in hand is committed. Then it
+// stops the partition actors and replicas, HTTP, the NATS connection and the
+// embedded server.
 func (n *Node) Stop(ctx context.Context) error {
 	n.mu.Lock()
 	if !n.running {
 		n.mu.Unlock()
 		return ErrNotRunning
 	}
-	n.running, n.stopping = false, true
+	n.stopping = true
+	n.mu.Unlock()
+	errs := []error{n.stopCluster(n.cfg.LeaveTimeout)}
+	n.mu.Lock()
+	n.running = false
 	h, httpDone := n.http, n.httpDone
 	n.http = nil
 	n.mu.Unlock()
 	// Shut HTTP down without holding n.mu: a handler in flight takes n.mu
 	// (and now answers ErrNotRunning), and Shutdown waits for it.
-	var errs []error
 	if h != nil {
 		errs = append(errs, h.Shutdown(ctx))
 		<-httpDone
@@ -301,6 +330,37 @@ func (n *Node) Stop(ctx context.Context) error {
 	return errors.Join(append(errs, n.shutdown(ctx))...)
 }
 
+// stopCluster leaves the cluster (gracefully when leave > 0, else as a
+// crash would look to the others), stops following the assignment and the
+// control subjects. n.mu is not held.
+func (n *Node) stopCluster(leave time.Duration) error {
+	n.mu.Lock()
+	cl := n.cl
+	n.mu.Unlock()
+	var errs []error
+	if cl != nil {
+		if leave > 0 {
+			errs = append(errs, cl.Leave(leave))
+		} else {
+			errs = append(errs, cl.Shutdown())
+		}
+	}
+	if n.loopCancel != nil {
+		n.loopCancel()
+		<-n.loopDone
+		n.loopCancel = nil
+	}
+	for _, s := range n.ctlSubs {
+		_ = s.Unsubscribe()
+	}
+	n.ctlSubs = nil
+	n.wg.Wait()
+	n.mu.Lock()
+	n.cl = nil
+	n.mu.Unlock()
+	return errors.Join(errs...)
+}
+
 func (n *Node) shutdown(ctx context.Context) error {
 	var errs []error
 	if n.http != nil {
@@ -308,6 +368,10 @@ func (n *Node) shutdown(ctx context.Context) error {
 		<-n.httpDone
 		n.http = nil
 	}
+	for k, s := range n.actives {
+		n.dropActive(k, s)
+	}
+	clear(n.replicas)
 	if n.sys != nil {
 		errs = append(errs, n.sys.Stop(ctx))
 		n.sys = nil
@@ -329,21 +393,30 @@ func (n *Node) shutdown(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-func (n *Node) partitionActor(typ, key string) (*partition.Actor, error) {
+// route finds the partition of key and the local partition actor that runs
+// it, if any.
+func (n *Node) route(typ, key string) (pkey, *partition.Actor, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if !n.running {
-		return nil, ErrNotRunning
+		return pkey{}, nil, ErrNotRunning
 	}
-	actors, ok := n.actors[typ]
+	t, ok := n.types[typ]
 	if !ok {
-		return nil, fmt.Errorf("%w: %q", ErrUnknownType, typ)
+		return pkey{}, nil, fmt.Errorf("%w: %q", ErrUnknownType, typ)
 	}
-	return actors[partition.Of(key, len(actors))], nil
+	k := pkey{typ, partition.Of(key, t.Partitions)}
+	if s := n.actives[k]; s != nil {
+		return k, s.a, nil
+	}
+	return k, nil, nil
 }
 
-// Query decodes the committed state of key in actor type typ into v.
-// It returns ErrNotFound when the key has no state.
+// Query decodes the committed state of key in actor type typ into v, read
+// from the partition actor that owns the key: on this node, or on another
+// node over NATS request/reply. During a move or failover it retries until
+// the new owner answers or ctx ends (10 s when ctx has no deadline). It
+// returns ErrNotFound when the key has no state.
 func (n *Node) Query(ctx context.Context, typ, key string, v any) error {
 	return n.QueryStore(ctx, typ, partition.DefaultStore, key, v)
 }
@@ -358,36 +431,50 @@ func (n *Node) QueryStore(ctx context.Context, typ, store, key string, v any) er
 }
 
 func (n *Node) queryRaw(ctx context.Context, typ, store, key string) ([]byte, error) {
-	a, err := n.partitionActor(typ, key)
+	k, a, err := n.route(typ, key)
 	if err != nil {
 		return nil, err
 	}
 	if store != partition.DefaultStore && !slices.Contains(n.types[typ].Stores, store) {
 		return nil, fmt.Errorf("%w: actor type %s has no store %q", ErrNotFound, typ, store)
 	}
-	return a.Get(ctx, store, []byte(key))
+	if a != nil {
+		v, err := a.Get(ctx, store, []byte(key))
+		if err == nil || errors.Is(err, ErrNotFound) || !n.cfg.clustered() {
+			return v, err
+		}
+		// The actor stopped under the query (moved away): ask its new owner.
+	}
+	if !n.cfg.clustered() {
+		return nil, fmt.Errorf("eddy: partition %s is not running", k)
+	}
+	return n.queryRemote(ctx, k, store, key)
 }
 
 // PartitionStatus is the progress of one partition actor.
 type PartitionStatus = partition.Status
 
-// Status returns the progress of every partition actor as of its last commit;
-// partitions still restoring report Running false.
+// Status returns the progress of every partition actor on this node as of
+// its last commit, by type and partition; partitions still restoring report
+// Running false.
 func (n *Node) Status() ([]PartitionStatus, error) {
 	n.mu.Lock()
 	if !n.running {
 		n.mu.Unlock()
 		return nil, ErrNotRunning
 	}
-	var all []*partition.Actor
-	for _, name := range n.order {
-		all = append(all, n.actors[name]...)
+	all := make([]*partition.Actor, 0, len(n.actives))
+	for _, s := range n.actives {
+		all = append(all, s.a)
 	}
 	n.mu.Unlock()
 	out := make([]PartitionStatus, 0, len(all))
 	for _, a := range all {
 		out = append(out, a.Status())
 	}
+	slices.SortFunc(out, func(a, b PartitionStatus) int {
+		return cmp.Or(strings.Compare(a.Type, b.Type), cmp.Compare(a.Partition, b.Partition))
+	})
 	return out, nil
 }
 
@@ -407,3 +494,6 @@ func (n *Node) serveHTTP() error {
 	}()
 	return nil
 }
+
+// ID is the node's id (Config.NodeID).
+func (n *Node) ID() string { return n.cfg.NodeID }

@@ -52,6 +52,11 @@ type Config struct {
 	DeadGrace time.Duration
 	// Assignor tunes Plan.
 	Assignor AssignorConfig
+	// Forward carries a command a follower sends to the leader (lag reports:
+	// Raft applies commands on the leader only) and returns the leader's
+	// error; the leader hands it to Cluster.ApplyForwarded. Nil: a follower's
+	// ReportLag fails with ErrNotLeader.
+	Forward func(ctx context.Context, leaderID string, cmd []byte) error
 	// Logger receives every log of the control plane (nil: slog.Default()).
 	Logger *slog.Logger
 }
@@ -267,6 +272,43 @@ func (c *Cluster) Wait(ctx context.Context, cond func(Model) bool) (Model, error
 // Leader is the Raft leader as this node knows it; empty when unknown.
 func (c *Cluster) Leader() (id, addr string) { return c.raft.Leader() }
 
+// Term is the current Raft term as this node knows it.
+func (c *Cluster) Term() uint64 { return c.raft.Term() }
+
+// ReportLag records the lags of this node's hot replicas: applied here when
+// this node leads, else sent to the leader through Config.Forward.
+func (c *Cluster) ReportLag(ctx context.Context, lags []LagReport) error {
+	cmd := ReportLag{Node: c.cfg.NodeID, At: time.Now(), Lags: lags}
+	if c.raft.IsLeader() {
+		_, err := c.apply(cmd)
+		return err
+	}
+	id, _ := c.raft.Leader()
+	if id == "" || c.cfg.Forward == nil {
+		return fmt.Errorf("cluster: report lag: %w", ErrNotLeader)
+	}
+	b, err := EncodeCommand(cmd)
+	if err != nil {
+		return err
+	}
+	return c.cfg.Forward(ctx, id, b)
+}
+
+// ApplyForwarded applies a command a follower forwarded (Config.Forward).
+// Only lag reports are accepted: membership and assignment are the leader's
+// own decisions. It fails with ErrNotLeader when this node does not lead.
+func (c *Cluster) ApplyForwarded(b []byte) error {
+	cmd, err := DecodeCommand(b)
+	if err != nil {
+		return err
+	}
+	if _, ok := cmd.(ReportLag); !ok {
+		return fmt.Errorf("cluster: forwarded %T refused: only lag reports are forwarded", cmd)
+	}
+	_, err = c.apply(cmd)
+	return err
+}
+
 // IsLeader reports whether this node leads (and runs the assignor) now.
 func (c *Cluster) IsLeader() bool { return c.raft.IsLeader() }
 
@@ -286,7 +328,8 @@ func (c *Cluster) Shutdown() error {
 
 // Leave leaves the cluster gracefully within timeout: it announces the
 // leave, so that the leader moves this node's active partitions away, waits
-// until the assignment shows none on this node (or the timeout), leaves
+// until the assignment shows none on this node (or the timeout, or no other
+// node is alive to take them), leaves
 // gossip and shuts down. The returned error says if the actives did not
 // move in time; the node has shut down either way.
 func (c *Cluster) Leave(timeout time.Duration) error {
@@ -297,10 +340,17 @@ func (c *Cluster) Leave(timeout time.Duration) error {
 	if err := c.gossip.AnnounceLeave(timeout / 4); err != nil {
 		c.log.Warn("leave announcement not confirmed; waiting for gossip to spread it", "err", err)
 	}
-	_, err := c.fsm.Wait(ctx, func(m Model) bool { return len(m.ActiveOn(c.cfg.NodeID)) == 0 })
-	if err != nil {
+	alone := false
+	_, err := c.fsm.Wait(ctx, func(m Model) bool {
+		alone = !slices.ContainsFunc(m.Nodes, func(n NodeInfo) bool { return n.Alive() && n.ID != c.cfg.NodeID })
+		return alone || len(m.ActiveOn(c.cfg.NodeID)) == 0
+	})
+	switch {
+	case err == nil && alone:
+		c.log.Info("no other node is alive to take this node's partitions; leaving")
+	case err != nil:
 		errs = append(errs, fmt.Errorf("cluster: leave: actives still on this node: %w", err))
-	} else {
+	default:
 		c.log.Info("no active partition left on this node; leaving")
 	}
 	if err := c.gossip.Leave(max(time.Until(deadline), 500*time.Millisecond)); err != nil {

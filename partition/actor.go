@@ -148,7 +148,7 @@ func (a *partitionActor) Started(c *actor.Context) error {
 	if err != nil {
 		return err
 	}
-	a.changelogID = binary.BigEndian.AppendUint64(nil, uint64(cl.CachedInfo().Created.UnixNano()))
+	a.changelogID = changelogID(cl)
 	err = a.restoreAndFence(ctx)
 	if errors.Is(err, errStoreAhead) {
 		// The changelog was reset (for example NATS's data was wiped): the
@@ -193,8 +193,8 @@ func (a *partitionActor) reopenEmpty() error {
 		return err
 	}
 	a.store = nil
-	if err := os.RemoveAll(a.cfg.StoreDir); err != nil {
-		return fmt.Errorf("remove store: %w", err)
+	if err := removeStore(a.cfg.StoreDir); err != nil {
+		return err
 	}
 	st, err := a.openStore()
 	if err != nil {
@@ -204,13 +204,25 @@ func (a *partitionActor) reopenEmpty() error {
 	return nil
 }
 
-func (a *partitionActor) openStore() (*statestore.Pebble, error) {
+// removeStore deletes a local store directory.
+func removeStore(dir string) error {
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("remove store: %w", err)
+	}
+	return nil
+}
+
+func (a *partitionActor) openStore() (*statestore.Pebble, error) { return openStore(a.cfg) }
+
+// openStore opens the local store of the partition; actives and hot replicas
+// of a partition on one node share it.
+func openStore(cfg *Config) (*statestore.Pebble, error) {
 	st, err := statestore.OpenPebble(statestore.Config{
-		Dir:          a.cfg.StoreDir,
-		Cache:        a.cfg.Cache,
-		CacheSize:    a.cfg.StoreCacheSize,
+		Dir:          cfg.StoreDir,
+		Cache:        cfg.Cache,
+		CacheSize:    cfg.StoreCacheSize,
 		MemTableSize: 16 << 20,
-		Sync:         a.cfg.StoreSync,
+		Sync:         cfg.StoreSync,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
@@ -252,19 +264,8 @@ func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 	if err != nil {
 		return meta, err
 	}
-	id, err := a.store.Get([]byte(changelogIDKey))
-	switch {
-	case errors.Is(err, statestore.ErrNotFound):
-		if meta.ChangelogSeq > 0 {
-			return meta, fmt.Errorf("%w: local store has no changelog identity", errStoreAhead)
-		}
-		if err := a.store.Set([]byte(changelogIDKey), a.changelogID); err != nil {
-			return meta, err
-		}
-	case err != nil:
+	if err := checkChangelogID(a.store, meta, a.changelogID); err != nil {
 		return meta, err
-	case !bytes.Equal(id, a.changelogID):
-		return meta, fmt.Errorf("%w: local store was built from an earlier changelog of the same name", errStoreAhead)
 	}
 	var (
 		last     changelog.Meta
@@ -288,22 +289,10 @@ func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 			}
 		},
 	}, func(seq uint64, r changelog.Record) error {
-		switch r.Kind {
-		case changelog.KindSet:
-			b.Set([]byte(storeKey(r.Store, r.Key)), r.Value)
-		case changelog.KindDelete:
-			b.Delete([]byte(storeKey(r.Store, r.Key)))
-		case changelog.KindMeta:
+		if r.Kind == changelog.KindMeta {
 			last, haveMeta = r.Meta, true
-		case changelog.KindOutbox:
-			v, err := msgpack.Marshal(&r.Outbox)
-			if err != nil {
-				return err
-			}
-			// Keep offset and index, which the changelog carries in the subject.
-			v = binary.BigEndian.AppendUint64(v, r.Outbox.Offset)
-			v = binary.BigEndian.AppendUint32(v, uint32(r.Outbox.Index))
-			b.Set(pendingKey(seq), v)
+		} else if err := applyRecord(b, seq, r); err != nil {
+			return err
 		}
 		applied++
 		if b.Len() >= 16384 {
@@ -350,6 +339,52 @@ func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 	a.offset, a.committedOffset = meta.Offset, meta.Offset
 	a.forwarded, a.markCommitted = last.Forwarded, last.Forwarded
 	return meta, a.loadPending()
+}
+
+// checkChangelogID makes sure the local store was built from the changelog
+// whose identity is id (errStoreAhead if not), and records id in a new store.
+func checkChangelogID(st statestore.Store, meta statestore.Meta, id []byte) error {
+	have, err := st.Get([]byte(changelogIDKey))
+	switch {
+	case errors.Is(err, statestore.ErrNotFound):
+		if meta.ChangelogSeq > 0 {
+			return fmt.Errorf("%w: local store has no changelog identity", errStoreAhead)
+		}
+		return st.Set([]byte(changelogIDKey), id)
+	case err != nil:
+		return err
+	case !bytes.Equal(have, id):
+		return fmt.Errorf("%w: local store was built from an earlier changelog of the same name", errStoreAhead)
+	}
+	return nil
+}
+
+// applyRecord adds a changelog record other than a meta record to a local
+// store batch: a write, a tombstone, or an outbox entry kept as pending until
+// a forwarded mark covers it. Actives (restore) and hot replicas apply
+// records the same way, so a replica's store is an active's store.
+func applyRecord(b statestore.Batch, seq uint64, r changelog.Record) error {
+	switch r.Kind {
+	case changelog.KindSet:
+		b.Set([]byte(storeKey(r.Store, r.Key)), r.Value)
+	case changelog.KindDelete:
+		b.Delete([]byte(storeKey(r.Store, r.Key)))
+	case changelog.KindOutbox:
+		v, err := msgpack.Marshal(&r.Outbox)
+		if err != nil {
+			return err
+		}
+		// Keep offset and index, which the changelog carries in the subject.
+		v = binary.BigEndian.AppendUint64(v, r.Outbox.Offset)
+		v = binary.BigEndian.AppendUint32(v, uint32(r.Outbox.Index))
+		b.Set(pendingKey(seq), v)
+	}
+	return nil
+}
+
+// changelogID is the identity of a changelog stream: its creation time.
+func changelogID(st jetstream.Stream) []byte {
+	return binary.BigEndian.AppendUint64(nil, uint64(st.CachedInfo().Created.UnixNano()))
 }
 
 // loadPending reads unforwarded outbox entries, dropping those the mark covers.

@@ -11,7 +11,8 @@ type Metrics struct {
 	events, handlerFailures, deadLetters, commits, changelogRecords *prometheus.CounterVec
 	forwarded, fenced, restoreRecords, inputGaps, restarts          *prometheus.CounterVec
 	commitSeconds                                                   *prometheus.HistogramVec
-	offset                                                          *prometheus.GaugeVec
+	offset, replicaLag                                              *prometheus.GaugeVec
+	replicaRecords                                                  *prometheus.CounterVec
 }
 
 // NewMetrics creates the metrics and registers them with reg (nil: not registered).
@@ -36,10 +37,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, l),
 		offset: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "eddy", Subsystem: "partition",
 			Name: "offset", Help: "Input sequence of the last committed event."}, l),
+		replicaLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "eddy", Subsystem: "replica",
+			Name: "lag_records", Help: "Changelog records a hot replica has not applied yet."}, l),
+		replicaRecords: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "eddy", Subsystem: "replica",
+			Name: "applied_records_total", Help: "Changelog records a hot replica applied to its store."}, l),
 	}
 	if reg != nil {
 		for _, col := range []prometheus.Collector{m.events, m.handlerFailures, m.deadLetters, m.commits, m.changelogRecords,
-			m.forwarded, m.fenced, m.restoreRecords, m.inputGaps, m.restarts, m.commitSeconds, m.offset} {
+			m.forwarded, m.fenced, m.restoreRecords, m.inputGaps, m.restarts, m.commitSeconds, m.offset, m.replicaLag, m.replicaRecords} {
 			reg.MustRegister(col)
 		}
 	}
@@ -49,8 +54,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 type partitionMetrics struct {
 	events, handlerFailures, deadLetters, commits, changelogRecords prometheus.Counter
 	forwarded, fenced, restoreRecords, inputGaps, restarts          prometheus.Counter
+	replicaRecords                                                  prometheus.Counter
 	commitSeconds                                                   prometheus.Observer
-	offset                                                          prometheus.Gauge
+	offset, replicaLag                                              prometheus.Gauge
 }
 
 func (m *Metrics) forPartition(typ string, p int) *partitionMetrics {
@@ -63,5 +69,6 @@ func (m *Metrics) forPartition(typ string, p int) *partitionMetrics {
 		commits: m.commits.With(l), changelogRecords: m.changelogRecords.With(l), forwarded: m.forwarded.With(l),
 		fenced: m.fenced.With(l), restoreRecords: m.restoreRecords.With(l), inputGaps: m.inputGaps.With(l),
 		restarts: m.restarts.With(l), commitSeconds: m.commitSeconds.With(l), offset: m.offset.With(l),
+		replicaLag: m.replicaLag.With(l), replicaRecords: m.replicaRecords.With(l),
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -108,6 +109,59 @@ func addTuningFlags(fs *flag.FlagSet, cfg *eddy.Config) {
 	fs.Var(sizeFlag[int64]{&cfg.CacheSize}, "cache-size", "block cache shared by the node's state stores, in `bytes` (or with KiB, MiB, GiB)")
 	fs.IntVar(&cfg.StreamReplicas, "stream-replicas", cfg.StreamReplicas, "JetStream replicas of the streams eddy creates (3 on a NATS cluster)")
 	fs.DurationVar(&cfg.DuplicateWindow, "duplicate-window", cfg.DuplicateWindow, "deduplication window of the streams eddy creates; must cover the longest failover")
+}
+
+// addClusterFlags binds the flags of the eddy.Config fields that make a node
+// a cluster member.
+func addClusterFlags(fs *flag.FlagSet, cfg *eddy.Config) {
+	fs.StringVar(&cfg.GossipAddr, "gossip", cfg.GossipAddr, "`host:port` of the node's gossip (UDP and TCP); set it to run as a cluster member")
+	fs.StringVar(&cfg.RaftAddr, "raft", cfg.RaftAddr, "`host:port` of the node's Raft transport (cluster member)")
+	fs.Var(listFlag{&cfg.Join}, "join", "gossip `seeds` to join, host:port comma-separated; any live member will do")
+	fs.BoolVar(&cfg.Bootstrap, "bootstrap", cfg.Bootstrap, "form a new one-node cluster on first start")
+	fs.IntVar(&cfg.BootstrapExpect, "expect", cfg.BootstrapExpect, "form a new cluster once this many `nodes` have gossiped (the same on each initial node)")
+	fs.StringVar(&cfg.Zone, "zone", cfg.Zone, "failure `zone` of the node; hot replicas are spread across zones")
+	fs.Var(keyFlag{&cfg.GossipKey}, "gossip-key", "base64 `key` (16, 24 or 32 bytes) that encrypts gossip; the same on every node")
+	fs.StringVar(&cfg.GossipProfile, "gossip-profile", cfg.GossipProfile, "failure detector `timing`: lan-fast (~1 s to see a crash) or lan (memberlist's default, ~7 s)")
+	fs.Uint64Var(&cfg.MaxLagForMove, "max-lag-for-move", cfg.MaxLagForMove, "replica lag in changelog `records` under which a warm-up move hands a partition over")
+	fs.IntVar(&cfg.MaxConcurrentMoves, "max-concurrent-moves", cfg.MaxConcurrentMoves, "most warm-up `moves` in progress in the cluster")
+	fs.DurationVar(&cfg.LeaveTimeout, "leave-timeout", cfg.LeaveTimeout, "how long a graceful leave (SIGTERM) waits for the node's partitions to move")
+}
+
+// listFlag is a comma-separated list.
+type listFlag struct{ p *[]string }
+
+func (l listFlag) String() string {
+	if l.p == nil {
+		return ""
+	}
+	return strings.Join(*l.p, ",")
+}
+
+func (l listFlag) Set(v string) error {
+	*l.p = nil
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			*l.p = append(*l.p, s)
+		}
+	}
+	return nil
+}
+
+// keyFlag is a key given in standard base64.
+type keyFlag struct{ p *[]byte }
+
+func (k keyFlag) String() string { return "" } // never print a secret
+
+func (k keyFlag) Set(v string) error {
+	b, err := base64.StdEncoding.DecodeString(strings.TrimSpace(v))
+	if err != nil {
+		return fmt.Errorf("gossip key: want base64: %w", err)
+	}
+	if n := len(b); n != 16 && n != 24 && n != 32 {
+		return fmt.Errorf("gossip key: %d bytes, want 16, 24 or 32", n)
+	}
+	*k.p = b
+	return nil
 }
 
 // logFlags choose the format and level of the logs on stderr.

@@ -33,6 +33,7 @@ func configFlagSet(cfg *eddy.Config) (*flag.FlagSet, *nodeFlags) {
 	fs.SetOutput(io.Discard)
 	nf := addNodeFlags(fs, cfg)
 	addTuningFlags(fs, cfg)
+	addClusterFlags(fs, cfg)
 	addLogFlags(fs, 0)
 	return fs, nf
 }
@@ -99,7 +100,10 @@ func TestEveryConfigFieldHasAFlag(t *testing.T) {
 		"BatchSize": "batch-size", "Linger": "linger", "MaxAttempts": "max-attempts",
 		"MaxValueSize": "max-value-size", "MaxEventSize": "max-event-size", "MaxBatchRecords": "max-batch-records",
 		"CacheSize": "cache-size", "StoreSync": "store-sync", "StreamReplicas": "stream-replicas", "DuplicateWindow": "duplicate-window",
-		"Logger": "log-format",
+		"Logger":     "log-format",
+		"GossipAddr": "gossip", "RaftAddr": "raft", "Join": "join", "Bootstrap": "bootstrap", "BootstrapExpect": "expect",
+		"Zone": "zone", "GossipKey": "gossip-key", "GossipProfile": "gossip-profile", "MaxLagForMove": "max-lag-for-move",
+		"MaxConcurrentMoves": "max-concurrent-moves", "LeaveTimeout": "leave-timeout",
 	}
 	noFlag := map[string]bool{"Registerer": true, "Hooks": true} // Go values for embedders and tests
 	cfg := eddy.DefaultConfig()

@@ -27,9 +27,11 @@ func (c *cli) run(ctx context.Context, args []string) error {
 	cfg := eddy.DefaultConfig()
 	nf := addNodeFlags(fs, &cfg)
 	addTuningFlags(fs, &cfg)
+	addClusterFlags(fs, &cfg)
 	lf := addLogFlags(fs, slog.LevelInfo)
 	appList := fs.String("app", "bank", "example `apps` to run, comma-separated: "+strings.Join(apps.Names, ", "))
 	partitions := fs.Int("partitions", 8, "`partitions` of each actor type's input stream (fixed once the stream exists)")
+	replicas := fs.Int("replicas", eddy.DefaultReplicationFactor, "hot `replicas` per partition on other nodes of a cluster (0: none, restore from the changelog on failover)")
 	load := fs.Float64("load", 0, "demo load in `events/s`, sent with an eddy.Client (0: off)")
 	if err := c.parse(fs, args); err != nil {
 		return err
@@ -55,6 +57,12 @@ func (c *cli) run(ctx context.Context, args []string) error {
 		ts, err := apps.ActorTypes(app, *partitions)
 		if err != nil {
 			return err
+		}
+		for i := range ts {
+			ts[i].ReplicationFactor = *replicas
+			if *replicas == 0 {
+				ts[i].ReplicationFactor = eddy.NoReplicas
+			}
 		}
 		names = append(names, app)
 		types = append(types, ts...)

@@ -1,0 +1,195 @@
+package eddy_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/eddyrt/eddy"
+	"github.com/eddyrt/eddy/examples/apps"
+	"github.com/eddyrt/eddy/internal/natstest"
+)
+
+// startMember starts a cluster member on loopback (free ports) against a
+// shared NATS server; the first member bootstraps, the others join it.
+func startMember(t *testing.T, natsURL, id string, join string, types ...eddy.ActorType) *eddy.Node {
+	t.Helper()
+	cfg := eddy.DefaultConfig()
+	cfg.NodeID, cfg.DataDir, cfg.NATSURL, cfg.HTTPAddr = id, t.TempDir(), natsURL, "127.0.0.1:0"
+	cfg.GossipAddr, cfg.RaftAddr = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Logger = testLogger(t)
+	cfg.LeaveTimeout = 20 * time.Second
+	if join == "" {
+		cfg.Bootstrap = true
+	} else {
+		cfg.Join = []string{join}
+	}
+	node, err := eddy.NewNode(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, typ := range types {
+		if err := node.Register(typ); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := node.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = node.Stop(context.Background()) })
+	return node
+}
+
+// settled reports whether every partition is active on one of nodes, with
+// the actives balanced, and each node runs exactly its actives.
+func settled(nodes []*eddy.Node, partitions int) error {
+	st, err := nodes[0].Cluster()
+	if err != nil {
+		return err
+	}
+	ids := map[string]*eddy.Node{}
+	for _, n := range nodes {
+		ids[n.ID()] = n
+	}
+	perNode := map[string]int{}
+	for _, p := range st.Partitions {
+		if ids[p.Active] == nil || p.MovingTo != "" {
+			return fmt.Errorf("%s/%d: active %q moving to %q", p.Type, p.Partition, p.Active, p.MovingTo)
+		}
+		perNode[p.Active]++
+	}
+	if len(st.Partitions) != partitions {
+		return fmt.Errorf("%d partitions assigned", len(st.Partitions))
+	}
+	for id, n := range ids {
+		want := perNode[id]
+		if want > (partitions+len(nodes)-1)/len(nodes) {
+			return fmt.Errorf("%s holds %d actives", id, want)
+		}
+		ps, err := n.Status()
+		if err != nil {
+			return err
+		}
+		running := 0
+		for _, p := range ps {
+			if p.Running {
+				running++
+			}
+		}
+		if running != want || len(ps) != want {
+			return fmt.Errorf("%s runs %d of %d partition actors (%d assigned)", id, running, len(ps), want)
+		}
+	}
+	return nil
+}
+
+func waitSettled(t *testing.T, nodes []*eddy.Node, partitions int) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var err error
+	for time.Since(start) < 60*time.Second {
+		if err = settled(nodes, partitions); err == nil {
+			return time.Since(start)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("cluster did not settle: %v", err)
+	return 0
+}
+
+// bankTotals queries every account through node (routed to each owner) and
+// returns the sum of balances, deposits, debits and credits.
+func bankTotals(ctx context.Context, node *eddy.Node, accounts []string) (apps.Account, error) {
+	var sum apps.Account
+	for _, a := range accounts {
+		var acc apps.Account
+		if err := node.Query(ctx, apps.BankType, a, &acc); err != nil {
+			return sum, fmt.Errorf("query %s: %w", a, err)
+		}
+		sum.Balance += acc.Balance
+		sum.Deposited += acc.Deposited
+		sum.Debits += acc.Debits
+		sum.Credits += acc.Credits
+		sum.Rejected += acc.Rejected
+	}
+	return sum, nil
+}
+
+// Three members share the bank's partitions; queries on any member reach
+// the owner; a graceful leave under load hands the leaving member's
+// partitions over and loses nothing.
+func TestClusterMembersShareAndHandOver(t *testing.T) {
+	srv := natstest.Start(t)
+	const partitions = 6
+	bank := apps.Bank(partitions)
+	n1 := startMember(t, srv.URL(), "n1", "", bank)
+	n2 := startMember(t, srv.URL(), "n2", n1.GossipAddr(), bank)
+	n3 := startMember(t, srv.URL(), "n3", n1.GossipAddr(), bank)
+	nodes := []*eddy.Node{n1, n2, n3}
+	t.Logf("settled in %v", waitSettled(t, nodes, partitions))
+
+	nc, _ := srv.Connect(t)
+	client, err := eddy.NewClient(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	accounts := make([]string, 20)
+	for i := range accounts {
+		accounts[i] = fmt.Sprintf("acct-%02d", i)
+		if err := client.Send(ctx, apps.BankType, accounts[i], apps.Op{Kind: "deposit", Amount: 100}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	transfers := func(n int) {
+		for range n {
+			from, to := accounts[rng.IntN(len(accounts))], accounts[rng.IntN(len(accounts))]
+			if err := client.Send(ctx, apps.BankType, from, apps.Op{Kind: "transfer", Amount: 1 + rng.Int64N(20), To: to}); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}
+	transfers(300)
+
+	// n2 leaves while transfers go on.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		transfers(300)
+	}()
+	start := time.Now()
+	if err := n2.Stop(ctx); err != nil {
+		t.Fatalf("leave: %v", err)
+	}
+	t.Logf("n2 left in %v", time.Since(start))
+	<-done
+	nodes = []*eddy.Node{n1, n3}
+	waitSettled(t, nodes, partitions)
+
+	// Every credit lands: balances add up to the deposits, and each transfer
+	// applied was credited once.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		sum, err := bankTotals(ctx, n3, accounts)
+		if err == nil && sum.Balance == 2000 && sum.Debits == sum.Credits && sum.Debits+sum.Rejected == 600 {
+			t.Logf("totals: %+v", sum)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("bank invariants: %+v, %v", sum, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}

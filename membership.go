@@ -1,0 +1,403 @@
+package eddy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"sort"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/eddyrt/eddy/cluster"
+	"github.com/eddyrt/eddy/partition"
+)
+
+// Subjects of the nodes' control messages over NATS. A node serves:
+//
+//	eddy.ctl.<node>.apply    commands forwarded to the Raft leader (lag reports)
+//	eddy.ctl.<node>.release  "commit and stop partition p, I am its new owner"
+//	eddy.query.<type>.<p>    queries of partition p, by the node running it
+func ctlSubject(node, verb string) string { return "eddy.ctl." + node + "." + verb }
+
+func querySubject(k pkey) string { return "eddy.query." + k.typ + "." + fmt.Sprint(k.p) }
+
+const (
+	// lagReportEvery is how often a node looks at its hot replicas' lags and
+	// reports them to the leader when they changed; a warm-up move completes
+	// at most this long after its replica caught up.
+	lagReportEvery = 200 * time.Millisecond
+	// lagReportRefresh is how often lags are reported even when unchanged,
+	// so a replica re-placed on this node gets a lag the assignor can use.
+	lagReportRefresh = 5 * time.Second
+	// ctlTimeout bounds one control request between nodes.
+	ctlTimeout = 5 * time.Second
+)
+
+// clustered reports whether the node runs as a cluster member.
+func (c *Config) clustered() bool { return c.GossipAddr != "" }
+
+// startCluster joins the cluster, serves the control subjects, declares the
+// actor types and starts following the assignment. n.mu is not held.
+func (n *Node) startCluster(ctx context.Context) error {
+	cc := n.cfg.clusterConfig(n.httpAddr)
+	cc.Forward = n.forward
+	cc.Logger = n.log
+	subs := []struct {
+		subject string
+		handle  nats.MsgHandler
+	}{
+		{ctlSubject(n.cfg.NodeID, "apply"), n.handleForwarded},
+		{ctlSubject(n.cfg.NodeID, "release"), n.handleRelease},
+	}
+	for _, s := range subs {
+		sub, err := n.nc.Subscribe(s.subject, s.handle)
+		if err != nil {
+			return fmt.Errorf("subscribe %s: %w", s.subject, err)
+		}
+		n.ctlSubs = append(n.ctlSubs, sub)
+	}
+	cl, err := cluster.Start(cc)
+	if err != nil {
+		return err
+	}
+	n.mu.Lock()
+	n.cl = cl
+	n.mu.Unlock()
+	n.log.Info("joining the cluster", "gossip", cl.GossipAddr(), "raft", cl.RaftAddr(), "join", n.cfg.Join)
+	for _, name := range n.order {
+		t := n.types[name]
+		ct := cluster.ActorType{Name: t.Name, Partitions: t.Partitions, ReplicationFactor: t.replicationFactor()}
+		if err := cl.RegisterType(ctx, ct); err != nil {
+			return err
+		}
+	}
+	loopCtx, cancel := context.WithCancel(context.Background())
+	n.loopCancel = cancel
+	n.loopDone = make(chan struct{})
+	go n.followAssignment(loopCtx, cl)
+	return nil
+}
+
+// followAssignment runs the partition actors and hot replicas the
+// assignment gives this node, and reports the replicas' lags, until ctx ends.
+func (n *Node) followAssignment(ctx context.Context, cl *cluster.Cluster) {
+	defer close(n.loopDone)
+	changes, cancel := cl.Subscribe()
+	defer cancel()
+	tick := time.NewTicker(lagReportEvery)
+	defer tick.Stop()
+	var prev cluster.Model
+	lr := &lagReporter{n: n, cl: cl}
+	for {
+		m := cl.Assignment()
+		n.apply(ctx, n.placements(cl, prev, m))
+		prev = m
+		select {
+		case <-ctx.Done():
+			return
+		case <-changes:
+		case <-tick.C:
+			lr.report(ctx)
+		}
+	}
+}
+
+// placements is what the assignment m gives this node's process. A
+// partition that was active on another live node in prev is taken over
+// from that node (a handover: it is asked to release the partition first).
+func (n *Node) placements(cl *cluster.Cluster, prev, m cluster.Model) map[pkey]placement {
+	self := n.cfg.NodeID
+	want := map[pkey]placement{}
+	for _, p := range m.ActiveOnIncarnation(self, cl.Incarnation()) {
+		pl := placement{active: true, epoch: p.Epoch}
+		if old, ok := prev.Partition(p.Type, p.Partition); ok && old.Active != "" && old.Active != self {
+			if ni, ok := m.Node(old.Active); ok && ni.Alive() {
+				pl.from = old.Active
+			}
+		}
+		want[pkey{p.Type, p.Partition}] = pl
+	}
+	for _, p := range m.ReplicasOn(self) {
+		want[pkey{p.Type, p.Partition}] = placement{}
+	}
+	return want
+}
+
+// lagReporter sends the node's replicas' lags to the leader when they
+// change, and every lagReportRefresh.
+type lagReporter struct {
+	n    *Node
+	cl   *cluster.Cluster
+	last map[pkey]partition.Lag
+	at   time.Time
+}
+
+func (lr *lagReporter) report(ctx context.Context) {
+	lr.n.mu.Lock()
+	now := map[pkey]partition.Lag{}
+	for k, r := range lr.n.replicas {
+		if l := r.Lag(); l.Known() {
+			l.At = time.Time{} // compare the lag, not when it was measured
+			now[k] = l
+		}
+	}
+	lr.n.mu.Unlock()
+	if len(now) == 0 || (maps.Equal(now, lr.last) && time.Since(lr.at) < lagReportRefresh) {
+		return
+	}
+	lags := make([]cluster.LagReport, 0, len(now))
+	for k, l := range now {
+		lags = append(lags, cluster.LagReport{Type: k.typ, Partition: k.p, Records: l.Records, Behind: l.Behind})
+	}
+	rctx, cancel := context.WithTimeout(ctx, ctlTimeout)
+	defer cancel()
+	if err := lr.cl.ReportLag(rctx, lags); err != nil {
+		lr.n.log.Debug("lag report not delivered; retrying", "err", err)
+		return
+	}
+	lr.last, lr.at = now, time.Now()
+}
+
+// forward sends a command to the leader (cluster.Config.Forward).
+func (n *Node) forward(ctx context.Context, leader string, cmd []byte) error {
+	resp, err := n.nc.RequestWithContext(ctx, ctlSubject(leader, "apply"), cmd)
+	if err != nil {
+		return fmt.Errorf("forward to leader %s: %w", leader, err)
+	}
+	if e := resp.Header.Get(headerError); e != "" {
+		return fmt.Errorf("leader %s: %s", leader, e)
+	}
+	return nil
+}
+
+// headerError carries a control or query request's failure.
+const headerError = "Eddy-Error"
+
+// headerNotFound marks a query reply for a key without state.
+const headerNotFound = "Eddy-Not-Found"
+
+func respond(m *nats.Msg, data []byte, err error) {
+	r := nats.NewMsg(m.Reply)
+	r.Data = data
+	switch {
+	case errors.Is(err, ErrNotFound):
+		r.Header.Set(headerNotFound, "1")
+	case err != nil:
+		r.Header.Set(headerError, err.Error())
+	}
+	_ = m.RespondMsg(r)
+}
+
+func (n *Node) handleForwarded(m *nats.Msg) {
+	n.mu.Lock()
+	cl := n.cl
+	n.mu.Unlock()
+	if cl == nil {
+		respond(m, nil, ErrNotRunning)
+		return
+	}
+	respond(m, nil, cl.ApplyForwarded(m.Data))
+}
+
+// releaseReq asks the node running a partition to commit and stop it.
+type releaseReq struct {
+	Type      string `msgpack:"t"`
+	Partition int    `msgpack:"p"`
+	Epoch     uint64 `msgpack:"e"` // the new owner's epoch
+}
+
+// requestRelease asks node from to commit and stop partition k before this
+// node starts it at epoch.
+func (n *Node) requestRelease(ctx context.Context, from string, k pkey, epoch uint64) error {
+	b, err := msgpack.Marshal(releaseReq{Type: k.typ, Partition: k.p, Epoch: epoch})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, releaseTimeout)
+	defer cancel()
+	resp, err := n.nc.RequestWithContext(ctx, ctlSubject(from, "release"), b)
+	if err != nil {
+		return err
+	}
+	if e := resp.Header.Get(headerError); e != "" {
+		return errors.New(e)
+	}
+	return nil
+}
+
+// handleRelease stops a partition actor that a newer owner takes over: it
+// finishes and commits its batch in hand, stops, and then the answer goes out.
+func (n *Node) handleRelease(m *nats.Msg) {
+	var req releaseReq
+	if err := msgpack.Unmarshal(m.Data, &req); err != nil {
+		respond(m, nil, fmt.Errorf("release: %w", err))
+		return
+	}
+	k := pkey{req.Type, req.Partition}
+	n.mu.Lock()
+	s := n.actives[k]
+	if s == nil || s.epoch >= req.Epoch {
+		n.mu.Unlock()
+		respond(m, nil, nil) // not running here (any more)
+		return
+	}
+	n.dropActive(k, s)
+	n.mu.Unlock()
+	n.wg.Go(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+		defer cancel()
+		start := time.Now()
+		err := s.a.Stop(ctx)
+		n.log.Info("partition released to its new owner", "partition", k.String(), "epoch", s.epoch,
+			"new_epoch", req.Epoch, "took", time.Since(start).Round(time.Millisecond), "err", err)
+		respond(m, nil, err)
+	})
+}
+
+// queryReq asks the node running a partition for a committed value.
+type queryReq struct {
+	Store string `msgpack:"s"`
+	Key   string `msgpack:"k"`
+}
+
+// serveQueries answers queries of partition k from other nodes.
+func (n *Node) serveQueries(k pkey, a *partition.Actor) (*nats.Subscription, error) {
+	return n.nc.Subscribe(querySubject(k), func(m *nats.Msg) {
+		var req queryReq
+		if err := msgpack.Unmarshal(m.Data, &req); err != nil {
+			respond(m, nil, fmt.Errorf("query: %w", err))
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), ctlTimeout)
+		defer cancel()
+		v, err := a.Get(ctx, req.Store, []byte(req.Key))
+		respond(m, v, err)
+	})
+}
+
+// queryRemote asks the node running partition k, retrying while no node
+// serves it (a move or failover in progress) until ctx ends.
+func (n *Node) queryRemote(ctx context.Context, k pkey, store, key string) ([]byte, error) {
+	b, err := msgpack.Marshal(queryReq{Store: store, Key: key})
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+	}
+	wait := 20 * time.Millisecond
+	for {
+		rctx, cancel := context.WithTimeout(ctx, ctlTimeout)
+		resp, err := n.nc.RequestWithContext(rctx, querySubject(k), b)
+		cancel()
+		switch {
+		case err == nil && resp.Header.Get(headerNotFound) != "":
+			return nil, ErrNotFound
+		case err == nil && resp.Header.Get(headerError) == "":
+			return resp.Data, nil
+		case err == nil:
+			err = errors.New(resp.Header.Get(headerError))
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("eddy: query %s: %w (last: %v)", k, ctx.Err(), err)
+		case <-time.After(wait):
+			wait = min(2*wait, 500*time.Millisecond)
+		}
+	}
+}
+
+// ClusterStatus is the cluster as one node sees it.
+type ClusterStatus struct {
+	// Node is the node answering.
+	Node string `json:"node"`
+	// Leader is the Raft leader's node id, "" when none is known.
+	Leader string `json:"leader"`
+	// Term is the Raft term.
+	Term uint64 `json:"term"`
+	// Members are the gossip members.
+	Members []MemberStatus `json:"members"`
+	// Partitions is the assignment table.
+	Partitions []AssignmentStatus `json:"partitions"`
+}
+
+// MemberStatus is one gossip member.
+type MemberStatus struct {
+	ID       string `json:"id"`
+	State    string `json:"state"`
+	Zone     string `json:"zone,omitempty"`
+	Gossip   string `json:"gossip"`
+	Raft     string `json:"raft,omitempty"`
+	HTTP     string `json:"http,omitempty"`
+	Assigned string `json:"assigned,omitempty"` // the assignor's view: alive, left or dead
+}
+
+// AssignmentStatus is where one partition runs.
+type AssignmentStatus struct {
+	Type      string          `json:"type"`
+	Partition int             `json:"partition"`
+	Active    string          `json:"active"`
+	Epoch     uint64          `json:"epoch"`
+	MovingTo  string          `json:"moving_to,omitempty"`
+	Replicas  []ReplicaStatus `json:"replicas,omitempty"`
+}
+
+// ReplicaStatus is one hot replica and its last reported lag.
+type ReplicaStatus struct {
+	Node       string        `json:"node"`
+	LagRecords uint64        `json:"lag_records"`
+	Behind     time.Duration `json:"behind_ns"`
+	Reported   bool          `json:"reported"`
+}
+
+// ErrNotClustered means the node runs alone (Config.GossipAddr is empty).
+var ErrNotClustered = errors.New("eddy: node is not a cluster member")
+
+// Cluster returns the members, the Raft leader and term, and the assignment
+// as this node knows them.
+func (n *Node) Cluster() (ClusterStatus, error) {
+	n.mu.Lock()
+	cl, running := n.cl, n.running
+	n.mu.Unlock()
+	if !running {
+		return ClusterStatus{}, ErrNotRunning
+	}
+	if cl == nil {
+		return ClusterStatus{}, ErrNotClustered
+	}
+	m := cl.Assignment()
+	st := ClusterStatus{Node: n.cfg.NodeID, Term: cl.Term()}
+	st.Leader, _ = cl.Leader()
+	for _, mb := range cl.Members() {
+		ms := MemberStatus{ID: mb.ID, State: mb.State.String(), Zone: mb.Meta.Zone, Gossip: mb.Addr, Raft: mb.Meta.RaftAddr, HTTP: mb.Meta.HTTPAddr}
+		if ni, ok := m.Node(mb.ID); ok {
+			ms.Assigned = ni.State.String()
+		}
+		st.Members = append(st.Members, ms)
+	}
+	sort.Slice(st.Members, func(i, j int) bool { return st.Members[i].ID < st.Members[j].ID })
+	for _, p := range m.Partitions() {
+		as := AssignmentStatus{Type: p.Type, Partition: p.Partition, Active: p.Active, Epoch: p.Epoch, MovingTo: p.MovingTo}
+		for _, r := range p.Replicas {
+			as.Replicas = append(as.Replicas, ReplicaStatus{Node: r.Node, LagRecords: r.Lag, Behind: r.Behind, Reported: r.LagKnown()})
+		}
+		st.Partitions = append(st.Partitions, as)
+	}
+	return st, nil
+}
+
+// GossipAddr is the address other nodes join this one through; empty when
+// the node is not a running cluster member.
+func (n *Node) GossipAddr() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cl == nil {
+		return ""
+	}
+	return n.cl.GossipAddr()
+}

@@ -1,0 +1,296 @@
+package partition
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/eddyrt/eddy/actor"
+	"github.com/eddyrt/eddy/changelog"
+	"github.com/eddyrt/eddy/statestore"
+)
+
+// Lag is how far a hot replica is behind its partition's changelog.
+type Lag struct {
+	// Applied is the changelog sequence the replica's store holds.
+	Applied uint64
+	// Records is how many changelog records the replica has not applied yet.
+	Records uint64
+	// Behind is the age of the oldest record not applied yet; 0 when caught up.
+	Behind time.Duration
+	// At is when the replica measured the lag; zero until it first did.
+	At time.Time
+}
+
+// Known reports whether the replica has measured its lag.
+func (l Lag) Known() bool { return !l.At.IsZero() }
+
+// Replica is a running hot replica: it tails a partition's changelog into a
+// local store in the same format as the active's, so that the partition
+// actor started on the same store directory (a promotion, or the end of a
+// warm-up move) restores only the few records the replica had not applied.
+//
+// The replica records its applied changelog sequence in the store with every
+// batch it applies, so it resumes from there after a restart of its own.
+type Replica struct {
+	ref *actor.Ref
+	lag atomic.Pointer[Lag]
+}
+
+// StartReplica spawns a hot replica of cfg's partition in sys. It uses the
+// partition's identity, connection, store and changelog settings of cfg; the
+// handler and input settings are not used. Failures restart it with backoff.
+func StartReplica(sys *actor.System, cfg Config, sup actor.SupervisorConfig) (*Replica, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	log := cfg.Logger.With("type", cfg.Type, "partition", cfg.Partition, "role", "replica")
+	m := cfg.Metrics.forPartition(cfg.Type, cfg.Partition)
+	r := &Replica{}
+	r.lag.Store(&Lag{})
+	ref, err := sys.Spawn(actor.Props{
+		Name:        fmt.Sprintf("%s/%d/replica", cfg.Type, cfg.Partition),
+		MailboxSize: 1,
+		Supervisor:  sup,
+		Logger:      log,
+		OnRestart:   func(error) { m.restarts.Inc() },
+		New: func() actor.Receiver {
+			c := cfg
+			return &replicaActor{cfg: &c, lag: &r.lag, log: log, m: m, subjects: changelog.NewSubjects(cfg.Type, cfg.Partition)}
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	r.ref = ref
+	return r, nil
+}
+
+// Lag returns the replica's lag as last measured.
+func (r *Replica) Lag() Lag { return *r.lag.Load() }
+
+// Stop stops tailing, commits what was applied and closes the store; the
+// store directory is then free for the partition actor.
+func (r *Replica) Stop(ctx context.Context) error { return r.ref.Stop(ctx) }
+
+// Done is closed when the replica has stopped.
+func (r *Replica) Done() <-chan struct{} { return r.ref.Done() }
+
+// tailFailed tells the replica actor that its tail goroutine stopped with an error.
+type tailFailed struct{ err error }
+
+// replicaActor is one incarnation of a hot replica.
+type replicaActor struct {
+	cfg      *Config
+	lag      *atomic.Pointer[Lag]
+	log      *slog.Logger
+	m        *partitionMetrics
+	subjects changelog.Subjects
+
+	store   *statestore.Pebble
+	cancel  context.CancelFunc
+	done    chan struct{}
+	pending []uint64 // changelog sequences of outbox entries kept as pending
+}
+
+// Started opens the store, checks that it belongs to the changelog, and
+// starts the tail.
+func (r *replicaActor) Started(c *actor.Context) error {
+	ctx := c.Context()
+	st, err := openStore(r.cfg)
+	if err != nil {
+		return err
+	}
+	r.store = st
+	cl, err := changelog.EnsureStream(ctx, r.cfg.JS, r.subjects, r.cfg.Changelog)
+	if err != nil {
+		return err
+	}
+	meta, err := r.checkStore(ctx, cl)
+	if errors.Is(err, errStoreAhead) {
+		r.log.Warn("local store does not belong to this changelog; discarding it", "err", err)
+		if err := r.store.Close(); err != nil {
+			return err
+		}
+		r.store = nil
+		if err := removeStore(r.cfg.StoreDir); err != nil {
+			return err
+		}
+		if r.store, err = openStore(r.cfg); err != nil {
+			return err
+		}
+		meta, err = r.checkStore(ctx, cl)
+	}
+	if err != nil {
+		return err
+	}
+	if err := r.loadPending(); err != nil {
+		return err
+	}
+	info, err := cl.Info(ctx)
+	if err != nil {
+		return err
+	}
+	behind := uint64(0)
+	if info.State.LastSeq > meta.ChangelogSeq {
+		behind = info.State.LastSeq - meta.ChangelogSeq
+	}
+	r.publish(Lag{Applied: meta.ChangelogSeq, Records: behind, At: time.Now()})
+	r.log.Info("hot replica started", "applied", meta.ChangelogSeq, "behind", behind)
+	tctx, cancel := context.WithCancel(context.Background())
+	r.cancel, r.done = cancel, make(chan struct{})
+	self := c.Self()
+	go func() {
+		defer close(r.done)
+		err := r.tail(tctx, cl, meta)
+		if err != nil && tctx.Err() == nil {
+			// Restart through the supervisor; TrySend: a full mailbox means a
+			// stop or an earlier failure is already on its way.
+			_ = self.TrySend(tailFailed{err})
+		}
+	}()
+	return nil
+}
+
+// checkStore verifies the store's changelog identity and that the changelog
+// has everything the store has seen.
+func (r *replicaActor) checkStore(ctx context.Context, cl jetstream.Stream) (statestore.Meta, error) {
+	meta, err := r.store.Meta()
+	if err != nil {
+		return meta, err
+	}
+	if err := checkChangelogID(r.store, meta, changelogID(cl)); err != nil {
+		return meta, err
+	}
+	info, err := cl.Info(ctx)
+	if err != nil {
+		return meta, err
+	}
+	if info.State.LastSeq < meta.ChangelogSeq {
+		return meta, fmt.Errorf("%w: local store at changelog sequence %d, changelog ends at %d",
+			errStoreAhead, meta.ChangelogSeq, info.State.LastSeq)
+	}
+	return meta, nil
+}
+
+// loadPending finds the outbox entries the store keeps as pending.
+func (r *replicaActor) loadPending() error {
+	r.pending = r.pending[:0]
+	return r.store.Iterate([]byte(pendingKeyPrefix), func(k, _ []byte) error {
+		r.pending = append(r.pending, binary.BigEndian.Uint64(k[len(pendingKeyPrefix):]))
+		return nil
+	})
+}
+
+// Receive handles a failure of the tail goroutine.
+func (r *replicaActor) Receive(_ *actor.Context, msg any) error {
+	if f, ok := msg.(tailFailed); ok {
+		return fmt.Errorf("tail changelog: %w", f.err)
+	}
+	return fmt.Errorf("replica: unexpected message %T", msg)
+}
+
+// Stopped stops the tail and closes the store.
+func (r *replicaActor) Stopped(*actor.Context) {
+	if r.cancel != nil {
+		r.cancel()
+		<-r.done
+	}
+	if r.store != nil {
+		if err := r.store.Close(); err != nil {
+			r.log.Warn("close store", "err", err)
+		}
+	}
+}
+
+// replicaBatch is the most records applied to the store in one batch.
+const replicaBatch = 4096
+
+// tail applies changelog records past meta.ChangelogSeq until ctx ends. It
+// commits a batch to the store whenever it has caught up or holds
+// replicaBatch records, with the applied sequence and the newest meta record
+// (offset, epoch) in the batch's Meta, as a restore would leave them.
+func (r *replicaActor) tail(ctx context.Context, cl jetstream.Stream, meta statestore.Meta) error {
+	cons, err := cl.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:   meta.ChangelogSeq + 1,
+	})
+	if err != nil {
+		return fmt.Errorf("consumer: %w", err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(replicaBatch))
+	if err != nil {
+		return fmt.Errorf("consume: %w", err)
+	}
+	defer it.Stop()
+	b := r.store.NewBatch()
+	defer func() { b.Close() }()
+	forwarded := uint64(0)
+	for {
+		msg, err := it.Next(jetstream.NextContext(ctx))
+		if err != nil {
+			return err
+		}
+		md, err := msg.Metadata()
+		if err != nil {
+			return err
+		}
+		rec, err := r.subjects.Decode(msg.Subject(), msg.Headers(), msg.Data())
+		if err != nil {
+			return err
+		}
+		seq := md.Sequence.Stream
+		switch rec.Kind {
+		case changelog.KindMeta:
+			meta.Offset, meta.Epoch = rec.Meta.Offset, max(meta.Epoch, rec.Meta.Epoch)
+			forwarded = max(forwarded, rec.Meta.Forwarded)
+		case changelog.KindOutbox:
+			r.pending = append(r.pending, seq)
+		}
+		if err := applyRecord(b, seq, rec); err != nil {
+			return err
+		}
+		meta.ChangelogSeq = seq
+		r.m.replicaRecords.Inc()
+		if md.NumPending > 0 && b.Len() < replicaBatch {
+			continue
+		}
+		// Drop pending outbox entries the forwarded mark covers, as the
+		// active's restore would.
+		n := 0
+		for _, p := range r.pending {
+			if p <= forwarded {
+				b.Delete(pendingKey(p))
+				continue
+			}
+			r.pending[n] = p
+			n++
+		}
+		r.pending = r.pending[:n]
+		b.SetMeta(meta)
+		if err := b.Commit(); err != nil {
+			return err
+		}
+		b.Close()
+		b = r.store.NewBatch()
+		lag := Lag{Applied: seq, Records: md.NumPending, At: time.Now()}
+		if md.NumPending > 0 {
+			lag.Behind = time.Since(md.Timestamp)
+		}
+		r.publish(lag)
+	}
+}
+
+func (r *replicaActor) publish(l Lag) {
+	r.lag.Store(&l)
+	r.m.replicaLag.Set(float64(l.Records))
+}

@@ -1,0 +1,211 @@
+package eddy
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/eddyrt/eddy/partition"
+)
+
+// pkey names a partition of an actor type.
+type pkey struct {
+	typ string
+	p   int
+}
+
+func (k pkey) String() string { return k.typ + "/" + strconv.Itoa(k.p) }
+
+// placement is what this node should run for one partition: the active
+// partition actor at an epoch, or a hot replica.
+type placement struct {
+	active bool
+	epoch  uint64 // active only; 0 on a single node: "newest + 1"
+	// from is the node that was active before this node, when this node
+	// takes the partition over from another live node (a handover).
+	from string
+}
+
+// activeSlot is a running partition actor with its query responder.
+type activeSlot struct {
+	a     *partition.Actor
+	epoch uint64
+	sub   *nats.Subscription
+}
+
+// releaseTimeout bounds how long a new owner waits for the old owner to
+// commit and stop before it starts anyway: fencing keeps the old owner from
+// committing after that, so the wait only saves the old owner's work.
+const releaseTimeout = 3 * time.Second
+
+// apply makes the running partition actors and hot replicas match want:
+// first it stops what must stop (in parallel, each committing its batch in
+// hand), then it starts what must start. A partition's active and replica
+// share its store directory, so a promotion stops the replica before the
+// active starts on the replica's store.
+func (n *Node) apply(ctx context.Context, want map[pkey]placement) {
+	n.mu.Lock()
+	var stops []func()
+	for k, s := range n.actives {
+		w, ok := want[k]
+		select {
+		case <-s.a.Done():
+			// Stopped by itself: fenced, or released to a new owner.
+			n.log.Info("partition actor stopped", "partition", k.String(), "epoch", s.epoch, "err", s.a.Err())
+			n.dropActive(k, s)
+			continue
+		default:
+		}
+		if ok && w.active && w.epoch == s.epoch {
+			continue
+		}
+		n.dropActive(k, s)
+		why := "assigned elsewhere"
+		if ok && w.active {
+			why = fmt.Sprintf("new epoch %d", w.epoch)
+		}
+		stops = append(stops, func() {
+			start := time.Now()
+			if err := s.a.Stop(ctx); err != nil {
+				n.log.Warn("partition actor did not stop", "partition", k.String(), "err", err)
+				return
+			}
+			n.log.Info("partition actor stopped", "partition", k.String(), "epoch", s.epoch, "why", why,
+				"took", time.Since(start).Round(time.Millisecond))
+		})
+	}
+	for k, r := range n.replicas {
+		if w, ok := want[k]; ok && !w.active {
+			select {
+			case <-r.Done():
+			default:
+				continue
+			}
+		}
+		delete(n.replicas, k)
+		stops = append(stops, func() {
+			if err := r.Stop(ctx); err != nil {
+				n.log.Warn("hot replica did not stop", "partition", k.String(), "err", err)
+			}
+		})
+	}
+	n.mu.Unlock()
+	runAll(stops)
+
+	var starts []func()
+	n.mu.Lock()
+	for k, w := range want {
+		t := n.types[k.typ]
+		if t == nil {
+			continue // declared by other nodes only
+		}
+		switch {
+		case !w.active && n.replicas[k] == nil:
+			r, err := partition.StartReplica(n.sys, n.partitionConfig(t, k.p, 0), n.supervisor())
+			if err != nil {
+				n.log.Error("cannot start hot replica", "partition", k.String(), "err", err)
+				continue
+			}
+			n.replicas[k] = r
+		case w.active && n.actives[k] == nil:
+			if w.epoch != 0 && n.stoppedAt[k] >= w.epoch {
+				continue // fenced or released at this epoch: wait for a newer one
+			}
+			starts = append(starts, func() { n.startActive(ctx, t, k, w) })
+		}
+	}
+	n.mu.Unlock()
+	runAll(starts)
+}
+
+// dropActive forgets a partition actor; n.mu is held.
+func (n *Node) dropActive(k pkey, s *activeSlot) {
+	if s.sub != nil {
+		_ = s.sub.Unsubscribe()
+	}
+	if s.epoch != 0 {
+		n.stoppedAt[k] = max(n.stoppedAt[k], s.epoch)
+	}
+	delete(n.actives, k)
+}
+
+// startActive starts the partition actor for k at w.epoch, after asking the
+// previous owner to release the partition when there is one.
+func (n *Node) startActive(ctx context.Context, t *ActorType, k pkey, w placement) {
+	if w.from != "" {
+		start := time.Now()
+		if err := n.requestRelease(ctx, w.from, k, w.epoch); err != nil {
+			n.log.Warn("previous owner did not confirm the handover; starting anyway (fencing stops it)",
+				"partition", k.String(), "from", w.from, "err", err)
+		} else {
+			n.log.Info("previous owner released the partition", "partition", k.String(), "from", w.from,
+				"took", time.Since(start).Round(time.Millisecond))
+		}
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.running && !n.starting || n.actives[k] != nil {
+		return
+	}
+	a, err := partition.Start(n.sys, n.partitionConfig(t, k.p, w.epoch), n.supervisor())
+	if err != nil {
+		n.log.Error("cannot start partition actor", "partition", k.String(), "err", err)
+		return
+	}
+	s := &activeSlot{a: a, epoch: w.epoch}
+	if s.sub, err = n.serveQueries(k, a); err != nil {
+		n.log.Warn("partition serves no remote queries", "partition", k.String(), "err", err)
+	}
+	n.actives[k] = s
+	if w.epoch != 0 {
+		n.log.Info("partition actor starting", "partition", k.String(), "epoch", w.epoch)
+	}
+}
+
+// runAll runs fs in parallel and waits for them.
+func runAll(fs []func()) {
+	var wg sync.WaitGroup
+	for _, f := range fs {
+		wg.Go(f)
+	}
+	wg.Wait()
+}
+
+func (n *Node) partitionConfig(t *ActorType, p int, epoch uint64) partition.Config {
+	c := partition.DefaultConfig()
+	c.Type, c.Partition, c.Partitions = t.Name, p, t.Partitions
+	c.Epoch = epoch
+	c.Stores = t.Stores
+	h := t.Handler
+	c.Handler = func(tx *partition.Txn) error { return h(&Context{tx: tx}) }
+	c.Conn, c.JS = n.nc, n.js
+	c.StoreDir = filepath.Join(n.cfg.DataDir, "stores", t.Name, strconv.Itoa(p))
+	c.Cache = n.cache
+	c.StoreSync = n.cfg.StoreSync
+	c.BatchSize, c.Linger = n.cfg.BatchSize, n.cfg.Linger
+	c.MaxBatchRecords, c.MaxAttempts = n.cfg.MaxBatchRecords, n.cfg.MaxAttempts
+	c.MaxValueSize, c.MaxEventSize = n.cfg.MaxValueSize, n.cfg.MaxEventSize
+	c.DLQSubject = partition.DLQSubject(t.Name)
+	c.Changelog.Replicas = n.cfg.StreamReplicas
+	c.Hooks = n.cfg.Hooks
+	c.Logger = n.log
+	c.Metrics = n.metrics
+	return c
+}
+
+// allPartitions is the placement of a single node: every partition of every
+// registered type active here, each fencing with the changelog's epoch + 1.
+func (n *Node) allPartitions() map[pkey]placement {
+	want := map[pkey]placement{}
+	for _, name := range n.order {
+		for p := range n.types[name].Partitions {
+			want[pkey{name, p}] = placement{active: true}
+		}
+	}
+	return want
+}
