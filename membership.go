@@ -239,20 +239,34 @@ func (n *Node) handleRelease(m *nats.Msg) {
 	k := pkey{req.Type, req.Partition}
 	n.mu.Lock()
 	s := n.actives[k]
-	if s == nil || s.epoch >= req.Epoch {
+	stopping := n.releasing[k]
+	switch {
+	case s != nil && s.epoch < req.Epoch:
+		n.dropActive(k, s)
+	case stopping != nil:
+		// Already stopping: the answer waits until its last commit is done.
+	default:
 		n.mu.Unlock()
 		respond(m, nil, nil) // not running here (any more)
 		return
 	}
-	n.dropActive(k, s)
 	n.mu.Unlock()
 	n.wg.Go(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
 		defer cancel()
 		start := time.Now()
-		err := s.a.Stop(ctx)
-		n.log.Info("partition released to its new owner", "partition", k.String(), "epoch", s.epoch,
-			"new_epoch", req.Epoch, "took", time.Since(start).Round(time.Millisecond), "err", err)
+		var err error
+		if s != nil {
+			err = s.a.Stop(ctx)
+			n.log.Info("partition released to its new owner", "partition", k.String(), "epoch", s.epoch,
+				"new_epoch", req.Epoch, "took", time.Since(start).Round(time.Millisecond), "err", err)
+		} else {
+			select {
+			case <-stopping.Done():
+			case <-ctx.Done():
+				err = ctx.Err()
+			}
+		}
 		respond(m, nil, err)
 	})
 }

@@ -56,7 +56,8 @@ type Node struct {
 	sys       *actor.System
 	actives   map[pkey]*activeSlot
 	replicas  map[pkey]*partition.Replica
-	stoppedAt map[pkey]uint64 // newest epoch a partition actor stopped at on this node
+	stoppedAt map[pkey]uint64           // newest epoch a partition actor stopped at on this node
+	releasing map[pkey]*partition.Actor // partition actors stopping because they moved
 	http      *http.Server
 	httpAddr  string
 	httpDone  chan struct{}
@@ -160,6 +161,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.cache = statestore.NewCache(n.cfg.CacheSize)
 	n.sys = actor.NewSystem(n.log)
 	n.actives, n.replicas, n.stoppedAt = map[pkey]*activeSlot{}, map[pkey]*partition.Replica{}, map[pkey]uint64{}
+	n.releasing = map[pkey]*partition.Actor{}
 	if n.cfg.HTTPAddr != "" {
 		if err := n.serveHTTP(); err != nil {
 			n.mu.Unlock()

@@ -65,13 +65,20 @@ func (n *Node) apply(ctx context.Context, want map[pkey]placement) {
 			continue
 		}
 		n.dropActive(k, s)
+		n.releasing[k] = s.a
 		why := "assigned elsewhere"
 		if ok && w.active {
 			why = fmt.Sprintf("new epoch %d", w.epoch)
 		}
 		stops = append(stops, func() {
 			start := time.Now()
-			if err := s.a.Stop(ctx); err != nil {
+			err := s.a.Stop(ctx)
+			n.mu.Lock()
+			if n.releasing[k] == s.a {
+				delete(n.releasing, k)
+			}
+			n.mu.Unlock()
+			if err != nil {
 				n.log.Warn("partition actor did not stop", "partition", k.String(), "err", err)
 				return
 			}

@@ -1,7 +1,8 @@
 // Command node runs an eddy node and the tools around it.
 //
 //	node run    [flags]   run a node with the example apps (bank, wordcount), optionally under demo load
-//	node status [flags]   print the partitions of a running node
+//	node status [flags]   print a running node's partitions and, in a cluster, members, leader and assignment
+//	node demo   [flags]   start NATS and 3 node processes, run the bank under load, kill a node, print what happened
 //	node bench  [flags]   measure eddy against the raw JetStream limit on this machine
 //
 // Every flag has an environment variable mirror: --data-dir is EDDY_DATA_DIR,
@@ -43,7 +44,8 @@ const usage = `usage: node <command> [flags]
 
 commands:
   run      run a node with example apps: node run --app bank,wordcount [--load 200]
-  status   print the partitions of a running node: node status [--http 127.0.0.1:8080]
+  status   print a node's partitions, and its cluster's members, leader and assignment: node status [--http 127.0.0.1:8080]
+  demo     a local 3-node cluster under bank load; kills a node and shows the failover: node demo [--kills 1]
   bench    measure eddy against raw JetStream on this machine: node bench [--events 1000000]
 
 Run 'node <command> -h' for the flags of a command. Every flag --some-flag
@@ -64,6 +66,8 @@ func (c *cli) main(ctx context.Context, args []string) int {
 		err = c.status(ctx, args[1:])
 	case "bench":
 		err = c.bench(ctx, args[1:])
+	case "demo":
+		err = c.demo(ctx, args[1:])
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(c.stdout, usage)
 		return 0

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"text/tabwriter"
@@ -13,7 +14,9 @@ import (
 	"github.com/eddyrt/eddy"
 )
 
-// status prints the partitions of a running node, read from its /v1/status.
+// status prints what a running node knows, read from its HTTP API: its
+// partitions (/v1/status) and, when it is a cluster member, the members,
+// the Raft leader and term, and the assignment with replica lags (/v1/cluster).
 func (c *cli) status(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("node status", flag.ContinueOnError)
 	addr := fs.String("http", eddy.DefaultConfig().HTTPAddr, "`address` (or URL) of the node's HTTP API")
@@ -27,39 +30,99 @@ func (c *cli) status(ctx context.Context, args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/status", nil)
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
 	var body struct {
 		Node       string                 `json:"node"`
 		Partitions []eddy.PartitionStatus `json:"partitions"`
 		Error      string                 `json:"error"`
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
-		return fmt.Errorf("%s/v1/status: %s: %w", base, resp.Status, err)
+	code, err := getJSON(ctx, base+"/v1/status", &body)
+	if err != nil {
+		return err
+	}
+	var cl eddy.ClusterStatus
+	clCode, err := getJSON(ctx, base+"/v1/cluster", &cl)
+	if err != nil {
+		return err
+	}
+	if clCode == http.StatusOK {
+		printCluster(c.stdout, cl)
+		fmt.Fprintln(c.stdout)
 	}
 	if body.Node != "" {
-		fmt.Fprintf(c.stdout, "node %s\n", body.Node)
+		fmt.Fprintf(c.stdout, "partition actors on node %s\n", body.Node)
 	}
 	tw := tabwriter.NewWriter(c.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "TYPE\tPARTITION\tEPOCH\tOFFSET\tCHANGELOG SEQ")
+	fmt.Fprintln(tw, "TYPE\tPARTITION\tRUNNING\tEPOCH\tOFFSET\tCHANGELOG SEQ")
 	for _, p := range body.Partitions {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\n", p.Type, p.Partition, p.Epoch, p.Offset, p.ChangelogSeq)
+		fmt.Fprintf(tw, "%s\t%d\t%v\t%d\t%d\t%d\n", p.Type, p.Partition, p.Running, p.Epoch, p.Offset, p.ChangelogSeq)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	if resp.StatusCode != http.StatusOK {
+	if code != http.StatusOK {
 		if body.Error == "" {
-			body.Error = resp.Status
+			body.Error = http.StatusText(code)
 		}
-		return fmt.Errorf("node answered %s: %s", resp.Status, body.Error)
+		return fmt.Errorf("node answered %d: %s", code, body.Error)
 	}
 	return nil
+}
+
+// getJSON GETs url into v and returns the status code; a body that is not
+// JSON is an error.
+func getJSON(ctx context.Context, url string, v any) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return resp.StatusCode, fmt.Errorf("%s: %s: %w", url, resp.Status, err)
+	}
+	return resp.StatusCode, nil
+}
+
+// printCluster prints members, leader and the assignment table.
+func printCluster(w io.Writer, cl eddy.ClusterStatus) {
+	leader := cl.Leader
+	if leader == "" {
+		leader = "(none known)"
+	}
+	fmt.Fprintf(w, "cluster as node %s sees it: Raft leader %s, term %d\n", cl.Node, leader, cl.Term)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "MEMBER\tGOSSIP\tASSIGNOR\tZONE\tGOSSIP ADDR\tRAFT ADDR\tHTTP ADDR")
+	for _, m := range cl.Members {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, m.State, dash(m.Assigned), dash(m.Zone), m.Gossip, dash(m.Raft), dash(m.HTTP))
+	}
+	_ = tw.Flush()
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "TYPE\tPARTITION\tACTIVE\tEPOCH\tREPLICAS (LAG RECORDS)\tMOVING TO")
+	for _, p := range cl.Partitions {
+		var rs []string
+		for _, r := range p.Replicas {
+			lag := "?"
+			if r.Reported {
+				lag = fmt.Sprint(r.LagRecords)
+			}
+			rs = append(rs, fmt.Sprintf("%s (%s)", r.Node, lag))
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\t%s\n", p.Type, p.Partition, dash(p.Active), p.Epoch, dash(strings.Join(rs, " ")), dash(p.MovingTo))
+	}
+	_ = tw.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

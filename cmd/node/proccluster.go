@@ -1,0 +1,508 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/eddyrt/eddy"
+	"github.com/eddyrt/eddy/examples/apps"
+)
+
+// procCluster runs eddy nodes as separate processes on loopback against one
+// NATS server (started in this process, JetStream on disk), each node its
+// own `node run --app bank` with a gossip, Raft and HTTP port. `node demo`
+// and the multi-process tests use it; a node can be killed (SIGKILL),
+// paused (SIGSTOP), stopped (SIGTERM) and started again with its data.
+type procCluster struct {
+	dir        string   // nodes' data dirs and logs
+	exe        string   // the node binary
+	env        []string // extra environment of node processes
+	partitions int
+	replicas   int
+	extraArgs  []string
+
+	srv     *server.Server
+	natsURL string
+	nc      *nats.Conn
+	client  *eddy.Client
+	hc      *http.Client
+
+	mu    sync.Mutex
+	nodes map[string]*procNode
+	order []string
+}
+
+// procNode is one node process.
+type procNode struct {
+	id                 string
+	gossip, raft, http string // loopback addresses, kept across restarts
+	cmd                *exec.Cmd
+	exited             chan struct{}
+	logPath            string
+}
+
+func newProcCluster(dir, exe string, env []string, partitions, replicas int) (*procCluster, error) {
+	c := &procCluster{dir: dir, exe: exe, env: env, partitions: partitions, replicas: replicas,
+		nodes: map[string]*procNode{}, hc: &http.Client{Timeout: 5 * time.Second}}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	opts := &server.Options{ServerName: "eddy-demo", Host: "127.0.0.1", Port: port, JetStream: true,
+		StoreDir: filepath.Join(dir, "nats"), NoSigs: true, NoLog: true}
+	if c.srv, err = server.NewServer(opts); err != nil {
+		return nil, err
+	}
+	c.srv.Start()
+	if !c.srv.ReadyForConnections(10 * time.Second) {
+		return nil, errors.New("NATS server did not start")
+	}
+	c.natsURL = c.srv.ClientURL()
+	if c.nc, err = nats.Connect(c.natsURL, nats.MaxReconnects(-1)); err != nil {
+		return nil, err
+	}
+	if c.client, err = eddy.NewClient(c.nc); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// freePort finds a loopback port free for TCP and UDP (gossip uses both).
+func freePort() (int, error) {
+	for range 20 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", l.Addr().String())
+		l.Close()
+		if err == nil {
+			u.Close()
+			return port, nil
+		}
+	}
+	return 0, errors.New("no free port")
+}
+
+// start starts node id: a new one gets fresh ports and joins the running
+// nodes (expect > 0: the cluster forms once that many have gossiped); a
+// known one restarts on its ports with its data.
+func (c *procCluster) start(id string, expect int) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := c.nodes[id]
+	if n == nil {
+		n = &procNode{id: id, logPath: filepath.Join(c.dir, id+".log")}
+		for _, p := range []*string{&n.gossip, &n.raft, &n.http} {
+			port, err := freePort()
+			if err != nil {
+				return err
+			}
+			*p = "127.0.0.1:" + strconv.Itoa(port)
+		}
+		c.nodes[id] = n
+		c.order = append(c.order, id)
+	} else if n.running() {
+		return fmt.Errorf("%s is running", id)
+	}
+	var join []string
+	for _, o := range c.order {
+		if o != id {
+			join = append(join, c.nodes[o].gossip)
+		}
+	}
+	args := []string{"run", "--app", "bank", "--partitions", strconv.Itoa(c.partitions), "--replicas", strconv.Itoa(c.replicas),
+		"--node-id", id, "--data-dir", filepath.Join(c.dir, id), "--nats", c.natsURL,
+		"--gossip", n.gossip, "--raft", n.raft, "--http", n.http, "--log-format", "json", "--leave-timeout", "10s"}
+	if len(join) > 0 {
+		args = append(args, "--join", strings.Join(join, ","))
+	}
+	if expect > 0 {
+		args = append(args, "--expect", strconv.Itoa(expect))
+	}
+	args = append(args, c.extraArgs...)
+	logf, err := os.OpenFile(n.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(c.exe, args...)
+	cmd.Env = append(os.Environ(), c.env...)
+	cmd.Stdout, cmd.Stderr = io.Discard, logf
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return err
+	}
+	n.cmd, n.exited = cmd, make(chan struct{})
+	go func(exited chan struct{}) {
+		_ = cmd.Wait()
+		logf.Close()
+		close(exited)
+	}(n.exited)
+	return nil
+}
+
+func (n *procNode) running() bool {
+	if n.cmd == nil {
+		return false
+	}
+	select {
+	case <-n.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+func (c *procCluster) node(id string) *procNode {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.nodes[id]
+}
+
+// running lists the nodes whose process runs.
+func (c *procCluster) running() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var ids []string
+	for _, id := range c.order {
+		if c.nodes[id].running() {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// signal sends sig to node id's process.
+func (c *procCluster) signal(id string, sig syscall.Signal) error {
+	n := c.node(id)
+	if n == nil || !n.running() {
+		return fmt.Errorf("%s is not running", id)
+	}
+	return n.cmd.Process.Signal(sig)
+}
+
+// kill SIGKILLs node id and waits for the process to end.
+func (c *procCluster) kill(id string) error {
+	if err := c.signal(id, syscall.SIGKILL); err != nil {
+		return err
+	}
+	<-c.node(id).exited
+	return nil
+}
+
+// stop SIGTERMs node id (a graceful leave) and waits up to timeout.
+func (c *procCluster) stop(id string, timeout time.Duration) error {
+	if err := c.signal(id, syscall.SIGTERM); err != nil {
+		return err
+	}
+	select {
+	case <-c.node(id).exited:
+		return nil
+	case <-time.After(timeout):
+		_ = c.signal(id, syscall.SIGKILL)
+		<-c.node(id).exited
+		return fmt.Errorf("%s did not stop within %v; killed", id, timeout)
+	}
+}
+
+// close stops every node (SIGKILL: the data stays) and the NATS server.
+func (c *procCluster) close() {
+	for _, id := range c.running() {
+		_ = c.signal(id, syscall.SIGCONT)
+		_ = c.kill(id)
+	}
+	if c.nc != nil {
+		c.nc.Close()
+	}
+	if c.srv != nil {
+		c.srv.Shutdown()
+		c.srv.WaitForShutdown()
+	}
+}
+
+// getJSON GETs path from node id's HTTP API into v.
+func (c *procCluster) getJSON(ctx context.Context, id, path string, v any) error {
+	n := c.node(id)
+	if n == nil {
+		return fmt.Errorf("no node %s", id)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+n.http+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("%s %s: %s: %s", id, path, resp.Status, b)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+func (c *procCluster) clusterStatus(ctx context.Context, id string) (eddy.ClusterStatus, error) {
+	var st eddy.ClusterStatus
+	return st, c.getJSON(ctx, id, "/v1/cluster", &st)
+}
+
+func (c *procCluster) partitionStatus(ctx context.Context, id string) ([]eddy.PartitionStatus, error) {
+	var body struct {
+		Partitions []eddy.PartitionStatus `json:"partitions"`
+	}
+	return body.Partitions, c.getJSON(ctx, id, "/v1/status", &body)
+}
+
+// settled checks, on the running nodes in ids, that they agree on a leader,
+// every partition is active on one of them, no move is in progress, and each
+// runs exactly the partition actors assigned to it, restored and at the
+// assigned epoch. It returns the assignment.
+func (c *procCluster) settled(ctx context.Context, ids []string) (eddy.ClusterStatus, error) {
+	var first eddy.ClusterStatus
+	for i, id := range ids {
+		st, err := c.clusterStatus(ctx, id)
+		if err != nil {
+			return first, err
+		}
+		if st.Leader == "" || !slices.Contains(ids, st.Leader) {
+			return first, fmt.Errorf("%s sees leader %q", id, st.Leader)
+		}
+		if i == 0 {
+			first = st
+		} else if st.Leader != first.Leader {
+			return first, fmt.Errorf("%s sees leader %s, %s sees %s", ids[0], first.Leader, id, st.Leader)
+		}
+	}
+	if len(first.Partitions) != c.partitions {
+		return first, fmt.Errorf("%d partitions assigned, want %d", len(first.Partitions), c.partitions)
+	}
+	want := map[string]map[int]uint64{}
+	for _, p := range first.Partitions {
+		if !slices.Contains(ids, p.Active) || p.MovingTo != "" {
+			return first, fmt.Errorf("partition %d: active %q, moving to %q", p.Partition, p.Active, p.MovingTo)
+		}
+		if want[p.Active] == nil {
+			want[p.Active] = map[int]uint64{}
+		}
+		want[p.Active][p.Partition] = p.Epoch
+	}
+	for _, id := range ids {
+		ps, err := c.partitionStatus(ctx, id)
+		if err != nil {
+			return first, err
+		}
+		got := map[int]uint64{}
+		for _, p := range ps {
+			if p.Running {
+				got[p.Partition] = p.Epoch
+			}
+		}
+		if len(got) != len(want[id]) || len(ps) != len(want[id]) {
+			return first, fmt.Errorf("%s runs %d partitions (%d restored), %d assigned", id, len(ps), len(got), len(want[id]))
+		}
+		for p, e := range want[id] {
+			if got[p] != e {
+				return first, fmt.Errorf("%s: partition %d at epoch %d, assigned %d", id, p, got[p], e)
+			}
+		}
+	}
+	return first, nil
+}
+
+// waitSettled polls settled until it holds or timeout passes.
+func (c *procCluster) waitSettled(ctx context.Context, ids []string, timeout time.Duration) (eddy.ClusterStatus, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		st, err := c.settled(ctx, ids)
+		if err == nil {
+			return st, nil
+		}
+		if time.Now().After(deadline) {
+			return st, fmt.Errorf("not settled after %v: %w", timeout, err)
+		}
+		select {
+		case <-ctx.Done():
+			return st, ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// bankLoad funds accounts once and then sends random transfers between them
+// at a steady rate, counting what it sent: the bank's invariants are checked
+// against these counts.
+type bankLoad struct {
+	c         *procCluster
+	accounts  []string
+	deposited int64
+	mu        sync.Mutex
+	transfers int64 // transfers sent (each debited once or rejected once)
+}
+
+func newBankLoad(c *procCluster, accounts int) *bankLoad {
+	l := &bankLoad{c: c}
+	for i := range accounts {
+		l.accounts = append(l.accounts, fmt.Sprintf("acct-%05d", i))
+	}
+	return l
+}
+
+// fund deposits 1000 into every account, in parallel batches.
+func (l *bankLoad) fund(ctx context.Context) error {
+	const amount = 1000
+	for _, a := range l.accounts {
+		if err := l.c.client.Send(ctx, apps.BankType, a, apps.Op{Kind: "deposit", Amount: amount}); err != nil {
+			return err
+		}
+		l.deposited += amount
+	}
+	return nil
+}
+
+// run sends rate transfers per second until ctx ends.
+func (l *bankLoad) run(ctx context.Context, rate float64, seed uint64) error {
+	rng := rand.New(rand.NewPCG(seed, 7))
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	start, sent := time.Now(), 0
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		due := int(rate*time.Since(start).Seconds()) - sent
+		for range due {
+			from, to := l.accounts[rng.IntN(len(l.accounts))], l.accounts[rng.IntN(len(l.accounts))]
+			if err := l.send(from, to, 1+rng.Int64N(100), fmt.Sprintf("t-%d-%d", seed, sent)); err != nil {
+				return err
+			}
+			sent++
+			l.mu.Lock()
+			l.transfers++
+			l.mu.Unlock()
+		}
+	}
+}
+
+// send sends one transfer, retrying with the same message id (JetStream
+// stores it once) until it is acknowledged. It does not stop with the
+// load's context: a send cut off midway might or might not be stored, and
+// the count of sent transfers must be exact.
+func (l *bankLoad) send(from, to string, amount int64, id string) error {
+	var err error
+	for range 10 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err = l.c.client.SendWithID(ctx, apps.BankType, from, id, apps.Op{Kind: "transfer", Amount: amount, To: to})
+		cancel()
+		if err == nil {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return err
+}
+
+func (l *bankLoad) sent() int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.transfers
+}
+
+// totals reads every account from node id's HTTP API (each read routed to
+// the account's owner) and sums them.
+func (l *bankLoad) totals(ctx context.Context, id string) (apps.Account, error) {
+	var sum apps.Account
+	var mu sync.Mutex
+	var firstErr error
+	sem := make(chan struct{}, 16)
+	var wg sync.WaitGroup
+	for _, a := range l.accounts {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			var body struct {
+				Value apps.Account `json:"value"`
+			}
+			err := l.c.getJSON(ctx, id, "/v1/state/bank/"+a, &body)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				firstErr = cmpErr(firstErr, err)
+				return
+			}
+			sum.Balance += body.Value.Balance
+			sum.Deposited += body.Value.Deposited
+			sum.Debits += body.Value.Debits
+			sum.Credits += body.Value.Credits
+			sum.Rejected += body.Value.Rejected
+		})
+	}
+	wg.Wait()
+	return sum, firstErr
+}
+
+func cmpErr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
+}
+
+// checkTotals compares totals with what the load sent: every deposit and
+// every transfer applied exactly once, every credit delivered once.
+func (l *bankLoad) checkTotals(sum apps.Account) error {
+	sent := l.sent()
+	switch {
+	case sum.Deposited != l.deposited:
+		return fmt.Errorf("deposited %d, sent %d", sum.Deposited, l.deposited)
+	case sum.Debits+sum.Rejected != sent:
+		return fmt.Errorf("debits %d + rejected %d = %d transfers applied, %d sent", sum.Debits, sum.Rejected, sum.Debits+sum.Rejected, sent)
+	case sum.Debits != sum.Credits:
+		return fmt.Errorf("debits %d, credits %d", sum.Debits, sum.Credits)
+	case sum.Balance != sum.Deposited:
+		return fmt.Errorf("balances add up to %d, deposited %d", sum.Balance, sum.Deposited)
+	}
+	return nil
+}
+
+// waitTotals waits until the totals read through node id satisfy checkTotals.
+func (l *bankLoad) waitTotals(ctx context.Context, id string, timeout time.Duration) (apps.Account, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		sum, err := l.totals(ctx, id)
+		if err == nil {
+			if err = l.checkTotals(sum); err == nil {
+				return sum, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return sum, fmt.Errorf("bank invariants after %v: %w", timeout, err)
+		}
+		select {
+		case <-ctx.Done():
+			return sum, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
