@@ -2,6 +2,7 @@ package eddy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strconv"
@@ -56,7 +57,14 @@ func (n *Node) apply(ctx context.Context, want map[pkey]placement) {
 		select {
 		case <-s.a.Done():
 			// Stopped by itself: fenced, or released to a new owner.
-			n.log.Info("partition actor stopped", "partition", k.String(), "epoch", s.epoch, "err", s.a.Err())
+			if ok && w.active && w.epoch == s.epoch && errors.Is(s.a.Err(), partition.ErrFenced) {
+				// Nothing here can fix this: only a newer epoch from the assignor.
+				n.log.Error("partition fenced at the epoch the assignment gives it: its changelog holds a newer epoch "+
+					"than the cluster's assignment (was the cluster's Raft state reset while NATS kept the changelogs?)",
+					"partition", k.String(), "epoch", s.epoch, "err", s.a.Err())
+			} else {
+				n.log.Info("partition actor stopped", "partition", k.String(), "epoch", s.epoch, "err", s.a.Err())
+			}
 			n.dropActive(k, s)
 			continue
 		default:

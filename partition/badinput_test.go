@@ -36,6 +36,19 @@ func (h *harness) deadLetters() map[uint64]*jetstream.RawStreamMsg {
 	return dl
 }
 
+// waitDeadLetters waits until the dead-letter stream holds n events (they are
+// forwarded from the outbox just after the commit that passes their offset)
+// and returns them; the caller checks that no more arrived.
+func (h *harness) waitDeadLetters(n int) map[uint64]*jetstream.RawStreamMsg {
+	h.t.Helper()
+	var dl map[uint64]*jetstream.RawStreamMsg
+	waitFor(h.t, "dead letters", func() bool {
+		dl = h.deadLetters()
+		return len(dl) >= n
+	})
+	return dl
+}
+
 // checkDeadLetter checks the headers that tell an operator what went wrong.
 func checkDeadLetter(t *testing.T, m *jetstream.RawStreamMsg, attempts int, errorHas string) {
 	t.Helper()
@@ -108,7 +121,7 @@ func TestBadInputGoesToDeadLetters(t *testing.T) {
 	}
 	h.waitOffset(a, 0)
 
-	dl := h.deadLetters()
+	dl := h.waitDeadLetters(3)
 	if len(dl) != 3 {
 		t.Errorf("dead-letter stream holds %d events, want 3 (boom, malformed, oversized)", len(dl))
 	}
@@ -189,7 +202,7 @@ func TestValueTooLarge(t *testing.T) {
 	if n := len(setErrs); n != 0 {
 		t.Errorf("the handler ran %d more times for a permanent failure; want once", n)
 	}
-	dl := h.deadLetters()
+	dl := h.waitDeadLetters(1)
 	if len(dl) != 1 {
 		t.Errorf("dead-letter stream holds %d events, want 1", len(dl))
 	}
@@ -245,7 +258,7 @@ func TestRecordLimitCutsBatches(t *testing.T) {
 	a := h.start(cfg)
 	h.waitOffset(a, 0)
 
-	dl := h.deadLetters()
+	dl := h.waitDeadLetters(2)
 	if len(dl) != 2 {
 		t.Errorf("dead-letter stream holds %d events, want 2 (boom, wide)", len(dl))
 	}

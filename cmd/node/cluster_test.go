@@ -119,6 +119,18 @@ func TestMultiProcessCluster(t *testing.T) {
 		t.Fatalf("after %s restarted: %v", victim, err)
 	}
 
+	// `node status` on any member shows the members, the leader and the assignment.
+	var out strings.Builder
+	c := &cli{stdout: &out, stderr: &out, lookupEnv: func(string) (string, bool) { return "", false }}
+	if code := c.main(ctx, []string{"status", "--http", pc.node(victim).http}); code != 0 {
+		t.Fatalf("node status: exit %d: %s", code, out.String())
+	}
+	for _, want := range []string{"Raft leader " + st.Leader, "n1  ", "n2  ", "n3  ", "bank  7  ", "partition actors on node " + victim} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("node status lacks %q:\n%s", want, out.String())
+		}
+	}
+
 	// A fourth node joins: the actives rebalance to two per node.
 	joined := time.Now()
 	if err := pc.start("n4", 0); err != nil {
