@@ -27,22 +27,7 @@ func startMember(t *testing.T, natsURL, id string, join string, types ...eddy.Ac
 	} else {
 		cfg.Join = []string{join}
 	}
-	node, err := eddy.NewNode(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, typ := range types {
-		if err := node.Register(typ); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := node.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = node.Stop(context.Background()) })
-	return node
+	return runNode(t, cfg, types...)
 }
 
 // settled reports whether every partition is active on one of nodes, with

@@ -19,10 +19,9 @@ import (
 
 // startNode runs a node with an embedded NATS server on a free port and HTTP
 // on a free port, stopped when the test ends.
-func startNode(t *testing.T, types ...eddy.ActorType) (*eddy.Node, *eddy.Client, jetstream.JetStream) {
+// runNode starts a node for cfg with types, stopped when the test ends.
+func runNode(t *testing.T, cfg eddy.Config, types ...eddy.ActorType) *eddy.Node {
 	t.Helper()
-	cfg := eddy.DefaultConfig()
-	cfg.DataDir, cfg.EmbeddedNATSPort, cfg.HTTPAddr = t.TempDir(), -1, "127.0.0.1:0"
 	node, err := eddy.NewNode(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -38,6 +37,14 @@ func startNode(t *testing.T, types ...eddy.ActorType) (*eddy.Node, *eddy.Client,
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = node.Stop(context.Background()) })
+	return node
+}
+
+func startNode(t *testing.T, types ...eddy.ActorType) (*eddy.Node, *eddy.Client, jetstream.JetStream) {
+	t.Helper()
+	cfg := eddy.DefaultConfig()
+	cfg.DataDir, cfg.EmbeddedNATSPort, cfg.HTTPAddr = t.TempDir(), -1, "127.0.0.1:0"
+	node := runNode(t, cfg, types...)
 	nc, err := nats.Connect(node.NATSURL())
 	if err != nil {
 		t.Fatal(err)

@@ -3,19 +3,15 @@ package partition
 import (
 	"strconv"
 	"testing"
-	"time"
 
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/eddyrt/eddy/actor"
 	"github.com/eddyrt/eddy/changelog"
 )
 
 func (h *harness) startReplica(cfg Config) *Replica {
 	h.t.Helper()
-	sup := actor.DefaultSupervisorConfig()
-	sup.MinBackoff, sup.MaxBackoff = 10*time.Millisecond, 200*time.Millisecond
-	r, err := StartReplica(h.sys, cfg, sup)
+	r, err := StartReplica(h.sys, cfg, testSupervisor())
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -69,11 +69,16 @@ func (h *harness) config(p int, handler Handler) Config {
 	return cfg
 }
 
-func (h *harness) start(cfg Config) *Actor {
-	h.t.Helper()
+// testSupervisor restarts quickly, so tests do not wait on backoff.
+func testSupervisor() actor.SupervisorConfig {
 	sup := actor.DefaultSupervisorConfig()
 	sup.MinBackoff, sup.MaxBackoff = 10*time.Millisecond, 200*time.Millisecond
-	a, err := Start(h.sys, cfg, sup)
+	return sup
+}
+
+func (h *harness) start(cfg Config) *Actor {
+	h.t.Helper()
+	a, err := Start(h.sys, cfg, testSupervisor())
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -274,9 +274,10 @@ func (c *procCluster) partitionStatus(ctx context.Context, id string) ([]eddy.Pa
 }
 
 // settled checks, on the running nodes in ids, that they agree on a leader,
-// every partition is active on one of them, no move is in progress, and each
-// runs exactly the partition actors assigned to it, restored and at the
-// assigned epoch. It returns the assignment.
+// every partition is active on one of them, balanced (each holds P/N
+// rounded down or up), no move is in progress, and each runs exactly the
+// partition actors assigned to it, restored and at the assigned epoch. It
+// returns the assignment.
 func (c *procCluster) settled(ctx context.Context, ids []string) (eddy.ClusterStatus, error) {
 	var first eddy.ClusterStatus
 	for i, id := range ids {
@@ -306,7 +307,11 @@ func (c *procCluster) settled(ctx context.Context, ids []string) (eddy.ClusterSt
 		}
 		want[p.Active][p.Partition] = p.Epoch
 	}
+	lo, hi := c.partitions/len(ids), (c.partitions+len(ids)-1)/len(ids)
 	for _, id := range ids {
+		if n := len(want[id]); n < lo || n > hi {
+			return first, fmt.Errorf("%s holds %d actives, want %d to %d", id, n, lo, hi)
+		}
 		ps, err := c.partitionStatus(ctx, id)
 		if err != nil {
 			return first, err
@@ -367,15 +372,27 @@ func newBankLoad(c *procCluster, accounts int) *bankLoad {
 	return l
 }
 
-// fund deposits 1000 into every account, in parallel batches.
+// fund deposits 1000 into every account, 32 sends at a time.
 func (l *bankLoad) fund(ctx context.Context) error {
 	const amount = 1000
-	for _, a := range l.accounts {
-		if err := l.c.client.Send(ctx, apps.BankType, a, apps.Op{Kind: "deposit", Amount: amount}); err != nil {
-			return err
-		}
-		l.deposited += amount
+	var wg sync.WaitGroup
+	errs := make(chan error, 32)
+	for w := range 32 {
+		wg.Go(func() {
+			for i := w; i < len(l.accounts); i += 32 {
+				if err := l.c.client.SendWithID(ctx, apps.BankType, l.accounts[i], "deposit-"+l.accounts[i], apps.Op{Kind: "deposit", Amount: amount}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
 	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return err
+	}
+	l.deposited = amount * int64(len(l.accounts))
 	return nil
 }
 
