@@ -112,9 +112,23 @@ func (c *cli) demo(ctx context.Context, args []string) error {
 		recovered := time.Since(killed)
 		detections, recoveries = append(detections, detected), append(recoveries, recovered)
 		out("demo: %s seen dead after %v; all its partitions active again after %v:", victim, detected.Round(time.Millisecond), recovered.Round(time.Millisecond))
+		restored := map[string]string{} // "node/partition" -> how it restored
+		for _, id := range survivors {
+			for _, m := range pc.logged(id, "restored from changelog", killed) {
+				how := fmt.Sprintf("replayed %v changelog records", m["records"])
+				if m["full"] == true {
+					how = fmt.Sprintf("replayed the whole changelog: %v records in %vms", m["records"], m["took"].(float64)/1e6)
+				}
+				restored[fmt.Sprintf("%s/%v", id, m["partition"])] = how
+			}
+		}
 		for _, p := range after.Partitions {
 			if slices.Contains(owned, p.Partition) {
-				out("        bank/%d: %s -> %s (epoch %d)", p.Partition, victim, p.Active, p.Epoch)
+				how, ok := restored[fmt.Sprintf("%s/%d", p.Active, p.Partition)]
+				if !ok {
+					how = "its local store was current"
+				}
+				out("        bank/%d: %s -> %s (epoch %d): %s", p.Partition, victim, p.Active, p.Epoch, how)
 			}
 		}
 		restarted := time.Now()

@@ -239,6 +239,29 @@ func (c *procCluster) close() {
 	}
 }
 
+// logged returns the JSON log lines of node id with message msg logged at
+// or after since, decoded.
+func (c *procCluster) logged(id, msg string, since time.Time) []map[string]any {
+	b, err := os.ReadFile(c.node(id).logPath)
+	if err != nil {
+		return nil
+	}
+	var out []map[string]any
+	for _, l := range strings.Split(string(b), "\n") {
+		if !strings.Contains(l, `"msg":"`+msg+`"`) {
+			continue
+		}
+		var m map[string]any
+		if json.Unmarshal([]byte(l), &m) != nil {
+			continue
+		}
+		if t, err := time.Parse(time.RFC3339Nano, fmt.Sprint(m["time"])); err == nil && !t.Before(since) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
 // getJSON GETs path from node id's HTTP API into v.
 func (c *procCluster) getJSON(ctx context.Context, id, path string, v any) error {
 	n := c.node(id)
