@@ -95,7 +95,8 @@ func (n *Node) apply(ctx context.Context, want map[pkey]placement) {
 		})
 	}
 	for k, r := range n.replicas {
-		if w, ok := want[k]; ok && !w.active {
+		if _, ok := want[k]; ok {
+			// Kept, or promoted: startActive takes its open store.
 			select {
 			case <-r.Done():
 			default:
@@ -162,12 +163,29 @@ func (n *Node) startActive(ctx context.Context, t *ActorType, k pkey, w placemen
 				"took", time.Since(start).Round(time.Millisecond))
 		}
 	}
+	cfg := n.partitionConfig(t, k.p, w.epoch)
+	n.mu.Lock()
+	r := n.replicas[k]
+	delete(n.replicas, k)
+	n.mu.Unlock()
+	if r != nil {
+		// A promotion: the replica's store is current and open.
+		st, err := r.Handoff(ctx)
+		if err != nil {
+			n.log.Warn("hot replica did not hand its store over; reopening it", "partition", k.String(), "err", err)
+			_ = r.Stop(ctx)
+		}
+		cfg.Store = st
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if !n.running && !n.starting || n.actives[k] != nil {
+		if cfg.Store != nil {
+			_ = cfg.Store.Close()
+		}
 		return
 	}
-	a, err := partition.Start(n.sys, n.partitionConfig(t, k.p, w.epoch), n.supervisor())
+	a, err := partition.Start(n.sys, cfg, n.supervisor())
 	if err != nil {
 		n.log.Error("cannot start partition actor", "partition", k.String(), "err", err)
 		return

@@ -49,10 +49,7 @@ func Replay(ctx context.Context, js jetstream.JetStream, s Subjects, cfg ReplayC
 	if err != nil {
 		return 0, fmt.Errorf("replay %s: %w", s.Stream(), err)
 	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("replay %s: %w", s.Stream(), err)
-	}
+	info := st.CachedInfo() // fetched by js.Stream just now
 	from := max(cfg.From, 1)
 	target := info.State.LastSeq
 	if target < from || info.State.Msgs == 0 {

@@ -11,7 +11,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
+
+	"github.com/hashicorp/raft"
 )
 
 // Config configures a node's control plane: gossip, Raft, the assignment FSM
@@ -423,7 +426,7 @@ func (c *Cluster) leaderLoop(done <-chan struct{}) {
 	defer cancelFSM()
 	tick := time.NewTicker(assignEvery)
 	defer tick.Stop()
-	lp := &leaderPass{c: c, unknownSince: make(map[string]time.Time)}
+	lp := &leaderPass{c: c, unknownSince: make(map[string]time.Time), suspects: make(map[string]bool), refused: make(map[string]uint64)}
 	for {
 		lp.run()
 		select {
@@ -432,6 +435,10 @@ func (c *Cluster) leaderLoop(done <-chan struct{}) {
 		case _, ok := <-events:
 			if !ok {
 				events = nil
+			}
+		case o := <-c.raft.FailedHeartbeats():
+			if hb, ok := o.Data.(raft.FailedHeartbeatObservation); ok {
+				lp.suspects[string(hb.PeerID)] = true
 			}
 		case <-fsmCh:
 		case <-c.kick:
@@ -444,6 +451,40 @@ func (c *Cluster) leaderLoop(done <-chan struct{}) {
 type leaderPass struct {
 	c            *Cluster
 	unknownSince map[string]time.Time // alive in the assignment, unknown to gossip, since
+	suspects     map[string]bool      // nodes a Raft heartbeat to failed, to probe
+	refused      map[string]uint64    // nodes found gone by probing: the incarnation found gone
+}
+
+// probeTimeout bounds the connection attempt that tells a crashed process
+// (its Raft port refuses) from a slow or unreachable one.
+const probeTimeout = 200 * time.Millisecond
+
+// probeSuspects checks each node a Raft heartbeat failed to: if its Raft
+// port refuses connections, the node's process is gone (its host answered
+// for it), and the node is recorded down at once, without waiting for gossip
+// to suspect and then declare it dead (~0.8 s on the fast profile). A node
+// that accepts the connection, or does not answer at all (a paused process,
+// a lost host, a cut network), is left to gossip.
+func (lp *leaderPass) probeSuspects(m Model, byID map[string]Member) {
+	for id := range lp.suspects {
+		delete(lp.suspects, id)
+		n, known := m.Node(id)
+		mb, inGossip := byID[id]
+		if !known || !n.Alive() || n.RaftAddr == "" || (inGossip && mb.State != MemberAlive) {
+			continue // not alive in the assignment, or gossip has decided already
+		}
+		conn, err := net.DialTimeout("tcp", n.RaftAddr, probeTimeout)
+		if err == nil {
+			conn.Close()
+			continue
+		}
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			continue
+		}
+		lp.refused[id] = n.Incarnation
+		lp.apply(NodeDown{ID: id}, "node down", "member", id,
+			"why", "raft heartbeats fail and its raft port refuses connections: its process is gone")
+	}
 }
 
 // run makes one pass: declared types, membership, forgetting, then Plan.
@@ -471,12 +512,24 @@ func (lp *leaderPass) run() {
 
 	members := c.gossip.Members()
 	byID := make(map[string]Member, len(members))
-	now := time.Now()
 	for _, mb := range members {
 		byID[mb.ID] = mb
+	}
+	if len(lp.suspects) > 0 {
+		lp.probeSuspects(m, byID)
+		m = c.fsm.Assignment()
+	}
+	now := time.Now()
+	for _, mb := range members {
 		n, known := m.Node(mb.ID)
+		if inc, ok := lp.refused[mb.ID]; ok && (mb.State != MemberAlive || mb.Meta.Incarnation != inc) {
+			delete(lp.refused, mb.ID) // gossip caught up, or the node restarted
+		}
 		switch mb.State {
 		case MemberAlive:
+			if _, gone := lp.refused[mb.ID]; gone {
+				continue // gossip has not seen this process die yet
+			}
 			up := NodeUp{ID: mb.ID, Zone: mb.Meta.Zone, RaftAddr: mb.Meta.RaftAddr, HTTPAddr: mb.Meta.HTTPAddr, Incarnation: mb.Meta.Incarnation}
 			if mb.Meta.RaftAddr == "" {
 				continue // not running Raft yet: it could not follow the assignment

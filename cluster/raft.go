@@ -210,6 +210,9 @@ type Raft struct {
 	wg       sync.WaitGroup
 	shutdown sync.Once
 
+	failedHB chan raft.Observation // heartbeats from this node, as leader, that failed
+	observer *raft.Observer
+
 	mu         sync.Mutex // guards the fields below
 	leading    bool
 	leaderSubs []chan bool
@@ -300,6 +303,12 @@ func StartRaft(cfg RaftConfig, fsm raft.FSM, gossip *Gossip) (*Raft, error) {
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
 	}
 	r.raft = ra
+	r.failedHB = make(chan raft.Observation, 64)
+	r.observer = raft.NewObserver(r.failedHB, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.FailedHeartbeatObservation)
+		return ok
+	})
+	ra.RegisterObserver(r.observer)
 	r.log.Info("raft started", "addr", r.Addr(), "data_dir", dir, "existing_state", hasState,
 		"last_index", ra.LastIndex(), "bootstrap", cfg.Bootstrap, "bootstrap_expect", cfg.BootstrapExpect)
 
@@ -443,6 +452,13 @@ func (r *Raft) publishLeadership(leading bool) {
 	}
 }
 
+// FailedHeartbeats delivers the id of a peer each time a heartbeat from this
+// node, while it leads, to that peer fails. Raft heartbeats every
+// HeartbeatTimeout/10, so a peer whose process died is reported within tens
+// of milliseconds; a peer that is only slow or cut off is reported too.
+// Reports are dropped while the channel is full.
+func (r *Raft) FailedHeartbeats() <-chan raft.Observation { return r.failedHB }
+
 // Shutdown stops the Raft server without leaving the configuration (the
 // others see a crash; the leader removes this node after DeadGrace unless it
 // comes back), stops the node's goroutines, and closes the transport and the
@@ -456,6 +472,7 @@ func (r *Raft) Shutdown() error {
 		// term after the log store is closed, and raft panics on that. Without
 		// the handler, heartbeats queue for raft's main loop, which is stopped.
 		r.trans.SetHeartbeatHandler(nil)
+		r.raft.DeregisterObserver(r.observer)
 		if e := r.raft.Shutdown().Error(); e != nil {
 			err = fmt.Errorf("cluster: raft shutdown: %w", e)
 		}

@@ -144,11 +144,13 @@ func (a *partitionActor) Started(c *actor.Context) error {
 		return err
 	}
 	a.store = st
+	opened := time.Now()
 	cl, err := changelog.EnsureStream(ctx, a.cfg.JS, a.subjects, a.cfg.Changelog)
 	if err != nil {
 		return err
 	}
 	a.changelogID = changelogID(cl)
+	ensured := time.Now()
 	err = a.restoreAndFence(ctx)
 	if errors.Is(err, errStoreAhead) {
 		// The changelog was reset (for example NATS's data was wiped): the
@@ -164,7 +166,9 @@ func (a *partitionActor) Started(c *actor.Context) error {
 	}
 	a.publishStatus(true)
 	a.log.Info("partition started", "epoch", a.epoch, "offset", a.offset,
-		"changelog_seq", a.writer.Last(), "took", time.Since(start).Round(time.Millisecond))
+		"changelog_seq", a.writer.Last(), "took", time.Since(start).Round(time.Millisecond),
+		"open", opened.Sub(start).Round(time.Millisecond), "stream", ensured.Sub(opened).Round(time.Millisecond),
+		"restore_fence", time.Since(ensured).Round(time.Millisecond))
 	// Forward whatever a crash left unforwarded before taking new input.
 	if err := a.forward(ctx, a.pendingOut); err != nil {
 		return err
@@ -212,7 +216,13 @@ func removeStore(dir string) error {
 	return nil
 }
 
-func (a *partitionActor) openStore() (*statestore.Pebble, error) { return openStore(a.cfg) }
+func (a *partitionActor) openStore() (*statestore.Pebble, error) {
+	if st := a.cfg.Store; st != nil {
+		a.cfg.Store = nil
+		return st, nil
+	}
+	return openStore(a.cfg)
+}
 
 // openStore opens the local store of the partition; actives and hot replicas
 // of a partition on one node share it.

@@ -47,6 +47,10 @@ type Config struct {
 	Cache *statestore.Cache
 	// StoreCacheSize is the block cache of this store when Cache is nil.
 	StoreCacheSize int64
+	// Store, when set, is this partition's local store already open (a
+	// promoted hot replica's, see Replica.Handoff): the actor's first start
+	// uses it instead of opening StoreDir, and owns it from then on.
+	Store *statestore.Pebble
 	// StoreSync fsyncs the local store once per commit. Correctness does not
 	// need it (the changelog is the truth), but without it pebble keeps up to
 	// one 32 KiB WAL block in process memory, so a killed process loses its

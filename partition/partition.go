@@ -54,6 +54,8 @@ func Start(sys *actor.System, cfg Config, sup actor.SupervisorConfig) (*Actor, e
 		}
 		return actor.Restart
 	}
+	adopt := cfg.Store
+	cfg.Store = nil
 	a := &Actor{cfg: cfg}
 	a.status.Store(&Status{Type: cfg.Type, Partition: cfg.Partition})
 	ref, err := sys.Spawn(actor.Props{
@@ -64,6 +66,7 @@ func Start(sys *actor.System, cfg Config, sup actor.SupervisorConfig) (*Actor, e
 		OnRestart:   func(error) { m.restarts.Inc() },
 		New: func() actor.Receiver {
 			c := cfg
+			c.Store, adopt = adopt, nil // only the first incarnation: a restart reopens the directory
 			return &partitionActor{cfg: &c, status: &a.status, log: log, m: m, subjects: subjects, stores: stores}
 		},
 	})

@@ -39,7 +39,7 @@ func (a *partitionActor) startReader(c *actor.Context) error {
 	if err != nil {
 		return fmt.Errorf("input stream %s: %w", a.cfg.Type, err)
 	}
-	if info, err := st.Info(ctx); err == nil && info.State.FirstSeq > a.offset+1 && a.offset > 0 {
+	if info := st.CachedInfo(); info.State.FirstSeq > a.offset+1 && a.offset > 0 { // fetched by js.Stream just now
 		// Retention removed events past our offset: some may have been ours.
 		a.m.inputGaps.Inc()
 		a.log.Error("input stream no longer holds events this partition has not processed: possible data loss",

@@ -82,8 +82,28 @@ func (r *Replica) Lag() Lag { return *r.lag.Load() }
 // store directory is then free for the partition actor.
 func (r *Replica) Stop(ctx context.Context) error { return r.ref.Stop(ctx) }
 
+// Handoff stops tailing and hands the replica's open store over, for the
+// partition actor that the replica is promoted to (Config.Store): the
+// promotion skips reopening the store. The replica stops; the caller owns
+// the store. Records the replica had received but not committed to the
+// store are replayed by the actor's restore.
+func (r *Replica) Handoff(ctx context.Context) (*statestore.Pebble, error) {
+	v, err := r.ref.Ask(ctx, handoffReq{})
+	if err != nil {
+		return nil, err
+	}
+	if err := r.ref.Stop(ctx); err != nil {
+		v.(*statestore.Pebble).Close()
+		return nil, err
+	}
+	return v.(*statestore.Pebble), nil
+}
+
 // Done is closed when the replica has stopped.
 func (r *Replica) Done() <-chan struct{} { return r.ref.Done() }
+
+// handoffReq asks the replica actor for its store (Replica.Handoff).
+type handoffReq struct{}
 
 // tailFailed tells the replica actor that its tail goroutine stopped with an error.
 type tailFailed struct{ err error }
@@ -191,20 +211,35 @@ func (r *replicaActor) loadPending() error {
 	})
 }
 
-// Receive handles a failure of the tail goroutine.
-func (r *replicaActor) Receive(_ *actor.Context, msg any) error {
-	if f, ok := msg.(tailFailed); ok {
-		return fmt.Errorf("tail changelog: %w", f.err)
+// Receive handles a failure of the tail goroutine and a handoff.
+func (r *replicaActor) Receive(c *actor.Context, msg any) error {
+	switch m := msg.(type) {
+	case tailFailed:
+		return fmt.Errorf("tail changelog: %w", m.err)
+	case handoffReq:
+		r.stopTail()
+		if r.store == nil {
+			return errors.New("replica: no store to hand off")
+		}
+		c.Respond(r.store)
+		r.store = nil // the caller's now
+		return nil
 	}
 	return fmt.Errorf("replica: unexpected message %T", msg)
 }
 
-// Stopped stops the tail and closes the store.
-func (r *replicaActor) Stopped(*actor.Context) {
+// stopTail stops the tail goroutine and waits for it.
+func (r *replicaActor) stopTail() {
 	if r.cancel != nil {
 		r.cancel()
 		<-r.done
+		r.cancel = nil
 	}
+}
+
+// Stopped stops the tail and closes the store.
+func (r *replicaActor) Stopped(*actor.Context) {
+	r.stopTail()
 	if r.store != nil {
 		if err := r.store.Close(); err != nil {
 			r.log.Warn("close store", "err", err)

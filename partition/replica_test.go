@@ -74,12 +74,14 @@ func TestReplicaPromotionRestoresOnlyTheTail(t *testing.T) {
 		h.publish("k"+strconv.Itoa(i%7), nil)
 	}
 	h.waitCaughtUp(r, 0)
-	if err := r.Stop(h.ctx); err != nil {
+	st, err := r.Handoff(h.ctx)
+	if err != nil {
 		t.Fatal(err)
 	}
 	pcfg := rcfg
 	pcfg.Epoch = 2
 	pcfg.Metrics = NewMetrics(nil)
+	pcfg.Store = st // the promotion takes the replica's open store
 	p := h.start(pcfg)
 	h.waitOffset(p, 0)
 	total := uint64(0)

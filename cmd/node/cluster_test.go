@@ -4,7 +4,6 @@ import (
 	"context"
 	"os"
 	"os/signal"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -76,10 +75,6 @@ func runLoad(t *testing.T, load *bankLoad, rate float64) (stop func()) {
 	stop = func() { once.Do(func() { cancel(); wg.Wait() }) }
 	t.Cleanup(stop)
 	return stop
-}
-
-func without(ids []string, id string) []string {
-	return slices.DeleteFunc(slices.Clone(ids), func(s string) bool { return s == id })
 }
 
 // The node binary x3 on loopback plus a NATS server, under bank load: a

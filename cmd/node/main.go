@@ -4,6 +4,7 @@
 //	node status [flags]   print a running node's partitions and, in a cluster, members, leader and assignment
 //	node demo   [flags]   start NATS and 3 node processes, run the bank under load, kill a node, print what happened
 //	node bench  [flags]   measure eddy against the raw JetStream limit on this machine
+//	node bench failover   measure failover (with and without hot replicas) and handover pauses on a 3-process cluster
 //
 // Every flag has an environment variable mirror: --data-dir is EDDY_DATA_DIR,
 // --nats is EDDY_NATS, and so on. A flag given on the command line wins.
@@ -47,6 +48,7 @@ commands:
   status   print a node's partitions, and its cluster's members, leader and assignment: node status [--http 127.0.0.1:8080]
   demo     a local 3-node cluster under bank load; kills a node and shows the failover: node demo [--kills 1]
   bench    measure eddy against raw JetStream on this machine: node bench [--events 1000000]
+           node bench failover [--kills 20]: failover and handover pauses on a 3-process cluster
 
 Run 'node <command> -h' for the flags of a command. Every flag --some-flag
 can also be set with the environment variable EDDY_SOME_FLAG.
