@@ -257,7 +257,7 @@ func (n *Node) handleRelease(m *nats.Msg) {
 		start := time.Now()
 		var err error
 		if s != nil {
-			err = s.a.Stop(ctx)
+			err = s.a.Release(ctx)
 			n.log.Info("partition released to its new owner", "partition", k.String(), "epoch", s.epoch,
 				"new_epoch", req.Epoch, "took", time.Since(start).Round(time.Millisecond), "err", err)
 		} else {

@@ -80,7 +80,7 @@ func (n *Node) apply(ctx context.Context, want map[pkey]placement) {
 		}
 		stops = append(stops, func() {
 			start := time.Now()
-			err := s.a.Stop(ctx)
+			err := s.a.Release(ctx)
 			n.mu.Lock()
 			if n.releasing[k] == s.a {
 				delete(n.releasing, k)

@@ -129,6 +129,12 @@ func LastMeta(ctx context.Context, js jetstream.JetStream, s Subjects) (Meta, bo
 	if err != nil {
 		return Meta{}, false, fmt.Errorf("last meta %s: %w", s.Stream(), err)
 	}
+	return LastMetaOf(ctx, st, s)
+}
+
+// LastMetaOf is LastMeta for a changelog stream already looked up: one
+// request (a direct get) instead of two.
+func LastMetaOf(ctx context.Context, st jetstream.Stream, s Subjects) (Meta, bool, error) {
 	raw, err := st.GetLastMsgForSubject(ctx, s.Meta())
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return Meta{}, false, nil

@@ -54,8 +54,9 @@ func NewWriter(nc *nats.Conn, s Subjects, last uint64, maxBatch int) *Writer {
 // Last is the last changelog sequence this writer knows.
 func (w *Writer) Last() uint64 { return w.last }
 
-// Commit publishes recs as one atomic batch whose first message expects the
-// changelog's last sequence to be Last(). On success every record is in the
+// Commit publishes recs as one atomic batch (a single record as a plain
+// publish) whose first message expects the changelog's last sequence to be
+// Last(). On success every record is in the
 // changelog with consecutive sequences first..last, and Last() becomes last. On
 // ErrFenced nothing of the batch is in the changelog. On ErrCommitUnknown it may
 // or may not be: the caller must re-read the tail before committing again.
@@ -67,6 +68,10 @@ func (w *Writer) Commit(ctx context.Context, recs []Record) (first, last uint64,
 	if n > w.maxBatch {
 		return 0, 0, fmt.Errorf("%w: %d records, limit %d", ErrTooLarge, n, w.maxBatch)
 	}
+	// One record needs no batch: a single publish is atomic, and skips the
+	// server's staging of atomic batches (tens of ms under load, measured),
+	// which matters for the epoch record a new owner writes before it starts.
+	single := n == 1
 	id := nuid.Next()
 	w.msgs = w.msgs[:0]
 	for i := range recs {
@@ -74,8 +79,10 @@ func (w *Writer) Commit(ctx context.Context, recs []Record) (first, last uint64,
 		if err != nil {
 			return 0, 0, err
 		}
-		m.Header["Nats-Batch-Id"] = []string{id}
-		m.Header["Nats-Batch-Sequence"] = []string{strconv.Itoa(i + 1)}
+		if !single {
+			m.Header["Nats-Batch-Id"] = []string{id}
+			m.Header["Nats-Batch-Sequence"] = []string{strconv.Itoa(i + 1)}
+		}
 		if i == 0 {
 			m.Header["Nats-Expected-Last-Sequence"] = []string{strconv.FormatUint(w.last, 10)}
 		}
@@ -87,7 +94,9 @@ func (w *Writer) Commit(ctx context.Context, recs []Record) (first, last uint64,
 		}
 	}
 	commit := w.msgs[n-1]
-	commit.Header["Nats-Batch-Commit"] = []string{"1"}
+	if !single {
+		commit.Header["Nats-Batch-Commit"] = []string{"1"}
+	}
 	resp, err := w.nc.RequestMsgWithContext(ctx, commit)
 	if err != nil {
 		return 0, 0, fmt.Errorf("%w: %v", ErrCommitUnknown, err)
@@ -102,6 +111,9 @@ func (w *Writer) Commit(ctx context.Context, recs []Record) (first, last uint64,
 		}
 		return 0, 0, fmt.Errorf("changelog %s: commit rejected: %s (err_code %d)",
 			w.subjects.Stream(), ack.Error.Description, ack.Error.ErrCode)
+	}
+	if single && ack.Count == 0 && ack.Seq > 0 {
+		ack.Count = 1 // a plain publish's ack has no count
 	}
 	if ack.Count != n {
 		return 0, 0, fmt.Errorf("%w: ack counts %d of %d records", ErrCommitUnknown, ack.Count, n)

@@ -79,12 +79,14 @@ type pending struct {
 type partitionActor struct {
 	cfg      *Config
 	status   *atomic.Pointer[Status]
+	released *atomic.Bool // Actor.Release was called
 	log      *slog.Logger
 	m        *partitionMetrics
 	subjects changelog.Subjects
 	stores   map[string]bool
 
 	store       statestore.Store
+	cl          jetstream.Stream // the changelog stream
 	changelogID []byte
 	writer      *changelog.Writer
 	epoch       uint64
@@ -149,8 +151,11 @@ func (a *partitionActor) Started(c *actor.Context) error {
 	if err != nil {
 		return err
 	}
-	a.changelogID = changelogID(cl)
+	a.cl, a.changelogID = cl, changelogID(cl)
 	ensured := time.Now()
+	// The first purge of forwarded outbox entries waits PurgeEvery: it costs
+	// a JetStream API call that a promotion or handover should not wait for.
+	a.lastPurge = ensured
 	err = a.restoreAndFence(ctx)
 	if errors.Is(err, errStoreAhead) {
 		// The changelog was reset (for example NATS's data was wiped): the
@@ -326,7 +331,7 @@ func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 	if !haveMeta {
 		// Nothing new in the tail: the newest meta record is older than the
 		// local store's sequence, and holds the forwarded mark.
-		m, ok, err := changelog.LastMeta(ctx, a.cfg.JS, a.subjects)
+		m, ok, err := changelog.LastMetaOf(ctx, a.cl, a.subjects)
 		if err != nil {
 			return meta, err
 		}
@@ -449,8 +454,10 @@ func (a *partitionActor) Stopped(c *actor.Context) {
 func (a *partitionActor) Receive(c *actor.Context, msg any) error {
 	switch m := msg.(type) {
 	case inputBatch:
-		if m.from != a {
-			return nil // read by an earlier incarnation: this one re-reads from its offset
+		if m.from != a || a.released.Load() {
+			// Read by an earlier incarnation: this one re-reads from its
+			// offset. Or released: the new owner reads it from the offset.
+			return nil
 		}
 		return a.process(c.Context(), m.msgs)
 	case readerFailed:
@@ -804,7 +811,7 @@ func (a *partitionActor) maybePurge(ctx context.Context) error {
 // (stop for good) or this owner's own earlier commit landed unseen (restart and
 // restore).
 func (a *partitionActor) fenced(ctx context.Context, cause error) error {
-	m, ok, err := changelog.LastMeta(ctx, a.cfg.JS, a.subjects)
+	m, ok, err := changelog.LastMetaOf(ctx, a.cl, a.subjects)
 	if err != nil {
 		return fmt.Errorf("%w (and reading the newest epoch: %v)", cause, err)
 	}

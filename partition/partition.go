@@ -27,9 +27,10 @@ import (
 
 // Actor is a running partition actor.
 type Actor struct {
-	cfg    Config
-	ref    *actor.Ref
-	status atomic.Pointer[Status]
+	cfg      Config
+	ref      *actor.Ref
+	status   atomic.Pointer[Status]
+	released atomic.Bool
 }
 
 // Start spawns the partition actor in sys. It restores and starts reading in
@@ -67,7 +68,7 @@ func Start(sys *actor.System, cfg Config, sup actor.SupervisorConfig) (*Actor, e
 		New: func() actor.Receiver {
 			c := cfg
 			c.Store, adopt = adopt, nil // only the first incarnation: a restart reopens the directory
-			return &partitionActor{cfg: &c, status: &a.status, log: log, m: m, subjects: subjects, stores: stores}
+			return &partitionActor{cfg: &c, status: &a.status, released: &a.released, log: log, m: m, subjects: subjects, stores: stores}
 		},
 	})
 	if err != nil {
@@ -101,6 +102,15 @@ func (a *Actor) Status() Status {
 
 // Stop finishes the batch in hand and stops the actor.
 func (a *Actor) Stop(ctx context.Context) error { return a.ref.Stop(ctx) }
+
+// Release stops the actor for a new owner with the least delay: the batch
+// being processed is committed, input read but not processed yet is dropped
+// (the new owner reads it again from the committed offset), and the store is
+// closed. Stop, in contrast, processes and commits all input already read.
+func (a *Actor) Release(ctx context.Context) error {
+	a.released.Store(true)
+	return a.ref.Stop(ctx)
+}
 
 // Done is closed when the actor has stopped (Stop, or fenced).
 func (a *Actor) Done() <-chan struct{} { return a.ref.Done() }
