@@ -15,7 +15,7 @@ import (
 
 // startMember starts a cluster member on loopback (free ports) against a
 // shared NATS server; the first member bootstraps, the others join it.
-func startMember(t *testing.T, natsURL, id string, join string, types ...eddy.ActorType) *eddy.Node {
+func startMember(t *testing.T, natsURL, id, join string, mutate func(*eddy.Config), types ...eddy.ActorType) *eddy.Node {
 	t.Helper()
 	cfg := eddy.DefaultConfig()
 	cfg.NodeID, cfg.DataDir, cfg.NATSURL, cfg.HTTPAddr = id, t.TempDir(), natsURL, "127.0.0.1:0"
@@ -26,6 +26,9 @@ func startMember(t *testing.T, natsURL, id string, join string, types ...eddy.Ac
 		cfg.Bootstrap = true
 	} else {
 		cfg.Join = []string{join}
+	}
+	if mutate != nil {
+		mutate(&cfg)
 	}
 	return runNode(t, cfg, types...)
 }
@@ -112,9 +115,9 @@ func TestClusterMembersShareAndHandOver(t *testing.T) {
 	srv := natstest.Start(t)
 	const partitions = 6
 	bank := apps.Bank(partitions)
-	n1 := startMember(t, srv.URL(), "n1", "", bank)
-	n2 := startMember(t, srv.URL(), "n2", n1.GossipAddr(), bank)
-	n3 := startMember(t, srv.URL(), "n3", n1.GossipAddr(), bank)
+	n1 := startMember(t, srv.URL(), "n1", "", nil, bank)
+	n2 := startMember(t, srv.URL(), "n2", n1.GossipAddr(), nil, bank)
+	n3 := startMember(t, srv.URL(), "n3", n1.GossipAddr(), nil, bank)
 	nodes := []*eddy.Node{n1, n2, n3}
 	t.Logf("settled in %v", waitSettled(t, nodes, partitions))
 
@@ -170,6 +173,47 @@ func TestClusterMembersShareAndHandOver(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("bank invariants: %+v, %v", sum, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// With two zones, every partition keeps a replica outside its active's
+// zone, so losing a whole zone loses no partition's only warm copy.
+func TestClusterZoneSpread(t *testing.T) {
+	srv := natstest.Start(t)
+	const partitions = 8
+	bank := apps.Bank(partitions)
+	bank.ReplicationFactor = 2
+	zones := map[string]string{"n1": "a", "n2": "a", "n3": "a", "n4": "b"}
+	inZone := func(id string) func(*eddy.Config) { return func(c *eddy.Config) { c.Zone = zones[id] } }
+	n1 := startMember(t, srv.URL(), "n1", "", inZone("n1"), bank)
+	nodes := []*eddy.Node{n1}
+	for _, id := range []string{"n2", "n3", "n4"} {
+		nodes = append(nodes, startMember(t, srv.URL(), id, n1.GossipAddr(), inZone(id), bank))
+	}
+	waitSettled(t, nodes, partitions)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st, err := n1.Cluster()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var bad []string
+		for _, p := range st.Partitions {
+			same := len(p.Replicas) == 2
+			for _, r := range p.Replicas {
+				same = same && zones[r.Node] == zones[p.Active]
+			}
+			if len(p.Replicas) != 2 || same {
+				bad = append(bad, fmt.Sprintf("%d: active %s, replicas %v", p.Partition, p.Active, p.Replicas))
+			}
+		}
+		if len(bad) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("partitions without a replica in another zone, or short of replicas: %v", bad)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

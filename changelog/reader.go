@@ -27,6 +27,15 @@ func (p Progress) Percent() float64 {
 	return 100 * float64(p.Done) / float64(p.Total)
 }
 
+// ConsumerInactiveThreshold is how long the server keeps an ordered consumer
+// of eddy's (changelog replays and tails, input readers) after its client
+// stopped pulling: a consumer with a pull request whose client is connected
+// stays. The nats.go default, 5 minutes, let every killed node leave its
+// consumers behind for that long; each one costs the server work on every
+// message the stream takes, and failovers slowed down kill after kill
+// (measured: API calls of 0.4-1 s after 17 kills in 3 minutes).
+const ConsumerInactiveThreshold = 2 * time.Second
+
 // ReplayConfig tunes a replay.
 type ReplayConfig struct {
 	// From is the first changelog sequence to read (1 for the whole changelog).
@@ -64,8 +73,9 @@ func Replay(ctx context.Context, js jetstream.JetStream, s Subjects, cfg ReplayC
 		buffer = 4096
 	}
 	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:   from,
+		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:       from,
+		InactiveThreshold: ConsumerInactiveThreshold,
 	})
 	if err != nil {
 		return 0, fmt.Errorf("replay %s: consumer: %w", s.Stream(), err)

@@ -49,6 +49,8 @@ func (a *partitionActor) startReader(c *actor.Context) error {
 		FilterSubjects: []string{InputFilter(a.cfg.Type, a.cfg.Partition)},
 		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:    a.offset + 1,
+		// A killed node's consumer goes once its pull requests lose interest.
+		InactiveThreshold: changelog.ConsumerInactiveThreshold,
 	})
 	if err != nil {
 		return fmt.Errorf("input consumer: %w", err)

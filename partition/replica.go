@@ -256,8 +256,9 @@ const replicaBatch = 4096
 // (offset, epoch) in the batch's Meta, as a restore would leave them.
 func (r *replicaActor) tail(ctx context.Context, cl jetstream.Stream, meta statestore.Meta) error {
 	cons, err := cl.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:   meta.ChangelogSeq + 1,
+		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:       meta.ChangelogSeq + 1,
+		InactiveThreshold: changelog.ConsumerInactiveThreshold,
 	})
 	if err != nil {
 		return fmt.Errorf("consumer: %w", err)

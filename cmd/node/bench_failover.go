@@ -139,7 +139,7 @@ func (fb *failoverBench) run(ctx context.Context, dir, exe string, replicas, kil
 		if err != nil {
 			return nil, nil, err
 		}
-		if err := fb.waitReplicasWarm(ctx, ids[0], 60*time.Second); err != nil {
+		if err := pc.waitReplicasWarm(ctx, ids[0], 60*time.Second); err != nil {
 			return nil, nil, err
 		}
 		time.Sleep(300 * time.Millisecond) // steady load before the kill
@@ -265,28 +265,6 @@ func (fb *failoverBench) waitProcessed(ctx context.Context, ids []string, timeou
 		time.Sleep(100 * time.Millisecond)
 	}
 	return fmt.Errorf("input not processed within %v", timeout)
-}
-
-// waitReplicasWarm waits until every hot replica reported a lag under 1000
-// records, so that a kill measures a promotion rather than a warm-up.
-func (fb *failoverBench) waitReplicasWarm(ctx context.Context, id string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		st, err := fb.pc.clusterStatus(ctx, id)
-		warm := err == nil
-		for _, p := range st.Partitions {
-			for _, r := range p.Replicas {
-				warm = warm && r.Reported && r.LagRecords < 1000
-			}
-		}
-		if warm {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("replicas not warm within %v", timeout)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // commitMonitor records every meta record committed to the partitions'

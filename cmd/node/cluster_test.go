@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/signal"
 	"strings"
@@ -235,4 +236,171 @@ func TestMultiProcessCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("%d transfers: %+v", load.sent(), sum)
+}
+
+// restoresSince returns, per "node/partition", the restores logged since t:
+// whether each replayed the whole changelog.
+func restoresSince(pc *procCluster, ids []string, t time.Time) map[string]bool {
+	full := map[string]bool{}
+	for _, id := range ids {
+		for _, m := range pc.logged(id, "restored from changelog", t) {
+			full[fmt.Sprintf("%s/%v", id, m["partition"])] = m["full"] == true
+		}
+	}
+	return full
+}
+
+// With hot replicas, under bank load: a SIGKILLed owner's partitions are
+// promoted on their replicas (the log shows a promotion and no changelog
+// replay); an owner paused past detection finds itself fenced when it wakes;
+// a partition whose replica and then owner are killed is restored from its
+// changelog (the cold path); a fourth node takes its share by warm-up moves.
+// After all of it the bank's totals are exact.
+func TestMultiProcessFailoverWithReplicas(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts node processes")
+	}
+	pc, load, ids := startProcCluster(t, 6, 1)
+	ctx := context.Background()
+	stopLoad := runLoad(t, load, 200)
+
+	// SIGKILL an owner: its replicas take over.
+	if err := pc.waitReplicasWarm(ctx, ids[0], 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	st, err := pc.settled(ctx, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	victim := pickVictim(st, 0)
+	owned := ownedBy(st, victim)
+	killed := time.Now()
+	if err := pc.kill(victim); err != nil {
+		t.Fatal(err)
+	}
+	survivors := without(ids, victim)
+	after, err := pc.waitSettled(ctx, survivors, 30*time.Second)
+	if err != nil {
+		t.Fatalf("after SIGKILL of %s: %v", victim, err)
+	}
+	t.Logf("SIGKILL %s (owned %v): all active again in %v", victim, owned, time.Since(killed))
+	promoted := map[string]bool{}
+	for _, m := range pc.logged(after.Leader, "assignment changed", killed) {
+		promoted[fmt.Sprint(m["change"])] = true
+	}
+	full := restoresSince(pc, survivors, killed)
+	for _, p := range owned {
+		successor := after.Partitions[p].Active
+		if full[fmt.Sprintf("%s/%d", successor, p)] {
+			t.Errorf("partition %d replayed its whole changelog on %s: a restore, not a promotion", p, successor)
+		}
+		found := false
+		for change := range promoted {
+			found = found || strings.HasPrefix(change, fmt.Sprintf("bank/%d: active %s", p, successor)) && strings.Contains(change, "promote replica "+successor)
+		}
+		if !found {
+			t.Errorf("partition %d: the leader logged no promotion of %s", p, successor)
+		}
+	}
+	if err := pc.start(victim, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pc.waitSettled(ctx, ids, 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+
+	// Pause an owner past detection; its replicas are promoted; it wakes fenced.
+	if err := pc.waitReplicasWarm(ctx, ids[0], 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	st, _ = pc.settled(ctx, ids)
+	zombie := pickVictim(st, 1)
+	if err := pc.signal(zombie, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pc.waitSettled(ctx, without(ids, zombie), 30*time.Second); err != nil {
+		t.Fatalf("after SIGSTOP of %s: %v", zombie, err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if err := pc.signal(zombie, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pc.waitSettled(ctx, ids, 60*time.Second); err != nil {
+		t.Fatalf("after SIGCONT of %s: %v", zombie, err)
+	}
+
+	// Kill a partition's replica, then at once its owner: no replica is
+	// warm, so the partition restores from its changelog.
+	if err := pc.waitReplicasWarm(ctx, ids[0], 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	st, _ = pc.settled(ctx, ids)
+	var cold eddyAssignment
+	for _, p := range st.Partitions {
+		if p.Active != st.Leader && len(p.Replicas) == 1 && p.Replicas[0].Node != st.Leader {
+			cold = eddyAssignment{p.Partition, p.Active, p.Replicas[0].Node}
+			break
+		}
+	}
+	if cold.active == "" {
+		t.Fatalf("no partition with its active and replica off the leader: %+v", st.Partitions)
+	}
+	killed = time.Now()
+	if err := pc.kill(cold.replica); err != nil {
+		t.Fatal(err)
+	}
+	if err := pc.kill(cold.active); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pc.waitSettled(ctx, []string{st.Leader}, 60*time.Second); err != nil {
+		t.Fatalf("after killing replica %s and owner %s: %v", cold.replica, cold.active, err)
+	}
+	full = restoresSince(pc, []string{st.Leader}, killed)
+	if _, ok := full[fmt.Sprintf("%s/%d", st.Leader, cold.partition)]; !ok {
+		t.Errorf("partition %d: no restore from the changelog on %s", cold.partition, st.Leader)
+	}
+	t.Logf("replica %s and owner %s of partition %d killed: restored on %s from the changelog (whole: %v)",
+		cold.replica, cold.active, cold.partition, st.Leader, full[fmt.Sprintf("%s/%d", st.Leader, cold.partition)])
+	for _, id := range []string{cold.replica, cold.active} {
+		if err := pc.start(id, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := pc.waitSettled(ctx, ids, 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+
+	// A fourth node joins under load: warm-up moves hand it its share.
+	joined := time.Now()
+	if err := pc.start("n4", 0); err != nil {
+		t.Fatal(err)
+	}
+	ids = append(ids, "n4")
+	st, err = pc.waitSettled(ctx, ids, 60*time.Second)
+	if err != nil {
+		t.Fatalf("after n4 joined: %v", err)
+	}
+	warmed := 0
+	for _, m := range pc.logged(st.Leader, "assignment changed", joined) {
+		if strings.Contains(fmt.Sprint(m["change"]), "hand over to n4") {
+			warmed++
+		}
+	}
+	if got := len(ownedBy(st, "n4")); got == 0 || warmed < got {
+		t.Errorf("n4 owns %d partitions, %d handed over after a warm-up", got, warmed)
+	}
+	t.Logf("n4 joined: %d partitions handed over after warm-up, settled in %v", warmed, time.Since(joined))
+
+	stopLoad()
+	sum, err := load.waitTotals(ctx, ids[0], 60*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d transfers: %+v", load.sent(), sum)
+}
+
+// eddyAssignment is one partition's active and only replica.
+type eddyAssignment struct {
+	partition       int
+	active, replica string
 }

@@ -38,6 +38,7 @@ type procCluster struct {
 	partitions int
 	replicas   int
 	extraArgs  []string
+	zones      map[string]string // node id -> --zone
 
 	srv     *server.Server
 	natsURL string
@@ -138,6 +139,9 @@ func (c *procCluster) start(id string, expect int) error {
 	}
 	if expect > 0 {
 		args = append(args, "--expect", strconv.Itoa(expect))
+	}
+	if z := c.zones[id]; z != "" {
+		args = append(args, "--zone", z)
 	}
 	args = append(args, c.extraArgs...)
 	logf, err := os.OpenFile(n.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -373,6 +377,29 @@ func (c *procCluster) waitSettled(ctx context.Context, ids []string, timeout tim
 			return st, ctx.Err()
 		case <-time.After(10 * time.Millisecond):
 		}
+	}
+}
+
+// waitReplicasWarm waits until every hot replica reported a lag under 1000
+// records, so that a kill measures a promotion rather than a warm-up.
+func (c *procCluster) waitReplicasWarm(ctx context.Context, id string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		st, err := c.clusterStatus(ctx, id)
+		warm := err == nil
+		for _, p := range st.Partitions {
+			warm = warm && len(p.Replicas) >= min(c.replicas, 1)
+			for _, r := range p.Replicas {
+				warm = warm && r.Reported && r.LagRecords < 1000
+			}
+		}
+		if warm {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("replicas not warm within %v", timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
