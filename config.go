@@ -81,6 +81,9 @@ type Config struct {
 	// GossipProfile is the failure detector's timing: "lan-fast" (a crash is
 	// seen in about a second on a LAN) or "lan" (memberlist's default, ~7 s).
 	GossipProfile string
+	// MaxVoters is how many nodes vote in Raft (odd, 1 to 7); the others
+	// follow the assignment as non-voters. 3 survives one failure, 5 two.
+	MaxVoters int
 	// MaxLagForMove is the replica lag, in changelog records, under which a
 	// warm-up move hands a partition over to its new node.
 	MaxLagForMove uint64
@@ -184,6 +187,7 @@ func (c *Config) clusterConfig(httpAddr string) cluster.Config {
 	cc.GossipProfile = c.GossipProfile
 	cc.GossipKey = c.GossipKey
 	cc.Bootstrap, cc.BootstrapExpect = c.Bootstrap, c.BootstrapExpect
+	cc.MaxVoters = c.MaxVoters
 	cc.Assignor.MaxLagForMove = c.MaxLagForMove
 	cc.Assignor.MaxConcurrentMoves = c.MaxConcurrentMoves
 	cc.Logger = c.Logger

@@ -27,7 +27,7 @@ func TestMain(m *testing.M) {
 
 // startProcCluster starts NATS and three node processes (the test binary as
 // the node binary) with the bank app, and funds the accounts.
-func startProcCluster(t *testing.T, partitions, replicas int) (*procCluster, *bankLoad, []string) {
+func startProcCluster(t *testing.T, partitions, replicas int, extraArgs ...string) (*procCluster, *bankLoad, []string) {
 	t.Helper()
 	dir := t.TempDir()
 	pc, err := newProcCluster(dir, os.Args[0], []string{"EDDY_TEST_AS_NODE=1"}, partitions, replicas)
@@ -37,6 +37,7 @@ func startProcCluster(t *testing.T, partitions, replicas int) (*procCluster, *ba
 	if err != nil {
 		t.Fatal(err)
 	}
+	pc.extraArgs = extraArgs
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, id := range pc.order {
@@ -253,14 +254,15 @@ func restoresSince(pc *procCluster, ids []string, t time.Time) map[string]bool {
 // With hot replicas, under bank load: a SIGKILLed owner's partitions are
 // promoted on their replicas (the log shows a promotion and no changelog
 // replay); an owner paused past detection finds itself fenced when it wakes;
-// a partition whose replica and then owner are killed is restored from its
-// changelog (the cold path); a fourth node takes its share by warm-up moves.
-// After all of it the bank's totals are exact.
+// a fourth node takes its share by warm-up moves; with five nodes (five Raft
+// voters), a partition whose replica and then owner are killed is restored
+// from its changelog (the cold path). After all of it the bank's totals are
+// exact.
 func TestMultiProcessFailoverWithReplicas(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts node processes")
 	}
-	pc, load, ids := startProcCluster(t, 6, 1)
+	pc, load, ids := startProcCluster(t, 6, 1, "--max-voters", "5")
 	ctx := context.Background()
 	stopLoad := runLoad(t, load, 200)
 
@@ -329,6 +331,36 @@ func TestMultiProcessFailoverWithReplicas(t *testing.T) {
 		t.Fatalf("after SIGCONT of %s: %v", zombie, err)
 	}
 
+	// A fourth node joins under load: warm-up moves hand it its share.
+	joined := time.Now()
+	if err := pc.start("n4", 0); err != nil {
+		t.Fatal(err)
+	}
+	ids = append(ids, "n4")
+	st, err = pc.waitSettled(ctx, ids, 60*time.Second)
+	if err != nil {
+		t.Fatalf("after n4 joined: %v", err)
+	}
+	warmed := 0
+	for _, m := range pc.logged(st.Leader, "assignment changed", joined) {
+		if strings.Contains(fmt.Sprint(m["change"]), "hand over to n4") {
+			warmed++
+		}
+	}
+	if got := len(ownedBy(st, "n4")); got == 0 || warmed < got {
+		t.Errorf("n4 owns %d partitions, %d handed over after a warm-up", got, warmed)
+	}
+	t.Logf("n4 joined: %d partitions handed over after warm-up, settled in %v", warmed, time.Since(joined))
+
+	// A fifth node, so that two nodes can die with Raft keeping its quorum.
+	if err := pc.start("n5", 0); err != nil {
+		t.Fatal(err)
+	}
+	ids = append(ids, "n5")
+	if _, err := pc.waitSettled(ctx, ids, 60*time.Second); err != nil {
+		t.Fatalf("after n5 joined: %v", err)
+	}
+
 	// Kill a partition's replica, then at once its owner: no replica is
 	// warm, so the partition restores from its changelog.
 	if err := pc.waitReplicasWarm(ctx, ids[0], 60*time.Second); err != nil {
@@ -352,15 +384,20 @@ func TestMultiProcessFailoverWithReplicas(t *testing.T) {
 	if err := pc.kill(cold.active); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pc.waitSettled(ctx, []string{st.Leader}, 60*time.Second); err != nil {
+	if _, err := pc.waitSettled(ctx, without(without(ids, cold.replica), cold.active), 60*time.Second); err != nil {
 		t.Fatalf("after killing replica %s and owner %s: %v", cold.replica, cold.active, err)
 	}
-	full = restoresSince(pc, []string{st.Leader}, killed)
-	if _, ok := full[fmt.Sprintf("%s/%d", st.Leader, cold.partition)]; !ok {
-		t.Errorf("partition %d: no restore from the changelog on %s", cold.partition, st.Leader)
+	after, err = pc.settled(ctx, without(without(ids, cold.replica), cold.active))
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner := after.Partitions[cold.partition].Active
+	full = restoresSince(pc, []string{owner}, killed)
+	if _, ok := full[fmt.Sprintf("%s/%d", owner, cold.partition)]; !ok {
+		t.Errorf("partition %d: no restore from the changelog on %s", cold.partition, owner)
 	}
 	t.Logf("replica %s and owner %s of partition %d killed: restored on %s from the changelog (whole: %v)",
-		cold.replica, cold.active, cold.partition, st.Leader, full[fmt.Sprintf("%s/%d", st.Leader, cold.partition)])
+		cold.replica, cold.active, cold.partition, owner, full[fmt.Sprintf("%s/%d", owner, cold.partition)])
 	for _, id := range []string{cold.replica, cold.active} {
 		if err := pc.start(id, 0); err != nil {
 			t.Fatal(err)
@@ -369,27 +406,6 @@ func TestMultiProcessFailoverWithReplicas(t *testing.T) {
 	if _, err := pc.waitSettled(ctx, ids, 60*time.Second); err != nil {
 		t.Fatal(err)
 	}
-
-	// A fourth node joins under load: warm-up moves hand it its share.
-	joined := time.Now()
-	if err := pc.start("n4", 0); err != nil {
-		t.Fatal(err)
-	}
-	ids = append(ids, "n4")
-	st, err = pc.waitSettled(ctx, ids, 60*time.Second)
-	if err != nil {
-		t.Fatalf("after n4 joined: %v", err)
-	}
-	warmed := 0
-	for _, m := range pc.logged(st.Leader, "assignment changed", joined) {
-		if strings.Contains(fmt.Sprint(m["change"]), "hand over to n4") {
-			warmed++
-		}
-	}
-	if got := len(ownedBy(st, "n4")); got == 0 || warmed < got {
-		t.Errorf("n4 owns %d partitions, %d handed over after a warm-up", got, warmed)
-	}
-	t.Logf("n4 joined: %d partitions handed over after warm-up, settled in %v", warmed, time.Since(joined))
 
 	stopLoad()
 	sum, err := load.waitTotals(ctx, ids[0], 60*time.Second)

@@ -122,6 +122,7 @@ func addClusterFlags(fs *flag.FlagSet, cfg *eddy.Config) {
 	fs.StringVar(&cfg.Zone, "zone", cfg.Zone, "failure `zone` of the node; hot replicas are spread across zones")
 	fs.Var(keyFlag{&cfg.GossipKey}, "gossip-key", "base64 `key` (16, 24 or 32 bytes) that encrypts gossip; the same on every node")
 	fs.StringVar(&cfg.GossipProfile, "gossip-profile", cfg.GossipProfile, "failure detector `timing`: lan-fast (~1 s to see a crash) or lan (memberlist's default, ~7 s)")
+	fs.IntVar(&cfg.MaxVoters, "max-voters", cfg.MaxVoters, "Raft `voters` (odd, 1 to 7): 3 survives one failed node, 5 two; the other nodes follow as non-voters")
 	fs.Uint64Var(&cfg.MaxLagForMove, "max-lag-for-move", cfg.MaxLagForMove, "replica lag in changelog `records` under which a warm-up move hands a partition over")
 	fs.IntVar(&cfg.MaxConcurrentMoves, "max-concurrent-moves", cfg.MaxConcurrentMoves, "most warm-up `moves` in progress in the cluster")
 	fs.DurationVar(&cfg.LeaveTimeout, "leave-timeout", cfg.LeaveTimeout, "how long a graceful leave (SIGTERM) waits for the node's partitions to move")

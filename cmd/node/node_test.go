@@ -102,7 +102,7 @@ func TestEveryConfigFieldHasAFlag(t *testing.T) {
 		"CacheSize": "cache-size", "StoreSync": "store-sync", "StreamReplicas": "stream-replicas", "DuplicateWindow": "duplicate-window",
 		"Logger":     "log-format",
 		"GossipAddr": "gossip", "RaftAddr": "raft", "Join": "join", "Bootstrap": "bootstrap", "BootstrapExpect": "expect",
-		"Zone": "zone", "GossipKey": "gossip-key", "GossipProfile": "gossip-profile", "MaxLagForMove": "max-lag-for-move",
+		"Zone": "zone", "GossipKey": "gossip-key", "GossipProfile": "gossip-profile", "MaxLagForMove": "max-lag-for-move", "MaxVoters": "max-voters",
 		"MaxConcurrentMoves": "max-concurrent-moves", "LeaveTimeout": "leave-timeout",
 	}
 	noFlag := map[string]bool{"Registerer": true, "Hooks": true} // Go values for embedders and tests
