@@ -124,6 +124,7 @@ func DefaultConfig() Config {
 		StreamReplicas:     1,                // a single NATS server; use 3 on a NATS cluster
 		DuplicateWindow:    10 * time.Minute, // covers restarts and failovers by a wide margin
 		GossipProfile:      cl.GossipProfile,
+		MaxVoters:          cl.MaxVoters,
 		MaxLagForMove:      cl.Assignor.MaxLagForMove,
 		MaxConcurrentMoves: cl.Assignor.MaxConcurrentMoves,
 		LeaveTimeout:       30 * time.Second, // each partition commits its batch in hand and restores elsewhere

@@ -361,7 +361,7 @@ func TestMultiProcessFailoverWithReplicas(t *testing.T) {
 		t.Fatalf("after n5 joined: %v", err)
 	}
 
-	// Kill a partition's replica, then at once its owner: no replica is
+	// Kill a partition's replica and its owner together: no replica is
 	// warm, so the partition restores from its changelog.
 	if err := pc.waitReplicasWarm(ctx, ids[0], 60*time.Second); err != nil {
 		t.Fatal(err)
@@ -378,11 +378,13 @@ func TestMultiProcessFailoverWithReplicas(t *testing.T) {
 		t.Fatalf("no partition with its active and replica off the leader: %+v", st.Partitions)
 	}
 	killed = time.Now()
-	if err := pc.kill(cold.replica); err != nil {
-		t.Fatal(err)
+	for _, id := range []string{cold.replica, cold.active} {
+		if err := pc.signal(id, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if err := pc.kill(cold.active); err != nil {
-		t.Fatal(err)
+	for _, id := range []string{cold.replica, cold.active} {
+		<-pc.node(id).exited
 	}
 	if _, err := pc.waitSettled(ctx, without(without(ids, cold.replica), cold.active), 60*time.Second); err != nil {
 		t.Fatalf("after killing replica %s and owner %s: %v", cold.replica, cold.active, err)

@@ -105,13 +105,16 @@ func printCluster(w io.Writer, cl eddy.ClusterStatus) {
 	_ = tw.Flush()
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "TYPE\tPARTITION\tACTIVE\tEPOCH\tREPLICAS (LAG RECORDS)\tMOVING TO")
+	fmt.Fprintln(tw, "TYPE\tPARTITION\tACTIVE\tEPOCH\tREPLICAS (LAG: RECORDS, TIME)\tMOVING TO")
 	for _, p := range cl.Partitions {
 		var rs []string
 		for _, r := range p.Replicas {
 			lag := "?"
 			if r.Reported {
 				lag = fmt.Sprint(r.LagRecords)
+				if r.Behind > 0 {
+					lag += ", " + r.Behind.Round(time.Millisecond).String()
+				}
 			}
 			rs = append(rs, fmt.Sprintf("%s (%s)", r.Node, lag))
 		}
