@@ -176,6 +176,40 @@ func TestClusterMembersShareAndHandOver(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+
+	// Reads that accept a bounded staleness are served by a hot replica on
+	// the node asked, when it has one within the bound, and see the owner's
+	// committed state (nothing is in flight any more); the rest by the owner.
+	fromReplica := 0
+	for _, n := range nodes {
+		for _, a := range accounts {
+			var owner, stale apps.Account
+			if err := n.Query(ctx, apps.BankType, a, &owner); err != nil {
+				t.Fatal(err)
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				byReplica, err := n.QueryWithin(ctx, apps.BankType, a, 5*time.Second, &stale)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if stale == owner {
+					if byReplica {
+						fromReplica++
+					}
+					break
+				}
+				if !byReplica || time.Now().After(deadline) {
+					t.Fatalf("%s: %s read %+v (replica: %v), the owner has %+v", n.ID(), a, stale, byReplica, owner)
+				}
+				time.Sleep(20 * time.Millisecond) // the replica is still applying the owner's last commits
+			}
+		}
+	}
+	if fromReplica == 0 {
+		t.Error("no read was served by a replica")
+	}
+	t.Logf("%d of %d bounded-staleness reads served by a replica", fromReplica, len(nodes)*len(accounts))
 }
 
 // With two zones, every partition keeps a replica outside its active's

@@ -15,7 +15,8 @@ import (
 
 // Handler is the node's HTTP API:
 //
-//	GET /v1/state/{type}/{key}[?store=name]  the committed state of a key, as JSON
+//	GET /v1/state/{type}/{key}[?store=name]  the committed state of a key, as JSON, from its owner;
+//	    [&max_lag=500ms]                     or from a hot replica on this node at most that stale
 //	GET /v1/status                           this node's partitions: epoch, offset, changelog sequence
 //	GET /v1/cluster                          members, Raft leader and term, the assignment and replica lags
 //	GET /metrics                             Prometheus metrics
@@ -37,9 +38,18 @@ func (n *Node) handleState(w http.ResponseWriter, r *http.Request) {
 	if store == "" {
 		store = partition.DefaultStore
 	}
+	maxLag := time.Duration(-1)
+	if s := r.URL.Query().Get("max_lag"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil || d < 0 {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "max_lag: want a duration such as 500ms"})
+			return
+		}
+		maxLag = d
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
-	b, err := n.queryRaw(ctx, r.PathValue("type"), store, r.PathValue("key"))
+	b, src, err := n.queryRawWithin(ctx, r.PathValue("type"), store, r.PathValue("key"), maxLag)
 	switch {
 	case errors.Is(err, ErrNotFound), errors.Is(err, ErrUnknownType):
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": err.Error()})
@@ -53,7 +63,8 @@ func (n *Node) handleState(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"type": r.PathValue("type"), "key": r.PathValue("key"), "store": store, "value": v})
+	writeJSON(w, http.StatusOK, map[string]any{"type": r.PathValue("type"), "key": r.PathValue("key"), "store": store, "value": v,
+		"served_by": src})
 }
 
 func (n *Node) handleStatus(w http.ResponseWriter, r *http.Request) {

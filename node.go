@@ -397,21 +397,22 @@ func (n *Node) shutdown(ctx context.Context) error {
 
 // route finds the partition of key and the local partition actor that runs
 // it, if any.
-func (n *Node) route(typ, key string) (pkey, *partition.Actor, error) {
+func (n *Node) route(typ, key string) (pkey, *partition.Actor, *partition.Replica, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if !n.running {
-		return pkey{}, nil, ErrNotRunning
+		return pkey{}, nil, nil, ErrNotRunning
 	}
 	t, ok := n.types[typ]
 	if !ok {
-		return pkey{}, nil, fmt.Errorf("%w: %q", ErrUnknownType, typ)
+		return pkey{}, nil, nil, fmt.Errorf("%w: %q", ErrUnknownType, typ)
 	}
 	k := pkey{typ, partition.Of(key, t.Partitions)}
+	var a *partition.Actor
 	if s := n.actives[k]; s != nil {
-		return k, s.a, nil
+		a = s.a
 	}
-	return k, nil, nil
+	return k, a, n.replicas[k], nil
 }
 
 // Query decodes the committed state of key in actor type typ into v, read
@@ -432,14 +433,47 @@ func (n *Node) QueryStore(ctx context.Context, typ, store, key string, v any) er
 	return msgpack.Unmarshal(b, v)
 }
 
-func (n *Node) queryRaw(ctx context.Context, typ, store, key string) ([]byte, error) {
-	k, a, err := n.route(typ, key)
+// QueryWithin is Query for reads that accept state up to maxLag old: a hot
+// replica of the key's partition on this node answers when its copy is
+// within the bound (Lag.Staleness), sparing the owner the read; otherwise
+// the owner answers, as Query. It reports whether a replica answered.
+// Replicas on other nodes are not asked.
+func (n *Node) QueryWithin(ctx context.Context, typ, key string, maxLag time.Duration, v any) (fromReplica bool, err error) {
+	b, src, err := n.queryRawWithin(ctx, typ, partition.DefaultStore, key, maxLag)
 	if err != nil {
-		return nil, err
+		return false, err
+	}
+	return src == "replica", msgpack.Unmarshal(b, v)
+}
+
+func (n *Node) queryRaw(ctx context.Context, typ, store, key string) ([]byte, error) {
+	b, _, err := n.queryRawWithin(ctx, typ, store, key, -1)
+	return b, err
+}
+
+// queryRawWithin reads key from a local replica within maxLag (maxLag < 0:
+// never), else from the owner; it says which answered: "replica" or "owner".
+func (n *Node) queryRawWithin(ctx context.Context, typ, store, key string, maxLag time.Duration) ([]byte, string, error) {
+	k, a, r, err := n.route(typ, key)
+	if err != nil {
+		return nil, "", err
 	}
 	if store != partition.DefaultStore && !slices.Contains(n.types[typ].Stores, store) {
-		return nil, fmt.Errorf("%w: actor type %s has no store %q", ErrNotFound, typ, store)
+		return nil, "", fmt.Errorf("%w: actor type %s has no store %q", ErrNotFound, typ, store)
 	}
+	if r != nil && maxLag >= 0 && r.Lag().Staleness(time.Now()) <= maxLag {
+		v, _, err := r.Get(ctx, store, []byte(key))
+		if err == nil || errors.Is(err, ErrNotFound) {
+			return v, "replica", err
+		}
+	}
+	v, err := n.queryOwner(ctx, k, a, store, key)
+	return v, "owner", err
+}
+
+// queryOwner reads key from the partition's owner: a, when it runs here, or
+// the node that runs it.
+func (n *Node) queryOwner(ctx context.Context, k pkey, a *partition.Actor, store, key string) ([]byte, error) {
 	if a != nil {
 		v, err := a.Get(ctx, store, []byte(key))
 		if err == nil || errors.Is(err, ErrNotFound) || !n.cfg.clustered() {

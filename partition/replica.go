@@ -31,6 +31,28 @@ type Lag struct {
 // Known reports whether the replica has measured its lag.
 func (l Lag) Known() bool { return !l.At.IsZero() }
 
+// Staleness bounds how old the replica's copy may be at now: how far behind
+// it was when last measured, plus the time since. A caught-up replica
+// renews its measurement every replicaIdleMark while nothing arrives.
+func (l Lag) Staleness(now time.Time) time.Duration {
+	if !l.Known() {
+		return time.Duration(1<<63 - 1)
+	}
+	return l.Behind + now.Sub(l.At)
+}
+
+// Get returns the replica's copy of key in store (statestore.ErrNotFound if
+// absent) with the replica's lag at the time of the read. The copy is
+// committed state, possibly behind the active's by Lag.Staleness.
+func (r *Replica) Get(ctx context.Context, store string, key []byte) ([]byte, Lag, error) {
+	lag := r.Lag()
+	v, err := r.ref.Ask(ctx, queryReq{store: store, key: key})
+	if err != nil {
+		return nil, lag, err
+	}
+	return v.([]byte), lag, nil
+}
+
 // Replica is a running hot replica: it tails a partition's changelog into a
 // local store in the same format as the active's, so that the partition
 // actor started on the same store directory (a promotion, or the end of a
@@ -59,7 +81,7 @@ func StartReplica(sys *actor.System, cfg Config, sup actor.SupervisorConfig) (*R
 	r.lag.Store(&Lag{})
 	ref, err := sys.Spawn(actor.Props{
 		Name:        fmt.Sprintf("%s/%d/replica", cfg.Type, cfg.Partition),
-		MailboxSize: 1,
+		MailboxSize: 16, // stale reads queue here
 		Supervisor:  sup,
 		Logger:      log,
 		OnRestart:   func(error) { m.restarts.Inc() },
@@ -216,6 +238,18 @@ func (r *replicaActor) Receive(c *actor.Context, msg any) error {
 	switch m := msg.(type) {
 	case tailFailed:
 		return fmt.Errorf("tail changelog: %w", m.err)
+	case queryReq:
+		if r.store == nil {
+			c.RespondError(errors.New("replica: store handed over"))
+			return nil
+		}
+		v, err := r.store.Get([]byte(storeKey(m.store, m.key)))
+		if err != nil {
+			c.RespondError(err)
+			return nil
+		}
+		c.Respond(v)
+		return nil
 	case handoffReq:
 		r.stopTail()
 		if r.store == nil {
@@ -250,6 +284,10 @@ func (r *replicaActor) Stopped(*actor.Context) {
 // replicaBatch is the most records applied to the store in one batch.
 const replicaBatch = 4096
 
+// replicaIdleMark is how often an idle, caught-up replica renews the time it
+// was last known current (Lag.At), which bounds the staleness of its reads.
+const replicaIdleMark = 200 * time.Millisecond
+
 // tail applies changelog records past meta.ChangelogSeq until ctx ends. It
 // commits a batch to the store whenever it has caught up or holds
 // replicaBatch records, with the applied sequence and the newest meta record
@@ -271,8 +309,19 @@ func (r *replicaActor) tail(ctx context.Context, cl jetstream.Stream, meta state
 	b := r.store.NewBatch()
 	defer func() { b.Close() }()
 	forwarded := uint64(0)
+	caughtUp := false
 	for {
-		msg, err := it.Next(jetstream.NextContext(ctx))
+		nctx, cancel := context.WithTimeout(ctx, replicaIdleMark)
+		msg, err := it.Next(jetstream.NextContext(nctx))
+		cancel()
+		if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			// Nothing new for a while: if the replica had caught up, it is
+			// still current now (see Lag.Staleness).
+			if caughtUp {
+				r.publish(Lag{Applied: meta.ChangelogSeq, At: time.Now()})
+			}
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -322,6 +371,7 @@ func (r *replicaActor) tail(ctx context.Context, cl jetstream.Stream, meta state
 		if md.NumPending > 0 {
 			lag.Behind = time.Since(md.Timestamp)
 		}
+		caughtUp = md.NumPending == 0
 		r.publish(lag)
 	}
 }

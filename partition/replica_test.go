@@ -1,8 +1,10 @@
 package partition
 
 import (
+	"encoding/binary"
 	"strconv"
 	"testing"
+	"time"
 
 	dto "github.com/prometheus/client_model/go"
 
@@ -53,6 +55,18 @@ func TestReplicaPromotionRestoresOnlyTheTail(t *testing.T) {
 	}
 	h.waitOffset(a, 0)
 	h.waitCaughtUp(r, 0)
+
+	// Idle and caught up, the replica keeps renewing the time it was known
+	// current, so its reads have a staleness bound; they see committed state.
+	idle := time.Now()
+	waitFor(t, "an idle replica to renew its lag", func() bool { return r.Lag().At.After(idle.Add(300 * time.Millisecond)) })
+	if s := r.Lag().Staleness(time.Now()); s > time.Second {
+		t.Errorf("idle caught-up replica: staleness %v", s)
+	}
+	v, lag, err := r.Get(h.ctx, DefaultStore, []byte("k3"))
+	if err != nil || binary.BigEndian.Uint64(v) != count(h.ctx, a, "k3") || lag.Records != 0 {
+		t.Fatalf("replica read of k3: %v (lag %+v), %v; active has %d", v, lag, err, count(h.ctx, a, "k3"))
+	}
 
 	// The replica restarts (its own crash or a node restart) and resumes
 	// from the sequence its store holds.
