@@ -311,9 +311,15 @@ func (r *replicaActor) tail(ctx context.Context, cl jetstream.Stream, meta state
 	forwarded := uint64(0)
 	caughtUp := false
 	for {
-		nctx, cancel := context.WithTimeout(ctx, replicaIdleMark)
-		msg, err := it.Next(jetstream.NextContext(nctx))
-		cancel()
+		var msg jetstream.Msg
+		if caughtUp {
+			// Wait a bounded time, so that an idle replica renews its mark.
+			nctx, cancel := context.WithTimeout(ctx, replicaIdleMark)
+			msg, err = it.Next(jetstream.NextContext(nctx))
+			cancel()
+		} else {
+			msg, err = it.Next(jetstream.NextContext(ctx)) // more records are due: no timer per record
+		}
 		if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
 			// Nothing new for a while: if the replica had caught up, it is
 			// still current now (see Lag.Staleness).

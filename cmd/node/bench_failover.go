@@ -43,14 +43,11 @@ func (c *cli) benchFailover(ctx context.Context, args []string) error {
 	if *kills < 1 || *coldKills < 1 || *partitions < 3 || *keys < 1 || *rate <= 0 {
 		return errors.New("want --kills, --cold-kills, --keys >= 1, --partitions >= 3, --rate > 0")
 	}
-	if *dir == "" {
-		d, err := os.MkdirTemp("", "eddy-bench-failover-")
-		if err != nil {
-			return err
-		}
-		*dir = d
-		defer os.RemoveAll(d)
+	cleanup, err := workDir(dir, "eddy-bench-failover-")
+	if err != nil {
+		return err
 	}
+	defer cleanup()
 	exe, err := os.Executable()
 	if err != nil {
 		return err

@@ -34,14 +34,11 @@ func (c *cli) demo(ctx context.Context, args []string) error {
 		return errors.New("want --kills >= 1, --partitions >= 3, --accounts >= 2 and --rate > 0")
 	}
 	keep := *dir != ""
-	if !keep {
-		d, err := os.MkdirTemp("", "eddy-demo-")
-		if err != nil {
-			return err
-		}
-		*dir = d
-		defer os.RemoveAll(d)
+	cleanup, err := workDir(dir, "eddy-demo-")
+	if err != nil {
+		return err
 	}
+	defer cleanup()
 	exe, err := os.Executable()
 	if err != nil {
 		return err
@@ -159,6 +156,20 @@ func (c *cli) demo(ctx context.Context, args []string) error {
 		out("demo: logs in %s/<node>.log", *dir)
 	}
 	return nil
+}
+
+// workDir makes *dir a temporary directory (removed by cleanup) when the
+// user named none; a named one is kept.
+func workDir(dir *string, prefix string) (cleanup func(), err error) {
+	if *dir != "" {
+		return func() {}, os.MkdirAll(*dir, 0o755)
+	}
+	d, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return nil, err
+	}
+	*dir = d
+	return func() { os.RemoveAll(d) }, nil
 }
 
 // pickVictim picks a node that owns partitions and is not the Raft leader,
