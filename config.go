@@ -214,6 +214,16 @@ type ActorType struct {
 	// 0 means DefaultReplicationFactor, NoReplicas none. A replica tails the
 	// changelog, so a failover or a move needs no restore.
 	ReplicationFactor int
+	// NoChangelog keeps the type's stores without a changelog: a commit
+	// records only the input offset, the epoch and the outbox there, so it
+	// costs less, and the writes live in the local store alone. A partition
+	// whose local store is lost, or that moves to another node, is rebuilt
+	// by replaying its input stream from offset 0 through the handler, which
+	// is slow (every event runs again) and needs the input stream to keep
+	// every event; while rebuilding, the handler's emits, sends, replies and
+	// dead letters are suppressed, as they took effect the first time. Such a
+	// type has no hot replicas: there is no changelog to tail.
+	NoChangelog bool
 }
 
 // DefaultReplicationFactor is the hot replicas per partition of an actor type
@@ -226,6 +236,8 @@ const NoReplicas = -1
 
 func (t *ActorType) replicationFactor() int {
 	switch {
+	case t.NoChangelog:
+		return 0
 	case t.ReplicationFactor == 0:
 		return DefaultReplicationFactor
 	case t.ReplicationFactor < 0:

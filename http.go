@@ -16,7 +16,9 @@ import (
 // Handler is the node's HTTP API:
 //
 //	GET /v1/state/{type}/{key}[?store=name]  the committed state of a key, as JSON, from its owner;
-//	    [&max_lag=500ms]                     or from a hot replica on this node at most that stale
+//	    [&max_lag=500ms]                     or from the nearest hot replica at most that stale (see
+//	                                         Node.QueryWithin); served_by says "replica" or "owner",
+//	                                         served_by_node which node answered
 //	GET /v1/status                           this node's partitions: epoch, offset, changelog sequence
 //	GET /v1/cluster                          members, Raft leader and term, the assignment and replica lags
 //	GET /metrics                             Prometheus metrics
@@ -49,7 +51,7 @@ func (n *Node) handleState(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
-	b, src, err := n.queryRawWithin(ctx, r.PathValue("type"), store, r.PathValue("key"), maxLag)
+	b, by, err := n.queryRawWithin(ctx, r.PathValue("type"), store, r.PathValue("key"), maxLag)
 	switch {
 	case errors.Is(err, ErrNotFound), errors.Is(err, ErrUnknownType):
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": err.Error()})
@@ -64,7 +66,7 @@ func (n *Node) handleState(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"type": r.PathValue("type"), "key": r.PathValue("key"), "store": store, "value": v,
-		"served_by": src})
+		"served_by": by.role(), "served_by_node": by.node})
 }
 
 func (n *Node) handleStatus(w http.ResponseWriter, r *http.Request) {

@@ -20,6 +20,8 @@ import (
 //	eddy.ctl.<node>.apply    commands forwarded to the Raft leader (lag reports)
 //	eddy.ctl.<node>.release  "commit and stop partition p, I am its new owner"
 //	eddy.query.<type>.<p>    queries of partition p, by the node running it
+//	eddy.rquery.<type>.<p>.<node>  bounded-staleness reads of partition p, by the
+//	                         hot replica of p on node (see serveReplicaQueries)
 func ctlSubject(node, verb string) string { return "eddy.ctl." + node + "." + verb }
 
 func querySubject(k pkey) string { return "eddy.query." + k.typ + "." + fmt.Sprint(k.p) }
@@ -93,7 +95,8 @@ func (n *Node) followAssignment(ctx context.Context, cl *cluster.Cluster) {
 	lr := &lagReporter{n: n, cl: cl}
 	for {
 		m := cl.Assignment()
-		n.apply(ctx, n.placements(cl, prev, m))
+		want, handover := n.placements(cl, prev, m)
+		n.apply(ctx, want, handover)
 		prev = m
 		select {
 		case <-ctx.Done():
@@ -108,9 +111,11 @@ func (n *Node) followAssignment(ctx context.Context, cl *cluster.Cluster) {
 // placements is what the assignment m gives this node's process. A
 // partition that was active on another live node in prev is taken over
 // from that node (a handover: it is asked to release the partition first).
-func (n *Node) placements(cl *cluster.Cluster, prev, m cluster.Model) map[pkey]placement {
+// handover holds the partitions active here in prev that m gives to
+// another live node, which will ask for them.
+func (n *Node) placements(cl *cluster.Cluster, prev, m cluster.Model) (want map[pkey]placement, handover map[pkey]bool) {
 	self := n.cfg.NodeID
-	want := map[pkey]placement{}
+	want = map[pkey]placement{}
 	for _, p := range m.ActiveOnIncarnation(self, cl.Incarnation()) {
 		pl := placement{active: true, epoch: p.Epoch}
 		if old, ok := prev.Partition(p.Type, p.Partition); ok && old.Active != "" && old.Active != self {
@@ -123,7 +128,17 @@ func (n *Node) placements(cl *cluster.Cluster, prev, m cluster.Model) map[pkey]p
 	for _, p := range m.ReplicasOn(self) {
 		want[pkey{p.Type, p.Partition}] = placement{}
 	}
-	return want
+	handover = map[pkey]bool{}
+	for _, old := range prev.ActiveOn(self) {
+		p, ok := m.Partition(old.Type, old.Partition)
+		if !ok || p.Active == "" || p.Active == self {
+			continue
+		}
+		if ni, ok := m.Node(p.Active); ok && ni.Alive() {
+			handover[pkey{p.Type, p.Partition}] = true
+		}
+	}
+	return want, handover
 }
 
 // lagReporter sends the node's replicas' lags to the leader when they
@@ -179,15 +194,30 @@ const headerError = "Eddy-Error"
 // headerNotFound marks a query reply for a key without state.
 const headerNotFound = "Eddy-Not-Found"
 
-func respond(m *nats.Msg, data []byte, err error) {
+// headerNode names the node that answered a query.
+const headerNode = "Eddy-Node"
+
+func respond(m *nats.Msg, data []byte, err error) { _ = m.RespondMsg(reply(m, data, err)) }
+
+// reply is the answer to m: data, or err in a header.
+func reply(m *nats.Msg, data []byte, err error) *nats.Msg {
 	r := nats.NewMsg(m.Reply)
 	r.Data = data
 	switch {
 	case errors.Is(err, ErrNotFound):
 		r.Header.Set(headerNotFound, "1")
+	case errors.Is(err, errTooStale):
+		r.Header.Set(headerTooStale, err.Error())
 	case err != nil:
 		r.Header.Set(headerError, err.Error())
 	}
+	return r
+}
+
+// respondQuery answers a query, naming this node as the one that answered.
+func (n *Node) respondQuery(m *nats.Msg, data []byte, err error) {
+	r := reply(m, data, err)
+	r.Header.Set(headerNode, n.cfg.NodeID)
 	_ = m.RespondMsg(r)
 }
 
@@ -209,27 +239,41 @@ type releaseReq struct {
 	Epoch     uint64 `msgpack:"e"` // the new owner's epoch
 }
 
+// releaseResp is the answer to a releaseReq: the last changelog sequence
+// the released actor committed (0 when the partition did not run there).
+type releaseResp struct {
+	Seq uint64 `msgpack:"s"`
+}
+
 // requestRelease asks node from to commit and stop partition k before this
-// node starts it at epoch.
-func (n *Node) requestRelease(ctx context.Context, from string, k pkey, epoch uint64) error {
+// node starts it at epoch, and returns the last changelog sequence it
+// committed (0 if unknown).
+func (n *Node) requestRelease(ctx context.Context, from string, k pkey, epoch uint64) (uint64, error) {
 	b, err := msgpack.Marshal(releaseReq{Type: k.typ, Partition: k.p, Epoch: epoch})
 	if err != nil {
-		return err
+		return 0, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, releaseTimeout)
 	defer cancel()
 	resp, err := n.nc.RequestWithContext(ctx, ctlSubject(from, "release"), b)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if e := resp.Header.Get(headerError); e != "" {
-		return errors.New(e)
+		return 0, errors.New(e)
 	}
-	return nil
+	var r releaseResp
+	if len(resp.Data) > 0 {
+		if err := msgpack.Unmarshal(resp.Data, &r); err != nil {
+			return 0, fmt.Errorf("release answer: %w", err)
+		}
+	}
+	return r.Seq, nil
 }
 
 // handleRelease stops a partition actor that a newer owner takes over: it
-// finishes and commits its batch in hand, stops, and then the answer goes out.
+// finishes and commits its batch in hand, stops, and then the answer goes
+// out with the last changelog sequence it committed.
 func (n *Node) handleRelease(m *nats.Msg) {
 	var req releaseReq
 	if err := msgpack.Unmarshal(m.Data, &req); err != nil {
@@ -256,8 +300,10 @@ func (n *Node) handleRelease(m *nats.Msg) {
 		defer cancel()
 		start := time.Now()
 		var err error
+		a := stopping
 		if s != nil {
-			err = s.a.Release(ctx)
+			a = s.a
+			err = a.Release(ctx)
 			n.log.Info("partition released to its new owner", "partition", k.String(), "epoch", s.epoch,
 				"new_epoch", req.Epoch, "took", time.Since(start).Round(time.Millisecond), "err", err)
 		} else {
@@ -267,14 +313,21 @@ func (n *Node) handleRelease(m *nats.Msg) {
 				err = ctx.Err()
 			}
 		}
-		respond(m, nil, err)
+		var b []byte
+		if err == nil {
+			b, err = msgpack.Marshal(releaseResp{Seq: a.Status().ChangelogSeq})
+		}
+		respond(m, b, err)
 	})
 }
 
-// queryReq asks the node running a partition for a committed value.
+// queryReq asks the node running a partition, or a hot replica of it, for a
+// committed value.
 type queryReq struct {
 	Store string `msgpack:"s"`
 	Key   string `msgpack:"k"`
+	// MaxLag is how stale a replica's copy may be (replica reads only).
+	MaxLag time.Duration `msgpack:"l,omitempty"`
 }
 
 // serveQueries answers queries of partition k from other nodes.
@@ -282,22 +335,23 @@ func (n *Node) serveQueries(k pkey, a *partition.Actor) (*nats.Subscription, err
 	return n.nc.Subscribe(querySubject(k), func(m *nats.Msg) {
 		var req queryReq
 		if err := msgpack.Unmarshal(m.Data, &req); err != nil {
-			respond(m, nil, fmt.Errorf("query: %w", err))
+			n.respondQuery(m, nil, fmt.Errorf("query: %w", err))
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), ctlTimeout)
 		defer cancel()
 		v, err := a.Get(ctx, req.Store, []byte(req.Key))
-		respond(m, v, err)
+		n.respondQuery(m, v, err)
 	})
 }
 
 // queryRemote asks the node running partition k, retrying while no node
-// serves it (a move or failover in progress) until ctx ends.
-func (n *Node) queryRemote(ctx context.Context, k pkey, store, key string) ([]byte, error) {
+// serves it (a move or failover in progress) until ctx ends. It returns the
+// answering node's id too ("" from a node that does not name itself).
+func (n *Node) queryRemote(ctx context.Context, k pkey, store, key string) ([]byte, string, error) {
 	b, err := msgpack.Marshal(queryReq{Store: store, Key: key})
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -311,15 +365,15 @@ func (n *Node) queryRemote(ctx context.Context, k pkey, store, key string) ([]by
 		cancel()
 		switch {
 		case err == nil && resp.Header.Get(headerNotFound) != "":
-			return nil, ErrNotFound
+			return nil, resp.Header.Get(headerNode), ErrNotFound
 		case err == nil && resp.Header.Get(headerError) == "":
-			return resp.Data, nil
+			return resp.Data, resp.Header.Get(headerNode), nil
 		case err == nil:
 			err = errors.New(resp.Header.Get(headerError))
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("eddy: query %s: %w (last: %v)", k, ctx.Err(), err)
+			return nil, "", fmt.Errorf("eddy: query %s: %w (last: %v)", k, ctx.Err(), err)
 		case <-time.After(wait):
 			wait = min(2*wait, 500*time.Millisecond)
 		}

@@ -65,6 +65,7 @@ type Node struct {
 	// Cluster mode.
 	cl         *cluster.Cluster
 	ctlSubs    []*nats.Subscription
+	replSubs   map[pkey]*nats.Subscription // serve other nodes' reads of the hot replicas
 	loopCancel context.CancelFunc
 	loopDone   chan struct{}
 	wg         sync.WaitGroup // control request handlers
@@ -109,6 +110,8 @@ func (n *Node) Register(t ActorType) error {
 		return fmt.Errorf("%w: actor type %s: no handler", ErrInvalidConfig, t.Name)
 	case t.ReplicationFactor < NoReplicas || t.ReplicationFactor > 5:
 		return fmt.Errorf("%w: actor type %s: replication factor %d (0 to 5, or NoReplicas)", ErrInvalidConfig, t.Name, t.ReplicationFactor)
+	case t.NoChangelog && t.ReplicationFactor > 0:
+		return fmt.Errorf("%w: actor type %s: hot replicas tail a changelog; a type without one has none", ErrInvalidConfig, t.Name)
 	case n.types[t.Name] != nil:
 		return fmt.Errorf("%w: actor type %s registered twice", ErrInvalidConfig, t.Name)
 	}
@@ -162,6 +165,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.sys = actor.NewSystem(n.log)
 	n.actives, n.replicas, n.stoppedAt = map[pkey]*activeSlot{}, map[pkey]*partition.Replica{}, map[pkey]uint64{}
 	n.releasing = map[pkey]*partition.Actor{}
+	n.replSubs = map[pkey]*nats.Subscription{}
 	if n.cfg.HTTPAddr != "" {
 		if err := n.serveHTTP(); err != nil {
 			n.mu.Unlock()
@@ -174,7 +178,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 			return err
 		}
 	} else {
-		n.apply(ctx, n.allPartitions())
+		n.apply(ctx, n.allPartitions(), nil)
 	}
 	n.log.Info("node started", "nats", redactURL(n.nc.ConnectedUrl()), "http", n.httpAddr, "types", n.order, "cluster", n.cfg.clustered())
 	return nil
@@ -343,6 +347,7 @@ func (n *Node) stopCluster(leave time.Duration) error {
 	if cl != nil {
 		if leave > 0 {
 			errs = append(errs, cl.Leave(leave))
+			n.awaitHandovers(cl)
 		} else {
 			errs = append(errs, cl.Shutdown())
 		}
@@ -363,6 +368,30 @@ func (n *Node) stopCluster(leave time.Duration) error {
 	return errors.Join(errs...)
 }
 
+// awaitHandovers waits, up to releaseTimeout, until the new owners of the
+// partitions still active here have asked for them (handleRelease), after a
+// leave gave them to other live nodes.
+func (n *Node) awaitHandovers(cl *cluster.Cluster) {
+	deadline := time.Now().Add(releaseTimeout)
+	for time.Now().Before(deadline) {
+		m := cl.Assignment()
+		n.mu.Lock()
+		waiting := len(n.releasing) > 0
+		for k := range n.actives {
+			if p, ok := m.Partition(k.typ, k.p); ok && p.Active != n.cfg.NodeID {
+				if ni, ok := m.Node(p.Active); ok && ni.Alive() {
+					waiting = true
+				}
+			}
+		}
+		n.mu.Unlock()
+		if !waiting {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func (n *Node) shutdown(ctx context.Context) error {
 	var errs []error
 	if n.http != nil {
@@ -373,7 +402,9 @@ func (n *Node) shutdown(ctx context.Context) error {
 	for k, s := range n.actives {
 		n.dropActive(k, s)
 	}
-	clear(n.replicas)
+	for k := range n.replicas {
+		n.dropReplica(k)
+	}
 	if n.sys != nil {
 		errs = append(errs, n.sys.Stop(ctx))
 		n.sys = nil
@@ -433,17 +464,23 @@ func (n *Node) QueryStore(ctx context.Context, typ, store, key string, v any) er
 	return msgpack.Unmarshal(b, v)
 }
 
-// QueryWithin is Query for reads that accept state up to maxLag old: a hot
-// replica of the key's partition on this node answers when its copy is
-// within the bound (Lag.Staleness), sparing the owner the read; otherwise
-// the owner answers, as Query. It reports whether a replica answered.
-// Replicas on other nodes are not asked.
+// QueryWithin is Query for reads that accept state up to maxLag old
+// (Lag.Staleness), sparing the owner the read: the nearest hot replica of
+// the key's partition whose copy is within the bound answers. The replicas
+// are asked in order: the one on this node; those on other nodes in this
+// node's zone (Config.Zone); then, when the owner is in another zone, those
+// in other zones; each group by the smallest lag the assignor knows, each
+// remote replica for at most 250 ms. A replica that is too stale, gone or
+// slow passes the read on to the next, and the owner answers the read that
+// no replica could, as Query. When the owner runs on this node, it answers
+// unless this node's replica is within the bound. It reports whether a
+// replica answered.
 func (n *Node) QueryWithin(ctx context.Context, typ, key string, maxLag time.Duration, v any) (fromReplica bool, err error) {
-	b, src, err := n.queryRawWithin(ctx, typ, partition.DefaultStore, key, maxLag)
+	b, by, err := n.queryRawWithin(ctx, typ, partition.DefaultStore, key, maxLag)
 	if err != nil {
 		return false, err
 	}
-	return src == "replica", msgpack.Unmarshal(b, v)
+	return by.replica, msgpack.Unmarshal(b, v)
 }
 
 func (n *Node) queryRaw(ctx context.Context, typ, store, key string) ([]byte, error) {
@@ -451,38 +488,59 @@ func (n *Node) queryRaw(ctx context.Context, typ, store, key string) ([]byte, er
 	return b, err
 }
 
-// queryRawWithin reads key from a local replica within maxLag (maxLag < 0:
-// never), else from the owner; it says which answered: "replica" or "owner".
-func (n *Node) queryRawWithin(ctx context.Context, typ, store, key string, maxLag time.Duration) ([]byte, string, error) {
+// answeredBy says who answered a query.
+type answeredBy struct {
+	replica bool   // a hot replica; else the partition's owner
+	node    string // the node that answered; "" when it did not say
+}
+
+// role is "replica" or "owner".
+func (a answeredBy) role() string {
+	if a.replica {
+		return "replica"
+	}
+	return "owner"
+}
+
+// queryRawWithin reads key from the nearest hot replica within maxLag
+// (maxLag < 0: none; see QueryWithin), else from the owner, and says which
+// answered.
+func (n *Node) queryRawWithin(ctx context.Context, typ, store, key string, maxLag time.Duration) ([]byte, answeredBy, error) {
 	k, a, r, err := n.route(typ, key)
 	if err != nil {
-		return nil, "", err
+		return nil, answeredBy{}, err
 	}
 	if store != partition.DefaultStore && !slices.Contains(n.types[typ].Stores, store) {
-		return nil, "", fmt.Errorf("%w: actor type %s has no store %q", ErrNotFound, typ, store)
+		return nil, answeredBy{}, fmt.Errorf("%w: actor type %s has no store %q", ErrNotFound, typ, store)
 	}
 	if r != nil && maxLag >= 0 && r.Lag().Staleness(time.Now()) <= maxLag {
 		v, _, err := r.Get(ctx, store, []byte(key))
 		if err == nil || errors.Is(err, ErrNotFound) {
-			return v, "replica", err
+			return v, answeredBy{replica: true, node: n.cfg.NodeID}, err
 		}
 	}
-	v, err := n.queryOwner(ctx, k, a, store, key)
-	return v, "owner", err
+	if a == nil && maxLag >= 0 {
+		v, node, err := n.queryReplicas(ctx, k, store, key, maxLag)
+		if node != "" || err != nil {
+			return v, answeredBy{replica: true, node: node}, err
+		}
+	}
+	v, node, err := n.queryOwner(ctx, k, a, store, key)
+	return v, answeredBy{node: node}, err
 }
 
 // queryOwner reads key from the partition's owner: a, when it runs here, or
-// the node that runs it.
-func (n *Node) queryOwner(ctx context.Context, k pkey, a *partition.Actor, store, key string) ([]byte, error) {
+// the node that runs it; it returns the node that answered too.
+func (n *Node) queryOwner(ctx context.Context, k pkey, a *partition.Actor, store, key string) ([]byte, string, error) {
 	if a != nil {
 		v, err := a.Get(ctx, store, []byte(key))
 		if err == nil || errors.Is(err, ErrNotFound) || !n.cfg.clustered() {
-			return v, err
+			return v, n.cfg.NodeID, err
 		}
 		// The actor stopped under the query (moved away): ask its new owner.
 	}
 	if !n.cfg.clustered() {
-		return nil, fmt.Errorf("eddy: partition %s is not running", k)
+		return nil, "", fmt.Errorf("eddy: partition %s is not running", k)
 	}
 	return n.queryRemote(ctx, k, store, key)
 }

@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"maps"
 	"net/http"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -139,9 +142,91 @@ func TestRegisterRejectsBadTypes(t *testing.T) {
 		{Name: "ok", Partitions: 0, Handler: h},
 		{Name: "ok", Partitions: 1},
 		{Name: "ok", Partitions: 1, Handler: h, Stores: []string{"has space"}},
+		{Name: "ok", Partitions: 1, Handler: h, NoChangelog: true, ReplicationFactor: 1},
 	} {
 		if err := node.Register(typ); !errors.Is(err, eddy.ErrInvalidConfig) {
 			t.Errorf("Register(%+v) = %v, want ErrInvalidConfig", typ.Name, err)
 		}
+	}
+}
+
+// An actor type without a changelog keeps its state in the local stores
+// alone; when they are lost, the node rebuilds them from the input stream
+// and goes on from the committed offset. (That a rebuild sends nothing again
+// is TestCrashBetweenCommitSteps/NoChangelog's, with a short duplicate window.)
+func TestStoresWithoutChangelogRebuildFromInput(t *testing.T) {
+	cfg := eddy.DefaultConfig()
+	cfg.DataDir, cfg.EmbeddedNATSPort, cfg.HTTPAddr = t.TempDir(), -1, "127.0.0.1:0"
+	bank := apps.Bank(2)
+	bank.NoChangelog = true
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	run := func() (*eddy.Node, *eddy.Client) {
+		node := runNode(t, cfg, bank)
+		nc, err := nats.Connect(node.NATSURL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		client, err := eddy.NewClient(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return node, client
+	}
+	balances := func(node *eddy.Node, accounts []string) map[string]int64 {
+		got := map[string]int64{}
+		for _, a := range accounts {
+			var acc apps.Account
+			if err := node.Query(ctx, apps.BankType, a, &acc); err != nil && !errors.Is(err, eddy.ErrNotFound) {
+				t.Fatal(err)
+			}
+			got[a] = acc.Balance
+		}
+		return got
+	}
+	node, client := run()
+	accounts := []string{"a", "b", "c", "d", "e", "f"}
+	var bal int64
+	for _, a := range accounts {
+		if err := client.Ask(ctx, apps.BankType, a, apps.Op{Kind: "deposit", Amount: 100}, &bal); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 30 {
+		from, to := accounts[i%len(accounts)], accounts[(i+1)%len(accounts)]
+		if err := client.Ask(ctx, apps.BankType, from, apps.Op{Kind: "transfer", Amount: int64(i + 1), To: to}, &bal); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var want map[string]int64
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		want = balances(node, accounts)
+		total := int64(0)
+		for _, b := range want {
+			total += b
+		}
+		if total == 600 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("credits not all delivered: %v", want)
+		}
+	}
+	if err := node.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(filepath.Join(cfg.DataDir, "stores")); err != nil {
+		t.Fatal(err)
+	}
+
+	node, client = run()
+	if got := balances(node, accounts); !maps.Equal(got, want) {
+		t.Fatalf("after the rebuild: %v, want %v", got, want)
+	}
+	// Processing goes on from the committed offset, with replies.
+	if err := client.Ask(ctx, apps.BankType, "a", apps.Op{Kind: "deposit", Amount: 1}, &bal); err != nil || bal != want["a"]+1 {
+		t.Fatalf("deposit after the rebuild: balance %d, %v; want %d", bal, err, want["a"]+1)
 	}
 }

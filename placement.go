@@ -37,6 +37,10 @@ type activeSlot struct {
 	a     *partition.Actor
 	epoch uint64
 	sub   *nats.Subscription
+	// releaseBy is set when the partition moved to another live node: the
+	// actor goes on until the new owner asks for the partition (handleRelease),
+	// or until releaseBy if it never does.
+	releaseBy time.Time
 }
 
 // releaseTimeout bounds how long a new owner waits for the old owner to
@@ -48,8 +52,10 @@ const releaseTimeout = 3 * time.Second
 // first it stops what must stop (in parallel, each committing its batch in
 // hand), then it starts what must start. A partition's active and replica
 // share its store directory, so a promotion stops the replica before the
-// active starts on the replica's store.
-func (n *Node) apply(ctx context.Context, want map[pkey]placement) {
+// active starts on the replica's store. A partition handed over to another
+// live node (in handover) keeps running until that node asks for it, so the
+// pause of a planned move starts only when the new owner is ready.
+func (n *Node) apply(ctx context.Context, want map[pkey]placement, handover map[pkey]bool) {
 	n.mu.Lock()
 	var stops []func()
 	for k, s := range n.actives {
@@ -71,6 +77,12 @@ func (n *Node) apply(ctx context.Context, want map[pkey]placement) {
 		}
 		if ok && w.active && w.epoch == s.epoch {
 			continue
+		}
+		if handover[k] && s.releaseBy.IsZero() {
+			s.releaseBy = time.Now().Add(releaseTimeout)
+		}
+		if !s.releaseBy.IsZero() && time.Now().Before(s.releaseBy) {
+			continue // until the new owner asks (handleRelease)
 		}
 		n.dropActive(k, s)
 		n.releasing[k] = s.a
@@ -103,7 +115,7 @@ func (n *Node) apply(ctx context.Context, want map[pkey]placement) {
 				continue
 			}
 		}
-		delete(n.replicas, k)
+		n.dropReplica(k)
 		stops = append(stops, func() {
 			if err := r.Stop(ctx); err != nil {
 				n.log.Warn("hot replica did not stop", "partition", k.String(), "err", err)
@@ -121,17 +133,19 @@ func (n *Node) apply(ctx context.Context, want map[pkey]placement) {
 			continue // declared by other nodes only
 		}
 		switch {
-		case !w.active && n.replicas[k] == nil:
+		case !w.active && n.replicas[k] == nil && n.actives[k] == nil:
+			// (A partition being handed over gets its replica here once released.)
 			r, err := partition.StartReplica(n.sys, n.partitionConfig(t, k.p, 0), n.supervisor())
 			if err != nil {
 				n.log.Error("cannot start hot replica", "partition", k.String(), "err", err)
 				continue
 			}
-			n.replicas[k] = r
+			n.addReplica(k, r)
 		case w.active && n.actives[k] == nil:
 			if w.epoch != 0 && n.stoppedAt[k] >= w.epoch {
 				continue // fenced or released at this epoch: wait for a newer one
 			}
+			n.stopReplicaQueries(k) // a promotion takes the replica's store: it reads for no one else
 			starts = append(starts, func() { n.startActive(ctx, t, k, w) })
 		}
 	}
@@ -153,14 +167,17 @@ func (n *Node) dropActive(k pkey, s *activeSlot) {
 // startActive starts the partition actor for k at w.epoch, after asking the
 // previous owner to release the partition when there is one.
 func (n *Node) startActive(ctx context.Context, t *ActorType, k pkey, w placement) {
+	var through uint64 // the previous owner's last changelog sequence, when known
 	if w.from != "" {
 		start := time.Now()
-		if err := n.requestRelease(ctx, w.from, k, w.epoch); err != nil {
+		seq, err := n.requestRelease(ctx, w.from, k, w.epoch)
+		if err != nil {
 			n.log.Warn("previous owner did not confirm the handover; starting anyway (fencing stops it)",
 				"partition", k.String(), "from", w.from, "err", err)
 		} else {
+			through = seq
 			n.log.Info("previous owner released the partition", "partition", k.String(), "from", w.from,
-				"took", time.Since(start).Round(time.Millisecond))
+				"changelog_seq", seq, "took", time.Since(start).Round(time.Millisecond))
 		}
 	}
 	cfg := n.partitionConfig(t, k.p, w.epoch)
@@ -169,19 +186,20 @@ func (n *Node) startActive(ctx context.Context, t *ActorType, k pkey, w placemen
 	delete(n.replicas, k)
 	n.mu.Unlock()
 	if r != nil {
-		// A promotion: the replica's store is current and open.
-		st, err := r.Handoff(ctx)
+		// A promotion: the replica's store is current (once it has applied
+		// the previous owner's last commit) and open.
+		h, err := r.Handoff(ctx, through)
 		if err != nil {
 			n.log.Warn("hot replica did not hand its store over; reopening it", "partition", k.String(), "err", err)
 			_ = r.Stop(ctx)
 		}
-		cfg.Store = st
+		cfg.Handoff = h
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if !n.running && !n.starting || n.actives[k] != nil {
-		if cfg.Store != nil {
-			_ = cfg.Store.Close()
+		if cfg.Handoff != nil {
+			_ = cfg.Handoff.Close()
 		}
 		return
 	}
@@ -214,6 +232,7 @@ func (n *Node) partitionConfig(t *ActorType, p int, epoch uint64) partition.Conf
 	c.Type, c.Partition, c.Partitions = t.Name, p, t.Partitions
 	c.Epoch = epoch
 	c.Stores = t.Stores
+	c.NoChangelog = t.NoChangelog
 	h := t.Handler
 	c.Handler = func(tx *partition.Txn) error { return h(&Context{tx: tx}) }
 	c.Conn, c.JS = n.nc, n.js

@@ -113,6 +113,11 @@ type partitionActor struct {
 
 	readerCancel context.CancelFunc
 	readerDone   chan struct{}
+
+	// rebuilding: the batch replays input into stores without a changelog
+	// (Config.NoChangelog); commits go to the local store only, with rebuilt.
+	rebuilding bool
+	rebuilt    statestore.Meta
 }
 
 type reply struct {
@@ -141,22 +146,33 @@ func (a *partitionActor) Started(c *actor.Context) error {
 	a.ws = make(map[string]int)
 	a.tx.a = a
 	start := time.Now()
-	st, err := a.openStore()
-	if err != nil {
-		return err
+	h := a.cfg.Handoff
+	a.cfg.Handoff = nil
+	if h != nil {
+		a.store, a.cl = h.store, h.stream
+	} else {
+		st, err := openStore(a.cfg)
+		if err != nil {
+			return err
+		}
+		a.store = st
 	}
-	a.store = st
 	opened := time.Now()
-	cl, err := changelog.EnsureStream(ctx, a.cfg.JS, a.subjects, a.cfg.Changelog)
-	if err != nil {
-		return err
+	if a.cl == nil {
+		cl, err := changelog.EnsureStream(ctx, a.cfg.JS, a.subjects, a.cfg.Changelog)
+		if err != nil {
+			return err
+		}
+		a.cl = cl
 	}
-	a.cl, a.changelogID = cl, changelogID(cl)
+	a.changelogID = changelogID(a.cl)
 	ensured := time.Now()
 	// The first purge of forwarded outbox entries waits PurgeEvery: it costs
 	// a JetStream API call that a promotion or handover should not wait for.
 	a.lastPurge = ensured
-	err = a.restoreAndFence(ctx)
+	// A promoted replica's store is as current as the replica was: fence at
+	// its sequence at once, and replay the tail only if that fails.
+	err := a.restoreAndFence(ctx, h != nil && a.cfg.Epoch != 0)
 	if errors.Is(err, errStoreAhead) {
 		// The changelog was reset (for example NATS's data was wiped): the
 		// changelog is the truth, so the local store starts over from it.
@@ -164,7 +180,7 @@ func (a *partitionActor) Started(c *actor.Context) error {
 		if err := a.reopenEmpty(); err != nil {
 			return err
 		}
-		err = a.restoreAndFence(ctx)
+		err = a.restoreAndFence(ctx, false)
 	}
 	if err != nil {
 		return err
@@ -205,7 +221,7 @@ func (a *partitionActor) reopenEmpty() error {
 	if err := removeStore(a.cfg.StoreDir); err != nil {
 		return err
 	}
-	st, err := a.openStore()
+	st, err := openStore(a.cfg)
 	if err != nil {
 		return err
 	}
@@ -219,14 +235,6 @@ func removeStore(dir string) error {
 		return fmt.Errorf("remove store: %w", err)
 	}
 	return nil
-}
-
-func (a *partitionActor) openStore() (*statestore.Pebble, error) {
-	if st := a.cfg.Store; st != nil {
-		a.cfg.Store = nil
-		return st, nil
-	}
-	return openStore(a.cfg)
 }
 
 // openStore opens the local store of the partition; actives and hot replicas
@@ -246,10 +254,19 @@ func openStore(cfg *Config) (*statestore.Pebble, error) {
 }
 
 // restoreAndFence brings the local store up to the changelog's end, then writes
-// this owner's epoch record, re-reading the tail if another writer got there first.
-func (a *partitionActor) restoreAndFence(ctx context.Context) error {
+// this owner's epoch record, re-reading the tail if another writer got there
+// first. With resume, it first trusts the store to be at the changelog's end
+// (a promoted hot replica's): the epoch record's expected last sequence
+// checks that, and the tail is replayed only if the check fails.
+func (a *partitionActor) restoreAndFence(ctx context.Context, resume bool) error {
 	for attempt := 0; ; attempt++ {
-		meta, err := a.restore(ctx)
+		var meta statestore.Meta
+		var err error
+		if resume && attempt == 0 {
+			meta, err = a.resume(ctx)
+		} else {
+			meta, err = a.restore(ctx)
+		}
 		if err != nil {
 			return fmt.Errorf("restore: %w", err)
 		}
@@ -265,11 +282,35 @@ func (a *partitionActor) restoreAndFence(ctx context.Context) error {
 		a.writer = changelog.NewWriter(a.cfg.Conn, a.subjects, meta.ChangelogSeq, a.cfg.MaxBatchRecords)
 		err = a.commit(ctx)
 		if errors.Is(err, changelog.ErrFenced) && attempt < 10 {
-			a.log.Info("changelog moved while fencing, re-reading the tail", "attempt", attempt+1)
+			a.log.Info("changelog moved while fencing, re-reading the tail", "attempt", attempt+1, "store_seq", meta.ChangelogSeq)
 			continue
 		}
 		return err
 	}
+}
+
+// resume takes the local store's meta as the changelog's end, without
+// reading the changelog: a promoted hot replica's store, which recorded the
+// forwarded mark of the last meta record it applied.
+func (a *partitionActor) resume(ctx context.Context) (statestore.Meta, error) {
+	meta, err := a.store.Meta()
+	if err != nil {
+		return meta, err
+	}
+	if meta.Forwarded == 0 && meta.ChangelogSeq > 0 {
+		// No mark recorded (nothing forwarded yet, or a store written before
+		// marks were kept): the changelog's is the one not to go back on.
+		m, ok, err := changelog.LastMetaOf(ctx, a.cl, a.subjects)
+		if err != nil {
+			return meta, err
+		}
+		if ok {
+			meta.Forwarded = m.Forwarded
+		}
+	}
+	a.offset, a.committedOffset = meta.Offset, meta.Offset
+	a.forwarded, a.markCommitted = meta.Forwarded, meta.Forwarded
+	return meta, a.loadPending()
 }
 
 // restore replays the changelog past the local store's sequence into the local
@@ -330,7 +371,8 @@ func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 	}
 	if !haveMeta {
 		// Nothing new in the tail: the newest meta record is older than the
-		// local store's sequence, and holds the forwarded mark.
+		// local store's sequence, and holds the forwarded mark (and, for
+		// stores without a changelog, the committed offset).
 		m, ok, err := changelog.LastMetaOf(ctx, a.cl, a.subjects)
 		if err != nil {
 			return meta, err
@@ -338,12 +380,26 @@ func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 		last = changelog.Meta{Offset: meta.Offset, Epoch: meta.Epoch}
 		if ok {
 			last.Forwarded = m.Forwarded
+			if a.cfg.NoChangelog {
+				last.Offset = m.Offset
+			}
 		}
 	}
-	meta = statestore.Meta{Offset: last.Offset, ChangelogSeq: max(end, meta.ChangelogSeq), Epoch: max(last.Epoch, meta.Epoch)}
+	offset := last.Offset
+	if a.cfg.NoChangelog {
+		offset = meta.Offset // the store's own: rebuilt up to last.Offset below
+	}
+	meta = statestore.Meta{Offset: offset, ChangelogSeq: max(end, meta.ChangelogSeq), Epoch: max(last.Epoch, meta.Epoch),
+		Forwarded: last.Forwarded}
 	b.SetMeta(meta)
 	if err := b.Commit(); err != nil {
 		return meta, err
+	}
+	if a.cfg.NoChangelog && last.Offset > meta.Offset {
+		if err := a.rebuild(ctx, meta, last.Offset); err != nil {
+			return meta, err
+		}
+		meta.Offset = last.Offset
 	}
 	a.m.restoreRecords.Add(float64(applied))
 	if applied > 0 {
@@ -574,11 +630,19 @@ func (a *partitionActor) call() (err error) {
 }
 
 // records is how many changelog records the batch holds, with its meta.
-func (a *partitionActor) records() int { return len(a.writes) + len(a.outbox) + 1 }
+func (a *partitionActor) records() int {
+	if a.cfg.NoChangelog {
+		return len(a.outbox) + 1
+	}
+	return len(a.writes) + len(a.outbox) + 1
+}
 
 // newRecords is how many records the current event would add.
 func (a *partitionActor) newRecords() int {
 	n := len(a.tx.outbox)
+	if a.cfg.NoChangelog {
+		return n
+	}
 	for i, w := range a.tx.writes {
 		if _, ok := a.ws[w.key]; ok {
 			continue
@@ -592,6 +656,11 @@ func (a *partitionActor) newRecords() int {
 }
 
 func (a *partitionActor) toDeadLetter(ev Event, cause error, attempts int) {
+	if a.rebuilding {
+		// It went to the dead-letter stream the first time.
+		a.log.Debug("rebuild: event failed again", "offset", ev.Offset, "err", cause)
+		return
+	}
 	a.m.deadLetters.Inc()
 	a.log.Error("event to dead-letter stream", "offset", ev.Offset, "subject", ev.Subject, "attempts", attempts, "err", cause)
 	h := map[string]string{
@@ -633,9 +702,16 @@ func (a *partitionActor) commit(ctx context.Context) error {
 		a.offset == a.committedOffset && a.forwarded <= a.markCommitted {
 		return nil
 	}
+	if a.rebuilding {
+		return a.commitRebuilt()
+	}
 	start := time.Now()
 	recs := a.recs[:0]
-	for _, w := range a.writes {
+	logged := a.writes
+	if a.cfg.NoChangelog {
+		logged = nil // the local store alone holds them
+	}
+	for _, w := range logged {
 		store, key := splitStoreKey([]byte(w.key))
 		if w.del {
 			recs = append(recs, changelog.Record{Kind: changelog.KindDelete, Store: store, Key: key})
@@ -675,7 +751,7 @@ func (a *partitionActor) commit(ctx context.Context) error {
 	}
 	outs := make([]pending, len(a.outbox))
 	for i, o := range a.outbox {
-		seq := first + uint64(len(a.writes)+i)
+		seq := first + uint64(len(logged)+i)
 		v, err := msgpack.Marshal(&o)
 		if err != nil {
 			b.Close()
@@ -686,7 +762,7 @@ func (a *partitionActor) commit(ctx context.Context) error {
 		b.Set(pendingKey(seq), v)
 		outs[i] = pending{seq: seq, out: o}
 	}
-	b.SetMeta(statestore.Meta{Offset: a.offset, ChangelogSeq: last, Epoch: a.epoch})
+	b.SetMeta(statestore.Meta{Offset: a.offset, ChangelogSeq: last, Epoch: a.epoch, Forwarded: mark})
 	err = b.Commit()
 	b.Close()
 	if err != nil {

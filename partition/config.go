@@ -29,6 +29,16 @@ type Config struct {
 	Epoch uint64
 	// Stores are the named stores besides DefaultStore.
 	Stores []string
+	// NoChangelog keeps the partition's stores without a changelog: a commit
+	// records only the input offset, the epoch and the outbox there, and the
+	// writes go to the local store alone. When the local store is behind the
+	// committed offset (lost, or on a new node), the stores are rebuilt by
+	// replaying the input partition through the handler from the store's
+	// offset (0 for a new store) to the committed offset, with the handler's
+	// outbox, replies and dead letters suppressed, as they were delivered
+	// the first time. That is slow, and needs the input stream to keep every
+	// event; hot replicas have nothing to tail.
+	NoChangelog bool
 	// Handler processes one event.
 	Handler Handler
 
@@ -47,10 +57,10 @@ type Config struct {
 	Cache *statestore.Cache
 	// StoreCacheSize is the block cache of this store when Cache is nil.
 	StoreCacheSize int64
-	// Store, when set, is this partition's local store already open (a
-	// promoted hot replica's, see Replica.Handoff): the actor's first start
-	// uses it instead of opening StoreDir, and owns it from then on.
-	Store *statestore.Pebble
+	// Handoff, when set, is a promoted hot replica's open store and stream
+	// (Replica.Handoff): the actor's first start uses them instead of opening
+	// StoreDir and looking the changelog up, and owns the store from then on.
+	Handoff *Handoff
 	// StoreSync fsyncs the local store once per commit. Correctness does not
 	// need it (the changelog is the truth), but without it pebble keeps up to
 	// one 32 KiB WAL block in process memory, so a killed process loses its

@@ -22,6 +22,7 @@ import (
 	"github.com/eddyrt/eddy/actor"
 	"github.com/eddyrt/eddy/changelog"
 	"github.com/eddyrt/eddy/internal/natstest"
+	"github.com/eddyrt/eddy/statestore"
 )
 
 // The crash child is this test binary run again with these variables set.
@@ -32,6 +33,7 @@ const (
 	envStoreDir = "EDDY_CRASH_STORE" // the partition's store dir
 	envHook     = "EDDY_CRASH_HOOK"  // AfterChangelog, AfterLocal, MidForward, or empty: no crash
 	envAt       = "EDDY_CRASH_AT"    // crash on this call of the hook
+	envNoCL     = "EDDY_CRASH_NOCL"  // "1": the stores have no changelog (Config.NoChangelog)
 )
 
 // crashExit is the exit code of a child that crashed at its hook.
@@ -62,13 +64,30 @@ func TestCrashBetweenCommitSteps(t *testing.T) {
 				if storeLost {
 					typ += "_lost"
 				}
-				crashScenario(t, ctx, srv.URL(), js, typ, hook, storeLost)
+				crashScenario(t, ctx, srv.URL(), js, typ, hook, storeLost, false)
+			})
+		}
+	}
+	// Stores without a changelog: the local store is rebuilt from the input
+	// stream where it is behind (a crash after the changelog commit) or lost.
+	for _, hook := range []string{"AfterChangelog", "AfterLocal"} {
+		for _, storeLost := range []bool{false, true} {
+			name := "NoChangelog/" + hook
+			if storeLost {
+				name += "/StoreLost"
+			}
+			t.Run(name, func(t *testing.T) {
+				typ := "crash_nocl_" + strings.ToLower(hook)
+				if storeLost {
+					typ += "_lost"
+				}
+				crashScenario(t, ctx, srv.URL(), js, typ, hook, storeLost, true)
 			})
 		}
 	}
 }
 
-func crashScenario(t *testing.T, ctx context.Context, url string, js jetstream.JetStream, typ, hook string, storeLost bool) {
+func crashScenario(t *testing.T, ctx context.Context, url string, js jetstream.JetStream, typ, hook string, storeLost, noChangelog bool) {
 	const events, keys = 300, 10
 	opt := StreamOptions{Replicas: 1, Duplicates: 2 * time.Minute}
 	if err := EnsureInputStream(ctx, js, typ, 1, opt); err != nil {
@@ -77,7 +96,16 @@ func crashScenario(t *testing.T, ctx context.Context, url string, js jetstream.J
 	if err := EnsureStream(ctx, js, DLQStream(typ), []string{DLQSubject(typ)}, opt); err != nil {
 		t.Fatal(err)
 	}
-	ensureOutput(t, ctx, js, typ+"_out", "out."+typ)
+	if noChangelog {
+		// A short duplicate window: a rebuild that forwarded the outputs of
+		// replayed events again would show them twice.
+		short := StreamOptions{Replicas: 1, Duplicates: 100 * time.Millisecond}
+		if err := EnsureStream(ctx, js, typ+"_out", []string{"out." + typ}, short); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		ensureOutput(t, ctx, js, typ+"_out", "out."+typ)
+	}
 
 	// The input, and what a sequential run makes of it: the count of each key,
 	// and for each event the output "<key>=<count so far>".
@@ -96,7 +124,7 @@ func crashScenario(t *testing.T, ctx context.Context, url string, js jetstream.J
 		last = ack.Sequence
 	}
 
-	child := crashChild{t: t, url: url, typ: typ, storeDir: filepath.Join(t.TempDir(), "store")}
+	child := crashChild{t: t, url: url, typ: typ, storeDir: filepath.Join(t.TempDir(), "store"), noChangelog: noChangelog}
 	if code, _ := child.run(ctx, hook, 4); code != crashExit {
 		t.Fatalf("child exited with %d, want %d: it did not crash at %s", code, crashExit, hook)
 	}
@@ -104,6 +132,12 @@ func crashScenario(t *testing.T, ctx context.Context, url string, js jetstream.J
 	if m, _, err := changelog.LastMeta(ctx, js, cl); err != nil || m.Offset >= last || m.Epoch != 1 {
 		t.Fatalf("the child committed offset %d of %d in epoch %d (%v); want a crash mid-stream, in its first incarnation",
 			m.Offset, last, m.Epoch, err)
+	}
+	if noChangelog {
+		// Past the outputs' duplicate window: only suppression keeps a
+		// rebuild from forwarding them again. (Entries the crash left
+		// unforwarded are forwarded once, later; none needs the window.)
+		time.Sleep(200 * time.Millisecond)
 	}
 	if storeLost {
 		if err := os.RemoveAll(child.storeDir); err != nil {
@@ -118,20 +152,35 @@ func crashScenario(t *testing.T, ctx context.Context, url string, js jetstream.J
 	if full := strings.Contains(logs, "restoring from the whole changelog"); full != storeLost {
 		t.Errorf("restart restored from the whole changelog: %v, want %v", full, storeLost)
 	}
+	// Without a changelog, a store that missed a commit or was lost is
+	// rebuilt from the input; one that has every commit is not.
+	wantRebuild := noChangelog && (storeLost || hook == "AfterChangelog")
+	if rebuilt := strings.Contains(logs, "rebuilt stores from the input stream"); rebuilt != wantRebuild {
+		t.Errorf("restart rebuilt from the input stream: %v, want %v", rebuilt, wantRebuild)
+	}
 
-	// State: the changelog holds each key's count, as a sequential run has it.
+	// State: the changelog (or, without one, the local store) holds each
+	// key's count, as a sequential run has it.
 	if m, _, err := changelog.LastMeta(ctx, js, cl); err != nil || m.Offset != last {
 		t.Fatalf("committed offset %d, want %d (%v)", m.Offset, last, err)
 	}
 	got := map[string]uint64{}
 	_, err := changelog.Replay(ctx, js, cl, changelog.ReplayConfig{From: 1}, func(_ uint64, r changelog.Record) error {
-		if r.Kind == changelog.KindSet && r.Store == DefaultStore {
-			got[string(r.Key)] = binary.BigEndian.Uint64(r.Value)
+		if r.Kind == changelog.KindSet || r.Kind == changelog.KindDelete {
+			if noChangelog {
+				return fmt.Errorf("a store without a changelog wrote %v of %q to it", r.Kind, r.Key)
+			}
+			if r.Store == DefaultStore {
+				got[string(r.Key)] = binary.BigEndian.Uint64(r.Value)
+			}
 		}
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if noChangelog {
+		got = localCounts(t, child.storeDir, keys)
 	}
 	for key, want := range counts {
 		if got[key] != want {
@@ -143,9 +192,10 @@ func crashScenario(t *testing.T, ctx context.Context, url string, js jetstream.J
 	}
 
 	// Outputs: every (event, index) exactly once, with the sequential value.
-	ids := byMsgID(t, streamMsgs(t, ctx, js, typ+"_out"))
-	if len(ids) != crashOutputs*events {
-		t.Errorf("output stream holds %d messages, want %d", len(ids), crashOutputs*events)
+	msgs := streamMsgs(t, ctx, js, typ+"_out")
+	ids := byMsgID(t, msgs)
+	if len(msgs) != crashOutputs*events || len(ids) != crashOutputs*events {
+		t.Errorf("output stream holds %d messages (%d ids), want %d", len(msgs), len(ids), crashOutputs*events)
 	}
 	for off, want := range outputs {
 		for i := range crashOutputs {
@@ -162,12 +212,37 @@ func crashScenario(t *testing.T, ctx context.Context, url string, js jetstream.J
 	}
 }
 
+// localCounts reads the counts of keys k0..k<keys-1> from a stopped
+// partition's local store.
+func localCounts(t *testing.T, dir string, keys int) map[string]uint64 {
+	t.Helper()
+	st, err := statestore.OpenPebble(statestore.Config{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	got := map[string]uint64{}
+	for i := range keys {
+		k := "k" + strconv.Itoa(i)
+		v, err := st.Get([]byte(storeKey(DefaultStore, []byte(k))))
+		if errors.Is(err, statestore.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[k] = binary.BigEndian.Uint64(v)
+	}
+	return got
+}
+
 // crashChild runs the partition actor of TestCrashChild in a child process.
 type crashChild struct {
-	t        *testing.T
-	url      string
-	typ      string
-	storeDir string
+	t           *testing.T
+	url         string
+	typ         string
+	storeDir    string
+	noChangelog bool
 }
 
 // run runs the child until it exits and returns its exit code and output. With
@@ -181,7 +256,7 @@ func (c crashChild) run(ctx context.Context, hook string, at int) (int, string) 
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1", "-test.v", "-test.timeout=60s")
 	cmd.Env = append(os.Environ(),
 		envChild+"=1", envNATS+"="+c.url, envType+"="+c.typ, envStoreDir+"="+c.storeDir,
-		envHook+"="+hook, envAt+"="+strconv.Itoa(at),
+		envHook+"="+hook, envAt+"="+strconv.Itoa(at), envNoCL+"="+strconv.FormatBool(c.noChangelog),
 		// Under -race a clean exit otherwise sleeps 1 s for late race reports.
 		"GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	var logs bytes.Buffer
@@ -240,6 +315,7 @@ func TestCrashChild(t *testing.T) {
 	cfg.Conn, cfg.JS = nc, js
 	cfg.StoreDir = os.Getenv(envStoreDir)
 	cfg.DLQSubject = DLQSubject(typ)
+	cfg.NoChangelog = os.Getenv(envNoCL) == "true"
 	cfg.Logger = log
 	cfg.BatchSize = 25 // a dozen commits
 	// The local commit a hook crashes after must be on disk, as it would be

@@ -55,8 +55,8 @@ func Start(sys *actor.System, cfg Config, sup actor.SupervisorConfig) (*Actor, e
 		}
 		return actor.Restart
 	}
-	adopt := cfg.Store
-	cfg.Store = nil
+	adopt := cfg.Handoff
+	cfg.Handoff = nil
 	a := &Actor{cfg: cfg}
 	a.status.Store(&Status{Type: cfg.Type, Partition: cfg.Partition})
 	ref, err := sys.Spawn(actor.Props{
@@ -67,7 +67,7 @@ func Start(sys *actor.System, cfg Config, sup actor.SupervisorConfig) (*Actor, e
 		OnRestart:   func(error) { m.restarts.Inc() },
 		New: func() actor.Receiver {
 			c := cfg
-			c.Store, adopt = adopt, nil // only the first incarnation: a restart reopens the directory
+			c.Handoff, adopt = adopt, nil // only the first incarnation: a restart reopens the directory
 			return &partitionActor{cfg: &c, status: &a.status, released: &a.released, log: log, m: m, subjects: subjects, stores: stores}
 		},
 	})

@@ -63,6 +63,9 @@ func (r *Replica) Get(ctx context.Context, store string, key []byte) ([]byte, La
 type Replica struct {
 	ref *actor.Ref
 	lag atomic.Pointer[Lag]
+	// applied gets a signal (dropped when one is pending) each time the
+	// replica publishes its lag, for Handoff to wait on.
+	applied chan struct{}
 }
 
 // StartReplica spawns a hot replica of cfg's partition in sys. It uses the
@@ -77,7 +80,7 @@ func StartReplica(sys *actor.System, cfg Config, sup actor.SupervisorConfig) (*R
 	}
 	log := cfg.Logger.With("type", cfg.Type, "partition", cfg.Partition, "role", "replica")
 	m := cfg.Metrics.forPartition(cfg.Type, cfg.Partition)
-	r := &Replica{}
+	r := &Replica{applied: make(chan struct{}, 1)}
 	r.lag.Store(&Lag{})
 	ref, err := sys.Spawn(actor.Props{
 		Name:        fmt.Sprintf("%s/%d/replica", cfg.Type, cfg.Partition),
@@ -87,7 +90,7 @@ func StartReplica(sys *actor.System, cfg Config, sup actor.SupervisorConfig) (*R
 		OnRestart:   func(error) { m.restarts.Inc() },
 		New: func() actor.Receiver {
 			c := cfg
-			return &replicaActor{cfg: &c, lag: &r.lag, log: log, m: m, subjects: changelog.NewSubjects(cfg.Type, cfg.Partition)}
+			return &replicaActor{cfg: &c, lag: &r.lag, applied: r.applied, log: log, m: m, subjects: changelog.NewSubjects(cfg.Type, cfg.Partition)}
 		},
 	})
 	if err != nil {
@@ -104,21 +107,57 @@ func (r *Replica) Lag() Lag { return *r.lag.Load() }
 // store directory is then free for the partition actor.
 func (r *Replica) Stop(ctx context.Context) error { return r.ref.Stop(ctx) }
 
-// Handoff stops tailing and hands the replica's open store over, for the
-// partition actor that the replica is promoted to (Config.Store): the
-// promotion skips reopening the store. The replica stops; the caller owns
-// the store. Records the replica had received but not committed to the
-// store are replayed by the actor's restore.
-func (r *Replica) Handoff(ctx context.Context) (*statestore.Pebble, error) {
+// Handoff is a hot replica's open store and changelog stream, handed to
+// the partition actor the replica is promoted to (Config.Handoff): the actor
+// neither reopens the store nor looks the stream up again, and it fences
+// right away at the sequence the store holds; only if the changelog has
+// moved past that does it replay the tail first.
+type Handoff struct {
+	store  *statestore.Pebble
+	stream jetstream.Stream
+}
+
+// Close closes the handed-over store, for a caller that does not start the
+// partition actor after all.
+func (h *Handoff) Close() error { return h.store.Close() }
+
+// handoffWait bounds how long Handoff waits for the replica to apply the
+// sequence it is asked for; past it the promoted actor replays what is left.
+const handoffWait = time.Second
+
+// Handoff stops tailing and hands the replica's store and stream over to the
+// partition actor that the replica is promoted to. With through > 0 (the
+// last changelog sequence the previous owner committed, in a handover) it
+// first waits, up to handoffWait, until the replica has applied that
+// sequence, so the new owner starts without replaying anything. The replica
+// stops; the caller owns the store.
+func (r *Replica) Handoff(ctx context.Context, through uint64) (*Handoff, error) {
+	if through > 0 {
+		wait := time.NewTimer(handoffWait)
+		defer wait.Stop()
+	waiting:
+		for r.Lag().Applied < through {
+			select {
+			case <-r.applied:
+			case <-wait.C:
+				break waiting
+			case <-r.ref.Done():
+				break waiting
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+	}
 	v, err := r.ref.Ask(ctx, handoffReq{})
 	if err != nil {
 		return nil, err
 	}
+	h := v.(*Handoff)
 	if err := r.ref.Stop(ctx); err != nil {
-		v.(*statestore.Pebble).Close()
+		_ = h.Close()
 		return nil, err
 	}
-	return v.(*statestore.Pebble), nil
+	return h, nil
 }
 
 // Done is closed when the replica has stopped.
@@ -134,11 +173,13 @@ type tailFailed struct{ err error }
 type replicaActor struct {
 	cfg      *Config
 	lag      *atomic.Pointer[Lag]
+	applied  chan struct{}
 	log      *slog.Logger
 	m        *partitionMetrics
 	subjects changelog.Subjects
 
 	store   *statestore.Pebble
+	cl      jetstream.Stream // the changelog stream
 	cancel  context.CancelFunc
 	done    chan struct{}
 	pending []uint64 // changelog sequences of outbox entries kept as pending
@@ -157,6 +198,7 @@ func (r *replicaActor) Started(c *actor.Context) error {
 	if err != nil {
 		return err
 	}
+	r.cl = cl
 	meta, err := r.checkStore(ctx, cl)
 	if errors.Is(err, errStoreAhead) {
 		r.log.Warn("local store does not belong to this changelog; discarding it", "err", err)
@@ -255,7 +297,7 @@ func (r *replicaActor) Receive(c *actor.Context, msg any) error {
 		if r.store == nil {
 			return errors.New("replica: no store to hand off")
 		}
-		c.Respond(r.store)
+		c.Respond(&Handoff{store: r.store, stream: r.cl})
 		r.store = nil // the caller's now
 		return nil
 	}
@@ -308,7 +350,6 @@ func (r *replicaActor) tail(ctx context.Context, cl jetstream.Stream, meta state
 	defer it.Stop()
 	b := r.store.NewBatch()
 	defer func() { b.Close() }()
-	forwarded := uint64(0)
 	caughtUp := false
 	for {
 		var msg jetstream.Msg
@@ -343,7 +384,7 @@ func (r *replicaActor) tail(ctx context.Context, cl jetstream.Stream, meta state
 		switch rec.Kind {
 		case changelog.KindMeta:
 			meta.Offset, meta.Epoch = rec.Meta.Offset, max(meta.Epoch, rec.Meta.Epoch)
-			forwarded = max(forwarded, rec.Meta.Forwarded)
+			meta.Forwarded = max(meta.Forwarded, rec.Meta.Forwarded)
 		case changelog.KindOutbox:
 			r.pending = append(r.pending, seq)
 		}
@@ -359,7 +400,7 @@ func (r *replicaActor) tail(ctx context.Context, cl jetstream.Stream, meta state
 		// active's restore would.
 		n := 0
 		for _, p := range r.pending {
-			if p <= forwarded {
+			if p <= meta.Forwarded {
 				b.Delete(pendingKey(p))
 				continue
 			}
@@ -384,5 +425,9 @@ func (r *replicaActor) tail(ctx context.Context, cl jetstream.Stream, meta state
 
 func (r *replicaActor) publish(l Lag) {
 	r.lag.Store(&l)
+	select {
+	case r.applied <- struct{}{}:
+	default:
+	}
 	r.m.replicaLag.Set(float64(l.Records))
 }

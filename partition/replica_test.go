@@ -2,6 +2,7 @@ package partition
 
 import (
 	"encoding/binary"
+	"errors"
 	"strconv"
 	"testing"
 	"time"
@@ -88,14 +89,14 @@ func TestReplicaPromotionRestoresOnlyTheTail(t *testing.T) {
 		h.publish("k"+strconv.Itoa(i%7), nil)
 	}
 	h.waitCaughtUp(r, 0)
-	st, err := r.Handoff(h.ctx)
+	ho, err := r.Handoff(h.ctx, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	pcfg := rcfg
 	pcfg.Epoch = 2
 	pcfg.Metrics = NewMetrics(nil)
-	pcfg.Store = st // the promotion takes the replica's open store
+	pcfg.Handoff = ho // the promotion takes the replica's open store
 	p := h.start(pcfg)
 	h.waitOffset(p, 0)
 	total := uint64(0)
@@ -116,5 +117,73 @@ func TestReplicaPromotionRestoresOnlyTheTail(t *testing.T) {
 	}
 	if n := m.GetCounter().GetValue(); n != 0 {
 		t.Fatalf("promotion replayed %v changelog records, want 0", n)
+	}
+}
+
+// A replica is promoted while the old owner, not yet stopped (a zombie, or a
+// handover whose release was not confirmed), commits more: the promoted
+// actor's fast path, fencing at the sequence its store holds, fails; it
+// replays the tail instead, and the old owner is fenced. Nothing is lost or
+// counted twice, and each event's output is forwarded once.
+func TestPromotedReplicaBehindTheChangelogReplaysTheTail(t *testing.T) {
+	h := newHarness(t, "rep2", 1)
+	ensureOutput(t, h.ctx, h.js, "rep2_out", "rep2_out.*")
+	cfg := h.config(0, countAndEmit("rep2_out.x", 1))
+	cfg.Epoch = 1
+	a := h.start(cfg)
+	rcfg := cfg
+	rcfg.StoreDir += "-replica"
+	r := h.startReplica(rcfg)
+	for i := range 200 {
+		h.publish("k"+strconv.Itoa(i%5), nil)
+	}
+	h.waitOffset(a, 0)
+	h.waitCaughtUp(r, 0)
+	ho, err := r.Handoff(h.ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 100 {
+		h.publish("k"+strconv.Itoa(i%5), nil)
+	}
+	h.waitOffset(a, 0) // the old owner committed past the handed-over store
+
+	pcfg := rcfg
+	pcfg.Epoch = 2
+	pcfg.Metrics = NewMetrics(nil)
+	pcfg.Handoff = ho
+	p := h.start(pcfg)
+	for i := range 50 {
+		h.publish("k"+strconv.Itoa(i%5), nil)
+	}
+	h.waitOffset(p, 0)
+	total := uint64(0)
+	for k := range 5 {
+		total += count(h.ctx, p, "k"+strconv.Itoa(k))
+	}
+	if total != 350 {
+		t.Fatalf("counts add up to %d, want 350", total)
+	}
+	out := byMsgID(t, streamMsgs(t, h.ctx, h.js, "rep2_out"))
+	if len(out) != 350 {
+		t.Fatalf("%d outputs, want 350", len(out))
+	}
+	var m dto.Metric
+	if err := pcfg.Metrics.restoreRecords.WithLabelValues("rep2", "0").Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	if n := m.GetCounter().GetValue(); n == 0 {
+		t.Fatal("the promoted actor replayed no changelog records, yet its store was behind")
+	}
+	// The old owner learns of the new epoch at its next commit and stops.
+	h.publish("k0", nil)
+	select {
+	case <-a.Done():
+		if !errors.Is(a.Err(), ErrFenced) {
+			t.Fatalf("old owner stopped with %v, want ErrFenced", a.Err())
+		}
+	case <-time.After(10 * time.Second):
+		// It reads no input of its own any more only if it was fenced.
+		t.Fatal("old owner still running after the promotion")
 	}
 }

@@ -25,6 +25,9 @@ var (
 	ErrUnknownStore = fmt.Errorf("unknown store: %w", ErrPermanent)
 	// ErrTooManyWrites means one event wrote more records than one commit can hold.
 	ErrTooManyWrites = fmt.Errorf("event writes more records than one commit holds: %w", ErrPermanent)
+	// ErrInputGone means a store without a changelog (Config.NoChangelog)
+	// cannot be rebuilt: the input stream no longer holds events it needs.
+	ErrInputGone = errors.New("partition: input stream no longer holds the events to rebuild from")
 )
 
 // HeaderReply carries the inbox a client waits on for the handler's reply.

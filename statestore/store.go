@@ -24,6 +24,10 @@ type Meta struct {
 	ChangelogSeq uint64 `msgpack:"changelog_seq"`
 	// Epoch is the owner epoch that wrote it.
 	Epoch uint64 `msgpack:"epoch"`
+	// Forwarded is the outbox forwarded mark of the newest meta record the
+	// store reflects: every outbox entry at or below this changelog sequence
+	// was forwarded. 0 in stores written before it was recorded.
+	Forwarded uint64 `msgpack:"forwarded,omitempty"`
 }
 
 // KV is the read/write surface shared by stores and write sets; Typed works
