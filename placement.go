@@ -78,7 +78,10 @@ func (n *Node) apply(ctx context.Context, want map[pkey]placement, handover map[
 		if ok && w.active && w.epoch == s.epoch {
 			continue
 		}
-		if handover[k] && s.releaseBy.IsZero() {
+		switch {
+		case ok && w.active:
+			s.releaseBy = time.Time{} // back here at a newer epoch: restart now
+		case handover[k] && s.releaseBy.IsZero():
 			s.releaseBy = time.Now().Add(releaseTimeout)
 		}
 		if !s.releaseBy.IsZero() && time.Now().Before(s.releaseBy) {
