@@ -282,13 +282,15 @@ func (n *Node) handleRelease(m *nats.Msg) {
 	}
 	k := pkey{req.Type, req.Partition}
 	n.mu.Lock()
+	var a *partition.Actor
 	s := n.actives[k]
-	stopping := n.releasing[k]
 	switch {
 	case s != nil && s.epoch < req.Epoch:
 		n.dropActive(k, s)
-	case stopping != nil:
-		// Already stopping: the answer waits until its last commit is done.
+		n.releasing[k] = s.a
+		a = s.a
+	case n.releasing[k] != nil:
+		a = n.releasing[k] // already stopping: the answer waits for its last commit
 	default:
 		n.mu.Unlock()
 		respond(m, nil, nil) // not running here (any more)
@@ -299,19 +301,10 @@ func (n *Node) handleRelease(m *nats.Msg) {
 		ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
 		defer cancel()
 		start := time.Now()
-		var err error
-		a := stopping
+		err := n.release(ctx, k, a)
 		if s != nil {
-			a = s.a
-			err = a.Release(ctx)
 			n.log.Info("partition released to its new owner", "partition", k.String(), "epoch", s.epoch,
 				"new_epoch", req.Epoch, "took", time.Since(start).Round(time.Millisecond), "err", err)
-		} else {
-			select {
-			case <-stopping.Done():
-			case <-ctx.Done():
-				err = ctx.Err()
-			}
 		}
 		var b []byte
 		if err == nil {

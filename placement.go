@@ -95,12 +95,14 @@ func (n *Node) apply(ctx context.Context, want map[pkey]placement, handover map[
 		}
 		stops = append(stops, func() {
 			start := time.Now()
-			err := s.a.Release(ctx)
-			n.mu.Lock()
-			if n.releasing[k] == s.a {
-				delete(n.releasing, k)
+			err := n.release(ctx, k, s.a)
+			if ok && w.active {
+				// Restarting here: the new incarnation opens the same store.
+				select {
+				case <-s.a.Done():
+				case <-ctx.Done():
+				}
 			}
-			n.mu.Unlock()
 			if err != nil {
 				n.log.Warn("partition actor did not stop", "partition", k.String(), "err", err)
 				return
@@ -136,7 +138,7 @@ func (n *Node) apply(ctx context.Context, want map[pkey]placement, handover map[
 			continue // declared by other nodes only
 		}
 		switch {
-		case !w.active && n.replicas[k] == nil && n.actives[k] == nil:
+		case !w.active && n.replicas[k] == nil && n.actives[k] == nil && !n.storeBusy(k):
 			// (A partition being handed over gets its replica here once released.)
 			r, err := partition.StartReplica(n.sys, n.partitionConfig(t, k.p, 0), n.supervisor())
 			if err != nil {
@@ -144,7 +146,7 @@ func (n *Node) apply(ctx context.Context, want map[pkey]placement, handover map[
 				continue
 			}
 			n.addReplica(k, r)
-		case w.active && n.actives[k] == nil:
+		case w.active && n.actives[k] == nil && !n.storeBusy(k):
 			if w.epoch != 0 && n.stoppedAt[k] >= w.epoch {
 				continue // fenced or released at this epoch: wait for a newer one
 			}
@@ -154,6 +156,44 @@ func (n *Node) apply(ctx context.Context, want map[pkey]placement, handover map[
 	}
 	n.mu.Unlock()
 	runAll(starts)
+}
+
+// release asks partition actor a of k to commit its batch in hand and stop
+// (partition.Actor.Release), and returns once a has committed for the last
+// time. k stays in n.releasing until a has stopped and closed its store
+// (storeBusy), at most releaseTimeout. n.mu is not held.
+func (n *Node) release(ctx context.Context, k pkey, a *partition.Actor) error {
+	err := a.Release(ctx)
+	n.wg.Go(func() {
+		t := time.NewTimer(releaseTimeout)
+		defer t.Stop()
+		select {
+		case <-a.Done():
+		case <-t.C:
+			n.log.Warn("released partition actor has not stopped", "partition", k.String())
+		}
+		n.mu.Lock()
+		if n.releasing[k] == a {
+			delete(n.releasing, k)
+		}
+		n.mu.Unlock()
+	})
+	return err
+}
+
+// storeBusy says whether a released partition actor of k still has the
+// partition's local store open; n.mu is held.
+func (n *Node) storeBusy(k pkey) bool {
+	a := n.releasing[k]
+	if a == nil {
+		return false
+	}
+	select {
+	case <-a.Done():
+		return false
+	default:
+		return true
+	}
 }
 
 // dropActive forgets a partition actor; n.mu is held.

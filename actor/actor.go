@@ -218,6 +218,10 @@ func (r *Ref) Stop(ctx context.Context) error {
 	}
 }
 
+// StopNoWait starts stopping the actor, as Stop does, and returns at once;
+// Done is closed when it has terminated.
+func (r *Ref) StopNoWait() { r.stop() }
+
 // stop starts stopping the actor without waiting.
 func (r *Ref) stop() {
 	r.stopOnce.Do(func() {

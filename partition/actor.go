@@ -80,6 +80,7 @@ type partitionActor struct {
 	cfg      *Config
 	status   *atomic.Pointer[Status]
 	released *atomic.Bool // Actor.Release was called
+	quiesce  func()       // tells Actor.Release that this released actor commits no more
 	log      *slog.Logger
 	m        *partitionMetrics
 	subjects changelog.Subjects
@@ -492,6 +493,9 @@ func (a *partitionActor) Stopped(c *actor.Context) {
 	if a.writer != nil {
 		a.publishStatus(false)
 	}
+	if a.released.Load() {
+		a.quiesce() // its last commit is in Status: the new owner need not wait for the store to close
+	}
 	if a.readerCancel != nil {
 		a.readerCancel()
 		<-a.readerDone
@@ -615,7 +619,9 @@ func (a *partitionActor) runEvent(ctx context.Context, msg jetstream.Msg, seq ui
 			a.replies = append(a.replies, reply{inbox: inbox, data: a.tx.reply})
 		}
 	}
-	a.m.events.Inc()
+	if !a.rebuilding {
+		a.m.events.Inc() // a rebuild counts in rebuild_events_total
+	}
 	return nil
 }
 

@@ -10,6 +10,7 @@ import (
 type Metrics struct {
 	events, handlerFailures, deadLetters, commits, changelogRecords *prometheus.CounterVec
 	forwarded, fenced, restoreRecords, inputGaps, restarts          *prometheus.CounterVec
+	rebuildEvents                                                   *prometheus.CounterVec
 	commitSeconds                                                   *prometheus.HistogramVec
 	offset, replicaLag                                              *prometheus.GaugeVec
 	replicaRecords                                                  *prometheus.CounterVec
@@ -30,6 +31,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		forwarded:        c("outbox_forwarded_total", "Outbox entries forwarded to their target streams."),
 		fenced:           c("fenced_total", "Times a partition actor found a newer owner and stopped."),
 		restoreRecords:   c("restore_records_total", "Changelog records replayed into the local store."),
+		rebuildEvents:    c("rebuild_events_total", "Input events replayed to rebuild stores without a changelog."),
 		inputGaps:        c("input_gaps_total", "Times the input stream had dropped events not yet processed."),
 		restarts:         c("restarts_total", "Supervised restarts of partition actors."),
 		commitSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "eddy", Subsystem: "partition",
@@ -44,7 +46,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		for _, col := range []prometheus.Collector{m.events, m.handlerFailures, m.deadLetters, m.commits, m.changelogRecords,
-			m.forwarded, m.fenced, m.restoreRecords, m.inputGaps, m.restarts, m.commitSeconds, m.offset, m.replicaLag, m.replicaRecords} {
+			m.forwarded, m.fenced, m.restoreRecords, m.rebuildEvents, m.inputGaps, m.restarts, m.commitSeconds, m.offset, m.replicaLag, m.replicaRecords} {
 			reg.MustRegister(col)
 		}
 	}
@@ -54,7 +56,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 type partitionMetrics struct {
 	events, handlerFailures, deadLetters, commits, changelogRecords prometheus.Counter
 	forwarded, fenced, restoreRecords, inputGaps, restarts          prometheus.Counter
-	replicaRecords                                                  prometheus.Counter
+	rebuildEvents, replicaRecords                                   prometheus.Counter
 	commitSeconds                                                   prometheus.Observer
 	offset, replicaLag                                              prometheus.Gauge
 }
@@ -67,7 +69,7 @@ func (m *Metrics) forPartition(typ string, p int) *partitionMetrics {
 	return &partitionMetrics{
 		events: m.events.With(l), handlerFailures: m.handlerFailures.With(l), deadLetters: m.deadLetters.With(l),
 		commits: m.commits.With(l), changelogRecords: m.changelogRecords.With(l), forwarded: m.forwarded.With(l),
-		fenced: m.fenced.With(l), restoreRecords: m.restoreRecords.With(l), inputGaps: m.inputGaps.With(l),
+		fenced: m.fenced.With(l), restoreRecords: m.restoreRecords.With(l), rebuildEvents: m.rebuildEvents.With(l), inputGaps: m.inputGaps.With(l),
 		restarts: m.restarts.With(l), commitSeconds: m.commitSeconds.With(l), offset: m.offset.With(l),
 		replicaLag: m.replicaLag.With(l), replicaRecords: m.replicaRecords.With(l),
 	}

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 
 	"github.com/eddyrt/eddy/actor"
@@ -31,6 +32,9 @@ type Actor struct {
 	ref      *actor.Ref
 	status   atomic.Pointer[Status]
 	released atomic.Bool
+	// quiet is closed once a released actor has committed for the last time.
+	quiet     chan struct{}
+	quietOnce sync.Once
 }
 
 // Start spawns the partition actor in sys. It restores and starts reading in
@@ -57,7 +61,7 @@ func Start(sys *actor.System, cfg Config, sup actor.SupervisorConfig) (*Actor, e
 	}
 	adopt := cfg.Handoff
 	cfg.Handoff = nil
-	a := &Actor{cfg: cfg}
+	a := &Actor{cfg: cfg, quiet: make(chan struct{})}
 	a.status.Store(&Status{Type: cfg.Type, Partition: cfg.Partition})
 	ref, err := sys.Spawn(actor.Props{
 		Name:        fmt.Sprintf("%s/%d", cfg.Type, cfg.Partition),
@@ -68,7 +72,8 @@ func Start(sys *actor.System, cfg Config, sup actor.SupervisorConfig) (*Actor, e
 		New: func() actor.Receiver {
 			c := cfg
 			c.Handoff, adopt = adopt, nil // only the first incarnation: a restart reopens the directory
-			return &partitionActor{cfg: &c, status: &a.status, released: &a.released, log: log, m: m, subjects: subjects, stores: stores}
+			return &partitionActor{cfg: &c, status: &a.status, released: &a.released, quiesce: a.quiesce,
+				log: log, m: m, subjects: subjects, stores: stores}
 		},
 	})
 	if err != nil {
@@ -107,10 +112,23 @@ func (a *Actor) Stop(ctx context.Context) error { return a.ref.Stop(ctx) }
 // being processed is committed, input read but not processed yet is dropped
 // (the new owner reads it again from the committed offset), and the store is
 // closed. Stop, in contrast, processes and commits all input already read.
+// Release returns as soon as the actor has committed for the last time,
+// without waiting for its store to close; Done tells when it has stopped,
+// and Status then has the last changelog sequence it committed.
 func (a *Actor) Release(ctx context.Context) error {
 	a.released.Store(true)
-	return a.ref.Stop(ctx)
+	a.ref.StopNoWait()
+	select {
+	case <-a.quiet:
+		return nil
+	case <-a.ref.Done():
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
+
+func (a *Actor) quiesce() { a.quietOnce.Do(func() { close(a.quiet) }) }
 
 // Done is closed when the actor has stopped (Stop, or fenced).
 func (a *Actor) Done() <-chan struct{} { return a.ref.Done() }

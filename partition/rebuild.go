@@ -71,6 +71,7 @@ func (a *partitionActor) rebuild(ctx context.Context, meta statestore.Meta, targ
 		}
 		a.offset = seq
 		a.outbox, a.replies = a.outbox[:0], a.replies[:0]
+		a.m.rebuildEvents.Inc()
 		events++
 		if events%rebuildFlush == 0 {
 			if err := a.commitRebuilt(); err != nil {

@@ -187,3 +187,42 @@ func TestPromotedReplicaBehindTheChangelogReplaysTheTail(t *testing.T) {
 		t.Fatal("old owner still running after the promotion")
 	}
 }
+
+// Release returns once the actor has committed for the last time, before
+// its store is closed: the changelog sequence its Status gives then is the
+// changelog's last, which is what a new owner's replica must reach.
+func TestReleaseReportsTheLastCommit(t *testing.T) {
+	h := newHarness(t, "rel", 1)
+	ensureOutput(t, h.ctx, h.js, "rel_out", "rel_out.*")
+	cfg := h.config(0, countAndEmit("rel_out.x", 1))
+	cfg.Epoch = 1
+	cfg.BatchSize = 10
+	a := h.start(cfg)
+	for i := range 2000 {
+		h.publish("k"+strconv.Itoa(i%7), nil)
+	}
+	waitFor(t, "some input processed", func() bool { return a.Status().Offset > 0 })
+	if err := a.Release(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	seq := a.Status().ChangelogSeq
+	select {
+	case <-a.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("released actor did not stop")
+	}
+	if err := a.Err(); err != nil {
+		t.Fatalf("released actor stopped with %v", err)
+	}
+	st, err := h.js.Stream(h.ctx, changelog.NewSubjects("rel", 0).Stream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(h.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seq == 0 || seq != info.State.LastSeq {
+		t.Fatalf("Release reported changelog sequence %d, the changelog ends at %d", seq, info.State.LastSeq)
+	}
+}
