@@ -114,6 +114,7 @@ type partitionActor struct {
 
 	readerCancel context.CancelFunc
 	readerDone   chan struct{}
+	early        *inputOpening // the input consumer opened while fencing
 
 	// rebuilding: the batch replays input into stores without a changelog
 	// (Config.NoChangelog); commits go to the local store only, with rebuilt.
@@ -191,16 +192,12 @@ func (a *partitionActor) Started(c *actor.Context) error {
 		"changelog_seq", a.writer.Last(), "took", time.Since(start).Round(time.Millisecond),
 		"open", opened.Sub(start).Round(time.Millisecond), "stream", ensured.Sub(opened).Round(time.Millisecond),
 		"restore_fence", time.Since(ensured).Round(time.Millisecond))
-	// Forward whatever a crash left unforwarded before taking new input.
+	// Forward whatever a crash left unforwarded before taking new input. The
+	// forwarded mark goes with the next commit, or after MarkDelay.
 	if err := a.forward(ctx, a.pendingOut); err != nil {
 		return err
 	}
 	a.pendingOut = nil
-	if a.forwarded > a.markCommitted {
-		if err := a.commit(ctx); err != nil {
-			return err
-		}
-	}
 	return a.startReader(c)
 }
 
@@ -281,7 +278,16 @@ func (a *partitionActor) restoreAndFence(ctx context.Context, resume bool) error
 		}
 		a.epoch = epoch
 		a.writer = changelog.NewWriter(a.cfg.Conn, a.subjects, meta.ChangelogSeq, a.cfg.MaxBatchRecords)
+		if resume && attempt == 0 {
+			// The offset is known already: open the input consumer while
+			// the epoch record commits (startReader takes it).
+			a.early = a.openInput(ctx, a.offset)
+		}
 		err = a.commit(ctx)
+		if err != nil {
+			a.early.discard()
+			a.early = nil
+		}
 		if errors.Is(err, changelog.ErrFenced) && attempt < 10 {
 			a.log.Info("changelog moved while fencing, re-reading the tail", "attempt", attempt+1, "store_seq", meta.ChangelogSeq)
 			continue
@@ -500,6 +506,7 @@ func (a *partitionActor) Stopped(c *actor.Context) {
 		a.readerCancel()
 		<-a.readerDone
 	}
+	a.early.discard() // Started failed after fencing
 	if a.markTimer != nil {
 		a.markTimer.Stop()
 	}

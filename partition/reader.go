@@ -32,29 +32,86 @@ func keyOf(subject string) (string, error) {
 func InputFilter(typ string, p int) string { return typ + "." + strconv.Itoa(p) + ".*" }
 
 // startReader starts the incarnation's input reader: an ordered consumer of
-// the partition from offset+1, batching up to BatchSize events or Linger.
+// the partition from offset+1, batching up to BatchSize events or Linger. It
+// takes the consumer opened early (openInput) when that one starts at the
+// same offset.
 func (a *partitionActor) startReader(c *actor.Context) error {
 	ctx := c.Context()
-	// Straight to the consumer, without looking the stream up first: one
-	// round trip less before a promoted or moved partition reads again.
-	cons, err := a.cfg.JS.OrderedConsumer(ctx, a.cfg.Type, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{InputFilter(a.cfg.Type, a.cfg.Partition)},
-		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:    a.offset + 1,
-		// A killed node's consumer goes once its pull requests lose interest.
-		InactiveThreshold: changelog.ConsumerInactiveThreshold,
-	})
-	if err != nil {
-		return fmt.Errorf("input consumer %s: %w", a.cfg.Type, err)
+	early := a.early
+	a.early = nil
+	var it jetstream.MessagesContext
+	var err error
+	if early != nil && early.from == a.offset {
+		it, err = early.wait()
+	} else {
+		early.discard()
+		it, err = a.consumeInput(ctx, a.offset)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(2 * a.cfg.BatchSize))
 	if err != nil {
-		return fmt.Errorf("input consumer: %w", err)
+		return err
 	}
 	rctx, cancel := context.WithCancel(ctx)
 	a.readerCancel, a.readerDone = cancel, make(chan struct{})
 	go a.read(rctx, it, a.offset)
 	return nil
+}
+
+// consumeInput opens an ordered consumer of the partition from offset+1.
+func (a *partitionActor) consumeInput(ctx context.Context, offset uint64) (jetstream.MessagesContext, error) {
+	// Straight to the consumer, without looking the stream up first: one
+	// round trip less before a promoted or moved partition reads again.
+	cons, err := a.cfg.JS.OrderedConsumer(ctx, a.cfg.Type, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{InputFilter(a.cfg.Type, a.cfg.Partition)},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    offset + 1,
+		// A killed node's consumer goes once its pull requests lose interest.
+		InactiveThreshold: changelog.ConsumerInactiveThreshold,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("input consumer %s: %w", a.cfg.Type, err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(2 * a.cfg.BatchSize))
+	if err != nil {
+		return nil, fmt.Errorf("input consumer %s: %w", a.cfg.Type, err)
+	}
+	return it, nil
+}
+
+// inputOpening is an input consumer being opened in the background while
+// the epoch record commits (openInput): a promotion then waits for one round
+// trip less before it reads.
+type inputOpening struct {
+	from uint64 // the offset it reads after
+	done chan struct{}
+	it   jetstream.MessagesContext
+	err  error
+}
+
+// openInput starts opening the input consumer from offset+1 in the background.
+func (a *partitionActor) openInput(ctx context.Context, offset uint64) *inputOpening {
+	o := &inputOpening{from: offset, done: make(chan struct{})}
+	go func() {
+		defer close(o.done)
+		o.it, o.err = a.consumeInput(ctx, offset)
+	}()
+	return o
+}
+
+// wait returns the opened consumer.
+func (o *inputOpening) wait() (jetstream.MessagesContext, error) {
+	<-o.done
+	return o.it, o.err
+}
+
+// discard waits for the opening to end and stops the consumer it opened; a
+// nil opening is fine.
+func (o *inputOpening) discard() {
+	if o == nil {
+		return
+	}
+	if it, err := o.wait(); err == nil {
+		it.Stop()
+	}
 }
 
 // checkRetention reports, as an error and a metric, when the input stream's

@@ -151,14 +151,14 @@ func (fb *failoverBench) run(ctx context.Context, dir, exe string, replicas, kil
 		}
 		var gaps []time.Duration
 		for _, p := range owned {
-			gap, err := fb.mon.gap(ctx, p, st.Partitions[p].Epoch)
+			gap, _, err := fb.mon.gap(ctx, p, st.Partitions[p].Epoch)
 			if err != nil {
 				return nil, nil, err
 			}
 			gaps = append(gaps, gap)
 		}
 		failover = append(failover, gaps...)
-		fb.out("  R=%d kill %d: %s owned %v: gaps %v", replicas, k+1, victim, owned, gaps)
+		fb.out("  R=%d kill %d: %s owned %v: gaps %v", replicas, k+1, victim, owned, roundMs(gaps))
 
 		before, err := pc.settled(ctx, survivors)
 		if err != nil {
@@ -171,16 +171,24 @@ func (fb *failoverBench) run(ctx context.Context, dir, exe string, replicas, kil
 		if err != nil {
 			return nil, nil, err
 		}
+		var moved []int
+		var pauses, fences []time.Duration
 		for _, p := range after.Partitions {
 			b := before.Partitions[p.Partition]
 			if b.Active == p.Active {
 				continue
 			}
-			pause, err := fb.mon.gap(ctx, p.Partition, b.Epoch)
+			pause, fence, err := fb.mon.gap(ctx, p.Partition, b.Epoch)
 			if err != nil {
 				return nil, nil, err
 			}
-			handover = append(handover, pause)
+			moved = append(moved, p.Partition)
+			pauses, fences = append(pauses, pause), append(fences, fence)
+		}
+		handover = append(handover, pauses...)
+		if len(moved) > 0 {
+			fb.out("  R=%d restart %d: %s took %v back: pauses %v (of which until the epoch record %v)",
+				replicas, k+1, victim, moved, roundMs(pauses), roundMs(fences))
 		}
 	}
 	stopLoad()
@@ -189,6 +197,15 @@ func (fb *failoverBench) run(ctx context.Context, dir, exe string, replicas, kil
 		return nil, nil, loadErr
 	}
 	return failover, handover, nil
+}
+
+// roundMs rounds durations to the millisecond, for printing.
+func roundMs(ds []time.Duration) []time.Duration {
+	out := make([]time.Duration, len(ds))
+	for i, d := range ds {
+		out[i] = d.Round(time.Millisecond)
+	}
+	return out
 }
 
 // without returns ids without id.
@@ -329,32 +346,37 @@ func (m *commitMonitor) stop() {
 
 // gap is the time from the last commit at epoch to the first commit at a
 // newer epoch that processed input (its offset is past the last at epoch),
-// waiting up to 30 s for that commit.
-func (m *commitMonitor) gap(ctx context.Context, p int, epoch uint64) (time.Duration, error) {
+// waiting up to 30 s for that commit; fence is the part of it until the
+// newer owner's epoch record (its first commit).
+func (m *commitMonitor) gap(ctx context.Context, p int, epoch uint64) (gap, fence time.Duration, err error) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		m.mu.Lock()
-		var last *commitSeen
-		var first *commitSeen
+		var last, fenced, first *commitSeen
 		for i := range m.commits[p] {
 			c := &m.commits[p][i]
 			switch {
 			case c.epoch == epoch:
 				last = c
+			case c.epoch > epoch && last != nil && fenced == nil:
+				fenced = c
+				if c.offset > last.offset {
+					first = c
+				}
 			case c.epoch > epoch && last != nil && c.offset > last.offset && first == nil:
 				first = c
 			}
 		}
 		m.mu.Unlock()
 		if last != nil && first != nil {
-			return first.at.Sub(last.at), nil
+			return first.at.Sub(last.at), fenced.at.Sub(last.at), nil
 		}
 		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("partition %d: no commit at epoch %d followed by one at a newer epoch (last seen at %d: %v)", p, epoch, epoch, last != nil)
+			return 0, 0, fmt.Errorf("partition %d: no commit at epoch %d followed by one at a newer epoch (last seen at %d: %v)", p, epoch, epoch, last != nil)
 		}
 		select {
 		case <-ctx.Done():
-			return 0, ctx.Err()
+			return 0, 0, ctx.Err()
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
