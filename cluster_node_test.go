@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strconv"
 	"testing"
 	"time"
 
@@ -212,6 +213,22 @@ func TestClusterMembersShareAndHandOver(t *testing.T) {
 	t.Logf("%d of %d bounded-staleness reads served by a replica", fromReplica, len(nodes)*len(accounts))
 }
 
+// startZones starts members n1, n2, ... in the given zones, n1 first and
+// the others joining it, each running typ.
+func startZones(t *testing.T, url string, zones []string, typ eddy.ActorType) []*eddy.Node {
+	t.Helper()
+	var nodes []*eddy.Node
+	for i, zone := range zones {
+		seed := ""
+		if i > 0 {
+			seed = nodes[0].GossipAddr()
+		}
+		inZone := func(c *eddy.Config) { c.Zone = zone }
+		nodes = append(nodes, startMember(t, url, "n"+strconv.Itoa(i+1), seed, inZone, typ))
+	}
+	return nodes
+}
+
 // With two zones, every partition keeps a replica outside its active's
 // zone, so losing a whole zone loses no partition's only warm copy.
 func TestClusterZoneSpread(t *testing.T) {
@@ -220,12 +237,8 @@ func TestClusterZoneSpread(t *testing.T) {
 	bank := apps.Bank(partitions)
 	bank.ReplicationFactor = 2
 	zones := map[string]string{"n1": "a", "n2": "a", "n3": "a", "n4": "b"}
-	inZone := func(id string) func(*eddy.Config) { return func(c *eddy.Config) { c.Zone = zones[id] } }
-	n1 := startMember(t, srv.URL(), "n1", "", inZone("n1"), bank)
-	nodes := []*eddy.Node{n1}
-	for _, id := range []string{"n2", "n3", "n4"} {
-		nodes = append(nodes, startMember(t, srv.URL(), id, n1.GossipAddr(), inZone(id), bank))
-	}
+	nodes := startZones(t, srv.URL(), []string{"a", "a", "a", "b"}, bank)
+	n1 := nodes[0]
 	waitSettled(t, nodes, partitions)
 	deadline := time.Now().Add(30 * time.Second)
 	for {

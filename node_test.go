@@ -48,6 +48,13 @@ func startNode(t *testing.T, types ...eddy.ActorType) (*eddy.Node, *eddy.Client,
 	cfg := eddy.DefaultConfig()
 	cfg.DataDir, cfg.EmbeddedNATSPort, cfg.HTTPAddr = t.TempDir(), -1, "127.0.0.1:0"
 	node := runNode(t, cfg, types...)
+	client, js := connect(t, node)
+	return node, client, js
+}
+
+// connect returns a client of node's NATS server, closed when the test ends.
+func connect(t *testing.T, node *eddy.Node) (*eddy.Client, jetstream.JetStream) {
+	t.Helper()
 	nc, err := nats.Connect(node.NATSURL())
 	if err != nil {
 		t.Fatal(err)
@@ -58,7 +65,7 @@ func startNode(t *testing.T, types ...eddy.ActorType) (*eddy.Node, *eddy.Client,
 		t.Fatal(err)
 	}
 	js, _ := jetstream.New(nc)
-	return node, client, js
+	return client, js
 }
 
 func TestNodeServesBankThroughClientQueryAndHTTP(t *testing.T) {
@@ -164,15 +171,7 @@ func TestStoresWithoutChangelogRebuildFromInput(t *testing.T) {
 
 	run := func() (*eddy.Node, *eddy.Client) {
 		node := runNode(t, cfg, bank)
-		nc, err := nats.Connect(node.NATSURL())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		client, err := eddy.NewClient(nc)
-		if err != nil {
-			t.Fatal(err)
-		}
+		client, _ := connect(t, node)
 		return node, client
 	}
 	balances := func(node *eddy.Node, accounts []string) map[string]int64 {

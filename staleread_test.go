@@ -64,12 +64,8 @@ func TestStaleReadsFromNearestReplica(t *testing.T) {
 	const partitions = 4
 	bank := apps.Bank(partitions) // one hot replica a partition
 	zones := map[string]string{"n1": "a", "n2": "a", "n3": "b", "n4": "c"}
-	inZone := func(id string) func(*eddy.Config) { return func(c *eddy.Config) { c.Zone = zones[id] } }
-	n1 := startMember(t, srv.URL(), "n1", "", inZone("n1"), bank)
-	nodes := []*eddy.Node{n1}
-	for _, id := range []string{"n2", "n3", "n4"} {
-		nodes = append(nodes, startMember(t, srv.URL(), id, n1.GossipAddr(), inZone(id), bank))
-	}
+	nodes := startZones(t, srv.URL(), []string{"a", "a", "b", "c"}, bank)
+	n1 := nodes[0]
 	waitSettled(t, nodes, partitions)
 
 	nc, _ := srv.Connect(t)

@@ -53,36 +53,24 @@ func TestCrashBetweenCommitSteps(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
-	for _, hook := range []string{"AfterChangelog", "AfterLocal", "MidForward"} {
-		for _, storeLost := range []bool{false, true} {
-			name := hook
-			if storeLost {
-				name += "/StoreLost"
-			}
-			t.Run(name, func(t *testing.T) {
-				typ := "crash_" + strings.ToLower(hook)
-				if storeLost {
-					typ += "_lost"
-				}
-				crashScenario(t, ctx, srv.URL(), js, typ, hook, storeLost, false)
-			})
+	// Stores without a changelog are rebuilt from the input stream where the
+	// local store is behind (a crash after the changelog commit) or lost.
+	for _, noChangelog := range []bool{false, true} {
+		hooks := []string{"AfterChangelog", "AfterLocal", "MidForward"}
+		prefix, typPrefix := "", "crash_"
+		if noChangelog {
+			hooks, prefix, typPrefix = hooks[:2], "NoChangelog/", "crash_nocl_"
 		}
-	}
-	// Stores without a changelog: the local store is rebuilt from the input
-	// stream where it is behind (a crash after the changelog commit) or lost.
-	for _, hook := range []string{"AfterChangelog", "AfterLocal"} {
-		for _, storeLost := range []bool{false, true} {
-			name := "NoChangelog/" + hook
-			if storeLost {
-				name += "/StoreLost"
-			}
-			t.Run(name, func(t *testing.T) {
-				typ := "crash_nocl_" + strings.ToLower(hook)
+		for _, hook := range hooks {
+			for _, storeLost := range []bool{false, true} {
+				name, typ := prefix+hook, typPrefix+strings.ToLower(hook)
 				if storeLost {
-					typ += "_lost"
+					name, typ = name+"/StoreLost", typ+"_lost"
 				}
-				crashScenario(t, ctx, srv.URL(), js, typ, hook, storeLost, true)
-			})
+				t.Run(name, func(t *testing.T) {
+					crashScenario(t, ctx, srv.URL(), js, typ, hook, storeLost, noChangelog)
+				})
+			}
 		}
 	}
 }

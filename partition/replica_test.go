@@ -38,6 +38,28 @@ func (h *harness) waitCaughtUp(r *Replica, p int) {
 	})
 }
 
+// checkPromoted checks that the counts of keys k0..k<keys-1> of promoted
+// actor p add up to events and that the output stream <type>_out holds one
+// output per event, and returns how many changelog records p replayed.
+func (h *harness) checkPromoted(p *Actor, m *Metrics, keys int, events uint64) float64 {
+	h.t.Helper()
+	total := uint64(0)
+	for k := range keys {
+		total += count(h.ctx, p, "k"+strconv.Itoa(k))
+	}
+	if total != events {
+		h.t.Fatalf("counts add up to %d, want %d", total, events)
+	}
+	if out := byMsgID(h.t, streamMsgs(h.t, h.ctx, h.js, h.typ+"_out")); uint64(len(out)) != events {
+		h.t.Fatalf("%d outputs, want %d", len(out), events)
+	}
+	var c dto.Metric
+	if err := m.restoreRecords.WithLabelValues(h.typ, "0").Write(&c); err != nil {
+		h.t.Fatal(err)
+	}
+	return c.GetCounter().GetValue()
+}
+
 // A hot replica tails the changelog into its own store while the active
 // commits; when the active stops and a partition actor with a newer epoch
 // starts on the replica's store (a promotion), it restores nothing but the
@@ -99,23 +121,8 @@ func TestReplicaPromotionRestoresOnlyTheTail(t *testing.T) {
 	pcfg.Handoff = ho // the promotion takes the replica's open store
 	p := h.start(pcfg)
 	h.waitOffset(p, 0)
-	total := uint64(0)
-	for k := range 7 {
-		total += count(h.ctx, p, "k"+strconv.Itoa(k))
-	}
-	if total != 450 {
-		t.Fatalf("counts add up to %d, want 450", total)
-	}
-	out := byMsgID(t, streamMsgs(t, h.ctx, h.js, "rep_out"))
-	if len(out) != 450 {
-		t.Fatalf("%d outputs, want 450", len(out))
-	}
 	// The replica had applied everything: the promotion replayed nothing.
-	var m dto.Metric
-	if err := pcfg.Metrics.restoreRecords.WithLabelValues("rep", "0").Write(&m); err != nil {
-		t.Fatal(err)
-	}
-	if n := m.GetCounter().GetValue(); n != 0 {
+	if n := h.checkPromoted(p, pcfg.Metrics, 7, 450); n != 0 {
 		t.Fatalf("promotion replayed %v changelog records, want 0", n)
 	}
 }
@@ -157,22 +164,7 @@ func TestPromotedReplicaBehindTheChangelogReplaysTheTail(t *testing.T) {
 		h.publish("k"+strconv.Itoa(i%5), nil)
 	}
 	h.waitOffset(p, 0)
-	total := uint64(0)
-	for k := range 5 {
-		total += count(h.ctx, p, "k"+strconv.Itoa(k))
-	}
-	if total != 350 {
-		t.Fatalf("counts add up to %d, want 350", total)
-	}
-	out := byMsgID(t, streamMsgs(t, h.ctx, h.js, "rep2_out"))
-	if len(out) != 350 {
-		t.Fatalf("%d outputs, want 350", len(out))
-	}
-	var m dto.Metric
-	if err := pcfg.Metrics.restoreRecords.WithLabelValues("rep2", "0").Write(&m); err != nil {
-		t.Fatal(err)
-	}
-	if n := m.GetCounter().GetValue(); n == 0 {
+	if n := h.checkPromoted(p, pcfg.Metrics, 5, 350); n == 0 {
 		t.Fatal("the promoted actor replayed no changelog records, yet its store was behind")
 	}
 	// The old owner learns of the new epoch at its next commit and stops.
