@@ -269,3 +269,75 @@ func TestClusterZoneSpread(t *testing.T) {
 func testLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(tLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
+
+// A type without a changelog fails over by rebuilding: a member stops as a
+// crash would look to the others (no leave, no handover), and the survivors
+// that take its partitions, with no copy of their stores, replay the input
+// stream into them. The bank's invariants hold across it.
+func TestClusterFailoverRebuildsStoresWithoutChangelog(t *testing.T) {
+	srv := natstest.Start(t)
+	const partitions = 4
+	bank := apps.Bank(partitions)
+	bank.NoChangelog = true
+	noLeave := func(c *eddy.Config) { c.LeaveTimeout = 0 }
+	n1 := startMember(t, srv.URL(), "n1", "", noLeave, bank)
+	n2 := startMember(t, srv.URL(), "n2", n1.GossipAddr(), noLeave, bank)
+	n3 := startMember(t, srv.URL(), "n3", n1.GossipAddr(), noLeave, bank)
+	waitSettled(t, []*eddy.Node{n1, n2, n3}, partitions)
+	st, err := n1.Cluster()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range st.Partitions {
+		if len(p.Replicas) != 0 {
+			t.Fatalf("partition %d of a type without a changelog has replicas %v", p.Partition, p.Replicas)
+		}
+	}
+
+	nc, _ := srv.Connect(t)
+	client, err := eddy.NewClient(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	accounts := make([]string, 12)
+	for i := range accounts {
+		accounts[i] = fmt.Sprintf("acct-%02d", i)
+		if err := client.Send(ctx, apps.BankType, accounts[i], apps.Op{Kind: "deposit", Amount: 100}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	transfers := func(n int) {
+		for range n {
+			from, to := accounts[rng.IntN(len(accounts))], accounts[rng.IntN(len(accounts))]
+			if err := client.Send(ctx, apps.BankType, from, apps.Op{Kind: "transfer", Amount: 1 + rng.Int64N(20), To: to}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	holds := func(node *eddy.Node, transfers int64) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			sum, err := bankTotals(ctx, node, accounts)
+			if err == nil && sum.Balance == 1200 && sum.Debits == sum.Credits && sum.Debits+sum.Rejected == transfers {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("bank invariants after %d transfers: %+v, %v", transfers, sum, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	transfers(200)
+	holds(n1, 200)
+
+	if err := n2.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitSettled(t, []*eddy.Node{n1, n3}, partitions)
+	transfers(100)
+	holds(n3, 300)
+}
