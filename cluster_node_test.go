@@ -267,7 +267,7 @@ func TestClusterZoneSpread(t *testing.T) {
 }
 
 func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	return slog.New(slog.NewTextHandler(newTLogWriter(t), &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
 
 // A type without a changelog fails over by rebuilding: a member stops as a

@@ -185,7 +185,7 @@ func TestEffectivelyOnceUnderSIGKILL(t *testing.T) {
 	}
 
 	// Check the committed state with a node in this process, on the same stores.
-	node, err := eddy.NewNode(crashNodeConfig(srv.URL(), dataDir, slog.New(slog.NewTextHandler(tLogWriter{t}, nil))))
+	node, err := eddy.NewNode(crashNodeConfig(srv.URL(), dataDir, slog.New(slog.NewTextHandler(newTLogWriter(t), nil))))
 	if err != nil {
 		t.Fatal(err)
 	}
