@@ -109,6 +109,55 @@ func bankTotals(ctx context.Context, node *eddy.Node, accounts []string) (apps.A
 	return sum, nil
 }
 
+// fundBank deposits 100 into each of n accounts through a client of srv,
+// and returns them with a function that sends n random transfers between
+// them (seeded by seed).
+func fundBank(t *testing.T, ctx context.Context, srv *natstest.Server, n int, seed uint64) ([]string, func(n int)) {
+	t.Helper()
+	nc, _ := srv.Connect(t)
+	client, err := eddy.NewClient(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	accounts := make([]string, n)
+	for i := range accounts {
+		accounts[i] = fmt.Sprintf("acct-%02d", i)
+		if err := client.Send(ctx, apps.BankType, accounts[i], apps.Op{Kind: "deposit", Amount: 100}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rng := rand.New(rand.NewPCG(seed, seed+1))
+	transfers := func(n int) {
+		for range n {
+			from, to := accounts[rng.IntN(len(accounts))], accounts[rng.IntN(len(accounts))]
+			if err := client.Send(ctx, apps.BankType, from, apps.Op{Kind: "transfer", Amount: 1 + rng.Int64N(20), To: to}); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}
+	return accounts, transfers
+}
+
+// waitBankHolds waits up to 30 s, asking node, until the bank's invariants
+// hold after transfers transfers: the balances add up to the deposits (100
+// an account), and each transfer applied was credited once.
+func waitBankHolds(t *testing.T, ctx context.Context, node *eddy.Node, accounts []string, transfers int64) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		sum, err := bankTotals(ctx, node, accounts)
+		if err == nil && sum.Balance == 100*int64(len(accounts)) && sum.Debits == sum.Credits && sum.Debits+sum.Rejected == transfers {
+			t.Logf("totals: %+v", sum)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("bank invariants after %d transfers: %+v, %v", transfers, sum, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // Three members share the bank's partitions; queries on any member reach
 // the owner; a graceful leave under load hands the leaving member's
 // partitions over and loses nothing.
@@ -122,30 +171,9 @@ func TestClusterMembersShareAndHandOver(t *testing.T) {
 	nodes := []*eddy.Node{n1, n2, n3}
 	t.Logf("settled in %v", waitSettled(t, nodes, partitions))
 
-	nc, _ := srv.Connect(t)
-	client, err := eddy.NewClient(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	accounts := make([]string, 20)
-	for i := range accounts {
-		accounts[i] = fmt.Sprintf("acct-%02d", i)
-		if err := client.Send(ctx, apps.BankType, accounts[i], apps.Op{Kind: "deposit", Amount: 100}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	rng := rand.New(rand.NewPCG(1, 2))
-	transfers := func(n int) {
-		for range n {
-			from, to := accounts[rng.IntN(len(accounts))], accounts[rng.IntN(len(accounts))]
-			if err := client.Send(ctx, apps.BankType, from, apps.Op{Kind: "transfer", Amount: 1 + rng.Int64N(20), To: to}); err != nil {
-				t.Error(err)
-				return
-			}
-		}
-	}
+	accounts, transfers := fundBank(t, ctx, srv, 20, 1)
 	transfers(300)
 
 	// n2 leaves while transfers go on.
@@ -165,18 +193,7 @@ func TestClusterMembersShareAndHandOver(t *testing.T) {
 
 	// Every credit lands: balances add up to the deposits, and each transfer
 	// applied was credited once.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		sum, err := bankTotals(ctx, n3, accounts)
-		if err == nil && sum.Balance == 2000 && sum.Debits == sum.Credits && sum.Debits+sum.Rejected == 600 {
-			t.Logf("totals: %+v", sum)
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("bank invariants: %+v, %v", sum, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitBankHolds(t, ctx, n3, accounts, 600)
 
 	// Reads that accept a bounded staleness are served by a hot replica on
 	// the node asked, when it has one within the bound, and see the owner's
@@ -294,50 +311,20 @@ func TestClusterFailoverRebuildsStoresWithoutChangelog(t *testing.T) {
 		}
 	}
 
-	nc, _ := srv.Connect(t)
-	client, err := eddy.NewClient(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	accounts := make([]string, 12)
-	for i := range accounts {
-		accounts[i] = fmt.Sprintf("acct-%02d", i)
-		if err := client.Send(ctx, apps.BankType, accounts[i], apps.Op{Kind: "deposit", Amount: 100}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	rng := rand.New(rand.NewPCG(3, 4))
-	transfers := func(n int) {
-		for range n {
-			from, to := accounts[rng.IntN(len(accounts))], accounts[rng.IntN(len(accounts))]
-			if err := client.Send(ctx, apps.BankType, from, apps.Op{Kind: "transfer", Amount: 1 + rng.Int64N(20), To: to}); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	holds := func(node *eddy.Node, transfers int64) {
-		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			sum, err := bankTotals(ctx, node, accounts)
-			if err == nil && sum.Balance == 1200 && sum.Debits == sum.Credits && sum.Debits+sum.Rejected == transfers {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("bank invariants after %d transfers: %+v, %v", transfers, sum, err)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
+	accounts, transfers := fundBank(t, ctx, srv, 12, 3)
 	transfers(200)
-	holds(n1, 200)
+	waitBankHolds(t, ctx, n1, accounts, 200)
 
 	if err := n2.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
 	waitSettled(t, []*eddy.Node{n1, n3}, partitions)
 	transfers(100)
-	holds(n3, 300)
+	waitBankHolds(t, ctx, n3, accounts, 300)
+	// n2's partitions were rebuilt from their input, not reprocessed as new.
+	if n := rebuiltEvents(t, n1) + rebuiltEvents(t, n3); n == 0 {
+		t.Fatal("no input events were replayed to rebuild n2's partitions")
+	}
 }

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -224,8 +226,37 @@ func TestStoresWithoutChangelogRebuildFromInput(t *testing.T) {
 	if got := balances(node, accounts); !maps.Equal(got, want) {
 		t.Fatalf("after the rebuild: %v, want %v", got, want)
 	}
+	if n := rebuiltEvents(t, node); n != 66 {
+		t.Fatalf("rebuilt from %v input events, want all 66", n)
+	}
 	// Processing goes on from the committed offset, with replies.
 	if err := client.Ask(ctx, apps.BankType, "a", apps.Op{Kind: "deposit", Amount: 1}, &bal); err != nil || bal != want["a"]+1 {
 		t.Fatalf("deposit after the rebuild: balance %d, %v; want %d", bal, err, want["a"]+1)
 	}
+}
+
+// rebuiltEvents is the eddy_partition_rebuild_events_total a node serves on
+// /metrics, summed over its partitions.
+func rebuiltEvents(t *testing.T, node *eddy.Node) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + node.HTTPAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for line := range strings.SplitSeq(string(body), "\n") {
+		if rest, ok := strings.CutPrefix(line, "eddy_partition_rebuild_events_total{"); ok {
+			v, err := strconv.ParseFloat(rest[strings.LastIndexByte(rest, ' ')+1:], 64)
+			if err != nil {
+				t.Fatalf("metrics line %q: %v", line, err)
+			}
+			sum += v
+		}
+	}
+	return sum
 }
