@@ -578,11 +578,12 @@ func (n *Node) serveHTTP() error {
 		return fmt.Errorf("http: %w", err)
 	}
 	n.httpAddr = ln.Addr().String()
-	n.http = &http.Server{Handler: n.Handler(), ReadHeaderTimeout: 5 * time.Second}
-	n.httpDone = make(chan struct{})
+	srv := &http.Server{Handler: n.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan struct{})
+	n.http, n.httpDone = srv, done
 	go func() {
-		defer close(n.httpDone)
-		if err := n.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			n.log.Error("http server", "err", err)
 		}
 	}()
