@@ -71,6 +71,12 @@ type Props struct {
 	// the backoff and before the new incarnation, with the failure that caused it
 	// (for example to count restarts in a metric). It must not block.
 	OnRestart func(err error)
+
+	// OnFailure, if set, is called on the actor's goroutine as soon as an
+	// incarnation has failed, before the supervisor's backoff, with the failure
+	// and what the supervisor decided (for example to show the failure in a
+	// status while the actor waits to restart). It must not block.
+	OnFailure func(err error, d Directive)
 }
 
 // Validate reports missing or out-of-range fields.
@@ -109,6 +115,7 @@ type Ref struct {
 	done     chan struct{} // closed when the goroutine ends
 	err      error         // written before done is closed
 	restarts atomic.Int64
+	failures failureLog // the current series of failures, for readable logs
 
 	onExit func(*Ref) // called on the actor's goroutine just before done is closed
 }
@@ -295,6 +302,11 @@ func (r *Ref) run() {
 			r.logger.Error("actor supervisor Decide panicked; stopping the actor", "err", err, "panic", perr)
 			directive = Stop
 		}
+		if f := r.props.OnFailure; f != nil {
+			if perr := protect(func() error { f(err, directive); return nil }); perr != nil {
+				r.logger.Error("actor OnFailure panicked", "err", perr)
+			}
+		}
 		if directive == Stop {
 			endErr = fmt.Errorf("actor %q: supervisor stopped it: %w", r.name, err)
 			r.logger.Error("actor failed; supervisor stops it", "err", err, "restarts", r.Restarts())
@@ -306,8 +318,11 @@ func (r *Ref) run() {
 			return
 		}
 		delay := r.sup.backoff(consecutive)
+		if consecutive == 0 {
+			r.failures.begin()
+		}
 		consecutive++
-		r.logger.Error("actor failed; restarting", "err", err, "restart", r.Restarts()+1, "backoff", delay)
+		r.failures.failed(r.logger, err, r.Restarts()+1, delay)
 		if !r.wait(delay) {
 			r.logger.Info("actor stopped during restart backoff")
 			return

@@ -60,6 +60,12 @@ func (c *Context) Logger() *slog.Logger { return c.ref.logger }
 // began: 0 for the first incarnation.
 func (c *Context) Restarts() int { return c.restarts }
 
+// Stopping returns a channel that is closed once the actor has been asked to
+// stop (Ref.Stop, Ref.StopNoWait or Context.Stop). A Receive that waits on
+// something outside the actor (a retry loop, a slow dependency) selects on it
+// to give up, so that Stop does not wait for that dependency.
+func (c *Context) Stopping() <-chan struct{} { return c.ref.stopping }
+
 // Stop asks the actor to stop, like Ref.Stop, without waiting: no new messages are
 // accepted, the ones already queued are processed after the current one, then
 // Stopped runs and the actor terminates. Unlike Ref.Stop it is safe to call from

@@ -47,7 +47,7 @@ func TestCommitAndReplayCompacted(t *testing.T) {
 	if _, err := EnsureStream(ctx, js, s, DefaultStreamConfig()); err != nil {
 		t.Fatal(err)
 	}
-	w := NewWriter(nc, s, 0, 0)
+	w := NewWriter(nc, s, Tail{}, 0)
 	// Two batches: the second overwrites a, deletes b and adds an outbox entry.
 	first, last, err := w.Commit(ctx, []Record{
 		{Kind: KindSet, Store: "st", Key: []byte("a"), Value: []byte("1")},
@@ -115,12 +115,12 @@ func TestStaleWriterIsFenced(t *testing.T) {
 	if _, err := EnsureStream(ctx, js, s, DefaultStreamConfig()); err != nil {
 		t.Fatal(err)
 	}
-	old := NewWriter(nc, s, 0, 0)
+	old := NewWriter(nc, s, Tail{}, 0)
 	if _, _, err := old.Commit(ctx, []Record{{Kind: KindMeta, Meta: Meta{Epoch: 1}}}); err != nil {
 		t.Fatal(err)
 	}
 	// A new owner restored to sequence 1 and writes its epoch.
-	newer := NewWriter(nc, s, old.Last(), 0)
+	newer := NewWriter(nc, s, old.Tail(), 0)
 	if _, _, err := newer.Commit(ctx, []Record{{Kind: KindMeta, Meta: Meta{Epoch: 2}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +148,7 @@ func TestBatchLimit(t *testing.T) {
 	if _, err := EnsureStream(ctx, js, s, DefaultStreamConfig()); err != nil {
 		t.Fatal(err)
 	}
-	w := NewWriter(nc, s, 0, 0)
+	w := NewWriter(nc, s, Tail{}, 0)
 	recs := make([]Record, MaxBatch)
 	for i := range recs {
 		recs[i] = Record{Kind: KindSet, Store: "st", Key: fmt.Appendf(nil, "k%d", i), Value: []byte("v")}

@@ -133,18 +133,14 @@ func progress(done, total uint64, start time.Time) Progress {
 	return p
 }
 
-// LastMeta returns the newest meta record of the changelog, and whether there is one.
+// LastMeta returns the newest meta record of the changelog, and whether
+// there is one. It may be read from any replica of the stream (a direct
+// get); fencing decisions use ReadLastMeta, which asks the stream leader.
 func LastMeta(ctx context.Context, js jetstream.JetStream, s Subjects) (Meta, bool, error) {
 	st, err := js.Stream(ctx, s.Stream())
 	if err != nil {
 		return Meta{}, false, fmt.Errorf("last meta %s: %w", s.Stream(), err)
 	}
-	return LastMetaOf(ctx, st, s)
-}
-
-// LastMetaOf is LastMeta for a changelog stream already looked up: one
-// request (a direct get) instead of two.
-func LastMetaOf(ctx context.Context, st jetstream.Stream, s Subjects) (Meta, bool, error) {
 	raw, err := st.GetLastMsgForSubject(ctx, s.Meta())
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return Meta{}, false, nil

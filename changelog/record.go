@@ -34,7 +34,12 @@ type Record struct {
 	Outbox Outbox
 }
 
-// Meta is the partition's progress marker, committed in every batch.
+// Meta is the partition's progress marker, committed as the last record of
+// every batch. With Owner and Epoch it says who wrote the batch; with Batch,
+// Prev and PrevBatch it links the batch to the one before it, so that a
+// writer can tell its own batch from another's after an unknown outcome,
+// and a reader can tell a changelog that continues what it has read from one
+// that lost its tail and was written again (see Continues).
 type Meta struct {
 	// Offset is the input stream sequence of the last event whose effects are committed.
 	Offset uint64 `msgpack:"o"`
@@ -43,6 +48,41 @@ type Meta struct {
 	// Forwarded is the highest changelog sequence up to which every outbox entry
 	// has been forwarded to its target stream.
 	Forwarded uint64 `msgpack:"f"`
+	// Owner names the process that wrote the batch: its epoch is assigned to
+	// one owner, and one owner may write under it from several incarnations
+	// of its partition actor, one after the other.
+	Owner string `msgpack:"w,omitempty"`
+	// Batch identifies the batch: random, set by Writer.Commit, and the same
+	// for every attempt to commit the same batch, so at most one lands.
+	Batch uint64 `msgpack:"b,omitempty"`
+	// Prev is the changelog sequence the batch was fenced on (its
+	// Nats-Expected-Last-Sequence): its first record is at Prev+1.
+	Prev uint64 `msgpack:"p,omitempty"`
+	// PrevBatch is the Batch of the meta record at Prev; 0 when there is none.
+	PrevBatch uint64 `msgpack:"pb,omitempty"`
+}
+
+// Continues reports whether m, the first meta record a reader meets after
+// the changelog position it holds (a store or replica that has applied the
+// changelog up to a meta record at heldSeq with batch id heldBatch), can
+// follow that position in one history. It returns false when the batch of m
+// starts before heldSeq, or right after it but after another batch: the
+// changelog the reader holds was lost after heldSeq (a server crash lost
+// acknowledged writes, say) and then written again differently. A reader
+// that has met no meta record yet (heldSeq 0) accepts anything; so does one
+// whose held batch id is unknown (0, older stores) when Prev equals heldSeq.
+// A true result does not prove one history when meta records between were
+// compacted away.
+func (m Meta) Continues(heldSeq, heldBatch uint64) bool {
+	switch {
+	case heldSeq == 0 || m.Batch == 0:
+		return true // nothing to compare with, or a batch written before batches were linked
+	case m.Prev < heldSeq:
+		return false
+	case m.Prev == heldSeq:
+		return heldBatch == 0 || m.PrevBatch == heldBatch
+	}
+	return true
 }
 
 // Outbox is a message to publish to another stream once its batch is committed.

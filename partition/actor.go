@@ -44,22 +44,124 @@ type (
 	}
 )
 
-// Status is a partition actor's progress.
+// State says what a partition actor is doing.
+type State string
+
+const (
+	// StateStarting: restoring its store and fencing older owners, before it
+	// first reads input.
+	StateStarting State = "starting"
+	// StateRunning: processing input.
+	StateRunning State = "running"
+	// StateRetrying: failing for a reason that may pass (NATS away, a stream
+	// without a leader, a commit whose outcome is being read back); it
+	// retries without end, with capped backoff. Status.Err says why.
+	StateRetrying State = "retrying"
+	// StateFenced: another owner holds the partition at a newer epoch (or
+	// at this actor's epoch): stopped for good. Status.Err names the owner.
+	StateFenced State = "fenced"
+	// StateStopped: stopped, or released to a new owner.
+	StateStopped State = "stopped"
+)
+
+// Status is a partition actor's progress and health.
 type Status struct {
-	Type         string
-	Partition    int
-	Running      bool   // restored and processing (false while restoring or after it stopped)
-	Epoch        uint64 // the epoch it fences with
-	Offset       uint64 // last input sequence whose effects are committed
-	ChangelogSeq uint64 // last changelog sequence committed
-	Restarts     int    // supervised restarts after failures
+	Type      string
+	Partition int
+	State     State
+	Running   bool      // State is StateRunning
+	Err       string    `json:",omitempty"` // why it is retrying, or what fenced it
+	Since     time.Time // when State began; while retrying, the first failure of the series
+	Epoch     uint64    // the epoch it fences with
+	Owner     string    `json:",omitempty"` // the process it runs in (Config.Owner)
+	Offset    uint64    // last input sequence whose effects are committed
+	// ChangelogSeq is the last changelog sequence committed.
+	ChangelogSeq uint64
+	// InputLag is how many events of the partition its input stream held
+	// past the last event of the last committed batch, when that batch was
+	// read: 0 when the partition has caught up.
+	InputLag uint64
+	// LastCommit is when the last batch was committed (zero before the first).
+	LastCommit time.Time
+	Restarts   int // supervised restarts after failures
 }
 
-// publishStatus makes the actor's progress visible to Actor.Status without a
-// round trip through the mailbox, which may be queued behind input batches.
-func (a *partitionActor) publishStatus(running bool) {
-	a.status.Store(&Status{Type: a.cfg.Type, Partition: a.cfg.Partition, Running: running,
-		Epoch: a.epoch, Offset: a.offset, ChangelogSeq: a.writer.Last()})
+// statusBoard is a partition's Status: written on the actor's goroutine
+// only, read by anyone (Actor.Status) without a round trip through the
+// mailbox, which may be queued behind input batches or a commit that retries.
+type statusBoard struct {
+	p atomic.Pointer[Status]
+	m *partitionMetrics
+	// changed is closed, and replaced, at every update.
+	changed atomic.Pointer[chan struct{}]
+	// failingSince is the first failure of the current series: kept while
+	// the actor stops and restarts, cleared once it runs again.
+	failingSince time.Time
+}
+
+// update publishes a changed copy of the status.
+func (b *statusBoard) update(f func(s *Status)) {
+	s := *b.p.Load()
+	prev := s.State
+	f(&s)
+	switch {
+	case s.State == StateRunning:
+		b.failingSince = time.Time{}
+	case s.State == StateRetrying && b.failingSince.IsZero():
+		b.failingSince = time.Now()
+	}
+	if s.State == StateRetrying {
+		s.Since = b.failingSince
+	} else if s.State != prev {
+		s.Since = time.Now()
+	}
+	s.Running = s.State == StateRunning
+	b.p.Store(&s)
+	b.m.setState(s.State)
+	next := make(chan struct{})
+	if old := b.changed.Swap(&next); old != nil {
+		close(*old)
+	}
+}
+
+// init sets the first status.
+func (b *statusBoard) init(s Status) {
+	b.p.Store(&s)
+	ch := make(chan struct{})
+	b.changed.Store(&ch)
+	b.m.setState(s.State)
+}
+
+// next returns a channel closed at the next update.
+func (b *statusBoard) next() <-chan struct{} { return *b.changed.Load() }
+
+// setState moves to state st, err being why (retrying, fenced).
+func (b *statusBoard) setState(st State, err error) {
+	b.update(func(s *Status) {
+		s.State, s.Err = st, ""
+		if err != nil {
+			s.Err = err.Error()
+		}
+	})
+}
+
+// publishStatus makes the actor's progress visible to Actor.Status, in state st.
+func (a *partitionActor) publishStatus(st State) {
+	a.status.update(func(s *Status) {
+		s.State, s.Err = st, ""
+		a.progress(s)
+	})
+}
+
+// publishProgress is publishStatus in the present state.
+func (a *partitionActor) publishProgress() { a.status.update(a.progress) }
+
+func (a *partitionActor) progress(s *Status) {
+	s.Epoch, s.Owner, s.Offset = a.epoch, a.cfg.Owner, a.offset
+	if a.writer != nil {
+		s.ChangelogSeq = a.writer.Last()
+	}
+	s.InputLag, s.LastCommit = a.inputLag, a.lastCommit
 }
 
 // pendingKeyPrefix keeps unforwarded outbox entries in the local store, out of
@@ -78,7 +180,7 @@ type pending struct {
 // partitionActor is one incarnation of a partition actor.
 type partitionActor struct {
 	cfg      *Config
-	status   *atomic.Pointer[Status]
+	status   *statusBoard
 	released *atomic.Bool // Actor.Release was called
 	quiesce  func()       // tells Actor.Release that this released actor commits no more
 	log      *slog.Logger
@@ -116,6 +218,17 @@ type partitionActor struct {
 	readerDone   chan struct{}
 	early        *inputOpening // the input consumer opened while fencing
 
+	// stopping is closed when the actor is asked to stop: a commit that
+	// retries gives up then (abandoned), leaving its batch's outcome to
+	// whoever restores next.
+	stopping  <-chan struct{}
+	abandoned bool
+	started   bool // restored and fenced: commits show it running
+	// inputLag and lastCommit are reported in Status; readLag is the input
+	// lag as of the last event of the batch being built.
+	inputLag, readLag uint64
+	lastCommit        time.Time
+
 	// rebuilding: the batch replays input into stores without a changelog
 	// (Config.NoChangelog); commits go to the local store only, with rebuilt.
 	rebuilding bool
@@ -145,6 +258,7 @@ func (a *partitionActor) get(k string) ([]byte, error) {
 func (a *partitionActor) Started(c *actor.Context) error {
 	ctx := c.Context()
 	a.self = c.Self()
+	a.stopping = c.Stopping()
 	a.ws = make(map[string]int)
 	a.tx.a = a
 	start := time.Now()
@@ -176,18 +290,25 @@ func (a *partitionActor) Started(c *actor.Context) error {
 	// its sequence at once, and replay the tail only if that fails.
 	err := a.restoreAndFence(ctx, h != nil && a.cfg.Epoch != 0)
 	if errors.Is(err, errStoreAhead) {
-		// The changelog was reset (for example NATS's data was wiped): the
+		// The changelog was reset (NATS's data was wiped), or lost records
+		// the store holds (a server crash lost acknowledged writes): the
 		// changelog is the truth, so the local store starts over from it.
-		a.log.Warn("local store does not belong to this changelog; discarding it", "err", err)
+		a.log.Warn("local store is ahead of the changelog; discarding it and restoring from the changelog", "err", err)
+		a.m.storeDiscards.Inc()
 		if err := a.reopenEmpty(); err != nil {
 			return err
 		}
 		err = a.restoreAndFence(ctx, false)
 	}
+	if errors.Is(err, errAbandoned) {
+		a.abandoned = true // asked to stop while fencing: nothing to process
+		return nil
+	}
 	if err != nil {
 		return err
 	}
-	a.publishStatus(true)
+	a.started = true
+	a.publishStatus(StateRunning)
 	a.log.Info("partition started", "epoch", a.epoch, "offset", a.offset,
 		"changelog_seq", a.writer.Last(), "took", time.Since(start).Round(time.Millisecond),
 		"open", opened.Sub(start).Round(time.Millisecond), "stream", ensured.Sub(opened).Round(time.Millisecond),
@@ -205,6 +326,13 @@ func (a *partitionActor) Started(c *actor.Context) error {
 // the current one (it was deleted and created again), or has seen records
 // that the changelog no longer has.
 var errStoreAhead = errors.New("local store ahead of changelog")
+
+// errChangelogMoved means the changelog holds records after the sequence the
+// actor knew, written by an owner that does not fence it: an earlier
+// incarnation of the same owner whose commit landed late, or an older owner
+// whose last batch landed before this one's epoch record. The actor reads
+// the tail again and goes on.
+var errChangelogMoved = errors.New("changelog moved")
 
 // changelogIDKey holds the identity (creation time) of the changelog stream
 // the local store was built from, in the internal key space.
@@ -256,6 +384,12 @@ func openStore(cfg *Config) (*statestore.Pebble, error) {
 // first. With resume, it first trusts the store to be at the changelog's end
 // (a promoted hot replica's): the epoch record's expected last sequence
 // checks that, and the tail is replayed only if the check fails.
+//
+// Who holds the partition is decided by the owner identity of the newest
+// meta record, never by the epoch alone: a newer epoch, or this epoch written
+// by another owner, fences this actor (a *FenceError, for good); this epoch
+// written by this owner — an earlier incarnation of this actor, whose commit
+// may have landed after it failed — is resumed.
 func (a *partitionActor) restoreAndFence(ctx context.Context, resume bool) error {
 	for attempt := 0; ; attempt++ {
 		var meta statestore.Meta
@@ -272,12 +406,16 @@ func (a *partitionActor) restoreAndFence(ctx context.Context, resume bool) error
 		if epoch == 0 {
 			epoch = meta.Epoch + 1
 		}
-		if epoch <= meta.Epoch {
+		if epoch < meta.Epoch || epoch == meta.Epoch && meta.Owner != a.cfg.Owner {
 			a.m.fenced.Inc()
-			return fmt.Errorf("%w: epoch %d, changelog has epoch %d", ErrFenced, epoch, meta.Epoch)
+			return &FenceError{Epoch: epoch, Owner: a.cfg.Owner, By: changelog.Meta{Epoch: meta.Epoch, Owner: meta.Owner}, Seq: meta.MetaSeq}
 		}
 		a.epoch = epoch
-		a.writer = changelog.NewWriter(a.cfg.Conn, a.subjects, meta.ChangelogSeq, a.cfg.MaxBatchRecords)
+		tail := changelog.Tail{Seq: meta.ChangelogSeq}
+		if meta.MetaSeq == meta.ChangelogSeq {
+			tail.Batch = meta.Batch
+		}
+		a.writer = changelog.NewWriter(a.conn(), a.subjects, tail, a.cfg.MaxBatchRecords)
 		if resume && attempt == 0 {
 			// The offset is known already: open the input consumer while
 			// the epoch record commits (startReader takes it).
@@ -288,12 +426,20 @@ func (a *partitionActor) restoreAndFence(ctx context.Context, resume bool) error
 			a.early.discard()
 			a.early = nil
 		}
-		if errors.Is(err, changelog.ErrFenced) && attempt < 10 {
-			a.log.Info("changelog moved while fencing, re-reading the tail", "attempt", attempt+1, "store_seq", meta.ChangelogSeq)
+		if (errors.Is(err, errChangelogMoved) || resume && attempt == 0 && errors.Is(err, changelog.ErrFenced)) && attempt < 10 {
+			a.log.Info("changelog moved while fencing, re-reading the tail", "attempt", attempt+1, "store_seq", meta.ChangelogSeq, "err", err)
 			continue
 		}
 		return err
 	}
+}
+
+// conn is the connection the changelog writer publishes on.
+func (a *partitionActor) conn() changelog.Conn {
+	if a.cfg.Hooks.Conn != nil {
+		return a.cfg.Hooks.Conn
+	}
+	return a.cfg.Conn
 }
 
 // resume takes the local store's meta as the changelog's end, without
@@ -307,7 +453,7 @@ func (a *partitionActor) resume(ctx context.Context) (statestore.Meta, error) {
 	if meta.Forwarded == 0 && meta.ChangelogSeq > 0 {
 		// No mark recorded (nothing forwarded yet, or a store written before
 		// marks were kept): the changelog's is the one not to go back on.
-		m, ok, err := changelog.LastMetaOf(ctx, a.cl, a.subjects)
+		m, ok, err := changelog.ReadLastMeta(ctx, a.conn(), a.subjects)
 		if err != nil {
 			return meta, err
 		}
@@ -321,7 +467,10 @@ func (a *partitionActor) resume(ctx context.Context) (statestore.Meta, error) {
 }
 
 // restore replays the changelog past the local store's sequence into the local
-// store, and loads the offset, epoch and unforwarded outbox entries.
+// store, and loads the offset, epoch and unforwarded outbox entries. A
+// changelog that does not continue the history the store holds (it ends
+// before the store, or its first new batch starts inside what the store
+// has: it lost records and was written again) is errStoreAhead.
 func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 	meta, err := a.store.Meta()
 	if err != nil {
@@ -332,6 +481,7 @@ func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 	}
 	var (
 		last     changelog.Meta
+		lastSeq  uint64
 		haveMeta bool
 		b        = a.store.NewBatch()
 		applied  uint64
@@ -353,7 +503,11 @@ func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 		},
 	}, func(seq uint64, r changelog.Record) error {
 		if r.Kind == changelog.KindMeta {
-			last, haveMeta = r.Meta, true
+			if !haveMeta && !r.Meta.Continues(meta.MetaSeq, meta.Batch) {
+				return fmt.Errorf("%w: the batch ending at changelog sequence %d follows %d, inside what the local store holds (to %d): the changelog lost records and was written again",
+					errStoreAhead, seq, r.Meta.Prev, meta.ChangelogSeq)
+			}
+			last, lastSeq, haveMeta = r.Meta, seq, true
 		} else if err := applyRecord(b, seq, r); err != nil {
 			return err
 		}
@@ -377,16 +531,21 @@ func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 			errStoreAhead, meta.ChangelogSeq, end)
 	}
 	if !haveMeta {
-		// Nothing new in the tail: the newest meta record is older than the
-		// local store's sequence, and holds the forwarded mark (and, for
-		// stores without a changelog, the committed offset).
-		m, ok, err := changelog.LastMetaOf(ctx, a.cl, a.subjects)
+		// Nothing new in the tail: the newest meta record is the one the
+		// store holds, and has the forwarded mark (and, for stores without a
+		// changelog, the committed offset).
+		m, ok, err := changelog.ReadLastMeta(ctx, a.conn(), a.subjects)
 		if err != nil {
 			return meta, err
 		}
-		last = changelog.Meta{Offset: meta.Offset, Epoch: meta.Epoch}
+		if meta.MetaSeq != 0 && (!ok || m.Seq != meta.MetaSeq || meta.Batch != 0 && m.Batch != meta.Batch) {
+			return meta, fmt.Errorf("%w: the changelog's newest meta record (sequence %d, batch %x) is not the one the local store holds (sequence %d, batch %x)",
+				errStoreAhead, m.Seq, m.Batch, meta.MetaSeq, meta.Batch)
+		}
+		last = changelog.Meta{Offset: meta.Offset, Epoch: meta.Epoch, Owner: meta.Owner, Batch: meta.Batch}
+		lastSeq = meta.MetaSeq
 		if ok {
-			last.Forwarded = m.Forwarded
+			last.Forwarded, last.Owner, last.Epoch, last.Batch, lastSeq = m.Forwarded, m.Owner, m.Epoch, m.Batch, m.Seq
 			if a.cfg.NoChangelog {
 				last.Offset = m.Offset
 			}
@@ -396,8 +555,8 @@ func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 	if a.cfg.NoChangelog {
 		offset = meta.Offset // the store's own: rebuilt up to last.Offset below
 	}
-	meta = statestore.Meta{Offset: offset, ChangelogSeq: max(end, meta.ChangelogSeq), Epoch: max(last.Epoch, meta.Epoch),
-		Forwarded: last.Forwarded}
+	meta = statestore.Meta{Offset: offset, ChangelogSeq: max(end, meta.ChangelogSeq), Epoch: last.Epoch,
+		Forwarded: last.Forwarded, Owner: last.Owner, MetaSeq: lastSeq, Batch: last.Batch}
 	b.SetMeta(meta)
 	if err := b.Commit(); err != nil {
 		return meta, err
@@ -496,8 +655,12 @@ func (a *partitionActor) loadPending() error {
 
 // Stopped stops the reader and closes the store.
 func (a *partitionActor) Stopped(c *actor.Context) {
+	// A failure that stops the incarnation shows as retrying or fenced once
+	// the supervisor has decided (Start's OnFailure); until then, stopped.
 	if a.writer != nil {
-		a.publishStatus(false)
+		a.publishStatus(StateStopped)
+	} else {
+		a.status.setState(StateStopped, nil)
 	}
 	if a.released.Load() {
 		a.quiesce() // its last commit is in Status: the new owner need not wait for the store to close
@@ -517,13 +680,25 @@ func (a *partitionActor) Stopped(c *actor.Context) {
 	}
 }
 
-// Receive handles one message.
+// Receive handles one message. A commit abandoned because the actor is
+// stopping is not a failure: the actor takes no more input and stops.
 func (a *partitionActor) Receive(c *actor.Context, msg any) error {
+	err := a.receive(c, msg)
+	if errors.Is(err, errAbandoned) {
+		a.abandoned = true
+		a.log.Info("stopping while a commit retried: its outcome is left to the next owner's restore", "offset", a.committedOffset)
+		return nil
+	}
+	return err
+}
+
+func (a *partitionActor) receive(c *actor.Context, msg any) error {
 	switch m := msg.(type) {
 	case inputBatch:
-		if m.from != a || a.released.Load() {
+		if m.from != a || a.released.Load() || a.abandoned {
 			// Read by an earlier incarnation: this one re-reads from its
-			// offset. Or released: the new owner reads it from the offset.
+			// offset. Or released, or stopping after a commit it gave up:
+			// the next owner reads it from the committed offset.
 			return nil
 		}
 		return a.process(c.Context(), m.msgs)
@@ -533,7 +708,7 @@ func (a *partitionActor) Receive(c *actor.Context, msg any) error {
 		}
 		return fmt.Errorf("input reader: %w", m.err)
 	case markTick:
-		if m.from != a || a.forwarded <= a.markCommitted {
+		if m.from != a || a.forwarded <= a.markCommitted || a.abandoned {
 			return nil
 		}
 		return a.commit(c.Context())
@@ -565,6 +740,7 @@ func (a *partitionActor) process(ctx context.Context, msgs []jetstream.Msg) erro
 			return err
 		}
 		a.offset = seq
+		a.readLag = md.NumPending
 	}
 	return a.commit(ctx)
 }
@@ -737,17 +913,12 @@ func (a *partitionActor) commit(ctx context.Context) error {
 	}
 	mark := a.forwarded
 	recs = append(recs, changelog.Record{Kind: changelog.KindMeta,
-		Meta: changelog.Meta{Offset: a.offset, Epoch: a.epoch, Forwarded: mark}})
+		Meta: changelog.Meta{Offset: a.offset, Epoch: a.epoch, Forwarded: mark, Owner: a.cfg.Owner}})
 	a.recs = recs[:0]
 
-	cctx, cancel := context.WithTimeout(ctx, a.cfg.CommitTimeout)
-	first, last, err := a.writer.Commit(cctx, recs)
-	cancel()
-	if errors.Is(err, changelog.ErrFenced) {
-		return a.fenced(ctx, err)
-	}
+	first, last, err := a.commitChangelog(ctx, recs)
 	if err != nil {
-		return fmt.Errorf("commit changelog: %w", err)
+		return err
 	}
 	a.markCommitted, a.epochWritten, a.committedOffset = mark, true, a.offset
 	if h := a.cfg.Hooks.AfterChangelog; h != nil {
@@ -775,7 +946,8 @@ func (a *partitionActor) commit(ctx context.Context) error {
 		b.Set(pendingKey(seq), v)
 		outs[i] = pending{seq: seq, out: o}
 	}
-	b.SetMeta(statestore.Meta{Offset: a.offset, ChangelogSeq: last, Epoch: a.epoch, Forwarded: mark})
+	b.SetMeta(statestore.Meta{Offset: a.offset, ChangelogSeq: last, Epoch: a.epoch, Forwarded: mark,
+		Owner: a.cfg.Owner, MetaSeq: last, Batch: recs[len(recs)-1].Meta.Batch})
 	err = b.Commit()
 	b.Close()
 	if err != nil {
@@ -788,7 +960,14 @@ func (a *partitionActor) commit(ctx context.Context) error {
 	a.m.commitSeconds.Observe(time.Since(start).Seconds())
 	a.m.changelogRecords.Add(float64(len(recs)))
 	a.m.offset.Set(float64(a.offset))
-	a.publishStatus(true)
+	a.inputLag, a.lastCommit = a.readLag, time.Now()
+	a.m.inputLag.Set(float64(a.inputLag))
+	a.m.lastCommit.Set(float64(a.lastCommit.UnixNano()) / 1e9)
+	if a.started {
+		a.publishStatus(StateRunning)
+	} else {
+		a.publishProgress()
+	}
 
 	clear(a.ws)
 	a.writes = a.writes[:0]
@@ -896,18 +1075,155 @@ func (a *partitionActor) maybePurge(ctx context.Context) error {
 	return nil
 }
 
-// fenced decides, after a wrong-last-sequence, whether a newer owner exists
-// (stop for good) or this owner's own earlier commit landed unseen (restart and
-// restore).
+// commitChangelog is step 1 of the commit: the batch recs, as one fenced
+// atomic batch. An unknown outcome (no acknowledgement: NATS away, a stream
+// leader moving, a timeout) is resolved by reading back what the changelog
+// holds, from the stream leader, and the same batch is published again
+// until its outcome is known; at most one of the attempts can land. It ends
+// when the batch landed; when another batch is where this one expected to
+// go (fenced decides whose); when the changelog lost records this owner
+// committed (errStoreAhead: restore); or when the actor is asked to stop
+// (errAbandoned: the batch's outcome is left to whoever restores next).
+// While it retries, Status says retrying, with the last error.
+func (a *partitionActor) commitChangelog(ctx context.Context, recs []changelog.Record) (first, last uint64, err error) {
+	var (
+		unknown  error // the first unknown outcome of this batch
+		since    time.Time
+		lastLog  time.Time
+		attempts int
+		wait     = retryMinBackoff
+	)
+	for {
+		attempts++
+		cctx, cancel := context.WithTimeout(ctx, a.cfg.CommitTimeout)
+		first, last, err = a.writer.Commit(cctx, recs)
+		cancel()
+		switch {
+		case err == nil:
+			if unknown != nil {
+				a.log.Info("commit landed after retries", "attempts", attempts, "took", time.Since(since).Round(time.Millisecond))
+			}
+			return first, last, nil
+		case errors.Is(err, changelog.ErrTooLarge):
+			return 0, 0, fmt.Errorf("commit changelog: %w", err)
+		case errors.Is(err, changelog.ErrFenced) && unknown == nil:
+			return 0, 0, a.fenced(ctx, err)
+		}
+		// Unknown, or fenced after an earlier attempt whose outcome is unknown
+		// (that attempt may be what is there).
+		if unknown == nil {
+			unknown, since, lastLog = err, time.Now(), time.Now()
+			a.log.Warn("commit outcome unknown; reading the changelog back", "err", err, "changelog_seq", a.writer.Last())
+		}
+		a.status.setState(StateRetrying, fmt.Errorf("commit changelog: %w", err))
+		for {
+			rctx, cancel := context.WithTimeout(ctx, a.cfg.CommitTimeout)
+			var o changelog.Outcome
+			o, first, last, err = a.writer.Resolve(rctx, recs)
+			cancel()
+			if err == nil {
+				switch o {
+				case changelog.Landed:
+					a.log.Info("commit landed (read back)", "attempts", attempts, "took", time.Since(since).Round(time.Millisecond),
+						"first", first, "last", last)
+					return first, last, nil
+				case changelog.Moved:
+					return 0, 0, a.fenced(ctx, unknown)
+				case changelog.Behind:
+					return 0, 0, fmt.Errorf("%w: the changelog ends before sequence %d, which this owner committed (did a NATS server lose acknowledged writes?)",
+						errStoreAhead, a.writer.Last())
+				}
+				break // not landed: publish it again
+			}
+			a.status.setState(StateRetrying, fmt.Errorf("commit changelog: read back: %w", err))
+			if time.Since(lastLog) >= retryLogEvery {
+				lastLog = time.Now()
+				a.log.Warn("commit outcome still unknown; retrying", "err", err, "attempts", attempts,
+					"for", time.Since(since).Round(time.Second))
+			}
+			if !a.sleep(ctx, &wait) {
+				return 0, 0, errAbandoned
+			}
+		}
+		if !a.sleep(ctx, &wait) {
+			return 0, 0, errAbandoned
+		}
+	}
+}
+
+// Retries of a commit whose outcome is unknown: from retryMinBackoff,
+// doubling, to retryMaxBackoff, so that a partition commits again within a
+// second of NATS coming back; one log line every retryLogEvery.
+const (
+	retryMinBackoff = 20 * time.Millisecond
+	retryMaxBackoff = time.Second
+	retryLogEvery   = 10 * time.Second
+)
+
+// errAbandoned means the actor was asked to stop while a commit retried:
+// the batch's outcome is left to whoever restores the partition next.
+var errAbandoned = errors.New("partition: stopping: commit abandoned")
+
+// sleep waits *wait (then doubles it, up to retryMaxBackoff); it returns
+// false if the actor is asked to stop or ctx ends first.
+func (a *partitionActor) sleep(ctx context.Context, wait *time.Duration) bool {
+	t := time.NewTimer(*wait)
+	defer t.Stop()
+	*wait = min(2**wait, retryMaxBackoff)
+	select {
+	case <-t.C:
+		return true
+	case <-a.stopping:
+		return false
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// FenceError says why a partition actor is fenced: the changelog's newest
+// meta record was written by another owner, at a newer epoch or at this
+// actor's own. errors.Is(err, ErrFenced) holds for it.
+type FenceError struct {
+	// Epoch and Owner are the fenced actor's.
+	Epoch uint64
+	Owner string
+	// By is the newest meta record of the changelog: the epoch and owner
+	// that hold the partition now.
+	By changelog.Meta
+	// Seq is By's changelog sequence (0 when unknown).
+	Seq uint64
+}
+
+func (e *FenceError) Error() string {
+	if e.By.Epoch == e.Epoch {
+		return fmt.Sprintf("%v: epoch %d is held by another owner %q in the changelog (this owner is %q): the assignor must give a new epoch",
+			ErrFenced, e.Epoch, e.By.Owner, e.Owner)
+	}
+	return fmt.Sprintf("%v: epoch %d, the changelog has epoch %d of owner %q", ErrFenced, e.Epoch, e.By.Epoch, e.By.Owner)
+}
+
+// Unwrap makes errors.Is(err, ErrFenced) hold.
+func (e *FenceError) Unwrap() error { return ErrFenced }
+
+// fenced decides, after a wrong-last-sequence (or after reading back an
+// unknown commit and finding another batch there), who wrote after the
+// sequence this actor knew. Another owner at a newer epoch, or at this
+// actor's epoch, fences it for good (*FenceError). This owner's own earlier
+// incarnation, or an older owner whose last batch landed just before this
+// actor's epoch record, does not: errChangelogMoved, and the actor restores
+// the tail and goes on. A changelog it cannot read leaves it to a retry.
 func (a *partitionActor) fenced(ctx context.Context, cause error) error {
-	m, ok, err := changelog.LastMetaOf(ctx, a.cl, a.subjects)
+	m, ok, err := changelog.ReadLastMeta(ctx, a.conn(), a.subjects)
 	if err != nil {
-		return fmt.Errorf("%w (and reading the newest epoch: %v)", cause, err)
+		return fmt.Errorf("%w (and reading the newest meta record: %v)", cause, err)
 	}
-	if ok && m.Epoch > a.epoch {
+	if ok && (m.Epoch > a.epoch || m.Epoch == a.epoch && m.Owner != a.cfg.Owner) {
 		a.m.fenced.Inc()
-		a.log.Warn("fenced by a newer owner; stopping", "epoch", a.epoch, "newer_epoch", m.Epoch)
-		return fmt.Errorf("%w: epoch %d, newer epoch %d", ErrFenced, a.epoch, m.Epoch)
+		fe := &FenceError{Epoch: a.epoch, Owner: a.cfg.Owner, By: m.Meta, Seq: m.Seq}
+		a.log.Warn("fenced by another owner; stopping", "epoch", a.epoch, "owner", a.cfg.Owner,
+			"newer_epoch", m.Epoch, "newer_owner", m.Owner, "at", m.Seq)
+		return fe
 	}
-	return fmt.Errorf("changelog moved under epoch %d, restoring: %w", a.epoch, cause)
+	return fmt.Errorf("%w after sequence %d: the newest meta record (sequence %d) is epoch %d of owner %q, batch %x (this actor: epoch %d, owner %q): %w",
+		errChangelogMoved, a.writer.Last(), m.Seq, m.Epoch, m.Owner, m.Batch, a.epoch, a.cfg.Owner, cause)
 }

@@ -27,6 +27,12 @@ type Config struct {
 	// Epoch is the owner epoch to fence with. 0 means "one more than the
 	// newest epoch in the changelog", which is what a single node wants.
 	Epoch uint64
+	// Owner names the process that runs the actor (a node's id and a token
+	// unique to its process). It goes into every meta record with the epoch:
+	// an actor that restarts at its epoch recognises what it wrote before as
+	// its own and resumes, while the same epoch written by another owner
+	// fences it. Empty: Start picks a random one.
+	Owner string
 	// Stores are the named stores besides DefaultStore.
 	Stores []string
 	// NoChangelog keeps the partition's stores without a changelog: a commit
@@ -112,6 +118,10 @@ type Hooks struct {
 	AfterLocal func()
 	// MidForward runs after the first outbox entry of a commit is forwarded, when there are more.
 	MidForward func()
+	// Conn, when set, is the connection changelog batches are published on
+	// and read back through, instead of Config.Conn: tests wrap the real one
+	// to lose acknowledgements or hold batches back.
+	Conn changelog.Conn
 }
 
 // DefaultConfig returns a config with the tuning defaults; the caller fills in

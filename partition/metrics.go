@@ -10,11 +10,15 @@ import (
 type Metrics struct {
 	events, handlerFailures, deadLetters, commits, changelogRecords *prometheus.CounterVec
 	forwarded, fenced, restoreRecords, inputGaps, restarts          *prometheus.CounterVec
-	rebuildEvents                                                   *prometheus.CounterVec
+	rebuildEvents, storeDiscards                                    *prometheus.CounterVec
 	commitSeconds                                                   *prometheus.HistogramVec
-	offset, replicaLag                                              *prometheus.GaugeVec
+	offset, replicaLag, inputLag, lastCommit                        *prometheus.GaugeVec
 	replicaRecords                                                  *prometheus.CounterVec
+	state                                                           *prometheus.GaugeVec
 }
+
+// states are the values of the state label of eddy_partition_state.
+var states = []State{StateStarting, StateRunning, StateRetrying, StateFenced, StateStopped}
 
 // NewMetrics creates the metrics and registers them with reg (nil: not registered).
 func NewMetrics(reg prometheus.Registerer) *Metrics {
@@ -43,10 +47,19 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "lag_records", Help: "Changelog records a hot replica has not applied yet."}, l),
 		replicaRecords: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "eddy", Subsystem: "replica",
 			Name: "applied_records_total", Help: "Changelog records a hot replica applied to its store."}, l),
+		storeDiscards: c("store_discards_total", "Local stores discarded because they held changelog records the changelog no longer has."),
+		inputLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "eddy", Subsystem: "partition",
+			Name: "input_lag_events", Help: "Input events of the partition not processed yet, as of the last commit."}, l),
+		lastCommit: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "eddy", Subsystem: "partition",
+			Name: "last_commit_timestamp_seconds", Help: "When the partition last committed (Unix time); time() minus it is the time since."}, l),
+		state: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "eddy", Subsystem: "partition",
+			Name: "state", Help: "1 for the partition actor's state (starting, running, retrying, fenced, stopped), 0 for the others."},
+			[]string{"type", "partition", "state"}),
 	}
 	if reg != nil {
 		for _, col := range []prometheus.Collector{m.events, m.handlerFailures, m.deadLetters, m.commits, m.changelogRecords,
-			m.forwarded, m.fenced, m.restoreRecords, m.rebuildEvents, m.inputGaps, m.restarts, m.commitSeconds, m.offset, m.replicaLag, m.replicaRecords} {
+			m.forwarded, m.fenced, m.restoreRecords, m.rebuildEvents, m.inputGaps, m.restarts, m.commitSeconds, m.offset, m.replicaLag, m.replicaRecords,
+			m.storeDiscards, m.inputLag, m.lastCommit, m.state} {
 			reg.MustRegister(col)
 		}
 	}
@@ -56,9 +69,21 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 type partitionMetrics struct {
 	events, handlerFailures, deadLetters, commits, changelogRecords prometheus.Counter
 	forwarded, fenced, restoreRecords, inputGaps, restarts          prometheus.Counter
-	rebuildEvents, replicaRecords                                   prometheus.Counter
+	rebuildEvents, replicaRecords, storeDiscards                    prometheus.Counter
 	commitSeconds                                                   prometheus.Observer
-	offset, replicaLag                                              prometheus.Gauge
+	offset, replicaLag, inputLag, lastCommit                        prometheus.Gauge
+	state                                                           map[State]prometheus.Gauge
+}
+
+// setState sets the partition's state gauge.
+func (m *partitionMetrics) setState(st State) {
+	for s, g := range m.state {
+		if s == st {
+			g.Set(1)
+		} else {
+			g.Set(0)
+		}
+	}
 }
 
 func (m *Metrics) forPartition(typ string, p int) *partitionMetrics {
@@ -66,11 +91,17 @@ func (m *Metrics) forPartition(typ string, p int) *partitionMetrics {
 		m = NewMetrics(nil)
 	}
 	l := prometheus.Labels{"type": typ, "partition": strconv.Itoa(p)}
-	return &partitionMetrics{
+	pm := &partitionMetrics{
 		events: m.events.With(l), handlerFailures: m.handlerFailures.With(l), deadLetters: m.deadLetters.With(l),
 		commits: m.commits.With(l), changelogRecords: m.changelogRecords.With(l), forwarded: m.forwarded.With(l),
 		fenced: m.fenced.With(l), restoreRecords: m.restoreRecords.With(l), rebuildEvents: m.rebuildEvents.With(l), inputGaps: m.inputGaps.With(l),
 		restarts: m.restarts.With(l), commitSeconds: m.commitSeconds.With(l), offset: m.offset.With(l),
 		replicaLag: m.replicaLag.With(l), replicaRecords: m.replicaRecords.With(l),
+		storeDiscards: m.storeDiscards.With(l), inputLag: m.inputLag.With(l), lastCommit: m.lastCommit.With(l),
+		state: map[State]prometheus.Gauge{},
 	}
+	for _, st := range states {
+		pm.state[st] = m.state.WithLabelValues(typ, strconv.Itoa(p), string(st))
+	}
+	return pm
 }

@@ -82,7 +82,13 @@ func TestNATSRestartLosesNothing(t *testing.T) {
 	h.srv.Shutdown()
 	close(down)
 	close(resume)
-	waitFor(t, "the commit to fail while NATS is away", func() bool { return a.Restarts() > 0 })
+	waitFor(t, "the commit to retry while NATS is away", func() bool { return a.Status().State == StateRetrying })
+	if st := a.Status(); st.Err == "" || st.Running {
+		t.Fatalf("status while NATS is away: %+v", st)
+	}
+	if _, err := a.Get(h.ctx, DefaultStore, []byte("k0")); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("a query while the partition retries: %v, want ErrUnavailable at once", err)
+	}
 	h.srv.Restart()
 
 	select {

@@ -21,6 +21,9 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nuid"
 
 	"github.com/eddyrt/eddy/actor"
 	"github.com/eddyrt/eddy/changelog"
@@ -30,7 +33,7 @@ import (
 type Actor struct {
 	cfg      Config
 	ref      *actor.Ref
-	status   atomic.Pointer[Status]
+	status   statusBoard
 	released atomic.Bool
 	// quiet is closed once a released actor has committed for the last time.
 	quiet     chan struct{}
@@ -53,6 +56,9 @@ func Start(sys *actor.System, cfg Config, sup actor.SupervisorConfig) (*Actor, e
 		stores[s] = true
 	}
 	subjects := changelog.NewSubjects(cfg.Type, cfg.Partition)
+	if cfg.Owner == "" {
+		cfg.Owner = nuid.Next()
+	}
 	sup.Decide = func(err error) actor.Directive {
 		if errors.Is(err, ErrFenced) {
 			return actor.Stop
@@ -62,13 +68,25 @@ func Start(sys *actor.System, cfg Config, sup actor.SupervisorConfig) (*Actor, e
 	adopt := cfg.Handoff
 	cfg.Handoff = nil
 	a := &Actor{cfg: cfg, quiet: make(chan struct{})}
-	a.status.Store(&Status{Type: cfg.Type, Partition: cfg.Partition})
+	a.status.m = m
+	a.status.init(Status{Type: cfg.Type, Partition: cfg.Partition, State: StateStarting, Since: time.Now(),
+		Epoch: cfg.Epoch, Owner: cfg.Owner})
 	ref, err := sys.Spawn(actor.Props{
 		Name:        fmt.Sprintf("%s/%d", cfg.Type, cfg.Partition),
 		MailboxSize: 4,
 		Supervisor:  sup,
 		Logger:      log,
 		OnRestart:   func(error) { m.restarts.Inc() },
+		OnFailure: func(err error, d actor.Directive) {
+			switch {
+			case errors.Is(err, ErrFenced):
+				a.status.setState(StateFenced, err)
+			case d == actor.Restart:
+				a.status.setState(StateRetrying, err)
+			default:
+				a.status.setState(StateStopped, err)
+			}
+		},
 		New: func() actor.Receiver {
 			c := cfg
 			c.Handoff, adopt = adopt, nil // only the first incarnation: a restart reopens the directory
@@ -83,8 +101,32 @@ func Start(sys *actor.System, cfg Config, sup actor.SupervisorConfig) (*Actor, e
 	return a, nil
 }
 
-// Get returns the committed value of key in store (statestore.ErrNotFound if absent).
+// ErrUnavailable means a partition actor does not answer queries now: it is
+// starting, retrying after a failure, fenced or stopped. The error says
+// which, and why.
+var ErrUnavailable = errors.New("partition not running")
+
+// Get returns the committed value of key in store (statestore.ErrNotFound if
+// absent). A partition actor that is starting answers once it runs (or
+// fails, or ctx ends); one that is retrying, fenced or stopped answers at
+// once with ErrUnavailable and the reason.
 func (a *Actor) Get(ctx context.Context, store string, key []byte) ([]byte, error) {
+	for {
+		changed := a.status.next()
+		s := a.Status()
+		if s.Running {
+			break
+		}
+		if s.State != StateStarting {
+			return nil, s.unavailable()
+		}
+		select {
+		case <-changed:
+		case <-a.ref.Done():
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w (%v)", s.unavailable(), ctx.Err())
+		}
+	}
 	v, err := a.ref.Ask(ctx, queryReq{store: store, key: key})
 	if err != nil {
 		return nil, err
@@ -95,14 +137,26 @@ func (a *Actor) Get(ctx context.Context, store string, key []byte) ([]byte, erro
 // Status returns the actor's progress as of its last commit. It does not wait
 // for the actor: a partition still restoring reports Running false.
 func (a *Actor) Status() Status {
-	s := *a.status.Load()
+	s := *a.status.p.Load()
 	s.Restarts = a.ref.Restarts()
 	select {
 	case <-a.ref.Done():
 		s.Running = false
+		if s.State == StateRunning || s.State == StateStarting || s.State == StateRetrying {
+			s.State = StateStopped
+		}
 	default:
 	}
 	return s
+}
+
+// unavailable is the ErrUnavailable of a partition that is not running.
+func (s Status) unavailable() error {
+	if s.Err != "" {
+		return fmt.Errorf("%w: %s/%d is %s since %s: %s", ErrUnavailable, s.Type, s.Partition, s.State,
+			s.Since.Format(time.RFC3339), s.Err)
+	}
+	return fmt.Errorf("%w: %s/%d is %s", ErrUnavailable, s.Type, s.Partition, s.State)
 }
 
 // Stop finishes the batch in hand and stops the actor.

@@ -201,12 +201,9 @@ func (r *replicaActor) Started(c *actor.Context) error {
 	r.cl = cl
 	meta, err := r.checkStore(ctx, cl)
 	if errors.Is(err, errStoreAhead) {
-		r.log.Warn("local store does not belong to this changelog; discarding it", "err", err)
-		if err := r.store.Close(); err != nil {
-			return err
-		}
-		r.store = nil
-		if err := removeStore(r.cfg.StoreDir); err != nil {
+		r.log.Warn("local store is ahead of the changelog; discarding it", "err", err)
+		r.m.storeDiscards.Inc()
+		if err := r.discardStore(); err != nil {
 			return err
 		}
 		if r.store, err = openStore(r.cfg); err != nil {
@@ -245,8 +242,22 @@ func (r *replicaActor) Started(c *actor.Context) error {
 	return nil
 }
 
+// discardStore closes and deletes the replica's store.
+func (r *replicaActor) discardStore() error {
+	r.stopTail()
+	if r.store != nil {
+		if err := r.store.Close(); err != nil {
+			return err
+		}
+		r.store = nil
+	}
+	return removeStore(r.cfg.StoreDir)
+}
+
 // checkStore verifies the store's changelog identity and that the changelog
-// has everything the store has seen.
+// has everything the store has seen: it does not end before the store, and
+// its newest meta record is not older than the store's, nor another batch
+// at the same sequence.
 func (r *replicaActor) checkStore(ctx context.Context, cl jetstream.Stream) (statestore.Meta, error) {
 	meta, err := r.store.Meta()
 	if err != nil {
@@ -262,6 +273,17 @@ func (r *replicaActor) checkStore(ctx context.Context, cl jetstream.Stream) (sta
 	if info.State.LastSeq < meta.ChangelogSeq {
 		return meta, fmt.Errorf("%w: local store at changelog sequence %d, changelog ends at %d",
 			errStoreAhead, meta.ChangelogSeq, info.State.LastSeq)
+	}
+	if meta.MetaSeq == 0 {
+		return meta, nil
+	}
+	m, ok, err := changelog.ReadLastMeta(ctx, r.cfg.Conn, r.subjects)
+	if err != nil {
+		return meta, err
+	}
+	if !ok || m.Seq < meta.MetaSeq || m.Seq == meta.MetaSeq && meta.Batch != 0 && m.Batch != meta.Batch {
+		return meta, fmt.Errorf("%w: the changelog's newest meta record (sequence %d, batch %x) is older than the store's (sequence %d, batch %x), or another",
+			errStoreAhead, m.Seq, m.Batch, meta.MetaSeq, meta.Batch)
 	}
 	return meta, nil
 }
@@ -279,6 +301,14 @@ func (r *replicaActor) loadPending() error {
 func (r *replicaActor) Receive(c *actor.Context, msg any) error {
 	switch m := msg.(type) {
 	case tailFailed:
+		if errors.Is(m.err, errStoreAhead) {
+			// The store holds records the changelog lost: start it over.
+			r.log.Warn("hot replica's store is ahead of the changelog; discarding it", "err", m.err)
+			r.m.storeDiscards.Inc()
+			if err := r.discardStore(); err != nil {
+				return err
+			}
+		}
 		return fmt.Errorf("tail changelog: %w", m.err)
 	case queryReq:
 		if r.store == nil {
@@ -383,8 +413,13 @@ func (r *replicaActor) tail(ctx context.Context, cl jetstream.Stream, meta state
 		seq := md.Sequence.Stream
 		switch rec.Kind {
 		case changelog.KindMeta:
+			if !rec.Meta.Continues(meta.MetaSeq, meta.Batch) {
+				return fmt.Errorf("%w: the batch ending at changelog sequence %d follows %d, but this replica applied a batch ending at %d: the changelog lost records and was written again",
+					errStoreAhead, seq, rec.Meta.Prev, meta.MetaSeq)
+			}
 			meta.Offset, meta.Epoch = rec.Meta.Offset, max(meta.Epoch, rec.Meta.Epoch)
 			meta.Forwarded = max(meta.Forwarded, rec.Meta.Forwarded)
+			meta.Owner, meta.MetaSeq, meta.Batch = rec.Meta.Owner, seq, rec.Meta.Batch
 		case changelog.KindOutbox:
 			r.pending = append(r.pending, seq)
 		}

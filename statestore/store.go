@@ -28,6 +28,13 @@ type Meta struct {
 	// store reflects: every outbox entry at or below this changelog sequence
 	// was forwarded. 0 in stores written before it was recorded.
 	Forwarded uint64 `msgpack:"forwarded,omitempty"`
+	// Owner is the owner that wrote the newest meta record the store
+	// reflects (with Epoch, the identity a restarted owner recognises as its own).
+	Owner string `msgpack:"owner,omitempty"`
+	// MetaSeq and Batch are the changelog sequence and batch id of that
+	// record: where the store's history can be checked against the changelog's.
+	MetaSeq uint64 `msgpack:"meta_seq,omitempty"`
+	Batch   uint64 `msgpack:"batch,omitempty"`
 }
 
 // KV is the read/write surface shared by stores and write sets; Typed works

@@ -535,7 +535,7 @@ func (b *bench) buildChangelog(ctx context.Context) (changelog.Subjects, error) 
 	if _, err := changelog.EnsureStream(ctx, b.js, s, changelog.DefaultStreamConfig()); err != nil {
 		return s, err
 	}
-	w := changelog.NewWriter(b.nc, s, 0, b.cfg.MaxBatchRecords)
+	w := changelog.NewWriter(b.nc, s, changelog.Tail{}, b.cfg.MaxBatchRecords)
 	value, err := msgpack.Marshal(int64(1))
 	if err != nil {
 		return s, err
