@@ -32,14 +32,14 @@ const (
 // first is the epoch record); the faults map says what happens to which.
 type faultyConn struct {
 	*nats.Conn
-	mu        sync.Mutex
+	mu     sync.Mutex
 	faults map[int]fault
 	// failReads JetStream API reads fail after each faulted commit request
 	// (reading the outcome back fails too, for a while).
 	failReads, readsToFail int
-	n         int
-	pending   []*nats.Msg   // batch messages published before the commit message
-	held      [][]*nats.Msg // batches kept back
+	n                      int
+	pending                []*nats.Msg   // batch messages published before the commit message
+	held                   [][]*nats.Msg // batches kept back
 	// release, when set, runs before commit request n: a test uses it to
 	// let held batches land at a chosen point.
 	release map[int]bool
