@@ -37,7 +37,7 @@ func startMember(t *testing.T, natsURL, id, join string, mutate func(*eddy.Confi
 // settled reports whether every partition is active on one of nodes, with
 // the actives balanced, and each node runs exactly its actives.
 func settled(nodes []*eddy.Node, partitions int) error {
-	st, err := nodes[0].Cluster()
+	st, err := nodes[0].Cluster(context.Background())
 	if err != nil {
 		return err
 	}
@@ -259,7 +259,7 @@ func TestClusterZoneSpread(t *testing.T) {
 	waitSettled(t, nodes, partitions)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		st, err := n1.Cluster()
+		st, err := n1.Cluster(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -301,7 +301,7 @@ func TestClusterFailoverRebuildsStoresWithoutChangelog(t *testing.T) {
 	n2 := startMember(t, srv.URL(), "n2", n1.GossipAddr(), noLeave, bank)
 	n3 := startMember(t, srv.URL(), "n3", n1.GossipAddr(), noLeave, bank)
 	waitSettled(t, []*eddy.Node{n1, n2, n3}, partitions)
-	st, err := n1.Cluster()
+	st, err := n1.Cluster(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}

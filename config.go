@@ -92,6 +92,12 @@ type Config struct {
 	// LeaveTimeout bounds the graceful leave on Stop: the time the node's
 	// active partitions have to move to other nodes.
 	LeaveTimeout time.Duration
+	// GiveBackAfter is how long a partition actor may keep failing on this
+	// node, while the node is connected to NATS, before the node gives the
+	// partition back to the assignor to place it elsewhere at a new epoch.
+	// (A partition fenced at its assigned epoch is given back at once;
+	// failures while NATS is away are retried where they are.)
+	GiveBackAfter time.Duration
 
 	// Logger receives the node's logs (nil: slog.Default()).
 	Logger *slog.Logger
@@ -128,6 +134,7 @@ func DefaultConfig() Config {
 		MaxLagForMove:      cl.Assignor.MaxLagForMove,
 		MaxConcurrentMoves: cl.Assignor.MaxConcurrentMoves,
 		LeaveTimeout:       30 * time.Second, // each partition commits its batch in hand and restores elsewhere
+		GiveBackAfter:      time.Minute,      // far past a stream leader election (seconds): a fault of this node
 	}
 }
 
@@ -170,6 +177,8 @@ func (c *Config) Validate() error {
 		return bad("bootstrap and expect exclude each other")
 	case c.LeaveTimeout < 0:
 		return bad("leave timeout %v", c.LeaveTimeout)
+	case c.GiveBackAfter <= 0:
+		return bad("give-back-after %v: must be positive", c.GiveBackAfter)
 	}
 	cc := c.clusterConfig("")
 	if err := cc.Validate(); err != nil {

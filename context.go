@@ -33,20 +33,41 @@ func (c *Context) Data() []byte { return c.tx.Event().Data }
 // Header returns an event header.
 func (c *Context) Header(name string) string { return c.tx.Event().Header.Get(name) }
 
-// Decode decodes the event into v: msgpack, or JSON when the event has the
-// header Content-Type: application/json. A failure wraps ErrMalformed, which
-// sends the event to the dead-letter stream without retries.
+// Decode decodes the event into v: JSON when the event has the header
+// Content-Type: application/json, else msgpack (what eddy's Client sends),
+// else JSON when the payload is a JSON object, array or string that msgpack
+// cannot decode into v — so any NATS client can publish plain JSON. A
+// failure wraps ErrMalformed, which sends the event to the dead-letter
+// stream without retries.
 func (c *Context) Decode(v any) error {
+	data := c.Data()
 	var err error
 	if c.Header("Content-Type") == "application/json" {
-		err = json.Unmarshal(c.Data(), v)
-	} else {
-		err = msgpack.Unmarshal(c.Data(), v)
+		err = json.Unmarshal(data, v)
+	} else if err = msgpack.Unmarshal(data, v); err != nil && looksLikeJSON(data) {
+		if jerr := json.Unmarshal(data, v); jerr == nil {
+			err = nil
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("%w: decode %T: %v", ErrMalformed, v, err)
 	}
 	return nil
+}
+
+// looksLikeJSON reports whether data starts, after white space, like a JSON
+// object, array or string.
+func looksLikeJSON(data []byte) bool {
+	for _, b := range data {
+		switch b {
+		case ' ', '\t', '\r', '\n':
+			continue
+		case '{', '[', '"':
+			return true
+		}
+		return false
+	}
+	return false
 }
 
 // Get decodes the key's own state into v and reports whether there is any.

@@ -40,4 +40,8 @@ var (
 	ErrNotRunning = errors.New("eddy: node not running")
 	// ErrFenced means a newer owner took over a partition.
 	ErrFenced = partition.ErrFenced
+	// ErrUnavailable means the partition of a key does not run now: it is
+	// retrying after a failure (NATS away, say), fenced, or stopped. The
+	// error says which and why; HTTP answers it with 503.
+	ErrUnavailable = partition.ErrUnavailable
 )

@@ -19,8 +19,11 @@ import (
 //	    [&max_lag=500ms]                     or from the nearest hot replica at most that stale (see
 //	                                         Node.QueryWithin); served_by says "replica" or "owner",
 //	                                         served_by_node which node answered
-//	GET /v1/status                           this node's partitions: epoch, offset, changelog sequence
-//	GET /v1/cluster                          members, Raft leader and term, the assignment and replica lags
+//	                                         (503 at once when the key's partition does not run, with why)
+//	GET /v1/status                           this node's partitions: state (and why when not running),
+//	                                         epoch, offset, changelog sequence, input lag, last commit
+//	GET /v1/cluster                          members, Raft leader and term, the assignment with each
+//	                                         partition's state on its node, replica lags
 //	GET /metrics                             Prometheus metrics
 //	GET /healthz                             200 while the node runs
 func (n *Node) Handler() http.Handler {
@@ -56,6 +59,9 @@ func (n *Node) handleState(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, ErrNotFound), errors.Is(err, ErrUnknownType):
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": err.Error()})
 		return
+	case errors.Is(err, ErrUnavailable):
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error(), "reason": "partition not running"})
+		return
 	case err != nil:
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
 		return
@@ -78,8 +84,8 @@ func (n *Node) handleStatus(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"node": n.cfg.NodeID, "partitions": st})
 }
 
-func (n *Node) handleCluster(w http.ResponseWriter, _ *http.Request) {
-	st, err := n.Cluster()
+func (n *Node) handleCluster(w http.ResponseWriter, r *http.Request) {
+	st, err := n.Cluster(r.Context())
 	switch {
 	case errors.Is(err, ErrNotClustered):
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": err.Error()})

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"sort"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -19,6 +19,7 @@ import (
 //
 //	eddy.ctl.<node>.apply    commands forwarded to the Raft leader (lag reports)
 //	eddy.ctl.<node>.release  "commit and stop partition p, I am its new owner"
+//	eddy.ctl.<node>.status   the node's partition actors' statuses (Node.Cluster)
 //	eddy.query.<type>.<p>    queries of partition p, by the node running it
 //	eddy.rquery.<type>.<p>.<node>  bounded-staleness reads of partition p, by the
 //	                         hot replica of p on node (see serveReplicaQueries)
@@ -53,6 +54,7 @@ func (n *Node) startCluster(ctx context.Context) error {
 	}{
 		{ctlSubject(n.cfg.NodeID, "apply"), n.handleForwarded},
 		{ctlSubject(n.cfg.NodeID, "release"), n.handleRelease},
+		{ctlSubject(n.cfg.NodeID, "status"), n.handleStatusRequest},
 	}
 	for _, s := range subs {
 		sub, err := n.nc.Subscribe(s.subject, s.handle)
@@ -104,6 +106,9 @@ func (n *Node) followAssignment(ctx context.Context, cl *cluster.Cluster) {
 		case <-changes:
 		case <-tick.C:
 			lr.report(ctx)
+			n.mu.Lock()
+			n.checkHealth(ctx)
+			n.mu.Unlock()
 		}
 	}
 }
@@ -176,6 +181,10 @@ func (lr *lagReporter) report(ctx context.Context) {
 	lr.last, lr.at = now, time.Now()
 }
 
+// errLeaderRefused means the leader received a forwarded command and
+// refused it (a stale give-back, say): sending it again will not help.
+var errLeaderRefused = errors.New("refused by the leader")
+
 // forward sends a command to the leader (cluster.Config.Forward).
 func (n *Node) forward(ctx context.Context, leader string, cmd []byte) error {
 	resp, err := n.nc.RequestWithContext(ctx, ctlSubject(leader, "apply"), cmd)
@@ -183,7 +192,7 @@ func (n *Node) forward(ctx context.Context, leader string, cmd []byte) error {
 		return fmt.Errorf("forward to leader %s: %w", leader, err)
 	}
 	if e := resp.Header.Get(headerError); e != "" {
-		return fmt.Errorf("leader %s: %s", leader, e)
+		return fmt.Errorf("%w: leader %s: %s", errLeaderRefused, leader, e)
 	}
 	return nil
 }
@@ -197,6 +206,10 @@ const headerNotFound = "Eddy-Not-Found"
 // headerNode names the node that answered a query.
 const headerNode = "Eddy-Node"
 
+// headerUnavailable marks a query reply from an owner whose partition does
+// not run now; it holds the reason.
+const headerUnavailable = "Eddy-Unavailable"
+
 func respond(m *nats.Msg, data []byte, err error) { _ = m.RespondMsg(reply(m, data, err)) }
 
 // reply is the answer to m: data, or err in a header.
@@ -208,6 +221,8 @@ func reply(m *nats.Msg, data []byte, err error) *nats.Msg {
 		r.Header.Set(headerNotFound, "1")
 	case errors.Is(err, errTooStale):
 		r.Header.Set(headerTooStale, err.Error())
+	case errors.Is(err, ErrUnavailable):
+		r.Header.Set(headerUnavailable, err.Error())
 	case err != nil:
 		r.Header.Set(headerError, err.Error())
 	}
@@ -359,6 +374,10 @@ func (n *Node) queryRemote(ctx context.Context, k pkey, store, key string) ([]by
 		switch {
 		case err == nil && resp.Header.Get(headerNotFound) != "":
 			return nil, resp.Header.Get(headerNode), ErrNotFound
+		case err == nil && resp.Header.Get(headerUnavailable) != "":
+			// The owner runs the partition's slot but not the partition: say why at once.
+			return nil, resp.Header.Get(headerNode), fmt.Errorf("%w: on node %s: %s", ErrUnavailable,
+				resp.Header.Get(headerNode), strings.TrimPrefix(resp.Header.Get(headerUnavailable), ErrUnavailable.Error()+": "))
 		case err == nil && resp.Header.Get(headerError) == "":
 			return resp.Data, resp.Header.Get(headerNode), nil
 		case err == nil:
@@ -371,85 +390,6 @@ func (n *Node) queryRemote(ctx context.Context, k pkey, store, key string) ([]by
 			wait = min(2*wait, 500*time.Millisecond)
 		}
 	}
-}
-
-// ClusterStatus is the cluster as one node sees it.
-type ClusterStatus struct {
-	// Node is the node answering.
-	Node string `json:"node"`
-	// Leader is the Raft leader's node id, "" when none is known.
-	Leader string `json:"leader"`
-	// Term is the Raft term.
-	Term uint64 `json:"term"`
-	// Members are the gossip members.
-	Members []MemberStatus `json:"members"`
-	// Partitions is the assignment table.
-	Partitions []AssignmentStatus `json:"partitions"`
-}
-
-// MemberStatus is one gossip member.
-type MemberStatus struct {
-	ID       string `json:"id"`
-	State    string `json:"state"`
-	Zone     string `json:"zone,omitempty"`
-	Gossip   string `json:"gossip"`
-	Raft     string `json:"raft,omitempty"`
-	HTTP     string `json:"http,omitempty"`
-	Assigned string `json:"assigned,omitempty"` // the assignor's view: alive, left or dead
-}
-
-// AssignmentStatus is where one partition runs.
-type AssignmentStatus struct {
-	Type      string          `json:"type"`
-	Partition int             `json:"partition"`
-	Active    string          `json:"active"`
-	Epoch     uint64          `json:"epoch"`
-	MovingTo  string          `json:"moving_to,omitempty"`
-	Replicas  []ReplicaStatus `json:"replicas,omitempty"`
-}
-
-// ReplicaStatus is one hot replica and its last reported lag.
-type ReplicaStatus struct {
-	Node       string        `json:"node"`
-	LagRecords uint64        `json:"lag_records"`
-	Behind     time.Duration `json:"behind_ns"`
-	Reported   bool          `json:"reported"`
-}
-
-// ErrNotClustered means the node runs alone (Config.GossipAddr is empty).
-var ErrNotClustered = errors.New("eddy: node is not a cluster member")
-
-// Cluster returns the members, the Raft leader and term, and the assignment
-// as this node knows them.
-func (n *Node) Cluster() (ClusterStatus, error) {
-	n.mu.Lock()
-	cl, running := n.cl, n.running
-	n.mu.Unlock()
-	if !running {
-		return ClusterStatus{}, ErrNotRunning
-	}
-	if cl == nil {
-		return ClusterStatus{}, ErrNotClustered
-	}
-	m := cl.Assignment()
-	st := ClusterStatus{Node: n.cfg.NodeID, Term: cl.Term()}
-	st.Leader, _ = cl.Leader()
-	for _, mb := range cl.Members() {
-		ms := MemberStatus{ID: mb.ID, State: mb.State.String(), Zone: mb.Meta.Zone, Gossip: mb.Addr, Raft: mb.Meta.RaftAddr, HTTP: mb.Meta.HTTPAddr}
-		if ni, ok := m.Node(mb.ID); ok {
-			ms.Assigned = ni.State.String()
-		}
-		st.Members = append(st.Members, ms)
-	}
-	sort.Slice(st.Members, func(i, j int) bool { return st.Members[i].ID < st.Members[j].ID })
-	for _, p := range m.Partitions() {
-		as := AssignmentStatus{Type: p.Type, Partition: p.Partition, Active: p.Active, Epoch: p.Epoch, MovingTo: p.MovingTo}
-		for _, r := range p.Replicas {
-			as.Replicas = append(as.Replicas, ReplicaStatus{Node: r.Node, LagRecords: r.Lag, Behind: r.Behind, Reported: r.LagKnown()})
-		}
-		st.Partitions = append(st.Partitions, as)
-	}
-	return st, nil
 }
 
 // GossipAddr is the address other nodes join this one through; empty when

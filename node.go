@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/vmihailenco/msgpack/v5"
@@ -44,6 +45,10 @@ type Node struct {
 	reg      prometheus.Registerer
 	gatherer prometheus.Gatherer
 	metrics  *partition.Metrics
+
+	// owner names this process in the changelogs' meta records: a
+	// partition actor that restarts at its epoch recognises its own writes.
+	owner string
 
 	mu        sync.Mutex
 	running   bool
@@ -143,6 +148,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		return errors.New("eddy: node already started")
 	}
 	n.starting = true
+	n.owner = n.cfg.NodeID + "/" + nuid.Next()
 	n.mu.Unlock()
 	defer func() {
 		if err != nil {
@@ -534,7 +540,8 @@ func (n *Node) queryRawWithin(ctx context.Context, typ, store, key string, maxLa
 func (n *Node) queryOwner(ctx context.Context, k pkey, a *partition.Actor, store, key string) ([]byte, string, error) {
 	if a != nil {
 		v, err := a.Get(ctx, store, []byte(key))
-		if err == nil || errors.Is(err, ErrNotFound) || !n.cfg.clustered() {
+		if err == nil || errors.Is(err, ErrNotFound) || !n.cfg.clustered() ||
+			errors.Is(err, ErrUnavailable) && a.Status().State != partition.StateStopped {
 			return v, n.cfg.NodeID, err
 		}
 		// The actor stopped under the query (moved away): ask its new owner.

@@ -2,7 +2,6 @@ package eddy
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"path/filepath"
 	"strconv"
@@ -41,6 +40,12 @@ type activeSlot struct {
 	// actor goes on until the new owner asks for the partition (handleRelease),
 	// or until releaseBy if it never does.
 	releaseBy time.Time
+	// down is set once the actor has stopped for good at the epoch the
+	// assignment still gives it (fenced): the slot stays, and says why.
+	down bool
+	// givenBack is set once the partition was given back to the assignor
+	// at this epoch.
+	givenBack bool
 }
 
 // releaseTimeout bounds how long a new owner waits for the old owner to
@@ -63,14 +68,17 @@ func (n *Node) apply(ctx context.Context, want map[pkey]placement, handover map[
 		select {
 		case <-s.a.Done():
 			// Stopped by itself: fenced, or released to a new owner.
-			if ok && w.active && w.epoch == s.epoch && errors.Is(s.a.Err(), partition.ErrFenced) {
-				// Nothing here can fix this: only a newer epoch from the assignor.
-				n.log.Error("partition fenced at the epoch the assignment gives it: its changelog holds a newer epoch "+
-					"than the cluster's assignment (was the cluster's Raft state reset while NATS kept the changelogs?)",
-					"partition", k.String(), "epoch", s.epoch, "err", s.a.Err())
-			} else {
-				n.log.Info("partition actor stopped", "partition", k.String(), "epoch", s.epoch, "err", s.a.Err())
+			if ok && w.active && w.epoch == s.epoch && s.a.Err() != nil {
+				// Nothing here can fix this: only a new epoch from the
+				// assignor. The slot stays, so that status and queries say
+				// why the partition does not run, until the assignment changes.
+				if !s.down {
+					s.down = true
+					n.partitionDown(ctx, k, s)
+				}
+				continue
 			}
+			n.log.Info("partition actor stopped", "partition", k.String(), "epoch", s.epoch, "err", s.a.Err())
 			n.dropActive(k, s)
 			continue
 		default:
@@ -273,7 +281,7 @@ func runAll(fs []func()) {
 func (n *Node) partitionConfig(t *ActorType, p int, epoch uint64) partition.Config {
 	c := partition.DefaultConfig()
 	c.Type, c.Partition, c.Partitions = t.Name, p, t.Partitions
-	c.Epoch = epoch
+	c.Epoch, c.Owner = epoch, n.owner
 	c.Stores = t.Stores
 	c.NoChangelog = t.NoChangelog
 	h := t.Handler

@@ -107,7 +107,7 @@ func TestStaleReadsFromNearestReplica(t *testing.T) {
 		for _, asker := range nodes {
 			deadline := time.Now().Add(10 * time.Second)
 			for {
-				st, err := n1.Cluster()
+				st, err := n1.Cluster(context.Background())
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -155,7 +155,7 @@ func TestStaleReadsFromNearestReplica(t *testing.T) {
 			if err != nil || fromReplica || acc != want(i) {
 				t.Fatalf("%s from %s within 0: %+v replica=%v err=%v", a, asker.ID(), acc, fromReplica, err)
 			}
-			st, err := n1.Cluster()
+			st, err := n1.Cluster(context.Background())
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -126,6 +126,7 @@ func addClusterFlags(fs *flag.FlagSet, cfg *eddy.Config) {
 	fs.Uint64Var(&cfg.MaxLagForMove, "max-lag-for-move", cfg.MaxLagForMove, "replica lag in changelog `records` under which a warm-up move hands a partition over")
 	fs.IntVar(&cfg.MaxConcurrentMoves, "max-concurrent-moves", cfg.MaxConcurrentMoves, "most warm-up `moves` in progress in the cluster")
 	fs.DurationVar(&cfg.LeaveTimeout, "leave-timeout", cfg.LeaveTimeout, "how long a graceful leave (SIGTERM) waits for the node's partitions to move")
+	fs.DurationVar(&cfg.GiveBackAfter, "give-back-after", cfg.GiveBackAfter, "how long a partition may keep failing here, with NATS connected, before it is given back to the assignor")
 }
 
 // listFlag is a comma-separated list.

@@ -103,7 +103,7 @@ func TestEveryConfigFieldHasAFlag(t *testing.T) {
 		"Logger":     "log-format",
 		"GossipAddr": "gossip", "RaftAddr": "raft", "Join": "join", "Bootstrap": "bootstrap", "BootstrapExpect": "expect",
 		"Zone": "zone", "GossipKey": "gossip-key", "GossipProfile": "gossip-profile", "MaxLagForMove": "max-lag-for-move", "MaxVoters": "max-voters",
-		"MaxConcurrentMoves": "max-concurrent-moves", "LeaveTimeout": "leave-timeout",
+		"MaxConcurrentMoves": "max-concurrent-moves", "LeaveTimeout": "leave-timeout", "GiveBackAfter": "give-back-after",
 	}
 	noFlag := map[string]bool{"Registerer": true, "Hooks": true} // Go values for embedders and tests
 	cfg := eddy.DefaultConfig()

@@ -52,12 +52,21 @@ func (c *cli) status(ctx context.Context, args []string) error {
 		fmt.Fprintf(c.stdout, "partition actors on node %s\n", body.Node)
 	}
 	tw := tabwriter.NewWriter(c.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "TYPE\tPARTITION\tRUNNING\tEPOCH\tOFFSET\tCHANGELOG SEQ")
+	fmt.Fprintln(tw, "TYPE\tPARTITION\tSTATE\tEPOCH\tOFFSET\tINPUT LAG\tLAST COMMIT\tCHANGELOG SEQ")
+	now := time.Now()
+	var troubled []eddy.PartitionStatus
 	for _, p := range body.Partitions {
-		fmt.Fprintf(tw, "%s\t%d\t%v\t%d\t%d\t%d\n", p.Type, p.Partition, p.Running, p.Epoch, p.Offset, p.ChangelogSeq)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\t%d\t%s\t%d\n", p.Type, p.Partition, stateSince(string(p.State), p.Since, now),
+			p.Epoch, p.Offset, p.InputLag, ago(p.LastCommit, now), p.ChangelogSeq)
+		if p.Err != "" {
+			troubled = append(troubled, p)
+		}
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	for _, p := range troubled {
+		fmt.Fprintf(c.stdout, "%s/%d %s: %s\n", p.Type, p.Partition, p.State, p.Err)
 	}
 	if code != http.StatusOK {
 		if body.Error == "" {
@@ -105,7 +114,9 @@ func printCluster(w io.Writer, cl eddy.ClusterStatus) {
 	_ = tw.Flush()
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "TYPE\tPARTITION\tACTIVE\tEPOCH\tREPLICAS (LAG: RECORDS, TIME)\tMOVING TO")
+	fmt.Fprintln(tw, "TYPE\tPARTITION\tACTIVE\tEPOCH\tSTATE\tINPUT LAG\tLAST COMMIT\tREPLICAS (LAG: RECORDS, TIME)\tMOVING TO")
+	now := time.Now()
+	var troubled []eddy.AssignmentStatus
 	for _, p := range cl.Partitions {
 		var rs []string
 		for _, r := range p.Replicas {
@@ -118,9 +129,38 @@ func printCluster(w io.Writer, cl eddy.ClusterStatus) {
 			}
 			rs = append(rs, fmt.Sprintf("%s (%s)", r.Node, lag))
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\t%s\n", p.Type, p.Partition, dash(p.Active), p.Epoch, dash(strings.Join(rs, " ")), dash(p.MovingTo))
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\t%d\t%s\t%s\t%s\n", p.Type, p.Partition, dash(p.Active), p.Epoch, dash(p.State),
+			p.InputLag, ago(p.LastCommit, now), dash(strings.Join(rs, " ")), dash(p.MovingTo))
+		if p.Err != "" || p.GivenBack != "" {
+			troubled = append(troubled, p)
+		}
 	}
 	_ = tw.Flush()
+	for _, p := range troubled {
+		if p.GivenBack != "" {
+			fmt.Fprintf(w, "%s/%d given back by %s: %s\n", p.Type, p.Partition, p.Active, p.GivenBack)
+		}
+		if p.Err != "" {
+			fmt.Fprintf(w, "%s/%d %s on %s: %s\n", p.Type, p.Partition, p.State, p.Active, p.Err)
+		}
+	}
+}
+
+// stateSince is a partition's state, with how long it has lasted when it
+// is not running.
+func stateSince(state string, since, now time.Time) string {
+	if state == "running" || since.IsZero() {
+		return state
+	}
+	return state + " (" + now.Sub(since).Round(time.Second).String() + ")"
+}
+
+// ago says how long before now t was: "-" for never.
+func ago(t, now time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return now.Sub(t).Round(time.Millisecond).String() + " ago"
 }
 
 func dash(s string) string {

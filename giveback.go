@@ -1,0 +1,84 @@
+package eddy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/eddyrt/eddy/cluster"
+	"github.com/eddyrt/eddy/partition"
+)
+
+// A partition that cannot run is never left dead in silence. A partition
+// actor that stops for good at the epoch its assignment gives it (another
+// owner holds its changelog at a newer epoch, or at the same one) keeps its
+// slot: /v1/status, /v1/cluster and `node status` say why, and queries of
+// its keys answer ErrUnavailable at once. In a cluster the node gives the
+// partition back to the assignor, which places it again at a new epoch
+// (above the changelog's). A partition actor that keeps failing for
+// Config.GiveBackAfter while the node is connected to NATS — a fault of this
+// node, not of NATS — is given back too. Failures while NATS is away are
+// retried in place: every node is in the same boat, and moving partitions
+// would not help.
+
+// partitionDown reports a partition actor that stopped for good at the
+// epoch the assignment gives it, and gives the partition back; n.mu is held.
+func (n *Node) partitionDown(ctx context.Context, k pkey, s *activeSlot) {
+	err := s.a.Err()
+	n.log.Error("partition cannot run at the epoch the assignment gives it", "partition", k.String(), "epoch", s.epoch, "err", err)
+	var minEpoch uint64
+	if fe := (*partition.FenceError)(nil); errors.As(err, &fe) {
+		minEpoch = fe.By.Epoch
+	}
+	n.giveBack(ctx, k, s, minEpoch, err.Error())
+}
+
+// checkHealth gives back the partitions that have been retrying for
+// GiveBackAfter or longer while this node is connected to NATS; n.mu is held.
+func (n *Node) checkHealth(ctx context.Context) {
+	if n.nc == nil || !n.nc.IsConnected() {
+		return
+	}
+	for k, s := range n.actives {
+		if st := s.a.Status(); st.State == partition.StateRetrying && time.Since(st.Since) >= n.cfg.GiveBackAfter {
+			n.giveBack(ctx, k, s, 0, fmt.Sprintf("failing for %v with NATS connected: %s",
+				time.Since(st.Since).Round(time.Second), st.Err))
+		}
+	}
+}
+
+// giveBack tells the assignor, once per slot, that this node cannot run
+// partition k at its epoch; it retries in the background until the leader
+// has it (or refuses it as stale: the assignment moved on) or ctx ends.
+// n.mu is held.
+func (n *Node) giveBack(ctx context.Context, k pkey, s *activeSlot, minEpoch uint64, why string) {
+	if s.givenBack || n.cl == nil {
+		return
+	}
+	s.givenBack = true
+	cl := n.cl
+	g := cluster.GiveBack{Node: n.cfg.NodeID, Type: k.typ, Partition: k.p, Epoch: s.epoch, MinEpoch: minEpoch, Reason: why}
+	n.log.Warn("giving the partition back to the assignor", "partition", k.String(), "epoch", s.epoch, "min_epoch", minEpoch, "why", why)
+	n.wg.Go(func() {
+		wait := 100 * time.Millisecond
+		for {
+			rctx, cancel := context.WithTimeout(ctx, ctlTimeout)
+			err := cl.GiveBack(rctx, g)
+			cancel()
+			switch {
+			case err == nil:
+				return
+			case errors.Is(err, cluster.ErrStale), errors.Is(err, errLeaderRefused):
+				n.log.Info("give-back not applied: the assignment moved on", "partition", k.String(), "err", err)
+				return
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+				wait = min(2*wait, 2*time.Second)
+			}
+		}
+	})
+}
