@@ -27,6 +27,12 @@ type Config struct {
 	NATSURL string
 	// NATSOptions are extra client options (credentials, TLS) for NATSURL.
 	NATSOptions []nats.Option
+	// NATSWait bounds how long Start waits for NATS to accept the
+	// connection, for JetStream to answer (a JetStream cluster elects its
+	// meta leader first) and for the streams to be created; 0 waits as long
+	// as it takes (or as Start's context allows). Wrong credentials, a TLS
+	// mismatch and a stream eddy cannot use fail Start at once.
+	NATSWait time.Duration
 	// EmbeddedNATSHost and EmbeddedNATSPort are where the embedded server
 	// listens (port -1 picks a free one).
 	EmbeddedNATSHost string
@@ -118,6 +124,7 @@ func DefaultConfig() Config {
 		DataDir:            "./data",
 		EmbeddedNATSHost:   "127.0.0.1",
 		EmbeddedNATSPort:   4222,
+		NATSWait:           0, // wait for NATS as long as it takes: compose, systemd and Kubernetes start it with the nodes
 		HTTPAddr:           "127.0.0.1:8080",
 		BatchSize:          p.BatchSize,
 		Linger:             p.Linger,
@@ -149,6 +156,8 @@ func (c *Config) Validate() error {
 		return bad("no data dir")
 	case c.NATSURL == "" && c.EmbeddedNATSPort == 0:
 		return bad("embedded NATS needs a port (-1 for any)")
+	case c.NATSWait < 0:
+		return bad("NATS wait %v: 0 (no bound) or positive", c.NATSWait)
 	case c.BatchSize < 1 || c.MaxAttempts < 1 || c.MaxValueSize < 1 || c.MaxEventSize < 1:
 		return bad("batch size, max attempts, max value and event size must be positive")
 	case c.MaxBatchRecords < 2:

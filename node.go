@@ -136,6 +136,7 @@ func (n *Node) Register(t ActorType) error {
 }
 
 // Start connects to NATS (starting the embedded server if no URL is set),
+// waiting for NATS and JetStream to come up within Config.NATSWait and ctx,
 // creates the streams and serves HTTP. On a single node it then starts a
 // partition actor for every partition; in a cluster it joins, declares the
 // actor types (waiting for the cluster to form, within ctx) and runs the
@@ -191,7 +192,9 @@ func (n *Node) Start(ctx context.Context) (err error) {
 }
 
 // connect connects to NATS, starting the embedded server if no URL is set,
-// and creates the input, dead-letter and output streams.
+// waits for JetStream and makes the input, dead-letter and output streams
+// exist. It waits through NATS and JetStream not being up yet, within
+// Config.NATSWait and ctx (natsconn.go).
 func (n *Node) connect(ctx context.Context) error {
 	if err := os.MkdirAll(n.cfg.DataDir, 0o755); err != nil {
 		return fmt.Errorf("data dir: %w", err)
@@ -217,9 +220,11 @@ func (n *Node) connect(ctx context.Context) error {
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) { n.log.Info("NATS reconnected", "url", c.ConnectedUrl()) }),
 	}, n.cfg.NATSOptions...)
-	nc, err := nats.Connect(url, opts...)
+	w, ctx, cancel := n.natsWait(ctx, url)
+	defer cancel()
+	nc, err := w.connect(ctx, url, opts)
 	if err != nil {
-		return fmt.Errorf("connect to NATS at %s: %w", redactURL(url), err)
+		return err
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -229,27 +234,10 @@ func (n *Node) connect(ctx context.Context) error {
 	n.mu.Lock()
 	n.nc, n.js = nc, js
 	n.mu.Unlock()
-	sopt := partition.StreamOptions{Replicas: n.cfg.StreamReplicas, Duplicates: n.cfg.DuplicateWindow}
-	for _, name := range n.order {
-		t := n.types[name]
-		if err := partition.EnsureInputStream(ctx, js, t.Name, t.Partitions, sopt); err != nil {
-			return err
-		}
-		if err := partition.EnsureStream(ctx, js, partition.DLQStream(t.Name), []string{partition.DLQSubject(t.Name)}, sopt); err != nil {
-			return err
-		}
+	if err := w.awaitJetStream(ctx, nc, js); err != nil {
+		return err
 	}
-	for _, name := range n.order {
-		for _, o := range n.types[name].Outputs {
-			if n.types[o] != nil {
-				continue // another actor type's input stream
-			}
-			if err := partition.EnsureStream(ctx, js, o, []string{o + ".*"}, sopt); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+	return n.ensureStreams(ctx, w, nc, js)
 }
 
 func (n *Node) supervisor() actor.SupervisorConfig {

@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/eddyrt/eddy/internal/streams"
 )
 
 // StreamConfig says how changelog streams are created.
@@ -32,33 +35,70 @@ func (c StreamConfig) Validate() error {
 	return nil
 }
 
-// EnsureStream creates the changelog stream of s if it does not exist and
-// returns it. An existing stream is used as it is.
+// streamSpec is the changelog stream of s as eddy creates it, and what an
+// existing one must keep: MaxMsgsPerSubject=1 (compaction), atomic batch
+// publish (a commit is one batch), file storage, limits retention (a
+// restore replays it), the subjects of s.
+func streamSpec(s Subjects, cfg StreamConfig) streams.Spec {
+	return streams.Spec{
+		Role: "changelog",
+		Config: jetstream.StreamConfig{
+			Name:               s.Stream(),
+			Description:        "eddy changelog of " + s.Type + " partition " + fmt.Sprint(s.Partition),
+			Subjects:           []string{s.All()},
+			Storage:            jetstream.FileStorage,
+			Replicas:           cfg.Replicas,
+			MaxBytes:           cfg.MaxBytes,
+			MaxMsgsPerSubject:  1,
+			Discard:            jetstream.DiscardOld,
+			AllowAtomicPublish: true,
+			AllowDirect:        true,
+		},
+		Replayed: true,
+	}
+}
+
+// EnsureStream returns the changelog stream of s, in one attempt: it creates
+// a missing stream; an existing one with fewer replicas than cfg or without
+// direct gets is updated; one that eddy cannot use (another
+// MaxMsgsPerSubject, no atomic publish, other storage or subjects) is an
+// error naming the field and both values, wrapping
+// eddy.ErrIncompatibleStream, that retrying does not cure. A JetStream
+// cluster electing its leaders makes it fail with a timeout or 10008
+// "temporarily unavailable"; its caller, a supervised partition actor,
+// retries by restarting.
 func EnsureStream(ctx context.Context, js jetstream.JetStream, s Subjects, cfg StreamConfig) (jetstream.Stream, error) {
-	st, err := js.Stream(ctx, s.Stream())
-	if err == nil {
-		return st, nil
+	st, _, err := streams.Ensure(ctx, js, streamSpec(s, cfg))
+	return st, err
+}
+
+// CheckStreams compares the changelog streams of actor type typ that
+// already exist with what EnsureStream wants, in one attempt: it returns
+// the first that eddy cannot use as an error, and applies and logs the safe
+// changes (more replicas, direct gets). Missing changelogs are left to
+// EnsureStream. A node runs it at start, so that a changelog it cannot use
+// fails the start rather than a partition actor after it. A nil log logs
+// nothing.
+func CheckStreams(ctx context.Context, js jetstream.JetStream, typ string, partitions int, cfg StreamConfig, log *slog.Logger) error {
+	for p := range partitions {
+		spec := streamSpec(NewSubjects(typ, p), cfg)
+		st, err := js.Stream(ctx, spec.Config.Name)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("changelog %s: %w", spec.Config.Name, err)
+		}
+		plan, err := streams.Diff(spec, st.CachedInfo().Config)
+		if err != nil {
+			return err
+		}
+		if plan.Update != nil {
+			if _, err := js.UpdateStream(ctx, *plan.Update); err != nil {
+				return fmt.Errorf("update changelog %s (%v): %w", spec.Config.Name, plan.Changes, err)
+			}
+		}
+		streams.LogPlan(log, spec, plan)
 	}
-	if !errors.Is(err, jetstream.ErrStreamNotFound) {
-		return nil, fmt.Errorf("changelog %s: %w", s.Stream(), err)
-	}
-	st, err = js.CreateStream(ctx, jetstream.StreamConfig{
-		Name:               s.Stream(),
-		Description:        "eddy changelog of " + s.Type + " partition " + fmt.Sprint(s.Partition),
-		Subjects:           []string{s.All()},
-		Storage:            jetstream.FileStorage,
-		Replicas:           cfg.Replicas,
-		MaxBytes:           cfg.MaxBytes,
-		MaxMsgsPerSubject:  1,
-		Discard:            jetstream.DiscardOld,
-		AllowAtomicPublish: true,
-		AllowDirect:        true,
-	})
-	if err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-		return nil, fmt.Errorf("create changelog %s: %w", s.Stream(), err)
-	}
-	if err != nil {
-		return js.Stream(ctx, s.Stream())
-	}
-	return st, nil
+	return nil
 }

@@ -2,14 +2,15 @@ package partition
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"hash/fnv"
+	"log/slog"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/eddyrt/eddy/changelog"
+	"github.com/eddyrt/eddy/internal/streams"
 )
 
 // Of returns the partition of a key among n partitions: FNV-1a of its subject
@@ -32,56 +33,69 @@ func DLQSubject(typ string) string { return "eddy.dlq." + typ }
 
 // StreamOptions are the options of the streams eddy creates.
 type StreamOptions struct {
+	// Replicas is the JetStream replication; an existing stream with fewer
+	// replicas is scaled up to it (never down).
 	Replicas int
 	// Duplicates is the deduplication window; it must cover the worst failover,
-	// or an outbox forwarded before a crash could be forwarded again.
+	// or an outbox forwarded before a crash could be forwarded again. An
+	// existing stream with a shorter window gets this one (at most its MaxAge).
 	Duplicates time.Duration
+	// Log receives a line for each change made to an existing stream, and
+	// for a stream that keeps more replicas than Replicas; nil logs nothing.
+	Log *slog.Logger
 }
 
-// EnsureInputStream creates the input stream typ (if missing) with subjects
-// typ.* transformed to typ.<partition>.<key>, so that a publish to typ.<key> from
-// any NATS client lands in the key's partition. An existing stream must have
-// the same partition count.
+// EnsureInputStream makes the input stream typ exist, in one attempt, with
+// subjects typ.* transformed to typ.<partition>.<key>, so that a publish to
+// typ.<key> from any NATS client lands in the key's partition. An existing
+// stream with another partition count (subject transform), subjects that do
+// not cover typ.*, other storage or a retention other than limits is an
+// error wrapping ErrIncompatibleStream; one with fewer replicas or a shorter
+// duplicate window is updated. Timeouts, 10008 "temporarily unavailable"
+// and 10023 "insufficient resources" (a JetStream cluster electing its
+// leaders, a member down) are worth retrying; Node.Start does.
 func EnsureInputStream(ctx context.Context, js jetstream.JetStream, typ string, partitions int, opt StreamOptions) error {
 	dest := fmt.Sprintf("%s.{{partition(%d,1)}}.{{wildcard(1)}}", typ, partitions)
-	st, err := js.Stream(ctx, typ)
-	if err == nil {
-		cfg := st.CachedInfo().Config
-		if cfg.SubjectTransform == nil || cfg.SubjectTransform.Destination != dest {
-			return fmt.Errorf("input stream %s exists with another partitioning (%+v); eddy wants %d partitions",
-				typ, cfg.SubjectTransform, partitions)
-		}
-		return nil
-	}
-	if !errors.Is(err, jetstream.ErrStreamNotFound) {
-		return fmt.Errorf("input stream %s: %w", typ, err)
-	}
-	_, err = js.CreateStream(ctx, jetstream.StreamConfig{
-		Name:             typ,
-		Description:      fmt.Sprintf("eddy input stream of actor type %s, %d partitions", typ, partitions),
-		Subjects:         []string{typ + ".*"},
-		SubjectTransform: &jetstream.SubjectTransformConfig{Source: typ + ".*", Destination: dest},
-		Storage:          jetstream.FileStorage,
-		Replicas:         opt.Replicas,
-		Duplicates:       opt.Duplicates,
+	return ensure(ctx, js, opt, streams.Spec{
+		Role: "input stream",
+		Config: jetstream.StreamConfig{
+			Name:             typ,
+			Description:      fmt.Sprintf("eddy input stream of actor type %s, %d partitions", typ, partitions),
+			Subjects:         []string{typ + ".*"},
+			SubjectTransform: &jetstream.SubjectTransformConfig{Source: typ + ".*", Destination: dest},
+			Storage:          jetstream.FileStorage,
+			Replicas:         opt.Replicas,
+			Duplicates:       opt.Duplicates,
+		},
+		Replayed: true,
 	})
-	if err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-		return fmt.Errorf("create input stream %s: %w", typ, err)
-	}
-	return nil
 }
 
-// EnsureStream creates a plain stream (outputs, dead letters) if it is missing.
+// EnsureStream makes a plain stream (outputs, dead letters) exist, in one
+// attempt, as EnsureInputStream does. An existing one must cover subjects;
+// its retention is the user's.
 func EnsureStream(ctx context.Context, js jetstream.JetStream, name string, subjects []string, opt StreamOptions) error {
-	_, err := js.CreateStream(ctx, jetstream.StreamConfig{
-		Name:       name,
-		Subjects:   subjects,
-		Storage:    jetstream.FileStorage,
-		Replicas:   opt.Replicas,
-		Duplicates: opt.Duplicates,
+	return ensure(ctx, js, opt, streams.Spec{
+		Role: "stream",
+		Config: jetstream.StreamConfig{
+			Name:       name,
+			Subjects:   subjects,
+			Storage:    jetstream.FileStorage,
+			Replicas:   opt.Replicas,
+			Duplicates: opt.Duplicates,
+		},
 	})
-	if err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-		return fmt.Errorf("create stream %s: %w", name, err)
+}
+
+// ErrIncompatibleStream marks a stream that exists with a config eddy
+// cannot use and does not change (streams.ErrIncompatible).
+var ErrIncompatibleStream = streams.ErrIncompatible
+
+func ensure(ctx context.Context, js jetstream.JetStream, opt StreamOptions, spec streams.Spec) error {
+	_, plan, err := streams.Ensure(ctx, js, spec)
+	if err != nil {
+		return err
 	}
+	streams.LogPlan(opt.Log, spec, plan)
 	return nil
 }

@@ -65,6 +65,7 @@ func addNodeFlags(fs *flag.FlagSet, cfg *eddy.Config) *nodeFlags {
 	fs.StringVar(&cfg.NodeID, "node-id", cfg.NodeID, "`name` of the node in logs and metrics")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "`dir`ectory of the state stores (and of the embedded NATS server's JetStream data, under nats/)")
 	fs.StringVar(&cfg.NATSURL, "nats", cfg.NATSURL, "NATS server `URL`s, comma-separated; empty runs an embedded server (development)")
+	fs.DurationVar(&cfg.NATSWait, "nats-wait", cfg.NATSWait, "how long start-up waits for NATS, JetStream and the streams before giving up; 0 waits as long as it takes")
 	fs.StringVar(&f.natsCreds, "nats-creds", "", "NATS user credentials `file` (with --nats)")
 	fs.StringVar(&f.tlsCA, "nats-tls-ca", "", "CA certificate `file` that signs the NATS server's certificate (with --nats)")
 	fs.StringVar(&f.tlsCert, "nats-tls-cert", "", "client certificate `file` for NATS TLS (with --nats and --nats-tls-key)")

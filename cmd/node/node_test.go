@@ -47,13 +47,15 @@ func TestFlagsAndEnvMirrors(t *testing.T) {
 		"EDDY_LINGER":     "5ms",
 		"EDDY_CACHE_SIZE": "64MiB",
 		"EDDY_NATS":       "nats://user:secret@nats-1:4222,nats://nats-2:4222",
+		"EDDY_NATS_WAIT":  "2m",
 	}
 	args := []string{"--batch-size", "20", "--max-value-size", "128KiB", "--nats-creds", "/etc/eddy/node.creds"}
 	if err := parseFlags(fs, args, env(vars)); err != nil {
 		t.Fatal(err)
 	}
 	if cfg.DataDir != "/var/lib/eddy" || cfg.BatchSize != 20 || cfg.Linger != 5*time.Millisecond ||
-		cfg.CacheSize != 64<<20 || cfg.MaxValueSize != 128<<10 || !strings.HasPrefix(cfg.NATSURL, "nats://user:") {
+		cfg.CacheSize != 64<<20 || cfg.MaxValueSize != 128<<10 || !strings.HasPrefix(cfg.NATSURL, "nats://user:") ||
+		cfg.NATSWait != 2*time.Minute {
 		t.Fatalf("config %+v", cfg)
 	}
 	if cfg.HTTPAddr != eddy.DefaultConfig().HTTPAddr {
@@ -95,7 +97,7 @@ func TestBadFlags(t *testing.T) {
 // fails this test until it gets one.
 func TestEveryConfigFieldHasAFlag(t *testing.T) {
 	flagOf := map[string]string{
-		"NodeID": "node-id", "DataDir": "data-dir", "NATSURL": "nats", "NATSOptions": "nats-creds",
+		"NodeID": "node-id", "DataDir": "data-dir", "NATSURL": "nats", "NATSOptions": "nats-creds", "NATSWait": "nats-wait",
 		"EmbeddedNATSHost": "nats-host", "EmbeddedNATSPort": "nats-port", "HTTPAddr": "http",
 		"BatchSize": "batch-size", "Linger": "linger", "MaxAttempts": "max-attempts",
 		"MaxValueSize": "max-value-size", "MaxEventSize": "max-event-size", "MaxBatchRecords": "max-batch-records",

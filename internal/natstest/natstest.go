@@ -23,6 +23,13 @@ type Server struct {
 // It is shut down when the test ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	return StartWith(t, nil)
+}
+
+// StartWith runs a server as Start does, with its options changed by mutate
+// first (a given port, users, TLS).
+func StartWith(t testing.TB, mutate func(*server.Options)) *Server {
+	t.Helper()
 	s := &Server{t: t, opts: server.Options{
 		Host:      "127.0.0.1",
 		Port:      -1,
@@ -31,6 +38,9 @@ func Start(t testing.TB) *Server {
 		NoLog:     true,
 		NoSigs:    true,
 	}}
+	if mutate != nil {
+		mutate(&s.opts)
+	}
 	s.start()
 	// Keep the port across restarts.
 	s.opts.Port = s.srv.Addr().(*net.TCPAddr).Port
