@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/eddyrt/eddy/internal/natsproc"
 )
 
 // publishUntilStored publishes an input event with a message id until the
@@ -127,4 +130,126 @@ func TestNATSRestartLosesNothing(t *testing.T) {
 		}
 	}
 	t.Logf("the partition restarted %d times in all", a.Restarts())
+}
+
+// killConn SIGKILLs the nats-server process while chosen changelog commits
+// are in flight: after the batch and its commit message were written to the
+// socket, before the acknowledgement is read, so the batch may or may not
+// have landed. The server is started again on its store shortly after.
+type killConn struct {
+	*nats.Conn
+	srv    *natsproc.Cluster
+	kills  map[int]bool // commit requests (counted from 1) to kill the server during
+	mu     sync.Mutex
+	n      int
+	killed chan int // receives the commit request a kill happened at
+}
+
+func (c *killConn) RequestMsgWithContext(ctx context.Context, m *nats.Msg) (*nats.Msg, error) {
+	c.mu.Lock()
+	c.n++
+	kill := c.kills[c.n]
+	n := c.n
+	c.mu.Unlock()
+	if !kill {
+		return c.Conn.RequestMsgWithContext(ctx, m)
+	}
+	inbox := c.Conn.NewRespInbox()
+	sub, err := c.Conn.SubscribeSync(inbox)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	m.Reply = inbox
+	if err := c.Conn.PublishMsg(m); err != nil {
+		return nil, err
+	}
+	_ = c.Conn.Flush() // the commit message has left; its ack has not come back
+	if err := c.srv.Kill(0); err != nil {
+		return nil, err
+	}
+	c.killed <- n
+	return sub.NextMsgWithContext(ctx)
+}
+
+// TestNATSServerKilledMidCommit runs a partition actor at a fixed epoch, as a
+// cluster assigns it, against a nats-server process that is SIGKILLed three
+// times in the middle of a commit and started again on its store, while a
+// client keeps publishing (with message ids, retried until acknowledged).
+// The actor must resolve each commit by reading the changelog back, never
+// fence itself, and count every event once.
+func TestNATSServerKilledMidCommit(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs nats-server processes")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	srv, err := natsproc.Start(natsproc.Config{Servers: 1, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	if err := srv.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h := newHarnessOn(t, ctx, srv.ConnectURL(), "killed", 1)
+	const events, keys = 600, 7
+	out := "out.killed"
+	ensureOutput(t, ctx, h.js, "killed_out", out)
+
+	kc := &killConn{Conn: h.nc, srv: srv, kills: map[int]bool{3: true, 8: true, 13: true}, killed: make(chan int, 3)}
+	cfg := h.config(0, countAndEmit(out, 1))
+	cfg.Epoch, cfg.Owner = 7, "n1/killed"
+	cfg.BatchSize = 20
+	cfg.CommitTimeout = 2 * time.Second
+	cfg.Hooks.Conn = kc
+	a := h.start(cfg)
+
+	published := make(chan error, 1)
+	go func() {
+		for i := range events {
+			if err := h.publishUntilStored(h.js, "k"+strconv.Itoa(i%keys), "e-"+strconv.Itoa(i)); err != nil {
+				published <- err
+				return
+			}
+		}
+		published <- nil
+	}()
+	for range 3 {
+		select {
+		case n := <-kc.killed:
+			time.Sleep(300 * time.Millisecond) // NATS stays away for a while
+			if err := srv.Start(0); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("nats-server SIGKILLed during commit %d and started again", n)
+		case <-ctx.Done():
+			t.Fatal("no commit reached its kill")
+		}
+	}
+	if err := <-published; err != nil {
+		t.Fatal(err)
+	}
+	h.waitOffset(a, 0)
+	if st := a.Status(); st.State != StateRunning || st.Epoch != 7 {
+		t.Fatalf("status %+v: want running at epoch 7", st)
+	}
+	for k := range keys {
+		key := "k" + strconv.Itoa(k)
+		want := uint64(events / keys)
+		if k < events%keys {
+			want++
+		}
+		if got := count(ctx, a, key); got != want {
+			t.Errorf("%s = %d, want %d", key, got, want)
+		}
+	}
+	waitFor(t, "every output forwarded", func() bool { return len(streamMsgs(t, ctx, h.js, "killed_out")) >= events })
+	if ids := byMsgID(t, streamMsgs(t, ctx, h.js, "killed_out")); len(ids) != events {
+		t.Errorf("%d outputs, want %d", len(ids), events)
+	}
+	if err := a.Stop(ctx); err != nil || a.Err() != nil {
+		t.Fatalf("stop: %v, actor ended with %v", err, a.Err())
+	}
+	t.Logf("the actor restarted %d times", a.Restarts())
 }

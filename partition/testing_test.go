@@ -40,6 +40,33 @@ func newHarness(t *testing.T, typ string, partitions int) *harness {
 	nc, js := srv.Connect(t)
 	h := &harness{t: t, ctx: ctx, srv: srv, nc: nc, js: js, sys: actor.NewSystem(testLogger(t)), dir: t.TempDir(), typ: typ, np: partitions}
 	t.Cleanup(func() { _ = h.sys.Stop(context.Background()) })
+	h.createStreams()
+	return h
+}
+
+// newHarnessOn is newHarness on a NATS server of the test's (a process, say)
+// at url; the connection reconnects forever and does not buffer while
+// reconnecting, as a node's does.
+func newHarnessOn(t *testing.T, ctx context.Context, url, typ string, partitions int) *harness {
+	t.Helper()
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.ReconnectBufSize(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{t: t, ctx: ctx, nc: nc, js: js, sys: actor.NewSystem(testLogger(t)), dir: t.TempDir(), typ: typ, np: partitions}
+	t.Cleanup(func() { _ = h.sys.Stop(context.Background()) })
+	h.createStreams()
+	return h
+}
+
+// createStreams creates the input and dead-letter streams of h's type.
+func (h *harness) createStreams() {
+	t, ctx, js, typ, partitions := h.t, h.ctx, h.js, h.typ, h.np
 	opt := StreamOptions{Replicas: 1, Duplicates: 2 * time.Minute}
 	if err := EnsureInputStream(ctx, js, typ, partitions, opt); err != nil {
 		t.Fatal(err)
@@ -47,7 +74,6 @@ func newHarness(t *testing.T, typ string, partitions int) *harness {
 	if err := EnsureStream(ctx, js, DLQStream(typ), []string{DLQSubject(typ)}, opt); err != nil {
 		t.Fatal(err)
 	}
-	return h
 }
 
 func testLogger(t *testing.T) *slog.Logger {
