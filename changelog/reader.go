@@ -102,6 +102,7 @@ func Replay(ctx context.Context, js jetstream.JetStream, s Subjects, cfg ReplayC
 		if err != nil {
 			return 0, err
 		}
+		rec.Time = md.Timestamp
 		if err := apply(md.Sequence.Stream, rec); err != nil {
 			return 0, err
 		}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/vmihailenco/msgpack/v5"
@@ -32,6 +33,9 @@ type Record struct {
 	Meta  Meta   // KindMeta
 	// KindOutbox: the entry, and the input offset and index that name it.
 	Outbox Outbox
+	// Time is when the stream stored the record, as a reader (Replay, a
+	// tail) saw it; zero when writing.
+	Time time.Time
 }
 
 // Meta is the partition's progress marker, committed as the last record of

@@ -172,9 +172,11 @@ func pendingKey(seq uint64) []byte {
 	return binary.BigEndian.AppendUint64([]byte(pendingKeyPrefix), seq)
 }
 
+// pending is an outbox entry committed and not known to be forwarded.
 type pending struct {
 	seq uint64
 	out changelog.Outbox
+	at  time.Time // when it was committed; zero if unknown
 }
 
 // partitionActor is one incarnation of a partition actor.
@@ -314,8 +316,21 @@ func (a *partitionActor) Started(c *actor.Context) error {
 		"open", opened.Sub(start).Round(time.Millisecond), "stream", ensured.Sub(opened).Round(time.Millisecond),
 		"restore_fence", time.Since(ensured).Round(time.Millisecond))
 	// Forward whatever a crash left unforwarded before taking new input. The
-	// forwarded mark goes with the next commit, or after MarkDelay.
-	if err := a.forward(ctx, a.pendingOut); err != nil {
+	// forwarded mark goes with the next commit, or after MarkDelay. Entries
+	// older than their target's duplicate window may be there already:
+	// those found there are not forwarded again.
+	outs, there, err := a.checkOutbox(ctx, a.pendingOut)
+	if err == nil {
+		err = a.markForwarded(there)
+	}
+	if err == nil {
+		err = a.forward(ctx, outs)
+	}
+	if errors.Is(err, errAbandoned) {
+		a.abandoned = true
+		return nil
+	}
+	if err != nil {
 		return err
 	}
 	a.pendingOut = nil
@@ -607,16 +622,52 @@ func applyRecord(b statestore.Batch, seq uint64, r changelog.Record) error {
 	case changelog.KindDelete:
 		b.Delete([]byte(storeKey(r.Store, r.Key)))
 	case changelog.KindOutbox:
-		v, err := msgpack.Marshal(&r.Outbox)
+		v, err := pendingValue(r.Outbox, r.Time)
 		if err != nil {
 			return err
 		}
-		// Keep offset and index, which the changelog carries in the subject.
-		v = binary.BigEndian.AppendUint64(v, r.Outbox.Offset)
-		v = binary.BigEndian.AppendUint32(v, uint32(r.Outbox.Index))
 		b.Set(pendingKey(seq), v)
 	}
 	return nil
+}
+
+// pendingValue encodes an outbox entry kept in the local store until it is
+// forwarded: the entry, its input offset and index (which the changelog
+// carries in the subject), and when it was committed (zero if unknown).
+func pendingValue(o changelog.Outbox, at time.Time) ([]byte, error) {
+	v, err := msgpack.Marshal(&o)
+	if err != nil {
+		return nil, err
+	}
+	v = binary.BigEndian.AppendUint64(v, o.Offset)
+	v = binary.BigEndian.AppendUint32(v, uint32(o.Index))
+	var ns int64
+	if !at.IsZero() {
+		ns = at.UnixNano()
+	}
+	return binary.BigEndian.AppendUint64(v, uint64(ns)), nil
+}
+
+// pendingTrailer is the size of what pendingValue appends to the entry.
+const pendingTrailer = 8 + 4 + 8
+
+// decodePending decodes a pendingValue.
+func decodePending(v []byte) (changelog.Outbox, time.Time, error) {
+	var out changelog.Outbox
+	if len(v) < pendingTrailer {
+		return out, time.Time{}, errors.New("short value")
+	}
+	t := v[len(v)-pendingTrailer:]
+	if err := msgpack.Unmarshal(v[:len(v)-pendingTrailer], &out); err != nil {
+		return out, time.Time{}, err
+	}
+	out.Offset = binary.BigEndian.Uint64(t)
+	out.Index = int(binary.BigEndian.Uint32(t[8:]))
+	var at time.Time
+	if ns := int64(binary.BigEndian.Uint64(t[12:])); ns != 0 {
+		at = time.Unix(0, ns)
+	}
+	return out, at, nil
 }
 
 // changelogID is the identity of a changelog stream: its creation time.
@@ -635,16 +686,11 @@ func (a *partitionActor) loadPending() error {
 			drop.Delete(k)
 			return nil
 		}
-		if len(v) < 12 {
-			return fmt.Errorf("pending outbox entry %d: short value", seq)
-		}
-		var out changelog.Outbox
-		if err := msgpack.Unmarshal(v[:len(v)-12], &out); err != nil {
+		out, at, err := decodePending(v)
+		if err != nil {
 			return fmt.Errorf("pending outbox entry %d: %w", seq, err)
 		}
-		out.Offset = binary.BigEndian.Uint64(v[len(v)-12:])
-		out.Index = int(binary.BigEndian.Uint32(v[len(v)-4:]))
-		a.pendingOut = append(a.pendingOut, pending{seq: seq, out: out})
+		a.pendingOut = append(a.pendingOut, pending{seq: seq, out: out, at: at})
 		return nil
 	})
 	if err != nil {
@@ -934,17 +980,16 @@ func (a *partitionActor) commit(ctx context.Context) error {
 		}
 	}
 	outs := make([]pending, len(a.outbox))
+	now := time.Now()
 	for i, o := range a.outbox {
 		seq := first + uint64(len(logged)+i)
-		v, err := msgpack.Marshal(&o)
+		v, err := pendingValue(o, now)
 		if err != nil {
 			b.Close()
 			return err
 		}
-		v = binary.BigEndian.AppendUint64(v, o.Offset)
-		v = binary.BigEndian.AppendUint32(v, uint32(o.Index))
 		b.Set(pendingKey(seq), v)
-		outs[i] = pending{seq: seq, out: o}
+		outs[i] = pending{seq: seq, out: o, at: now}
 	}
 	b.SetMeta(statestore.Meta{Offset: a.offset, ChangelogSeq: last, Epoch: a.epoch, Forwarded: mark,
 		Owner: a.cfg.Owner, MetaSeq: last, Batch: recs[len(recs)-1].Meta.Batch})
@@ -987,10 +1032,45 @@ func (a *partitionActor) commit(ctx context.Context) error {
 
 // forward publishes outbox entries with their message ids and waits for every
 // acknowledgement; the targets deduplicate entries forwarded before a crash.
+// A failure (NATS away, a target stream without a leader) is retried in
+// place, publishing the same entries again, until they are all acknowledged
+// or the actor is asked to stop (errAbandoned).
 func (a *partitionActor) forward(ctx context.Context, outs []pending) error {
 	if len(outs) == 0 {
 		return nil
 	}
+	var since, lastLog time.Time
+	wait := retryMinBackoff
+	for {
+		err := a.publishOutbox(ctx, outs)
+		if err == nil {
+			break
+		}
+		switch {
+		case since.IsZero():
+			since, lastLog = time.Now(), time.Now()
+			a.log.Warn("forwarding the outbox failed; retrying", "err", err, "entries", len(outs))
+		case time.Since(lastLog) >= retryLogEvery:
+			lastLog = time.Now()
+			a.log.Warn("forwarding the outbox still fails; retrying", "err", err, "for", time.Since(since).Round(time.Second))
+		}
+		a.status.setState(StateRetrying, err)
+		if !a.sleep(ctx, &wait) {
+			return errAbandoned
+		}
+	}
+	if !since.IsZero() {
+		a.log.Info("outbox forwarded after retries", "took", time.Since(since).Round(time.Millisecond))
+		if a.started {
+			a.publishStatus(StateRunning)
+		}
+	}
+	a.m.forwarded.Add(float64(len(outs)))
+	return a.markForwarded(outs)
+}
+
+// publishOutbox publishes outs once and waits for their acknowledgements.
+func (a *partitionActor) publishOutbox(ctx context.Context, outs []pending) error {
 	futures := make([]jetstream.PubAckFuture, 0, len(outs))
 	for i, p := range outs {
 		m := &nats.Msg{Subject: p.out.Subject, Data: p.out.Data, Header: nats.Header{}}
@@ -1033,9 +1113,15 @@ func (a *partitionActor) forward(ctx context.Context, outs []pending) error {
 			return ctx.Err()
 		}
 	}
-	a.m.forwarded.Add(float64(len(outs)))
-	// Forwarded entries are dropped from the local store now; the mark reaches
-	// the changelog with the next commit, or after MarkDelay when idle.
+	return nil
+}
+
+// markForwarded drops forwarded entries from the local store; the mark
+// reaches the changelog with the next commit, or after MarkDelay when idle.
+func (a *partitionActor) markForwarded(outs []pending) error {
+	if len(outs) == 0 {
+		return nil
+	}
 	b := a.store.NewBatch()
 	defer b.Close()
 	for _, p := range outs {

@@ -10,7 +10,7 @@ import (
 type Metrics struct {
 	events, handlerFailures, deadLetters, commits, changelogRecords *prometheus.CounterVec
 	forwarded, fenced, restoreRecords, inputGaps, restarts          *prometheus.CounterVec
-	rebuildEvents, storeDiscards                                    *prometheus.CounterVec
+	rebuildEvents, storeDiscards, outboxFound                       *prometheus.CounterVec
 	commitSeconds                                                   *prometheus.HistogramVec
 	offset, replicaLag, inputLag, lastCommit                        *prometheus.GaugeVec
 	replicaRecords                                                  *prometheus.CounterVec
@@ -48,6 +48,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		replicaRecords: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "eddy", Subsystem: "replica",
 			Name: "applied_records_total", Help: "Changelog records a hot replica applied to its store."}, l),
 		storeDiscards: c("store_discards_total", "Local stores discarded because they held changelog records the changelog no longer has."),
+		outboxFound:   c("outbox_found_total", "Restored outbox entries older than half their target's duplicate window found in the target already, and not forwarded again."),
 		inputLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "eddy", Subsystem: "partition",
 			Name: "input_lag_events", Help: "Input events of the partition not processed yet, as of the last commit."}, l),
 		lastCommit: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "eddy", Subsystem: "partition",
@@ -59,7 +60,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	if reg != nil {
 		for _, col := range []prometheus.Collector{m.events, m.handlerFailures, m.deadLetters, m.commits, m.changelogRecords,
 			m.forwarded, m.fenced, m.restoreRecords, m.rebuildEvents, m.inputGaps, m.restarts, m.commitSeconds, m.offset, m.replicaLag, m.replicaRecords,
-			m.storeDiscards, m.inputLag, m.lastCommit, m.state} {
+			m.storeDiscards, m.outboxFound, m.inputLag, m.lastCommit, m.state} {
 			reg.MustRegister(col)
 		}
 	}
@@ -69,7 +70,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 type partitionMetrics struct {
 	events, handlerFailures, deadLetters, commits, changelogRecords prometheus.Counter
 	forwarded, fenced, restoreRecords, inputGaps, restarts          prometheus.Counter
-	rebuildEvents, replicaRecords, storeDiscards                    prometheus.Counter
+	rebuildEvents, replicaRecords, storeDiscards, outboxFound       prometheus.Counter
 	commitSeconds                                                   prometheus.Observer
 	offset, replicaLag, inputLag, lastCommit                        prometheus.Gauge
 	state                                                           map[State]prometheus.Gauge
@@ -97,7 +98,7 @@ func (m *Metrics) forPartition(typ string, p int) *partitionMetrics {
 		fenced: m.fenced.With(l), restoreRecords: m.restoreRecords.With(l), rebuildEvents: m.rebuildEvents.With(l), inputGaps: m.inputGaps.With(l),
 		restarts: m.restarts.With(l), commitSeconds: m.commitSeconds.With(l), offset: m.offset.With(l),
 		replicaLag: m.replicaLag.With(l), replicaRecords: m.replicaRecords.With(l),
-		storeDiscards: m.storeDiscards.With(l), inputLag: m.inputLag.With(l), lastCommit: m.lastCommit.With(l),
+		storeDiscards: m.storeDiscards.With(l), outboxFound: m.outboxFound.With(l), inputLag: m.inputLag.With(l), lastCommit: m.lastCommit.With(l),
 		state: map[State]prometheus.Gauge{},
 	}
 	for _, st := range states {

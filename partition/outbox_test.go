@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/eddyrt/eddy/changelog"
@@ -173,5 +174,51 @@ func TestForwardedMarkNeverRegresses(t *testing.T) {
 	}
 	if n := len(streamMsgs(t, h.ctx, h.js, out)); n != 30 {
 		t.Errorf("output stream holds %d messages, want 30", n)
+	}
+}
+
+// A partition's owner forwarded its outbox and stopped before the forwarded
+// mark reached the changelog; its successor restores from the changelog
+// (on another node: no local store) only after the output stream's
+// duplicate window has passed, so the output stream would store the entries
+// again. The successor finds them in the output stream by their message ids
+// and does not forward them again: each output is there once.
+func TestOutboxPastTheDuplicateWindowIsNotForwardedTwice(t *testing.T) {
+	h := newHarness(t, "late", 1)
+	const window, events = time.Second, 20
+	opt := StreamOptions{Replicas: 1, Duplicates: window}
+	if err := EnsureStream(h.ctx, h.js, "late_out", []string{"out.late"}, opt); err != nil {
+		t.Fatal(err)
+	}
+	for i := range events {
+		h.publish("k"+strconv.Itoa(i%4), nil)
+	}
+	cfg := h.config(0, countAndEmit("out.late", 1))
+	cfg.MarkDelay = time.Hour // the forwarded mark of the last batch never commits
+	a := h.start(cfg)
+	h.waitOffset(a, 0)
+	waitFor(t, "the outputs forwarded", func() bool { return len(streamMsgs(t, h.ctx, h.js, "late_out")) == events })
+	if err := a.Stop(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if m, _, err := changelog.LastMeta(h.ctx, h.js, changelog.NewSubjects(h.typ, 0)); err != nil || m.Forwarded != 0 {
+		t.Fatalf("the changelog's forwarded mark is %d (%v): the test needs the outputs unmarked", m.Forwarded, err)
+	}
+	time.Sleep(window + 200*time.Millisecond) // the output stream deduplicates them no more
+
+	reg := prometheus.NewRegistry()
+	cfg.StoreDir += "-elsewhere" // a successor on another node: it restores the whole changelog
+	cfg.Metrics = NewMetrics(reg)
+	b := h.start(cfg)
+	h.waitRunning(b)
+	if err := b.Stop(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	ids := byMsgID(t, streamMsgs(t, h.ctx, h.js, "late_out"))
+	if len(ids) != events {
+		t.Errorf("%d outputs, want %d", len(ids), events)
+	}
+	if found := counterSum(t, reg, "eddy_partition_outbox_found_total"); found != events {
+		t.Errorf("outbox_found_total %v, want %d", found, events)
 	}
 }

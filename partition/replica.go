@@ -410,6 +410,7 @@ func (r *replicaActor) tail(ctx context.Context, cl jetstream.Stream, meta state
 		if err != nil {
 			return err
 		}
+		rec.Time = md.Timestamp
 		seq := md.Sequence.Stream
 		switch rec.Kind {
 		case changelog.KindMeta:

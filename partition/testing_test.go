@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/eddyrt/eddy/actor"
 	"github.com/eddyrt/eddy/internal/natstest"
@@ -262,4 +263,22 @@ func (h *harness) waitOffset(a *Actor, p int) {
 func (h *harness) waitRunning(a *Actor) {
 	h.t.Helper()
 	waitFor(h.t, "partition to run", func() bool { return a.Status().Running })
+}
+
+// counterSum is the sum of the counter name over all its labels in reg.
+func counterSum(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
 }
