@@ -129,7 +129,27 @@ type PartitionAssignment struct {
 	// progress. The assignor hands the active over once that replica's lag is
 	// small enough; "" when no move is in progress.
 	MovingTo string `msgpack:"m,omitempty"`
+	// GivenBack is the node that gave the partition back (GiveBack) at Epoch:
+	// it cannot run the partition at Epoch. It is the Active node, or "" when
+	// the partition was not given back. The next change of the partition
+	// must give it epoch NextEpoch (a new one even if the active stays), and
+	// clears GivenBack, GiveBackReason and EpochFloor.
+	GivenBack string `msgpack:"gb,omitempty"`
+	// GiveBackReason is the reason the give-back gave ("" when not given back).
+	GiveBackReason string `msgpack:"gbr,omitempty"`
+	// EpochFloor is an epoch the partition's changelog holds, as the
+	// give-back reported it (GiveBack.MinEpoch; the largest if given back
+	// more than once): the next epoch must be above it. 0 when not given back.
+	EpochFloor uint64 `msgpack:"ef,omitempty"`
 }
+
+// IsGivenBack reports whether the partition's active gave it back at Epoch
+// and the assignor has not placed it again yet.
+func (p PartitionAssignment) IsGivenBack() bool { return p.GivenBack != "" }
+
+// NextEpoch is the epoch the next change of a given-back partition must
+// give it: above both its Epoch and its EpochFloor.
+func (p PartitionAssignment) NextEpoch() uint64 { return max(p.Epoch, p.EpochFloor) + 1 }
 
 // ActiveFor reports whether the process of node with incarnation inc is the
 // partition's active owner at Epoch: the check a node makes before it starts
@@ -357,7 +377,22 @@ func (m Model) check() error {
 					return fmt.Errorf("%s: replicas not sorted, twice or on the active node", p)
 				}
 			}
+			if err := p.checkGiveBack(); err != nil {
+				return err
+			}
 		}
+	}
+	return nil
+}
+
+// checkGiveBack verifies the give-back fields: only the active can have given
+// the partition back, and the reason and floor exist only with a give-back.
+func (p PartitionAssignment) checkGiveBack() error {
+	switch {
+	case p.GivenBack != "" && p.GivenBack != p.Active:
+		return fmt.Errorf("%s: given back by %s, but active on %q", p, p.GivenBack, p.Active)
+	case p.GivenBack == "" && (p.EpochFloor != 0 || p.GiveBackReason != ""):
+		return fmt.Errorf("%s: epoch floor %d or give-back reason %q without a give-back", p, p.EpochFloor, p.GiveBackReason)
 	}
 	return nil
 }

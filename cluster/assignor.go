@@ -58,7 +58,9 @@ type Change struct {
 	// Active is the active node after the change.
 	Active string `msgpack:"a"`
 	// Epoch is ExpectEpoch+1 if Active or ActiveIncarnation changes, else
-	// ExpectEpoch.
+	// ExpectEpoch; for a partition given back (PartitionAssignment.IsGivenBack)
+	// it is the partition's NextEpoch, max(ExpectEpoch, EpochFloor)+1, whoever
+	// the Active is.
 	Epoch uint64 `msgpack:"e"`
 	// ActiveIncarnation is the partition's ActiveIncarnation after the change.
 	// When it differs from the partition's (or Active changes), it must be the
@@ -121,6 +123,13 @@ func (c Change) String() string {
 // from the partition's ActiveIncarnation) stays on that node with a new
 // epoch for the new incarnation, so that the restarted partition actor's
 // epoch is newer than the one its changelog was fenced with.
+// A partition its active gave back (PartitionAssignment.IsGivenBack) is
+// recovered like one whose node is gone: its least-lagging hot replica is
+// promoted, else it is restored on the least-loaded alive node other than
+// the one that gave it back, or on that one if no other is alive; either way
+// at epoch NextEpoch, above its EpochFloor, and no longer given back. The
+// node that gave it back gets a new replica of it only when no other node
+// can take one.
 //
 // Plan is a pure function of m and cfg (which must be valid): the same input
 // gives the same output. Lag reports matter only while a move is in progress
@@ -251,7 +260,7 @@ func (pl *planner) changes() []Change {
 			if c.Active == o.Active && inc != o.ActiveIncarnation {
 				p.note("%s restarted (incarnation %d -> %d): new epoch", c.Active, o.ActiveIncarnation, inc)
 			}
-			if o.Active == c.Active && inc == o.ActiveIncarnation && o.MovingTo == c.MovingTo && slices.EqualFunc(o.Replicas, c.Replicas, func(a, b Replica) bool {
+			if !o.IsGivenBack() && o.Active == c.Active && inc == o.ActiveIncarnation && o.MovingTo == c.MovingTo && slices.EqualFunc(o.Replicas, c.Replicas, func(a, b Replica) bool {
 				return a.Node == b.Node && a.Replaces == b.Replaces
 			}) {
 				continue
@@ -259,12 +268,10 @@ func (pl *planner) changes() []Change {
 			ch := Change{
 				Type: c.Type, Partition: c.Partition,
 				ExpectEpoch: o.Epoch, ExpectVersion: o.Version,
-				Active: c.Active, Epoch: o.Epoch, ActiveIncarnation: inc, MovingTo: c.MovingTo,
+				Active: c.Active, ActiveIncarnation: inc, MovingTo: c.MovingTo,
 				Reason: strings.Join(p.reasons, "; "),
 			}
-			if c.Active != o.Active || inc != o.ActiveIncarnation {
-				ch.Epoch++
-			}
+			ch.Epoch, _ = changeEpoch(o, ch)
 			for _, r := range c.Replicas {
 				ch.Replicas = append(ch.Replicas, ReplicaPlacement{Node: r.Node, Replaces: r.Replaces})
 			}
@@ -400,11 +407,14 @@ func (p *partPlan) dropReplica(node string) {
 	}
 }
 
-// setActive makes node, one of the replicas or a fresh node, the active.
+// setActive makes node, one of the replicas or a fresh node, the active;
+// a given-back partition is no longer given back (the FSM clears the
+// give-back with the change, which gives it a new epoch).
 func (p *partPlan) setActive(node string) {
 	p.dropReplica(node)
 	p.cur.Active = node
 	p.cur.MovingTo = ""
+	p.cur.GivenBack, p.cur.GiveBackReason, p.cur.EpochFloor = "", "", 0
 }
 
 // handOver moves the active to node and keeps the old active, whose store is
@@ -430,8 +440,9 @@ func (pl *planner) gone(node string) string {
 }
 
 // recover drops replicas on nodes that are gone and gives a partition whose
-// active is gone a new active: its least-lagging replica, else the
-// least-loaded alive node.
+// active is gone, or was given back, a new active: its least-lagging
+// replica, else the least-loaded alive node (not the one that gave it back,
+// unless no other is alive).
 func (pl *planner) recover(tp *typePlan, p *partPlan) {
 	for i := 0; i < len(p.cur.Replicas); {
 		r := p.cur.Replicas[i]
@@ -442,11 +453,17 @@ func (pl *planner) recover(tp *typePlan, p *partPlan) {
 		pl.mutate(p, func(*PartitionAssignment) { p.dropReplica(r.Node) })
 		p.note("%s: drop its replica", pl.gone(r.Node))
 	}
-	if pl.isAlive[p.cur.Active] {
+	givenBack := p.cur.GivenBack // "" once placed again in this plan
+	if pl.isAlive[p.cur.Active] && givenBack == "" {
 		return
 	}
 	why := "new partition"
-	if p.cur.Active != "" {
+	switch {
+	case givenBack != "" && pl.isAlive[givenBack]:
+		why = givenBackWhy(p.cur)
+	case givenBack != "":
+		why = pl.gone(p.cur.Active) + "; " + givenBackWhy(p.cur)
+	case p.cur.Active != "":
 		why = pl.gone(p.cur.Active)
 	}
 	if len(p.cur.Replicas) > 0 {
@@ -461,13 +478,26 @@ func (pl *planner) recover(tp *typePlan, p *partPlan) {
 		p.note("%s: promote replica %s (%s)", why, best.Node, best.lagString())
 		return
 	}
-	node := pl.leastLoaded(tp)
+	node := pl.leastLoaded(tp, givenBack)
 	pl.mutate(p, func(*PartitionAssignment) { p.setActive(node) })
-	if p.orig.Active == "" {
+	switch {
+	case p.orig.Active == "":
 		p.note("%s: place on %s", why, node)
-	} else {
+	case node == givenBack:
+		p.note("%s: restore on %s again (no replica, no other node alive)", why, node)
+	default:
 		p.note("%s: restore on %s (no replica)", why, node)
 	}
+}
+
+// givenBackWhy is the start of the reason of a change that places a given-back
+// partition again: "n1 gave it back (its changelog holds epoch 7)".
+func givenBackWhy(p PartitionAssignment) string {
+	why := p.GivenBack + " gave it back"
+	if p.GiveBackReason != "" {
+		why += " (" + p.GiveBackReason + ")"
+	}
+	return why
 }
 
 // compareLag orders replicas by their reported lag, unknown lags last.
@@ -482,10 +512,13 @@ func compareLag(a, b Replica) int {
 }
 
 // leastLoaded returns the alive node with the fewest actives of the type,
-// then in total.
-func (pl *planner) leastLoaded(tp *typePlan) string {
+// then in total; not avoid unless it is the only alive node.
+func (pl *planner) leastLoaded(tp *typePlan, avoid string) string {
 	best := ""
 	for _, n := range pl.alive {
+		if n == avoid && len(pl.alive) > 1 {
+			continue
+		}
 		if best == "" || cmp.Or(
 			cmp.Compare(pl.activeLoad[tp.t.Name][n], pl.activeLoad[tp.t.Name][best]),
 			cmp.Compare(pl.totalActive[n], pl.totalActive[best])) < 0 {
@@ -673,7 +706,8 @@ func (pl *planner) zoneRuleApplies(tp *typePlan) bool {
 }
 
 // placeReplicas trims a partition's replicas to the wanted number, places
-// missing ones, and starts a replica move if all of them share the active's zone.
+// missing ones (on the node that gave the partition back only when no other
+// node can take one), and starts a replica move if all of them share the active's zone.
 func (pl *planner) placeReplicas(tp *typePlan, p *partPlan, budget *int) {
 	want := pl.wantReplicas(tp)
 	for p.countEffective() > want {
@@ -689,7 +723,12 @@ func (pl *planner) placeReplicas(tp *typePlan, p *partPlan, budget *int) {
 		if n >= want {
 			break
 		}
-		node := pl.bestReplicaNode(tp, p, func(string) bool { return true })
+		// The node that gave the partition back (a broken disk, maybe)
+		// gets a replica of it only if no other node can take one.
+		node := pl.bestReplicaNode(tp, p, func(n string) bool { return n != p.orig.GivenBack })
+		if node == "" {
+			node = pl.bestReplicaNode(tp, p, func(string) bool { return true })
+		}
 		if node == "" {
 			break
 		}

@@ -14,11 +14,15 @@ import (
 // TestPlanProperties drives the assignor through random clusters: random
 // actor types (P in 1..32, R in 0..2), 1..7 nodes in random zones, then a
 // sequence of crashes, leaves, joins, returns, zone outages, new types, new
-// replication factors, forgotten nodes and quiet steps, planning to a fixed
+// replication factors, forgotten nodes, give-backs (some followed by the
+// crash of the node that gave back) and quiet steps, planning to a fixed
 // point after each (replicas report random lags meanwhile, small ones after a
 // few rounds; membership may change again while moves are in progress).
 // Every plan goes through the FSM as one Assign. It checks the assignor's guarantees after every plan
-// and at every fixed point. 500 clusters; 200 under the race detector (the
+// and at every fixed point; after every plan, no partition is given back, and
+// each one that was is at epoch max(Epoch, EpochFloor)+1 and active on
+// another node than the one that gave it back unless that is the only alive
+// node (then on it). 500 clusters; 200 under the race detector (the
 // simulation runs on one goroutine, the FSM's concurrency has its own test),
 // 100 with -short.
 func TestPlanProperties(t *testing.T) {
@@ -149,7 +153,7 @@ func (s *assignSim) step() {
 // it changed nothing.
 func (s *assignSim) perturb() bool {
 	alive, gone := s.nodes(true), s.nodes(false)
-	switch r := s.rng.IntN(10); {
+	switch r := s.rng.IntN(11); {
 	case r < 2 && len(alive) > 1: // crash one, sometimes two
 		for _, i := range s.rng.Perm(len(alive))[:min(len(alive)-1, 1+s.rng.IntN(2))] {
 			s.event("crash %s", alive[i].ID)
@@ -205,10 +209,48 @@ func (s *assignSim) perturb() bool {
 		if err := s.a.apply(NodeUp{ID: n.ID, Zone: n.Zone, Incarnation: n.Incarnation}); !errors.Is(err, ErrStale) {
 			s.fatalf("late NodeUp of %s's old incarnation: %v, want ErrStale", n.ID, err)
 		}
+	case r == 10:
+		s.giveBack()
 	default:
 		return false
 	}
 	return true
+}
+
+// giveBack has the actives of one to three random partitions give them back,
+// with no floor, the floor at their epoch or above it; a stale give-back
+// (another node, another epoch) must change nothing. Sometimes the node that
+// gave a partition back then crashes, before the assignor places it again.
+func (s *assignSim) giveBack() {
+	m := s.a.f.Assignment()
+	ps := m.Partitions()
+	var gave []string
+	for _, i := range s.rng.Perm(len(ps))[:min(len(ps), 1+s.rng.IntN(3))] {
+		p := ps[i]
+		floor := []uint64{0, p.Epoch, p.Epoch + 1 + s.rng.Uint64N(5), p.Epoch - 1}[s.rng.IntN(4)]
+		s.event("%s gives back %s at epoch %d (floor %d)", p.Active, p, p.Epoch, floor)
+		before := s.a.f.Assignment()
+		for _, stale := range []GiveBack{
+			{Node: p.Active + "x", Type: p.Type, Partition: p.Partition, Epoch: p.Epoch},
+			{Node: p.Active, Type: p.Type, Partition: p.Partition, Epoch: p.Epoch + 1},
+		} {
+			if err := s.a.apply(stale); !errors.Is(err, ErrStale) {
+				s.fatalf("stale %s: %v, want ErrStale", stale, err)
+			}
+		}
+		if after := s.a.f.Assignment(); !reflect.DeepEqual(before.Types, after.Types) {
+			s.fatalf("a stale give-back changed the assignment")
+		}
+		s.must(GiveBack{Node: p.Active, Type: p.Type, Partition: p.Partition, Epoch: p.Epoch, MinEpoch: floor, Reason: "sim"})
+		if q, _ := s.a.f.Assignment().Partition(p.Type, p.Partition); q.GivenBack != p.Active || q.EpochFloor != max(p.EpochFloor, floor) || q.Version != p.Version+1 {
+			s.fatalf("%s given back: %+v", p, q)
+		}
+		gave = append(gave, p.Active)
+	}
+	if alive := s.nodes(true); len(alive) > 1 && s.rng.IntN(4) == 0 {
+		s.event("crash %s", gave[0])
+		s.must(NodeDown{ID: gave[0]})
+	}
 }
 
 // quiet is a step where membership does not change: replicas report new lags
@@ -255,6 +297,9 @@ func (s *assignSim) settle(interrupt bool) {
 			}
 		}
 		after := s.a.f.Assignment()
+		if err := after.check(); err != nil {
+			s.fatalf("the assignment breaks its rules: %v", err)
+		}
 		s.checkPlan(before, after, changes)
 		if again := Plan(after, s.cfg); len(again) != 0 {
 			s.fatalf("planning again on the result changes %v\nfirst plan: %v", again, changes)
@@ -293,7 +338,7 @@ func (s *assignSim) checkPlan(before, after Model, changes []Change) {
 	// promotions change the loads it balances).
 	recovering := false
 	for _, p := range before.Partitions() {
-		if _, ok := alive[p.Active]; !ok {
+		if _, ok := alive[p.Active]; !ok || p.IsGivenBack() {
 			recovering = true
 		}
 		for _, r := range p.Replicas {
@@ -315,9 +360,32 @@ func (s *assignSim) checkPlan(before, after Model, changes []Change) {
 			}
 			moved := p1.Active != p0.Active
 			restarted := !moved && p1.ActiveIncarnation != p0.ActiveIncarnation
-			if want := p0.Epoch + map[bool]uint64{true: 1}[moved || restarted]; p1.Epoch != want {
-				s.fatalf("%s: epoch %d -> %d with active %s (incarnation %d) -> %s (incarnation %d)",
-					p1, p0.Epoch, p1.Epoch, p0.Active, p0.ActiveIncarnation, p1.Active, p1.ActiveIncarnation)
+			want := p0.Epoch + map[bool]uint64{true: 1}[moved || restarted]
+			if p0.IsGivenBack() {
+				want = max(p0.Epoch, p0.EpochFloor) + 1 // above the floor, even on the same node
+			}
+			if p1.Epoch != want {
+				s.fatalf("%s: epoch %d -> %d (floor %d, given back by %q) with active %s (incarnation %d) -> %s (incarnation %d)",
+					p1, p0.Epoch, p1.Epoch, p0.EpochFloor, p0.GivenBack, p0.Active, p0.ActiveIncarnation, p1.Active, p1.ActiveIncarnation)
+			}
+			if p1.IsGivenBack() || p1.EpochFloor != 0 || p1.GiveBackReason != "" {
+				s.fatalf("%s still given back after the plan: %+v", p1, p1)
+			}
+			if p0.IsGivenBack() {
+				// Placed again, not on the node that gave it back while
+				// another is alive: a promoted replica is never on it (a
+				// replica is never on its partition's active), and a
+				// restore avoids it.
+				_, giverAlive := alive[p0.GivenBack]
+				if (len(alive) > 1 || !giverAlive) && p1.Active == p0.GivenBack {
+					s.fatalf("%s given back by %s, placed on it again though %d nodes are alive: %s", p1, p0.GivenBack, len(alive), reason(changes, p1))
+				}
+				if len(alive) == 1 && giverAlive && p1.Active != p0.GivenBack {
+					s.fatalf("%s given back by %s, the only alive node, placed on %s", p1, p0.GivenBack, p1.Active)
+				}
+				if !strings.Contains(reason(changes, p1), p0.GivenBack+" gave it back (sim): ") {
+					s.fatalf("%s given back by %s without the reason: %s", p1, p0.GivenBack, reason(changes, p1))
+				}
 			}
 			if inc := alive[p1.Active].Incarnation; p1.ActiveIncarnation != inc {
 				s.fatalf("%s: active %s at incarnation %d, assigned to incarnation %d", p1, p1.Active, inc, p1.ActiveIncarnation)
@@ -339,7 +407,7 @@ func (s *assignSim) checkPlan(before, after Model, changes []Change) {
 			}
 			_, wasAlive := alive[p0.Active]
 			switch {
-			case !wasAlive:
+			case !wasAlive || p0.IsGivenBack():
 				// Promotion: the least-lagging replica on an alive node, if any.
 				var cands []Replica
 				for _, r := range p0.Replicas {

@@ -55,10 +55,10 @@ type Config struct {
 	DeadGrace time.Duration
 	// Assignor tunes Plan.
 	Assignor AssignorConfig
-	// Forward carries a command a follower sends to the leader (lag reports:
-	// Raft applies commands on the leader only) and returns the leader's
-	// error; the leader hands it to Cluster.ApplyForwarded. Nil: a follower's
-	// ReportLag fails with ErrNotLeader.
+	// Forward carries a command a follower sends to the leader (lag reports
+	// and give-backs: Raft applies commands on the leader only) and returns
+	// the leader's error; the leader hands it to Cluster.ApplyForwarded. Nil:
+	// a follower's ReportLag and GiveBack fail with ErrNotLeader.
 	Forward func(ctx context.Context, leaderID string, cmd []byte) error
 	// Logger receives every log of the control plane (nil: slog.Default()).
 	Logger *slog.Logger
@@ -281,14 +281,47 @@ func (c *Cluster) Term() uint64 { return c.raft.Term() }
 // ReportLag records the lags of this node's hot replicas: applied here when
 // this node leads, else sent to the leader through Config.Forward.
 func (c *Cluster) ReportLag(ctx context.Context, lags []LagReport) error {
-	cmd := ReportLag{Node: c.cfg.NodeID, At: time.Now(), Lags: lags}
+	if err := c.applyOrForward(ctx, ReportLag{Node: c.cfg.NodeID, At: time.Now(), Lags: lags}); err != nil {
+		return fmt.Errorf("cluster: report lag: %w", err)
+	}
+	return nil
+}
+
+// GiveBack gives back a partition this node is active for and cannot run at
+// its epoch (see the GiveBack command): applied here when this node leads,
+// else sent to the leader through Config.Forward. g.Node is this node (an
+// empty one is set to it; another node's id is ErrInvalidCommand). Once it
+// is applied the leader plans at once, as on every change of the
+// assignment, and places the partition again at a new epoch, above
+// g.MinEpoch, on another node when one is alive. A give-back that no longer
+// matches the assignment (another active or epoch) fails with ErrStale
+// when this node leads (a forwarded one with the leader's error text) and
+// changes nothing.
+func (c *Cluster) GiveBack(ctx context.Context, g GiveBack) error {
+	if g.Node == "" {
+		g.Node = c.cfg.NodeID
+	}
+	if g.Node != c.cfg.NodeID {
+		return fmt.Errorf("%w: %s cannot give back a partition for %s", ErrInvalidCommand, c.cfg.NodeID, g.Node)
+	}
+	if err := c.applyOrForward(ctx, g); err != nil {
+		return fmt.Errorf("cluster: give back %s/%d at epoch %d: %w", g.Type, g.Partition, g.Epoch, err)
+	}
+	c.log.Info("partition given back", "give_back", g.String())
+	return nil
+}
+
+// applyOrForward applies cmd when this node leads, else forwards it to the
+// leader through Config.Forward (ErrNotLeader when no leader is known or no
+// Forward is set).
+func (c *Cluster) applyOrForward(ctx context.Context, cmd Command) error {
 	if c.raft.IsLeader() {
 		_, err := c.apply(cmd)
 		return err
 	}
 	id, _ := c.raft.Leader()
 	if id == "" || c.cfg.Forward == nil {
-		return fmt.Errorf("cluster: report lag: %w", ErrNotLeader)
+		return ErrNotLeader
 	}
 	b, err := EncodeCommand(cmd)
 	if err != nil {
@@ -298,15 +331,18 @@ func (c *Cluster) ReportLag(ctx context.Context, lags []LagReport) error {
 }
 
 // ApplyForwarded applies a command a follower forwarded (Config.Forward).
-// Only lag reports are accepted: membership and assignment are the leader's
-// own decisions. It fails with ErrNotLeader when this node does not lead.
+// Only lag reports and give-backs, what a node says about its own
+// partitions, are accepted: membership and assignment are the leader's own
+// decisions. It fails with ErrNotLeader when this node does not lead.
 func (c *Cluster) ApplyForwarded(b []byte) error {
 	cmd, err := DecodeCommand(b)
 	if err != nil {
 		return err
 	}
-	if _, ok := cmd.(ReportLag); !ok {
-		return fmt.Errorf("cluster: forwarded %T refused: only lag reports are forwarded", cmd)
+	switch cmd.(type) {
+	case ReportLag, GiveBack:
+	default:
+		return fmt.Errorf("cluster: forwarded %T refused: only lag reports and give-backs are forwarded", cmd)
 	}
 	_, err = c.apply(cmd)
 	return err
@@ -401,7 +437,9 @@ func (c *Cluster) followLeadership() {
 
 // leaderLoop is the assignor: after a Barrier (so that it decides on every
 // committed command), it runs a pass on every gossip event, assignment
-// change, declared type and at least every assignEvery, until done.
+// change (an applied GiveBack or lag report among them: the FSM notifies
+// its subscribers of every command that changed the assignment), declared
+// type and at least every assignEvery, until done.
 func (c *Cluster) leaderLoop(done <-chan struct{}) {
 	c.log.Info("assignor started: this node leads", "term", c.raft.Term())
 	defer c.log.Info("assignor stopped")

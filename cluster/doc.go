@@ -13,7 +13,12 @@
 // process has its own incarnation (NodeMeta.Incarnation); a node that
 // restarts, even before gossip notices, gets a new epoch for each partition
 // it stays active for, and runs only the partitions assigned to its current
-// incarnation (Model.ActiveOnIncarnation).
+// incarnation (Model.ActiveOnIncarnation). A node whose partition actor
+// cannot run at its epoch for good (its changelog holds a newer epoch, or the
+// same one written by another owner, or the partition keeps failing there)
+// gives the partition back (Cluster.GiveBack): the assignor places it again
+// at a new epoch, above the one its changelog holds, on another node when
+// one is alive.
 //
 // The assignor is the Raft leader running Plan, a pure function from the
 // assignment to the changes it needs: every partition active on an alive

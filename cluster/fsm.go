@@ -20,11 +20,12 @@ var (
 	ErrMalformedCommand = errors.New("cluster: malformed command")
 	// ErrInvalidCommand is returned for a command that breaks the assignment's
 	// rules whatever the state (a replica on the active's node, an epoch that
-	// is not the expected one plus one, an unknown actor type): a bug in its sender.
+	// is not the one the change must set, an unknown actor type): a bug in its sender.
 	ErrInvalidCommand = errors.New("cluster: invalid command")
 	// ErrStale is returned for a command planned against an older assignment:
 	// an Assign whose expected epoch or version no longer matches, or that
-	// names a node that is no longer alive. The leader plans again.
+	// names a node that is no longer alive (the leader plans again), or a
+	// GiveBack from a node that is no longer the active at that epoch.
 	ErrStale = errors.New("cluster: stale command")
 	// ErrTypeConflict is returned for a RegisterType that changes the
 	// partition count of a registered actor type.
@@ -127,6 +128,8 @@ func (f *FSM) apply(index uint64, data []byte) (bool, error) {
 		return f.assign(c.Changes)
 	case ReportLag:
 		return f.reportLag(c), nil
+	case GiveBack:
+		return f.giveBack(c)
 	}
 	return false, fmt.Errorf("%w: %T", ErrMalformedCommand, cmd)
 }
@@ -231,6 +234,7 @@ func (f *FSM) assign(changes []Change) (bool, error) {
 		}
 		slices.SortFunc(p.Replicas, func(a, b Replica) int { return strings.Compare(a.Node, b.Node) })
 		p.Active, p.Epoch, p.ActiveIncarnation, p.MovingTo = ch.Active, ch.Epoch, ch.ActiveIncarnation, ch.MovingTo
+		p.GivenBack, p.GiveBackReason, p.EpochFloor = "", "", 0 // placed again, if it was given back
 		p.Version++
 	}
 	return true, nil
@@ -254,21 +258,19 @@ func (f *FSM) checkChange(ch Change) (*PartitionAssignment, error) {
 	if ch.Active == "" {
 		return nil, fmt.Errorf("%w: no active node", ErrInvalidCommand)
 	}
-	// A new epoch for a new owner: another node, or a restarted process
-	// (another incarnation) of the same node.
-	newOwner := ch.Active != p.Active || ch.ActiveIncarnation != p.ActiveIncarnation
-	want := p.Epoch
-	if newOwner {
-		want++
-	}
+	want, newEpoch := changeEpoch(*p, ch)
 	if ch.Epoch != want {
+		if p.IsGivenBack() {
+			return nil, fmt.Errorf("%w: epoch %d for a partition %s gave back at epoch %d (floor %d): want %d",
+				ErrInvalidCommand, ch.Epoch, p.GivenBack, p.Epoch, p.EpochFloor, want)
+		}
 		return nil, fmt.Errorf("%w: epoch %d with active %s (incarnation %d) -> %s (incarnation %d) at epoch %d",
 			ErrInvalidCommand, ch.Epoch, p.Active, p.ActiveIncarnation, ch.Active, ch.ActiveIncarnation, p.Epoch)
 	}
 	if err := f.checkAlive(ch.Active); err != nil {
 		return nil, err
 	}
-	if n, _ := f.m.Node(ch.Active); newOwner && ch.ActiveIncarnation != n.Incarnation {
+	if n, _ := f.m.Node(ch.Active); newEpoch && ch.ActiveIncarnation != n.Incarnation {
 		return nil, fmt.Errorf("%w: new epoch for incarnation %d of %s, which is at incarnation %d", ErrStale, ch.ActiveIncarnation, ch.Active, n.Incarnation)
 	}
 	nodes := make(map[string]bool, len(ch.Replicas))
@@ -293,6 +295,21 @@ func (f *FSM) checkChange(ch Change) (*PartitionAssignment, error) {
 		return nil, fmt.Errorf("%w: moving to %s, which holds no replica", ErrInvalidCommand, ch.MovingTo)
 	}
 	return p, nil
+}
+
+// changeEpoch returns the epoch a change ch of p must set, and whether it is
+// a new one. A new owner gets a new epoch: another node, or a restarted
+// process (another incarnation) of the same node; Epoch+1. A given-back
+// partition gets a new one whoever its active is: NextEpoch, above the floor
+// its changelog holds. Otherwise the epoch stays.
+func changeEpoch(p PartitionAssignment, ch Change) (epoch uint64, isNew bool) {
+	switch {
+	case p.IsGivenBack():
+		return p.NextEpoch(), true
+	case ch.Active != p.Active || ch.ActiveIncarnation != p.ActiveIncarnation:
+		return p.Epoch + 1, true
+	}
+	return p.Epoch, false
 }
 
 func (f *FSM) checkAlive(id string) error {
@@ -327,6 +344,33 @@ func (f *FSM) reportLag(c ReportLag) bool {
 		changed = true
 	}
 	return changed
+}
+
+// giveBack marks a partition given back by its active at its epoch. A
+// give-back from another node or for another epoch is stale; one repeated
+// before the partition is placed again raises the floor (and takes the new
+// reason), and changes nothing if both are the same.
+func (f *FSM) giveBack(c GiveBack) (bool, error) {
+	ti, ok := f.m.typeIndex(c.Type)
+	if !ok {
+		return false, fmt.Errorf("%w: give back %s/%d: actor type not registered", ErrInvalidCommand, c.Type, c.Partition)
+	}
+	ps := f.m.Types[ti].Partitions
+	if c.Partition >= len(ps) {
+		return false, fmt.Errorf("%w: give back %s/%d: no such partition", ErrInvalidCommand, c.Type, c.Partition)
+	}
+	p := &ps[c.Partition]
+	if p.Active != c.Node || p.Epoch != c.Epoch {
+		return false, fmt.Errorf("%w: %s gives back %s at epoch %d, which is active on %q at epoch %d",
+			ErrStale, c.Node, p, c.Epoch, p.Active, p.Epoch)
+	}
+	floor := max(p.EpochFloor, c.MinEpoch)
+	if p.GivenBack == c.Node && p.EpochFloor == floor && p.GiveBackReason == c.Reason {
+		return false, nil // repeated
+	}
+	p.GivenBack, p.EpochFloor, p.GiveBackReason = c.Node, floor, c.Reason
+	p.Version++
+	return true, nil
 }
 
 // Assignment returns a copy of the current assignment.

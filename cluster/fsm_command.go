@@ -27,6 +27,8 @@ const (
 	CommandAssign
 	// CommandReportLag records hot replicas' lag (ReportLag).
 	CommandReportLag
+	// CommandGiveBack records that a partition's active owner gave it back (GiveBack).
+	CommandGiveBack
 )
 
 func (t CommandType) String() string {
@@ -45,6 +47,8 @@ func (t CommandType) String() string {
 		return "Assign"
 	case CommandReportLag:
 		return "ReportLag"
+	case CommandGiveBack:
+		return "GiveBack"
 	}
 	return "CommandType(" + strconv.Itoa(int(t)) + ")"
 }
@@ -122,6 +126,46 @@ type LagReport struct {
 	Behind time.Duration `msgpack:"b,omitempty"`
 }
 
+// GiveBack records that the active owner of a partition cannot run it at its
+// epoch, for good, and hands it back so that the assignor places it again at
+// a new epoch: its changelog's newest meta record carries a newer epoch than
+// the assignment gives (the cluster's Raft state was reset while the
+// changelogs were kept), or the same epoch written by another owner process,
+// or the partition keeps failing on its node (a broken local disk).
+//
+// It applies only while the partition's Active is Node and its Epoch is
+// Epoch; otherwise it is stale (ErrStale) and changes nothing, so a late or
+// repeated give-back is harmless. Applied, it marks the partition given back
+// (PartitionAssignment.GivenBack, EpochFloor, GiveBackReason) and bumps its
+// Version; the assignor then moves it like a partition whose node is gone,
+// to another node when one is alive, at epoch max(Epoch, MinEpoch)+1.
+type GiveBack struct {
+	// Node is the active node giving the partition back.
+	Node      string `msgpack:"n"`
+	Type      string `msgpack:"ty"`
+	Partition int    `msgpack:"p"`
+	// Epoch is the epoch the partition was given at, and cannot run at.
+	Epoch uint64 `msgpack:"e"`
+	// MinEpoch is an epoch the partition's changelog holds: the next epoch
+	// must be above it (0: no constraint beyond Epoch).
+	MinEpoch uint64 `msgpack:"me,omitempty"`
+	// Reason says why, for the logs and the assignor's change reason:
+	// "another owner holds epoch 7 in its changelog".
+	Reason string `msgpack:"why,omitempty"`
+}
+
+// String describes the give-back for logs.
+func (g GiveBack) String() string {
+	s := fmt.Sprintf("%s gives back %s/%d at epoch %d", g.Node, g.Type, g.Partition, g.Epoch)
+	if g.MinEpoch != 0 {
+		s += fmt.Sprintf(" (changelog at epoch %d)", g.MinEpoch)
+	}
+	if g.Reason != "" {
+		s += ": " + g.Reason
+	}
+	return s
+}
+
 func (RegisterType) commandType() CommandType { return CommandRegisterType }
 func (NodeUp) commandType() CommandType       { return CommandNodeUp }
 func (NodeDown) commandType() CommandType     { return CommandNodeDown }
@@ -129,6 +173,7 @@ func (NodeLeave) commandType() CommandType    { return CommandNodeLeave }
 func (ForgetNode) commandType() CommandType   { return CommandForgetNode }
 func (Assign) commandType() CommandType       { return CommandAssign }
 func (ReportLag) commandType() CommandType    { return CommandReportLag }
+func (GiveBack) commandType() CommandType     { return CommandGiveBack }
 
 func (c RegisterType) validate() error {
 	switch {
@@ -171,6 +216,21 @@ func (c ReportLag) validate() error {
 	return nil
 }
 
+func (c GiveBack) validate() error {
+	if err := checkNodeID("give back", c.Node); err != nil {
+		return err
+	}
+	switch {
+	case c.Type == "":
+		return fmt.Errorf("%w: give back from %s: no actor type", ErrInvalidCommand, c.Node)
+	case c.Partition < 0:
+		return fmt.Errorf("%w: give back from %s: partition %d", ErrInvalidCommand, c.Node, c.Partition)
+	case c.Epoch == 0:
+		return fmt.Errorf("%w: give back %s/%d from %s: epoch 0 (no partition is active at epoch 0)", ErrInvalidCommand, c.Type, c.Partition, c.Node)
+	}
+	return nil
+}
+
 // EncodeCommand encodes cmd for raft.Apply: its CommandType byte, then the
 // command in msgpack.
 func EncodeCommand(cmd Command) ([]byte, error) {
@@ -209,6 +269,8 @@ func DecodeCommand(b []byte) (Command, error) {
 		cmd, err = decodeAs[Assign](b[1:])
 	case CommandReportLag:
 		cmd, err = decodeAs[ReportLag](b[1:])
+	case CommandGiveBack:
+		cmd, err = decodeAs[GiveBack](b[1:])
 	default:
 		return nil, fmt.Errorf("%w: unknown command type %d", ErrMalformedCommand, b[0])
 	}
