@@ -122,6 +122,9 @@ func (n *Node) placements(cl *cluster.Cluster, prev, m cluster.Model) (want map[
 	self := n.cfg.NodeID
 	want = map[pkey]placement{}
 	for _, p := range m.ActiveOnIncarnation(self, cl.Incarnation()) {
+		if p.IsGivenBack() {
+			continue // the assignor places it again, at a new epoch
+		}
 		pl := placement{active: true, epoch: p.Epoch}
 		if old, ok := prev.Partition(p.Type, p.Partition); ok && old.Active != "" && old.Active != self {
 			if ni, ok := m.Node(old.Active); ok && ni.Alive() {
