@@ -28,10 +28,11 @@ func (n *Node) partitionDown(ctx context.Context, k pkey, s *activeSlot) {
 	err := s.a.Err()
 	n.log.Error("partition cannot run at the epoch the assignment gives it", "partition", k.String(), "epoch", s.epoch, "err", err)
 	var minEpoch uint64
+	why := err.Error()
 	if fe := (*partition.FenceError)(nil); errors.As(err, &fe) {
-		minEpoch = fe.By.Epoch
+		minEpoch, why = fe.By.Epoch, fe.Error()
 	}
-	n.giveBack(ctx, k, s, minEpoch, err.Error())
+	n.giveBack(ctx, k, s, minEpoch, why)
 }
 
 // checkHealth gives back the partitions that have been retrying for

@@ -753,6 +753,11 @@ func (a *partitionActor) receive(c *actor.Context, msg any) error {
 			return nil
 		}
 		return fmt.Errorf("input reader: %w", m.err)
+	case inputCheck:
+		if m.from != a || a.abandoned {
+			return nil
+		}
+		return a.checkInputEnd(c.Context())
 	case markTick:
 		if m.from != a || a.forwarded <= a.markCommitted || a.abandoned {
 			return nil

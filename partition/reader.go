@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -51,8 +52,58 @@ func (a *partitionActor) startReader(c *actor.Context) error {
 		return err
 	}
 	rctx, cancel := context.WithCancel(ctx)
-	a.readerCancel, a.readerDone = cancel, make(chan struct{})
-	go a.read(rctx, it, a.offset)
+	done := make(chan struct{})
+	a.readerCancel, a.readerDone = cancel, done
+	var wg sync.WaitGroup
+	wg.Go(func() { a.read(rctx, it, a.offset) })
+	wg.Go(func() { a.watchReconnects(rctx) })
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	return nil
+}
+
+// inputCheck asks the actor to check its input stream after NATS reconnected.
+type inputCheck struct{ from *partitionActor }
+
+// watchReconnects asks the actor to check its input stream each time the
+// connection to NATS is established again: a server that crashed may have
+// come back without the tail of the input stream (acknowledged writes it had
+// not synced to disk), and the ordered consumer would then wait past the
+// stream's end for sequences that will be taken by other events.
+func (a *partitionActor) watchReconnects(ctx context.Context) {
+	ch := a.cfg.Conn.StatusChanged(nats.CONNECTED)
+	defer a.cfg.Conn.RemoveStatusListener(ch)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case _, ok := <-ch:
+			if !ok {
+				return // the connection closed
+			}
+			_ = a.self.TrySend(inputCheck{from: a})
+		}
+	}
+}
+
+// errInputRewound means the input stream ends before events this
+// partition has read: the actor restarts and restores from the changelog.
+var errInputRewound = errors.New("input stream lost events this partition has read")
+
+// checkInputEnd fails with errInputRewound when the input stream ends before
+// the last event this actor processed.
+func (a *partitionActor) checkInputEnd(ctx context.Context) error {
+	st, err := a.cfg.JS.Stream(ctx, a.cfg.Type)
+	if err != nil {
+		return nil // the reader reports a stream that went away
+	}
+	if last := st.CachedInfo().State.LastSeq; last < a.offset { // fetched by js.Stream just now
+		a.m.inputGaps.Inc()
+		return fmt.Errorf("%w: it ends at sequence %d, this partition has processed up to %d (did a NATS server lose acknowledged writes?)",
+			errInputRewound, last, a.offset)
+	}
 	return nil
 }
 
@@ -125,15 +176,21 @@ func (a *partitionActor) checkRetention(ctx context.Context, offset uint64) {
 	if err != nil {
 		return // the reader reports a stream that went away
 	}
-	if info := st.CachedInfo(); info.State.FirstSeq > offset+1 { // fetched by js.Stream just now
+	info := st.CachedInfo() // fetched by js.Stream just now
+	if info.State.FirstSeq > offset+1 {
 		a.m.inputGaps.Inc()
 		a.log.Error("input stream no longer holds events this partition has not processed: possible data loss",
 			"offset", offset, "stream_first_seq", info.State.FirstSeq)
 	}
+	if info.State.LastSeq < offset {
+		a.m.inputGaps.Inc()
+		a.log.Error("input stream ends before the committed offset: it lost events this partition processed "+
+			"(a NATS server lost acknowledged writes?); the events it stores at sequences up to the offset will be skipped",
+			"offset", offset, "stream_last_seq", info.State.LastSeq)
+	}
 }
 
 func (a *partitionActor) read(ctx context.Context, it jetstream.MessagesContext, offset uint64) {
-	defer close(a.readerDone)
 	defer it.Stop()
 	a.checkRetention(ctx, offset)
 	fail := func(err error) {

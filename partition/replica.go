@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/eddyrt/eddy/actor"
@@ -228,19 +230,46 @@ func (r *replicaActor) Started(c *actor.Context) error {
 	r.publish(Lag{Applied: meta.ChangelogSeq, Records: behind, At: time.Now()})
 	r.log.Info("hot replica started", "applied", meta.ChangelogSeq, "behind", behind)
 	tctx, cancel := context.WithCancel(context.Background())
-	r.cancel, r.done = cancel, make(chan struct{})
+	done := make(chan struct{})
+	r.cancel, r.done = cancel, done
 	self := c.Self()
-	go func() {
-		defer close(r.done)
+	var wg sync.WaitGroup
+	wg.Go(func() {
 		err := r.tail(tctx, cl, meta)
 		if err != nil && tctx.Err() == nil {
 			// Restart through the supervisor; TrySend: a full mailbox means a
 			// stop or an earlier failure is already on its way.
 			_ = self.TrySend(tailFailed{err})
 		}
+	})
+	wg.Go(func() {
+		// After a reconnect, check that the changelog still holds what the
+		// store applied: a server that crashed may have come back without
+		// its tail, and the tail would wait past the changelog's end.
+		ch := r.cfg.Conn.StatusChanged(nats.CONNECTED)
+		defer r.cfg.Conn.RemoveStatusListener(ch)
+		for {
+			select {
+			case <-tctx.Done():
+				return
+			case _, ok := <-ch:
+				if !ok {
+					return
+				}
+				_ = self.TrySend(checkChangelog{})
+			}
+		}
+	})
+	go func() {
+		wg.Wait()
+		close(done)
 	}()
 	return nil
 }
+
+// checkChangelog asks the replica actor to check, after a reconnect, that
+// the changelog has everything its store has applied.
+type checkChangelog struct{}
 
 // discardStore closes and deletes the replica's store.
 func (r *replicaActor) discardStore() error {
@@ -300,6 +329,14 @@ func (r *replicaActor) loadPending() error {
 // Receive handles a failure of the tail goroutine and a handoff.
 func (r *replicaActor) Receive(c *actor.Context, msg any) error {
 	switch m := msg.(type) {
+	case checkChangelog:
+		if r.store == nil || r.cl == nil {
+			return nil
+		}
+		if _, err := r.checkStore(c.Context(), r.cl); err != nil {
+			return r.Receive(c, tailFailed{err})
+		}
+		return nil
 	case tailFailed:
 		if errors.Is(m.err, errStoreAhead) {
 			// The store holds records the changelog lost: start it over.

@@ -3,6 +3,7 @@ package natstest
 
 import (
 	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -77,6 +78,38 @@ func (s *Server) Shutdown() {
 func (s *Server) Restart() {
 	s.t.Helper()
 	s.Shutdown()
+	s.start()
+}
+
+// Snapshot is a copy of a server's JetStream store (Server.Snapshot).
+type Snapshot struct{ dir string }
+
+// Snapshot stops the server, copies its store and starts it again: what a
+// host crash of a server that had synced its writes to disk up to now would
+// come back with (see Rewind).
+func (s *Server) Snapshot() Snapshot {
+	s.t.Helper()
+	s.Shutdown()
+	dir := s.t.TempDir()
+	if err := os.CopyFS(dir, os.DirFS(s.opts.StoreDir)); err != nil {
+		s.t.Fatalf("snapshot: %v", err)
+	}
+	s.start()
+	return Snapshot{dir: dir}
+}
+
+// Rewind stops the server and starts it again on the store of snap: every
+// write acknowledged since snap was taken is lost, as when a host crashes
+// before its server (with the default sync_interval) synced them to disk.
+func (s *Server) Rewind(snap Snapshot) {
+	s.t.Helper()
+	s.Shutdown()
+	if err := os.RemoveAll(s.opts.StoreDir); err != nil {
+		s.t.Fatalf("rewind: %v", err)
+	}
+	if err := os.CopyFS(s.opts.StoreDir, os.DirFS(snap.dir)); err != nil {
+		s.t.Fatalf("rewind: %v", err)
+	}
 	s.start()
 }
 

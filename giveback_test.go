@@ -1,0 +1,164 @@
+package eddy_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/eddyrt/eddy"
+	"github.com/eddyrt/eddy/changelog"
+	"github.com/eddyrt/eddy/examples/apps"
+	"github.com/eddyrt/eddy/internal/natstest"
+	"github.com/eddyrt/eddy/partition"
+)
+
+// intrude writes the epoch record of another owner at epoch into the
+// changelog of typ/p, after whatever it holds, as a process that believes
+// it owns the partition would once it has restored it (a cluster whose Raft
+// state was reset while NATS kept the changelogs, say).
+func intrude(t *testing.T, ctx context.Context, nc *nats.Conn, typ string, p int, epoch uint64) {
+	t.Helper()
+	s := changelog.NewSubjects(typ, p)
+	for {
+		last, err := changelog.LastSequence(ctx, nc, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, _, err := changelog.ReadLastMeta(ctx, nc, s)
+		if err != nil || m.Seq != last {
+			continue // a commit between the two reads
+		}
+		rec := changelog.Meta{Offset: m.Offset, Forwarded: m.Forwarded, Epoch: epoch, Owner: "intruder"}
+		w := changelog.NewWriter(nc, s, changelog.Tail{Seq: last, Batch: m.Batch}, 0)
+		_, _, err = w.Commit(ctx, []changelog.Record{{Kind: changelog.KindMeta, Meta: rec}})
+		if err == nil {
+			return
+		}
+		if !errors.Is(err, changelog.ErrFenced) {
+			t.Fatal(err)
+		}
+	}
+}
+
+// accountIn returns an account name of partition p among n.
+func accountIn(p, n int) string {
+	for i := 0; ; i++ {
+		if a := fmt.Sprintf("acct-%02d", i); partition.Of(a, n) == p {
+			return a
+		}
+	}
+}
+
+// A single node whose changelog gains a newer epoch of another owner (a
+// second process writing the same partitions) stops that partition for
+// good, and says so: its status names the other owner, and a query of one
+// of its keys answers 503 at once with the reason. The other partitions go on.
+func TestFencedPartitionIsVisible(t *testing.T) {
+	const partitions = 2
+	node, client, _ := startNode(t, apps.Bank(partitions))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	fenced, other := accountIn(0, partitions), accountIn(1, partitions)
+	var bal int64
+	for _, a := range []string{fenced, other} {
+		if err := client.Ask(ctx, apps.BankType, a, apps.Op{Kind: "deposit", Amount: 10}, &bal); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nc, err := nats.Connect(node.NATSURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	intrude(t, ctx, nc, apps.BankType, 0, 100)
+	if err := client.Send(ctx, apps.BankType, fenced, apps.Op{Kind: "deposit", Amount: 1}); err != nil {
+		t.Fatal(err)
+	}
+	var st eddy.PartitionStatus
+	waitUntil(t, "bank/0 fenced", func() bool {
+		ps, _ := node.Status()
+		st = ps[0]
+		return st.State == partition.StateFenced
+	})
+	if !strings.Contains(st.Err, "intruder") || !strings.Contains(st.Err, "100") {
+		t.Errorf("status error %q does not name the owner and epoch that fenced it", st.Err)
+	}
+	start := time.Now()
+	var acc apps.Account
+	if err := node.Query(ctx, apps.BankType, fenced, &acc); !errors.Is(err, eddy.ErrUnavailable) || time.Since(start) > time.Second {
+		t.Errorf("query of a fenced partition: %v after %v; want ErrUnavailable at once", err, time.Since(start))
+	}
+	resp, err := http.Get("http://" + node.HTTPAddr() + "/v1/state/bank/" + fenced)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body map[string]string
+	_ = json.NewDecoder(resp.Body).Decode(&body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body["error"], "fenced") {
+		t.Errorf("GET a key of a fenced partition: %d %v; want 503 naming why", resp.StatusCode, body)
+	}
+	if err := client.Ask(ctx, apps.BankType, other, apps.Op{Kind: "deposit", Amount: 1}, &bal); err != nil || bal != 11 {
+		t.Errorf("the other partition: balance %d, %v", bal, err)
+	}
+}
+
+// In a cluster, a partition fenced at the epoch its assignment gives it is
+// given back to the assignor, which places it again at an epoch above the
+// changelog's; it runs again, and the bank loses nothing.
+func TestClusterGivesBackAFencedPartition(t *testing.T) {
+	srv := natstest.Start(t)
+	const partitions = 4
+	bank := apps.Bank(partitions)
+	n1 := startMember(t, srv.URL(), "n1", "", nil, bank)
+	n2 := startMember(t, srv.URL(), "n2", n1.GossipAddr(), nil, bank)
+	n3 := startMember(t, srv.URL(), "n3", n1.GossipAddr(), nil, bank)
+	nodes := []*eddy.Node{n1, n2, n3}
+	waitSettled(t, nodes, partitions)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	accounts, transfers := fundBank(t, ctx, srv, 12, 5)
+	transfers(100)
+	waitBankHolds(t, ctx, n1, accounts, 100)
+
+	st, err := n1.Cluster(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := st.Partitions[0]
+	nc, _ := srv.Connect(t)
+	intrude(t, ctx, nc, apps.BankType, 0, before.Epoch+5)
+	transfers(100) // the owner's next commit meets the intruder's record
+	var after eddy.AssignmentStatus
+	waitUntil(t, "bank/0 placed again above the intruder's epoch and running", func() bool {
+		st, err := n1.Cluster(ctx)
+		if err != nil {
+			return false
+		}
+		after = st.Partitions[0]
+		return after.Epoch > before.Epoch+5 && after.State == string(partition.StateRunning)
+	})
+	t.Logf("bank/0: %s at epoch %d, then %s at epoch %d", before.Active, before.Epoch, after.Active, after.Epoch)
+	waitSettled(t, nodes, partitions)
+	transfers(100)
+	waitBankHolds(t, ctx, n1, accounts, 300)
+}
+
+// waitUntil polls cond every 20 ms for up to 30 s.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
