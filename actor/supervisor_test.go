@@ -400,3 +400,66 @@ func TestSupervisorConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+// OnFailure sees each failure with the supervisor's decision before the
+// backoff, and a Receive blocked on something outside the actor gives up
+// when Stopping is closed, so that Stop does not wait for it.
+func TestOnFailureAndStopping(t *testing.T) {
+	ctx := testContext(t)
+	type failure struct {
+		err error
+		d   actor.Directive
+	}
+	failures := make(chan failure, 4)
+	blocked := make(chan struct{})
+	ref := spawn(t, actor.Props{
+		New: func() actor.Receiver {
+			return &probe{receive: func(ac *actor.Context, msg any) error {
+				switch msg {
+				case "fail":
+					return errors.New("transient")
+				case "fatal":
+					return errFatal
+				case "block":
+					close(blocked)
+					<-ac.Stopping() // a retry loop that ends when the actor stops
+				}
+				return nil
+			}}
+		},
+		Supervisor: actor.SupervisorConfig{MinBackoff: time.Millisecond, Decide: func(err error) actor.Directive {
+			if errors.Is(err, errFatal) {
+				return actor.Stop
+			}
+			return actor.Restart
+		}},
+		OnFailure: func(err error, d actor.Directive) { failures <- failure{err, d} },
+	})
+	if err := ref.Send(ctx, "fail"); err != nil {
+		t.Fatal(err)
+	}
+	if f := recv(t, failures, "the first failure"); f.d != actor.Restart || f.err.Error() != "transient" {
+		t.Fatalf("OnFailure(%v, %v), want the transient error and Restart", f.err, f.d)
+	}
+	if err := ref.Send(ctx, "block"); err != nil {
+		t.Fatal(err)
+	}
+	recv(t, blocked, "the receive to block")
+	if err := ref.Stop(ctx); err != nil {
+		t.Fatalf("Stop waited for a receive blocked on Stopping: %v", err)
+	}
+
+	fatal := spawn(t, actor.Props{
+		New:        func() actor.Receiver { return &probe{receive: func(*actor.Context, any) error { return errFatal }} },
+		Supervisor: actor.SupervisorConfig{Decide: func(error) actor.Directive { return actor.Stop }},
+		OnFailure:  func(err error, d actor.Directive) { failures <- failure{err, d} },
+	})
+	if err := fatal.Send(ctx, "x"); err != nil {
+		t.Fatal(err)
+	}
+	if f := recv(t, failures, "the fatal failure"); f.d != actor.Stop || !errors.Is(f.err, errFatal) {
+		t.Fatalf("OnFailure(%v, %v), want errFatal and Stop", f.err, f.d)
+	}
+}
+
+var errFatal = errors.New("fatal")
