@@ -260,3 +260,45 @@ func rebuiltEvents(t *testing.T, node *eddy.Node) float64 {
 	}
 	return sum
 }
+
+// Any NATS client can publish plain JSON to an actor type's input stream,
+// with or without a Content-Type header; what is neither msgpack nor JSON
+// goes to the dead-letter stream.
+func TestPlainJSONEventsFromAnyClient(t *testing.T) {
+	node, _, js := startNode(t, apps.Bank(2))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, m := range []*nats.Msg{
+		{Subject: "bank.alice", Data: []byte(`{"kind":"deposit","amount":40}`)},
+		{Subject: "bank.alice", Data: []byte(` {"kind":"deposit","amount":2}`), Header: nats.Header{"Content-Type": []string{"application/json"}}},
+		{Subject: "bank.alice", Data: []byte(`deposit 1000`)},
+	} {
+		if _, err := js.PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var acc apps.Account
+		err := node.Query(ctx, apps.BankType, "alice", &acc)
+		if err == nil && acc.Deposited == 42 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("alice: %+v, %v; want 42 deposited from two JSON events", acc, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	st, err := js.Stream(ctx, partition.DLQStream(apps.BankType))
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for st.CachedInfo().State.Msgs != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d dead letters, want the one that is neither msgpack nor JSON", st.CachedInfo().State.Msgs)
+		}
+		time.Sleep(20 * time.Millisecond)
+		_, _ = st.Info(ctx)
+	}
+}

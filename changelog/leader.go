@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -28,10 +29,26 @@ func (e *apiError) Error() string {
 // noMessageFound is JetStream's error code for a message get that finds nothing.
 const noMessageFound = 10037
 
+// readTimeout bounds a read whose context has no deadline: a JetStream API
+// request that no server answers (a stream or meta leader being elected)
+// would otherwise wait as long as the context.
+const readTimeout = 5 * time.Second
+
+// request sends a JetStream API request, bounded by readTimeout when ctx
+// has no deadline.
+func request(ctx context.Context, conn Conn, subject string, data []byte) (*nats.Msg, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, readTimeout)
+		defer cancel()
+	}
+	return conn.RequestWithContext(ctx, subject, data)
+}
+
 // LastSequence returns the changelog's last sequence as its stream leader
 // knows it.
 func LastSequence(ctx context.Context, conn Conn, s Subjects) (uint64, error) {
-	resp, err := conn.RequestWithContext(ctx, "$JS.API.STREAM.INFO."+s.Stream(), nil)
+	resp, err := request(ctx, conn, "$JS.API.STREAM.INFO."+s.Stream(), nil)
 	if err != nil {
 		return 0, fmt.Errorf("changelog %s: stream info: %w", s.Stream(), err)
 	}
@@ -70,7 +87,7 @@ func getMsg(ctx context.Context, conn Conn, stream string, req msgGetRequest) (s
 	if err != nil {
 		return storedMsg{}, false, err
 	}
-	resp, err := conn.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+stream, b)
+	resp, err := request(ctx, conn, "$JS.API.STREAM.MSG.GET."+stream, b)
 	if err != nil {
 		return storedMsg{}, false, fmt.Errorf("changelog %s: get message: %w", stream, err)
 	}

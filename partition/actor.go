@@ -507,16 +507,7 @@ func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 	if full {
 		a.log.Info("restoring from the whole changelog", "stream", a.subjects.Stream())
 	}
-	end, err := changelog.Replay(ctx, a.cfg.JS, a.subjects, changelog.ReplayConfig{
-		From:          meta.ChangelogSeq + 1,
-		ProgressEvery: a.cfg.ProgressEvery,
-		OnProgress: func(p changelog.Progress) {
-			if p.Elapsed >= a.cfg.ProgressEvery {
-				a.log.Info("restore progress", "records", p.Done, "percent", fmt.Sprintf("%.1f", p.Percent()),
-					"rate", fmt.Sprintf("%.0f/s", p.Rate), "eta", p.ETA.Round(time.Second))
-			}
-		},
-	}, func(seq uint64, r changelog.Record) error {
+	apply := func(seq uint64, r changelog.Record) error {
 		if r.Kind == changelog.KindMeta {
 			if !haveMeta && !r.Meta.Continues(meta.MetaSeq, meta.Batch) {
 				return fmt.Errorf("%w: the batch ending at changelog sequence %d follows %d, inside what the local store holds (to %d): the changelog lost records and was written again",
@@ -537,21 +528,41 @@ func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 			b = a.store.NewBatch()
 		}
 		return nil
-	})
-	if err != nil {
-		return meta, err
 	}
-	if end < meta.ChangelogSeq {
-		return meta, fmt.Errorf("%w: local store at changelog sequence %d, changelog ends at %d",
-			errStoreAhead, meta.ChangelogSeq, end)
-	}
-	if !haveMeta {
-		// Nothing new in the tail: the newest meta record is the one the
-		// store holds, and has the forwarded mark (and, for stores without a
-		// changelog, the committed offset).
+	var end uint64
+	for from := meta.ChangelogSeq + 1; ; {
+		end, err = changelog.Replay(ctx, a.cfg.JS, a.subjects, changelog.ReplayConfig{
+			From:          from,
+			ProgressEvery: a.cfg.ProgressEvery,
+			OnProgress: func(p changelog.Progress) {
+				if p.Elapsed >= a.cfg.ProgressEvery {
+					a.log.Info("restore progress", "records", p.Done, "percent", fmt.Sprintf("%.1f", p.Percent()),
+						"rate", fmt.Sprintf("%.0f/s", p.Rate), "eta", p.ETA.Round(time.Second))
+				}
+			},
+		}, apply)
+		if err != nil {
+			return meta, err
+		}
+		if end < meta.ChangelogSeq {
+			return meta, fmt.Errorf("%w: local store at changelog sequence %d, changelog ends at %d",
+				errStoreAhead, meta.ChangelogSeq, end)
+		}
+		if haveMeta {
+			break
+		}
+		// No meta record in the tail read: either nothing new (the newest
+		// meta record is the one the store holds, with the forwarded mark
+		// and, for stores without a changelog, the committed offset), or
+		// a newer batch compacted every meta record of the tail away while
+		// it was read: read on to it.
 		m, ok, err := changelog.ReadLastMeta(ctx, a.conn(), a.subjects)
 		if err != nil {
 			return meta, err
+		}
+		if ok && m.Seq > end {
+			from = end + 1
+			continue
 		}
 		if meta.MetaSeq != 0 && (!ok || m.Seq != meta.MetaSeq || meta.Batch != 0 && m.Batch != meta.Batch) {
 			return meta, fmt.Errorf("%w: the changelog's newest meta record (sequence %d, batch %x) is not the one the local store holds (sequence %d, batch %x)",
@@ -565,6 +576,7 @@ func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 				last.Offset = m.Offset
 			}
 		}
+		break
 	}
 	offset := last.Offset
 	if a.cfg.NoChangelog {

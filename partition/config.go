@@ -96,7 +96,8 @@ type Config struct {
 	MarkDelay time.Duration
 	// PurgeEvery is the least time between purges of forwarded outbox entries.
 	PurgeEvery time.Duration
-	// CommitTimeout bounds one changelog commit or forward.
+	// CommitTimeout bounds one attempt of a changelog commit or forward:
+	// past it the outcome is unknown, and read back from the changelog.
 	CommitTimeout time.Duration
 	// ProgressEvery is how often a long restore logs its progress.
 	ProgressEvery time.Duration
@@ -136,7 +137,7 @@ func DefaultConfig() Config {
 		MaxEventSize:    256 << 10,              // same
 		MarkDelay:       500 * time.Millisecond, // far inside JetStream's 2 min duplicate window
 		PurgeEvery:      time.Second,            // one purge request a second at most
-		CommitTimeout:   10 * time.Second,       // the server abandons a batch after 10 s
+		CommitTimeout:   2 * time.Second,        // a commit takes ms; past this its outcome is read back, not waited for (a killed server never answers)
 		ProgressEvery:   3 * time.Second,        // restore progress in the logs
 		StoreCacheSize:  32 << 20,
 		StoreSync:       true, // one fsync per commit (~0.2 ms here) against a multi-ms changelog round trip
