@@ -242,13 +242,13 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // waitOffset waits until a has committed input up to the stream's last sequence.
 func (h *harness) waitOffset(a *Actor, p int) {
 	h.t.Helper()
-	st, err := h.js.Stream(h.ctx, h.typ)
-	if err != nil {
-		h.t.Fatal(err)
-	}
 	var want uint64
 	waitFor(h.t, "partition to catch up", func() bool {
 		if want == 0 {
+			st, err := h.js.Stream(h.ctx, h.typ) // NATS may be reconnecting
+			if err != nil {
+				return false
+			}
 			msg, err := st.GetLastMsgForSubject(h.ctx, InputFilter(h.typ, p))
 			if err != nil {
 				return false
