@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -105,6 +106,21 @@ func TestFencedPartitionIsVisible(t *testing.T) {
 	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body["error"], "fenced") {
 		t.Errorf("GET a key of a fenced partition: %d %v; want 503 naming why", resp.StatusCode, body)
 	}
+	resp, err = http.Get("http://" + node.HTTPAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`eddy_partition_state{partition="0",state="fenced",type="bank"} 1`,
+		`eddy_partition_state{partition="0",state="running",type="bank"} 0`,
+		`eddy_partition_state{partition="1",state="running",type="bank"} 1`,
+	} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
 	if err := client.Ask(ctx, apps.BankType, other, apps.Op{Kind: "deposit", Amount: 1}, &bal); err != nil || bal != 11 {
 		t.Errorf("the other partition: balance %d, %v", bal, err)
 	}
@@ -161,4 +177,56 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// commitsFail is a connection on which every changelog commit fails (no
+// responders): a node whose partitions cannot commit while NATS answers
+// everything else.
+type commitsFail struct{ *nats.Conn }
+
+func (c commitsFail) PublishMsg(*nats.Msg) error { return nil }
+func (c commitsFail) RequestMsgWithContext(context.Context, *nats.Msg) (*nats.Msg, error) {
+	return nil, nats.ErrNoResponders
+}
+
+// A partition that keeps failing on its node while that node is connected
+// to NATS (here: its commits never land) is given back after
+// Config.GiveBackAfter, and the assignor places it on another node.
+func TestClusterGivesBackAPartitionThatKeepsFailing(t *testing.T) {
+	srv := natstest.Start(t)
+	const partitions = 4
+	bank := apps.Bank(partitions)
+	fast := func(c *eddy.Config) { c.GiveBackAfter = time.Second }
+	n1 := startMember(t, srv.URL(), "n1", "", fast, bank)
+	n3 := startMember(t, srv.URL(), "n3", n1.GossipAddr(), fast, bank)
+	waitSettled(t, []*eddy.Node{n1, n3}, partitions)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	accounts, transfers := fundBank(t, ctx, srv, 12, 9)
+	transfers(50)
+	waitBankHolds(t, ctx, n1, accounts, 50)
+
+	// n2 joins; the balancer hands it its share, which it cannot commit.
+	nc, _ := srv.Connect(t)
+	broken := func(c *eddy.Config) {
+		fast(c)
+		c.Hooks.Conn = commitsFail{nc}
+	}
+	startMember(t, srv.URL(), "n2", n1.GossipAddr(), broken, bank)
+	var givenBack string
+	waitUntil(t, "a partition given back by n2", func() bool {
+		st, err := n1.Cluster(ctx)
+		if err != nil {
+			return false
+		}
+		for _, p := range st.Partitions {
+			if p.Active == "n2" && p.GivenBack != "" {
+				givenBack = fmt.Sprintf("%d at epoch %d: %s", p.Partition, p.Epoch, p.GivenBack)
+			}
+		}
+		return givenBack != ""
+	})
+	t.Logf("n2 gave back %s", givenBack)
+	transfers(50)
+	waitBankHolds(t, ctx, n1, accounts, 100)
 }
