@@ -385,6 +385,9 @@ func (n *Node) queryRemote(ctx context.Context, k pkey, store, key string) ([]by
 			return resp.Data, resp.Header.Get(headerNode), nil
 		case err == nil:
 			err = errors.New(resp.Header.Get(headerError))
+		case !n.nc.IsConnected():
+			// The owner cannot be reached before NATS is back: say so at once.
+			return nil, "", fmt.Errorf("%w: %s: this node is not connected to NATS (%s): %v", ErrUnavailable, k, n.nc.Status(), err)
 		}
 		select {
 		case <-ctx.Done():

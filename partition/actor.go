@@ -224,6 +224,7 @@ type partitionActor struct {
 	// retries gives up then (abandoned), leaving its batch's outcome to
 	// whoever restores next.
 	stopping  <-chan struct{}
+	reconnect atomic.Pointer[chan struct{}] // closed and replaced at each reconnect to NATS
 	abandoned bool
 	started   bool // restored and fenced: commits show it running
 	// inputLag and lastCommit are reported in Status; readLag is the input
@@ -1267,8 +1268,9 @@ const (
 // the batch's outcome is left to whoever restores the partition next.
 var errAbandoned = errors.New("partition: stopping: commit abandoned")
 
-// sleep waits *wait (then doubles it, up to retryMaxBackoff); it returns
-// false if the actor is asked to stop or ctx ends first.
+// sleep waits *wait (then doubles it, up to retryMaxBackoff), or until the
+// connection to NATS is established again; it returns false if the actor is
+// asked to stop or ctx ends first.
 func (a *partitionActor) sleep(ctx context.Context, wait *time.Duration) bool {
 	t := time.NewTimer(*wait)
 	defer t.Stop()
@@ -1276,10 +1278,33 @@ func (a *partitionActor) sleep(ctx context.Context, wait *time.Duration) bool {
 	select {
 	case <-t.C:
 		return true
+	case <-a.reconnected():
+		return true
 	case <-a.stopping:
 		return false
 	case <-ctx.Done():
 		return false
+	}
+}
+
+// reconnected returns a channel closed the next time the connection to NATS
+// is established (see watchReconnects).
+func (a *partitionActor) reconnected() <-chan struct{} {
+	if ch := a.reconnect.Load(); ch != nil {
+		return *ch
+	}
+	ch := make(chan struct{})
+	if a.reconnect.CompareAndSwap(nil, &ch) {
+		return ch
+	}
+	return *a.reconnect.Load()
+}
+
+// wakeRetries wakes the retries waiting in sleep.
+func (a *partitionActor) wakeRetries() {
+	next := make(chan struct{})
+	if old := a.reconnect.Swap(&next); old != nil {
+		close(*old)
 	}
 }
 

@@ -83,6 +83,7 @@ func (a *partitionActor) watchReconnects(ctx context.Context) {
 			if !ok {
 				return // the connection closed
 			}
+			a.wakeRetries()
 			_ = a.self.TrySend(inputCheck{from: a})
 		}
 	}
