@@ -245,7 +245,7 @@ func TestStartFailsAtOnceOnWrongPassword(t *testing.T) {
 			if strings.Contains(err.Error(), "wrong") {
 				t.Errorf("the error shows the password: %v", err)
 			}
-			if took > 500*time.Millisecond || node.lines("waiting for") > 0 {
+			if took > 5*time.Second || node.lines("waiting for") > 0 { // a start that retried would wait its full 30 s
 				t.Errorf("took %v and logged %d waiting lines; want a failure at once", took, node.lines("waiting for"))
 			}
 			t.Logf("failed in %v: %v", took, err)
@@ -279,7 +279,7 @@ func TestStartFailsAtOnceOnTLSMismatch(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), "TLS") || errors.Is(err, eddy.ErrNATSUnavailable) {
 				t.Fatalf("start: %v; want a TLS error", err)
 			}
-			if took > 500*time.Millisecond || node.lines("waiting for") > 0 {
+			if took > 5*time.Second || node.lines("waiting for") > 0 { // a start that retried would wait its full 30 s
 				t.Errorf("took %v and logged %d waiting lines; want a failure at once", took, node.lines("waiting for"))
 			}
 			t.Logf("failed in %v: %v (%T)", took, err, errors.Unwrap(err))
