@@ -18,9 +18,11 @@ import (
 // partition back to the assignor, which places it again at a new epoch
 // (above the changelog's). A partition actor that keeps failing for
 // Config.GiveBackAfter while the node is connected to NATS — a fault of this
-// node, not of NATS — is given back too. Failures while NATS is away are
-// retried in place: every node is in the same boat, and moving partitions
-// would not help.
+// node, not of NATS — is given back too, with Avoid: the assignor does not
+// place that partition's active on this node again until it restarts, so
+// that the partition does not flap between this node and the others.
+// Failures while NATS is away are retried in place: every node is in the
+// same boat, and moving partitions would not help.
 
 // partitionDown reports a partition actor that stopped for good at the
 // epoch the assignment gives it, and gives the partition back; n.mu is held.
@@ -32,7 +34,7 @@ func (n *Node) partitionDown(ctx context.Context, k pkey, s *activeSlot) {
 	if fe := (*partition.FenceError)(nil); errors.As(err, &fe) {
 		minEpoch, why = fe.By.Epoch, fe.Error()
 	}
-	n.giveBack(ctx, k, s, minEpoch, why)
+	n.giveBack(ctx, k, s, minEpoch, false, why) // the changelog's doing, not this node's
 }
 
 // checkHealth gives back the partitions that have been retrying for
@@ -43,24 +45,25 @@ func (n *Node) checkHealth(ctx context.Context) {
 	}
 	for k, s := range n.actives {
 		if st := s.a.Status(); st.State == partition.StateRetrying && time.Since(st.Since) >= n.cfg.GiveBackAfter {
-			n.giveBack(ctx, k, s, 0, fmt.Sprintf("failing for %v with NATS connected: %s",
-				time.Since(st.Since).Round(time.Second), st.Err))
+			n.giveBack(ctx, k, s, 0, true, fmt.Sprintf("failing for %v with NATS connected: %s",
+				time.Since(st.Since).Round(time.Second), st.Err)) // this node's own fault: avoid it
 		}
 	}
 }
 
 // giveBack tells the assignor, once per slot, that this node cannot run
-// partition k at its epoch; it retries in the background until the leader
-// has it (or refuses it as stale: the assignment moved on) or ctx ends.
-// n.mu is held.
-func (n *Node) giveBack(ctx context.Context, k pkey, s *activeSlot, minEpoch uint64, why string) {
+// partition k at its epoch (with avoid, for a fault of its own: the
+// assignor keeps the partition off this node until it restarts); it
+// retries in the background until the leader has it (or refuses it as
+// stale: the assignment moved on) or ctx ends. n.mu is held.
+func (n *Node) giveBack(ctx context.Context, k pkey, s *activeSlot, minEpoch uint64, avoid bool, why string) {
 	if s.givenBack || n.cl == nil {
 		return
 	}
 	s.givenBack = true
 	cl := n.cl
-	g := cluster.GiveBack{Node: n.cfg.NodeID, Type: k.typ, Partition: k.p, Epoch: s.epoch, MinEpoch: minEpoch, Reason: why}
-	n.log.Warn("giving the partition back to the assignor", "partition", k.String(), "epoch", s.epoch, "min_epoch", minEpoch, "why", why)
+	g := cluster.GiveBack{Node: n.cfg.NodeID, Type: k.typ, Partition: k.p, Epoch: s.epoch, MinEpoch: minEpoch, Reason: why, Avoid: avoid}
+	n.log.Warn("giving the partition back to the assignor", "partition", k.String(), "epoch", s.epoch, "min_epoch", minEpoch, "avoid", avoid, "why", why)
 	n.wg.Go(func() {
 		wait := 100 * time.Millisecond
 		for {

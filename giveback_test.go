@@ -190,8 +190,12 @@ func (c commitsFail) RequestMsgWithContext(context.Context, *nats.Msg) (*nats.Ms
 }
 
 // A partition that keeps failing on its node while that node is connected
-// to NATS (here: its commits never land) is given back after
-// Config.GiveBackAfter, and the assignor places it on another node.
+// to NATS (here: n2's commits never land) is given back after
+// Config.GiveBackAfter, for the node's own fault: the assignor places it on
+// another node and never hands it to n2 again (not until n2 restarts), so
+// it does not flap. Balance still hands n2 the other partitions, one at a
+// time, and n2 gives each back once; then n2 holds no active for good,
+// every partition runs on n1 or n3, and the bank loses nothing.
 func TestClusterGivesBackAPartitionThatKeepsFailing(t *testing.T) {
 	srv := natstest.Start(t)
 	const partitions = 4
@@ -213,20 +217,71 @@ func TestClusterGivesBackAPartitionThatKeepsFailing(t *testing.T) {
 		c.Hooks.Conn = commitsFail{nc}
 	}
 	startMember(t, srv.URL(), "n2", n1.GossipAddr(), broken, bank)
-	var givenBack string
-	waitUntil(t, "a partition given back by n2", func() bool {
+
+	// Sample the assignment until n2 has held nothing, active or moving
+	// there, for quiet: a partition that left n2 (given back) must never
+	// be handed to it again, nor moved towards it.
+	const quiet = 3 * time.Second
+	var (
+		onN2   = map[int]uint64{} // the epoch each partition was active on n2 at
+		left   = map[int]bool{}   // the partitions that left n2
+		last   eddy.ClusterStatus
+		joined = time.Now()
+		idle   = joined // since when n2 has held nothing
+	)
+	for time.Since(idle) < quiet || len(left) == 0 {
+		if time.Since(joined) > 30*time.Second {
+			t.Fatalf("n2 still holds partitions %v after %s (left %v)", onN2, time.Since(joined).Round(time.Millisecond), left)
+		}
+		st, err := n1.Cluster(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range st.Partitions {
+			switch {
+			case left[p.Partition] && (p.Active == "n2" || p.MovingTo == "n2"):
+				t.Fatalf("bank/%d left n2, and is handed back to it: active %s at epoch %d, moving to %q", p.Partition, p.Active, p.Epoch, p.MovingTo)
+			case p.Active == "n2":
+				onN2[p.Partition] = p.Epoch
+				idle = time.Now()
+			case p.MovingTo == "n2":
+				idle = time.Now()
+			case onN2[p.Partition] != 0:
+				t.Logf("bank/%d: n2 gave it back at epoch %d after %s; now on %s at epoch %d", p.Partition, onN2[p.Partition], time.Since(joined).Round(time.Millisecond), p.Active, p.Epoch)
+				left[p.Partition] = true
+				delete(onN2, p.Partition)
+			}
+		}
+		last = st
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Every partition went to n2 once and left it: with n1 and n3 holding two
+	// each, any partition n2 did not give back would be balanced onto it.
+	if len(left) != partitions {
+		t.Fatalf("partitions that left n2: %v; want all %d, each once", left, partitions)
+	}
+	t.Logf("n2 held nothing for %s after giving back all %d partitions, %s after it joined", quiet, partitions, time.Since(joined).Round(time.Millisecond))
+	waitUntil(t, "every partition running on n1 or n3, with no replica on n2", func() bool {
 		st, err := n1.Cluster(ctx)
 		if err != nil {
 			return false
 		}
 		for _, p := range st.Partitions {
-			if p.Active == "n2" && p.GivenBack != "" {
-				givenBack = fmt.Sprintf("%d at epoch %d: %s", p.Partition, p.Epoch, p.GivenBack)
+			if (p.Active != "n1" && p.Active != "n3") || p.State != string(partition.StateRunning) || p.MovingTo != "" {
+				return false
+			}
+			for _, r := range p.Replicas {
+				if r.Node == "n2" {
+					return false
+				}
 			}
 		}
-		return givenBack != ""
+		last = st
+		return true
 	})
-	t.Logf("n2 gave back %s", givenBack)
+	for _, p := range last.Partitions {
+		t.Logf("bank/%d: %s at epoch %d, %s", p.Partition, p.Active, p.Epoch, p.State)
+	}
 	transfers(50)
 	waitBankHolds(t, ctx, n1, accounts, 100)
 }

@@ -141,6 +141,35 @@ type PartitionAssignment struct {
 	// give-back reported it (GiveBack.MinEpoch; the largest if given back
 	// more than once): the next epoch must be above it. 0 when not given back.
 	EpochFloor uint64 `msgpack:"ef,omitempty"`
+	// Avoid are the node processes that gave the partition back for a fault
+	// of their own (GiveBack.Avoid), sorted by node id, one entry a node. The
+	// assignor does not make such a node the partition's active again, nor
+	// the target of a move, while an alive node the partition does not
+	// avoid exists; it places a replica of the partition there only when no
+	// other node can take one. An entry holds while the node runs the process
+	// it names: the FSM drops it when the node announces another incarnation
+	// (NodeUp) or is forgotten (ForgetNode), so every entry names a known
+	// node at its recorded incarnation. Unlike the give-back, it outlives
+	// the partition's placement elsewhere.
+	Avoid []AvoidNode `msgpack:"av,omitempty"`
+}
+
+// AvoidNode is a node process a partition avoids (PartitionAssignment.Avoid).
+type AvoidNode struct {
+	// Node is the node id.
+	Node string `msgpack:"n"`
+	// Incarnation is the incarnation of the node's process that gave the
+	// partition back (the partition's ActiveIncarnation then); the entry
+	// holds while the node is at it.
+	Incarnation uint64 `msgpack:"inc,omitempty"`
+}
+
+// Avoids reports whether the partition avoids node while its process has
+// incarnation inc: that process gave the partition back for a fault of its
+// own, and has not restarted since.
+func (p PartitionAssignment) Avoids(node string, inc uint64) bool {
+	i, ok := p.avoidIndex(node)
+	return ok && p.Avoid[i].Incarnation == inc
 }
 
 // IsGivenBack reports whether the partition's active gave it back at Epoch
@@ -199,8 +228,15 @@ func (p PartitionAssignment) replicaIndex(node string) (int, bool) {
 	})
 }
 
+func (p PartitionAssignment) avoidIndex(node string) (int, bool) {
+	return slices.BinarySearchFunc(p.Avoid, node, func(a AvoidNode, n string) int {
+		return strings.Compare(a.Node, n)
+	})
+}
+
 func (p PartitionAssignment) clone() PartitionAssignment {
 	p.Replicas = slices.Clone(p.Replicas)
+	p.Avoid = slices.Clone(p.Avoid)
 	return p
 }
 
@@ -380,6 +416,9 @@ func (m Model) check() error {
 			if err := p.checkGiveBack(); err != nil {
 				return err
 			}
+			if err := m.checkAvoid(p); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -393,6 +432,22 @@ func (p PartitionAssignment) checkGiveBack() error {
 		return fmt.Errorf("%s: given back by %s, but active on %q", p, p.GivenBack, p.Active)
 	case p.GivenBack == "" && (p.EpochFloor != 0 || p.GiveBackReason != ""):
 		return fmt.Errorf("%s: epoch floor %d or give-back reason %q without a give-back", p, p.EpochFloor, p.GiveBackReason)
+	}
+	return nil
+}
+
+// checkAvoid verifies the partition's avoided nodes: sorted, one entry a
+// node, each a known node at the incarnation the entry names (the FSM drops
+// an entry when its node restarts or is forgotten).
+func (m Model) checkAvoid(p PartitionAssignment) error {
+	for i, a := range p.Avoid {
+		if i > 0 && p.Avoid[i-1].Node >= a.Node {
+			return fmt.Errorf("%s: avoided nodes not sorted or twice", p)
+		}
+		n, ok := m.Node(a.Node)
+		if !ok || n.Incarnation != a.Incarnation {
+			return fmt.Errorf("%s: avoids %s at incarnation %d, which the assignment does not know", p, a.Node, a.Incarnation)
+		}
 	}
 	return nil
 }

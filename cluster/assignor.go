@@ -110,11 +110,14 @@ func (c Change) String() string {
 // something changes. A partition stays where it is unless its node is gone
 // or balance needs a move; a partition whose node is gone is taken over by
 // its least-lagging hot replica (promotion) or else by the least-loaded
-// alive node (cold restore from the changelog). Balance means the actives of
-// each actor type differ by at most one between alive nodes (so none holds
-// more than ceil(P/N)); a balance move first warms the target up as a
-// replica (MovingTo) and hands the active over once the replica's lag is at
-// most MaxLagForMove, with at most MaxConcurrentMoves moves in progress.
+// alive node (cold restore from the changelog). Balance means that no
+// partition's planned node (MovingTo, else Active) holds two or more actives
+// of its type than an alive node the partition may move to (one it does not
+// avoid, below); with no node avoided, the actives of each actor type differ
+// by at most one between alive nodes (so none holds more than ceil(P/N)). A
+// balance move first warms the target up as a replica (MovingTo) and hands
+// the active over once the replica's lag is at most MaxLagForMove, with at
+// most MaxConcurrentMoves moves in progress.
 // Each partition gets min(R, N-1) hot replicas, never on its active's node,
 // not all in the active's zone while another zone has an alive node, and
 // spread so that each node holds about as many replicas of a type as the
@@ -126,10 +129,25 @@ func (c Change) String() string {
 // A partition its active gave back (PartitionAssignment.IsGivenBack) is
 // recovered like one whose node is gone: its least-lagging hot replica is
 // promoted, else it is restored on the least-loaded alive node other than
-// the one that gave it back, or on that one if no other is alive; either way
-// at epoch NextEpoch, above its EpochFloor, and no longer given back. The
-// node that gave it back gets a new replica of it only when no other node
-// can take one.
+// the one that gave it back, or on that one if no other may take it; either
+// way at epoch NextEpoch, above its EpochFloor, and no longer given back.
+// The node that gave it back gets a new replica of it only when no other
+// node can take one.
+//
+// A partition avoids the alive nodes in its PartitionAssignment.Avoid that
+// are still at the incarnation recorded there (they gave it back for a fault
+// of their own), unless it would avoid every alive node: then it avoids none.
+// Once applied, no partition's active or move target is a node it avoids:
+// recovery promotes only a replica on a node it does not avoid (else
+// restores on one), balance never moves an active or starts a move to one,
+// a move in progress to one is cancelled, and an active on one (placed
+// there while every alive node was avoided) is recovered as if its node
+// were gone as soon as another alive node may take it. A replica goes to a
+// node its partition avoids only when no other node can take one (or, for
+// zone spread, when no other node of another zone can), is the first
+// dropped when there are too many, and is moved to a node the partition
+// does not avoid once one can take it without putting the partition in one
+// zone; replica balance never moves a replica there.
 //
 // Plan is a pure function of m and cfg (which must be valid): the same input
 // gives the same output. Lag reports matter only while a move is in progress
@@ -183,6 +201,8 @@ type partPlan struct {
 	orig    PartitionAssignment
 	cur     PartitionAssignment
 	reasons []string
+	// avoid holds the alive nodes the partition avoids (see avoided).
+	avoid map[string]bool
 }
 
 func newPlanner(m Model, cfg AssignorConfig) *planner {
@@ -211,13 +231,32 @@ func newPlanner(m Model, cfg AssignorConfig) *planner {
 		pl.activeLoad[t.Type.Name] = map[string]int{}
 		pl.replicaLoad[t.Type.Name] = map[string]int{}
 		for _, p := range t.Partitions {
-			pp := &partPlan{orig: p, cur: p.clone()} // orig is read only
+			pp := &partPlan{orig: p, cur: p.clone(), avoid: pl.avoided(p)} // orig is read only
 			tp.parts = append(tp.parts, pp)
 			pl.account(pp, 1)
 		}
 		pl.types = append(pl.types, tp)
 	}
 	return pl
+}
+
+// avoided returns the alive nodes p avoids (PartitionAssignment.Avoids at
+// their current incarnation), or none when it avoids every alive node: the
+// partition must run somewhere, and then it may run on any.
+func (pl *planner) avoided(p PartitionAssignment) map[string]bool {
+	var av map[string]bool
+	for _, a := range p.Avoid {
+		if n, ok := pl.nodes[a.Node]; ok && n.Alive() && p.Avoids(n.ID, n.Incarnation) {
+			if av == nil {
+				av = map[string]bool{}
+			}
+			av[n.ID] = true
+		}
+	}
+	if len(av) == len(pl.alive) {
+		return nil
+	}
+	return av
 }
 
 // round runs the assignor's phases once over every partition.
@@ -439,10 +478,11 @@ func (pl *planner) gone(node string) string {
 	return "node " + node + " " + n.State.String()
 }
 
-// recover drops replicas on nodes that are gone and gives a partition whose
-// active is gone, or was given back, a new active: its least-lagging
-// replica, else the least-loaded alive node (not the one that gave it back,
-// unless no other is alive).
+// recover drops replicas on nodes that are gone, cancels a move to a node
+// the partition avoids, and gives a partition whose active is gone, was
+// given back, or is on a node it avoids a new active: its least-lagging
+// replica on a node it does not avoid, else the least-loaded alive node it
+// does not avoid (not the one that gave it back, unless no other may take it).
 func (pl *planner) recover(tp *typePlan, p *partPlan) {
 	for i := 0; i < len(p.cur.Replicas); {
 		r := p.cur.Replicas[i]
@@ -453,8 +493,12 @@ func (pl *planner) recover(tp *typePlan, p *partPlan) {
 		pl.mutate(p, func(*PartitionAssignment) { p.dropReplica(r.Node) })
 		p.note("%s: drop its replica", pl.gone(r.Node))
 	}
+	if to := p.cur.MovingTo; p.avoid[to] {
+		pl.mutate(p, func(c *PartitionAssignment) { c.MovingTo = "" })
+		p.note("cancel move to %s: %s", to, avoidedWhy(to))
+	}
 	givenBack := p.cur.GivenBack // "" once placed again in this plan
-	if pl.isAlive[p.cur.Active] && givenBack == "" {
+	if pl.isAlive[p.cur.Active] && givenBack == "" && !p.avoid[p.cur.Active] {
 		return
 	}
 	why := "new partition"
@@ -463,11 +507,13 @@ func (pl *planner) recover(tp *typePlan, p *partPlan) {
 		why = givenBackWhy(p.cur)
 	case givenBack != "":
 		why = pl.gone(p.cur.Active) + "; " + givenBackWhy(p.cur)
+	case p.avoid[p.cur.Active]:
+		why = "active " + avoidedWhy(p.cur.Active)
 	case p.cur.Active != "":
 		why = pl.gone(p.cur.Active)
 	}
-	if len(p.cur.Replicas) > 0 {
-		best := slices.MinFunc(p.cur.Replicas, func(a, b Replica) int {
+	if cands := slices.DeleteFunc(slices.Clone(p.cur.Replicas), func(r Replica) bool { return p.avoid[r.Node] }); len(cands) > 0 {
+		best := slices.MinFunc(cands, func(a, b Replica) int {
 			return cmp.Or(
 				compareLag(a, b),
 				cmp.Compare(pl.activeLoad[tp.t.Name][a.Node], pl.activeLoad[tp.t.Name][b.Node]),
@@ -478,16 +524,25 @@ func (pl *planner) recover(tp *typePlan, p *partPlan) {
 		p.note("%s: promote replica %s (%s)", why, best.Node, best.lagString())
 		return
 	}
-	node := pl.leastLoaded(tp, givenBack)
+	node := pl.leastLoaded(tp, p, givenBack)
 	pl.mutate(p, func(*PartitionAssignment) { p.setActive(node) })
 	switch {
 	case p.orig.Active == "":
 		p.note("%s: place on %s", why, node)
-	case node == givenBack:
+	case node == givenBack && len(pl.alive) == 1:
 		p.note("%s: restore on %s again (no replica, no other node alive)", why, node)
+	case node == givenBack:
+		p.note("%s: restore on %s again (no replica, the partition avoids the other alive nodes)", why, node)
+	case len(p.cur.Replicas) > 0:
+		p.note("%s: restore on %s (no replica on a node the partition does not avoid)", why, node)
 	default:
 		p.note("%s: restore on %s (no replica)", why, node)
 	}
+}
+
+// avoidedWhy says why a node is avoided, for change reasons.
+func avoidedWhy(node string) string {
+	return node + " gave the partition back for a fault of its own and has not restarted"
 }
 
 // givenBackWhy is the start of the reason of a change that places a given-back
@@ -511,18 +566,23 @@ func compareLag(a, b Replica) int {
 	return cmp.Compare(a.Lag, b.Lag)
 }
 
-// leastLoaded returns the alive node with the fewest actives of the type,
-// then in total; not avoid unless it is the only alive node.
-func (pl *planner) leastLoaded(tp *typePlan, avoid string) string {
+// leastLoaded returns the alive node p does not avoid with the fewest
+// actives of the type, then in total; not exclude unless no other is left.
+func (pl *planner) leastLoaded(tp *typePlan, p *partPlan, exclude string) string {
 	best := ""
-	for _, n := range pl.alive {
-		if n == avoid && len(pl.alive) > 1 {
-			continue
+	for _, excluding := range []bool{true, false} {
+		for _, n := range pl.alive {
+			if p.avoid[n] || (excluding && n == exclude) {
+				continue
+			}
+			if best == "" || cmp.Or(
+				cmp.Compare(pl.activeLoad[tp.t.Name][n], pl.activeLoad[tp.t.Name][best]),
+				cmp.Compare(pl.totalActive[n], pl.totalActive[best])) < 0 {
+				best = n
+			}
 		}
-		if best == "" || cmp.Or(
-			cmp.Compare(pl.activeLoad[tp.t.Name][n], pl.activeLoad[tp.t.Name][best]),
-			cmp.Compare(pl.totalActive[n], pl.totalActive[best])) < 0 {
-			best = n
+		if best != "" {
+			return best
 		}
 	}
 	return best
@@ -564,37 +624,40 @@ type activeMove struct {
 	p        *partPlan
 	idx      int
 	src, dst string
+	gap      int // the planned actives of the type on src, less those on dst
 	kind     int
 	lag      Replica
 }
 
-// balanceActives moves planned actives from the most to the least loaded
-// nodes until their counts differ by at most one.
+// balanceActives moves planned actives of the type, one at a time, each from
+// its node to an alive node the partition does not avoid that holds at
+// least two fewer of them (the widest gap first, then the cheapest move),
+// until no such move is left or the budget for warm-up moves is spent. So at
+// a fixed point no partition's planned node holds two or more actives of
+// its type than a node the partition may move to; with no node avoided,
+// that is: the counts differ by at most one between alive nodes. Each move
+// lowers the sum of the squared counts, so the loop ends, and moves never
+// cycle while membership and avoidance stay as they are.
 func (pl *planner) balanceActives(tp *typePlan, budget *int) {
 	load := pl.activeLoad[tp.t.Name]
 	for {
-		lo, hi := pl.minMax(load)
-		if hi-lo <= 1 {
-			return
-		}
 		var best *activeMove
-		for _, src := range pl.alive {
-			if load[src] != hi {
+		for i, p := range tp.parts {
+			src := p.planned()
+			if p.hasReplicaMove() {
 				continue
 			}
 			for _, dst := range pl.alive {
-				if load[dst] != lo {
+				if dst == src || p.avoid[dst] || load[src]-load[dst] < 2 {
 					continue
 				}
-				for i, p := range tp.parts {
-					if p.planned() != src || p.hasReplicaMove() {
-						continue
-					}
-					m := pl.classify(p, src, dst)
-					m.idx = i
-					if best == nil || compareMoves(pl, m, *best) < 0 {
-						best = &m
-					}
+				m := pl.classify(p, src, dst)
+				if m.kind >= moveWarm && *budget <= 0 {
+					continue
+				}
+				m.idx, m.gap = i, load[src]-load[dst]
+				if best == nil || compareMoves(pl, m, *best) < 0 {
+					best = &m
 				}
 			}
 		}
@@ -602,9 +665,6 @@ func (pl *planner) balanceActives(tp *typePlan, budget *int) {
 			return
 		}
 		if best.kind >= moveWarm {
-			if *budget <= 0 {
-				return
-			}
 			*budget--
 		}
 		pl.applyMove(*best)
@@ -641,11 +701,12 @@ func (pl *planner) classify(p *partPlan, src, dst string) activeMove {
 	return m
 }
 
-// compareMoves orders candidate moves: cheapest kind first, then partitions
-// whose active has not changed in this plan already (a promoted replica stays
-// active), then the least-lagging target.
+// compareMoves orders candidate moves: widest gap first, then the cheapest
+// kind, then partitions whose active has not changed in this plan already (a
+// promoted replica stays active), then the least-lagging target.
 func compareMoves(pl *planner, a, b activeMove) int {
 	return cmp.Or(
+		-cmp.Compare(a.gap, b.gap),
 		cmp.Compare(a.kind, b.kind),
 		cmpBool(a.p.cur.Active != a.p.orig.Active, b.p.cur.Active != b.p.orig.Active),
 		compareLag(a.lag, b.lag),
@@ -679,19 +740,6 @@ func (pl *planner) applyMove(m activeMove) {
 	}
 }
 
-// minMax returns the least and the largest load of alive nodes.
-func (pl *planner) minMax(load map[string]int) (lo, hi int) {
-	for i, n := range pl.alive {
-		if i == 0 || load[n] < lo {
-			lo = load[n]
-		}
-		if i == 0 || load[n] > hi {
-			hi = load[n]
-		}
-	}
-	return lo, hi
-}
-
 // --- phase 4: the replicas of each partition ---
 
 // wantReplicas is how many replicas a partition of tp gets.
@@ -705,9 +753,11 @@ func (pl *planner) zoneRuleApplies(tp *typePlan) bool {
 	return pl.zones >= 2 && pl.wantReplicas(tp) >= 1
 }
 
-// placeReplicas trims a partition's replicas to the wanted number, places
-// missing ones (on the node that gave the partition back only when no other
-// node can take one), and starts a replica move if all of them share the active's zone.
+// placeReplicas trims a partition's replicas to the wanted number (those on
+// nodes it avoids first), places missing ones (on the node that gave the
+// partition back, or on one it avoids, only when no other node can take
+// one), and starts a replica move if all of them share the active's zone,
+// else one off a node it avoids to one it does not (leaveAvoided).
 func (pl *planner) placeReplicas(tp *typePlan, p *partPlan, budget *int) {
 	want := pl.wantReplicas(tp)
 	for p.countEffective() > want {
@@ -723,28 +773,47 @@ func (pl *planner) placeReplicas(tp *typePlan, p *partPlan, budget *int) {
 		if n >= want {
 			break
 		}
-		// The node that gave the partition back (a broken disk, maybe)
-		// gets a replica of it only if no other node can take one.
-		node := pl.bestReplicaNode(tp, p, func(n string) bool { return n != p.orig.GivenBack })
-		if node == "" {
-			node = pl.bestReplicaNode(tp, p, func(string) bool { return true })
-		}
+		node := pl.newReplicaNode(tp, p, func(string) bool { return true })
 		if node == "" {
 			break
 		}
 		pl.mutate(p, func(*PartitionAssignment) { p.addReplica(node, "") })
 		p.note("replica: place on %s", node)
 	}
-	if !pl.zoneRuleApplies(tp) || p.cur.MovesInProgress() > 0 || *budget <= 0 {
+	if p.cur.MovesInProgress() > 0 || *budget <= 0 {
 		return
 	}
-	zs := pl.zonesOf(p, replicaNodes(p.cur.Replicas))
-	if len(zs) > 1 {
+	if pl.zoneRuleApplies(tp) && len(pl.zonesOf(p, replicaNodes(p.cur.Replicas))) == 1 {
+		pl.spreadZones(tp, p, budget)
 		return
 	}
+	pl.leaveAvoided(tp, p, budget)
+}
+
+// newReplicaNode picks a node that ok accepts for a new replica of p (see
+// bestReplicaNode): one that neither gave the partition back in the input
+// (a broken disk, maybe) nor is avoided by it; else the one that gave it
+// back, unless avoided; else one it avoids; "" if none.
+func (pl *planner) newReplicaNode(tp *typePlan, p *partPlan, ok func(string) bool) string {
+	for _, tier := range []func(string) bool{
+		func(n string) bool { return n != p.orig.GivenBack && !p.avoid[n] },
+		func(n string) bool { return !p.avoid[n] },
+		func(string) bool { return true },
+	} {
+		if n := pl.bestReplicaNode(tp, p, func(n string) bool { return ok(n) && tier(n) }); n != "" {
+			return n
+		}
+	}
+	return ""
+}
+
+// spreadZones starts a replica move to another zone than the active's, for
+// a partition whose active and replicas share one (to a node of another
+// zone, by newReplicaNode).
+func (pl *planner) spreadZones(tp *typePlan, p *partPlan, budget *int) {
 	eff := p.effective()
 	zone := pl.nodes[p.cur.Active].Zone
-	node := pl.bestReplicaNode(tp, p, func(n string) bool { return pl.nodes[n].Zone != zone })
+	node := pl.newReplicaNode(tp, p, func(n string) bool { return pl.nodes[n].Zone != zone })
 	if node == "" || len(eff) == 0 {
 		return
 	}
@@ -754,9 +823,52 @@ func (pl *planner) placeReplicas(tp *typePlan, p *partPlan, budget *int) {
 	p.note("zone spread: warm up replica %s in zone %q to replace %s", node, pl.nodes[node].Zone, old)
 }
 
+// leaveAvoided starts a replica move off a node the partition avoids (its
+// replica there was placed when no other node could take one) to a node it
+// does not avoid, if one can take it without putting the partition in one
+// zone. So once a plan leaves budget for a move, a replica with no move in
+// progress is on a node its partition avoids only if every other alive node
+// but the active holds one, is avoided too, or would leave the partition in
+// one zone.
+func (pl *planner) leaveAvoided(tp *typePlan, p *partPlan, budget *int) {
+	if len(p.avoid) == 0 {
+		return
+	}
+	for _, r := range p.effective() {
+		if !p.avoid[r.Node] {
+			continue
+		}
+		node := pl.bestReplicaNode(tp, p, func(n string) bool {
+			return !p.avoid[n] && !pl.oneZoneWith(tp, p, r.Node, n)
+		})
+		if node == "" {
+			continue
+		}
+		*budget--
+		pl.mutate(p, func(*PartitionAssignment) { p.addReplica(node, r.Node) })
+		p.note("replica: warm up %s to replace %s: %s", node, r.Node, avoidedWhy(r.Node))
+		return
+	}
+}
+
+// oneZoneWith reports whether the zone rule applies to p and moving its
+// replica on src to dst would put its active and replicas in one zone.
+func (pl *planner) oneZoneWith(tp *typePlan, p *partPlan, src, dst string) bool {
+	if !pl.zoneRuleApplies(tp) {
+		return false
+	}
+	rest := []string{dst}
+	for _, r := range p.cur.Replicas {
+		if r.Node != src {
+			rest = append(rest, r.Node)
+		}
+	}
+	return len(pl.zonesOf(p, rest)) == 1
+}
+
 // worstReplica picks the replica to drop from eff: never one whose loss puts
-// the partition in one zone, then the one on the node with the most
-// replicas, then the most lagging.
+// the partition in one zone, then one on a node the partition avoids, then
+// the one on the node with the most replicas, then the most lagging.
 func (pl *planner) worstReplica(tp *typePlan, p *partPlan, eff []Replica) string {
 	all := replicaNodes(p.cur.Replicas)
 	breaksZones := func(node string) bool {
@@ -770,6 +882,7 @@ func (pl *planner) worstReplica(tp *typePlan, p *partPlan, eff []Replica) string
 	worst := slices.MaxFunc(eff, func(a, b Replica) int {
 		return cmp.Or(
 			-cmpBool(breaksZones(a.Node), breaksZones(b.Node)),
+			cmpBool(p.avoid[a.Node], p.avoid[b.Node]),
 			cmp.Compare(load[a.Node], load[b.Node]),
 			cmp.Compare(pl.totalReplica[a.Node], pl.totalReplica[b.Node]),
 			compareLag(a, b),
@@ -851,22 +964,15 @@ func (pl *planner) balanceReplicas(tp *typePlan, budget *int) {
 }
 
 // replicaToMove finds a partition of tp with no move in progress whose
-// replica on src could move to dst without breaking the zone rule.
+// replica on src could move to dst, a node it does not avoid, without
+// breaking the zone rule.
 func (pl *planner) replicaToMove(tp *typePlan, src, dst string) *partPlan {
 	for _, p := range tp.parts {
-		if p.cur.MovesInProgress() > 0 || !p.cur.HasReplica(src) || p.cur.HasReplica(dst) || p.cur.Active == dst {
+		if p.cur.MovesInProgress() > 0 || !p.cur.HasReplica(src) || p.cur.HasReplica(dst) || p.cur.Active == dst || p.avoid[dst] {
 			continue
 		}
-		if pl.zoneRuleApplies(tp) {
-			rest := []string{dst}
-			for _, r := range p.cur.Replicas {
-				if r.Node != src {
-					rest = append(rest, r.Node)
-				}
-			}
-			if len(pl.zonesOf(p, rest)) == 1 {
-				continue
-			}
+		if pl.oneZoneWith(tp, p, src, dst) {
+			continue
 		}
 		return p
 	}

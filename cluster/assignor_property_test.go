@@ -1,8 +1,10 @@
 package cluster
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"reflect"
 	"slices"
@@ -18,13 +20,19 @@ import (
 // crash of the node that gave back) and quiet steps, planning to a fixed
 // point after each (replicas report random lags meanwhile, small ones after a
 // few rounds; membership may change again while moves are in progress).
-// Every plan goes through the FSM as one Assign. It checks the assignor's guarantees after every plan
+// Half the give-backs are for the node's own fault (Avoid), and sometimes a
+// broken node gives back every partition it is active for.
+// Every plan goes through the FSM as one Assign, and the FSM's model passes
+// its structural check after every command (each avoided node known, at the
+// incarnation recorded). It checks the assignor's guarantees after every plan
 // and at every fixed point; after every plan, no partition is given back, and
 // each one that was is at epoch max(Epoch, EpochFloor)+1 and active on
-// another node than the one that gave it back unless that is the only alive
-// node (then on it). 500 clusters; 200 under the race detector (the
-// simulation runs on one goroutine, the FSM's concurrency has its own test),
-// 100 with -short.
+// another node than the one that gave it back unless no other alive node
+// may take it (then on it); no active or move target is a node its partition
+// avoids unless it avoids every alive node; and unless the moves in progress
+// are at the cap, actives and replicas are balanced (checkBalance). 500
+// clusters; 200 under the race detector (the simulation runs on one
+// goroutine, the FSM's concurrency has its own test), 100 with -short.
 func TestPlanProperties(t *testing.T) {
 	cases := 500
 	switch {
@@ -86,6 +94,20 @@ func (s *assignSim) must(cmd Command) {
 	s.t.Helper()
 	if err := s.a.apply(cmd); err != nil {
 		s.fatalf("apply %T %+v: %v", cmd, cmd, err)
+	}
+	if err := s.a.f.Assignment().check(); err != nil {
+		s.fatalf("after %T %+v the assignment breaks its rules: %v", cmd, cmd, err)
+	}
+}
+
+// restarted checks that no partition avoids node, which has just announced
+// a new incarnation.
+func (s *assignSim) restarted(node string) {
+	s.t.Helper()
+	for _, p := range s.a.f.Assignment().Partitions() {
+		if _, ok := p.avoidIndex(node); ok {
+			s.fatalf("%s still avoids %s after its restart: %v", p, node, p.Avoid)
+		}
 	}
 }
 
@@ -153,7 +175,7 @@ func (s *assignSim) step() {
 // it changed nothing.
 func (s *assignSim) perturb() bool {
 	alive, gone := s.nodes(true), s.nodes(false)
-	switch r := s.rng.IntN(11); {
+	switch r := s.rng.IntN(12); {
 	case r < 2 && len(alive) > 1: // crash one, sometimes two
 		for _, i := range s.rng.Perm(len(alive))[:min(len(alive)-1, 1+s.rng.IntN(2))] {
 			s.event("crash %s", alive[i].ID)
@@ -169,6 +191,7 @@ func (s *assignSim) perturb() bool {
 		n := gone[s.rng.IntN(len(gone))]
 		s.event("return %s", n.ID)
 		s.must(NodeUp{ID: n.ID, Zone: n.Zone, Incarnation: s.incarnation()})
+		s.restarted(n.ID)
 	case r == 5 && len(s.zones) > 1: // a zone outage, if another zone survives
 		zone := s.zones[s.rng.IntN(len(s.zones))]
 		var down []string
@@ -206,11 +229,14 @@ func (s *assignSim) perturb() bool {
 		n := alive[s.rng.IntN(len(alive))]
 		s.event("restart %s", n.ID)
 		s.must(NodeUp{ID: n.ID, Zone: n.Zone, Incarnation: s.incarnation()})
+		s.restarted(n.ID)
 		if err := s.a.apply(NodeUp{ID: n.ID, Zone: n.Zone, Incarnation: n.Incarnation}); !errors.Is(err, ErrStale) {
 			s.fatalf("late NodeUp of %s's old incarnation: %v, want ErrStale", n.ID, err)
 		}
 	case r == 10:
 		s.giveBack()
+	case r == 11:
+		s.wander()
 	default:
 		return false
 	}
@@ -218,17 +244,31 @@ func (s *assignSim) perturb() bool {
 }
 
 // giveBack has the actives of one to three random partitions give them back,
-// with no floor, the floor at their epoch or above it; a stale give-back
-// (another node, another epoch) must change nothing. Sometimes the node that
-// gave a partition back then crashes, before the assignor places it again.
+// with no floor, the floor at their epoch or above it, half of them for a
+// fault of their own (Avoid); or, one time in four, a broken node gives back
+// every partition it is active for, with Avoid. A stale give-back (another
+// node, another epoch) must change nothing. Sometimes the node that gave a
+// partition back then crashes, before the assignor places it again.
 func (s *assignSim) giveBack() {
 	m := s.a.f.Assignment()
 	ps := m.Partitions()
+	var picked []PartitionAssignment
+	broken := false
+	if alive := s.nodes(true); s.rng.IntN(4) == 0 {
+		n := alive[s.rng.IntN(len(alive))].ID
+		picked, broken = m.ActiveOn(n), true
+		s.event("%s broken", n)
+	}
+	if len(picked) == 0 {
+		for _, i := range s.rng.Perm(len(ps))[:min(len(ps), 1+s.rng.IntN(3))] {
+			picked = append(picked, ps[i])
+		}
+	}
 	var gave []string
-	for _, i := range s.rng.Perm(len(ps))[:min(len(ps), 1+s.rng.IntN(3))] {
-		p := ps[i]
+	for _, p := range picked {
 		floor := []uint64{0, p.Epoch, p.Epoch + 1 + s.rng.Uint64N(5), p.Epoch - 1}[s.rng.IntN(4)]
-		s.event("%s gives back %s at epoch %d (floor %d)", p.Active, p, p.Epoch, floor)
+		avoid := broken || s.rng.IntN(2) == 0
+		s.event("%s gives back %s at epoch %d (floor %d, avoid %v)", p.Active, p, p.Epoch, floor, avoid)
 		before := s.a.f.Assignment()
 		for _, stale := range []GiveBack{
 			{Node: p.Active + "x", Type: p.Type, Partition: p.Partition, Epoch: p.Epoch},
@@ -241,15 +281,42 @@ func (s *assignSim) giveBack() {
 		if after := s.a.f.Assignment(); !reflect.DeepEqual(before.Types, after.Types) {
 			s.fatalf("a stale give-back changed the assignment")
 		}
-		s.must(GiveBack{Node: p.Active, Type: p.Type, Partition: p.Partition, Epoch: p.Epoch, MinEpoch: floor, Reason: "sim"})
-		if q, _ := s.a.f.Assignment().Partition(p.Type, p.Partition); q.GivenBack != p.Active || q.EpochFloor != max(p.EpochFloor, floor) || q.Version != p.Version+1 {
+		s.must(GiveBack{Node: p.Active, Type: p.Type, Partition: p.Partition, Epoch: p.Epoch, MinEpoch: floor, Reason: "sim", Avoid: avoid})
+		q, _ := s.a.f.Assignment().Partition(p.Type, p.Partition)
+		if q.GivenBack != p.Active || q.EpochFloor != max(p.EpochFloor, floor) || q.Version != p.Version+1 {
 			s.fatalf("%s given back: %+v", p, q)
+		}
+		// The avoidance is recorded once, at the process that ran the
+		// partition (the node's current one: the sim plans after a restart).
+		want := slices.DeleteFunc(slices.Clone(p.Avoid), func(a AvoidNode) bool { return a.Node == p.Active })
+		if n, _ := m.Node(p.Active); avoid || p.Avoids(p.Active, n.Incarnation) {
+			want = append(want, AvoidNode{Node: p.Active, Incarnation: n.Incarnation})
+		}
+		slices.SortFunc(want, func(a, b AvoidNode) int { return strings.Compare(a.Node, b.Node) })
+		if !slices.Equal(q.Avoid, want) {
+			s.fatalf("%s given back (avoid %v): avoids %v, want %v", p, avoid, q.Avoid, want)
 		}
 		gave = append(gave, p.Active)
 	}
 	if alive := s.nodes(true); len(alive) > 1 && s.rng.IntN(4) == 0 {
 		s.event("crash %s", gave[0])
 		s.must(NodeDown{ID: gave[0]})
+	}
+}
+
+// wander has one partition fail wherever it runs: its active gives it back
+// for a fault of its own and the assignor places it again, one more time
+// than there are alive nodes, so that it comes to avoid every alive node
+// (and may then run on any).
+func (s *assignSim) wander() {
+	m := s.a.f.Assignment()
+	ps := m.Partitions()
+	p := ps[s.rng.IntN(len(ps))]
+	for range len(m.AliveNodes()) + 1 {
+		p, _ = s.a.f.Assignment().Partition(p.Type, p.Partition)
+		s.event("%s gives back %s at epoch %d (avoid, wandering)", p.Active, p, p.Epoch)
+		s.must(GiveBack{Node: p.Active, Type: p.Type, Partition: p.Partition, Epoch: p.Epoch, Reason: "sim", Avoid: true})
+		s.planOnce(false)
 	}
 }
 
@@ -286,24 +353,7 @@ func (s *assignSim) reportLags(limit uint64) {
 func (s *assignSim) settle(interrupt bool) {
 	s.t.Helper()
 	for round := range 200 {
-		before := s.a.f.Assignment()
-		changes := Plan(before, s.cfg)
-		if round%4 == 0 && !reflect.DeepEqual(changes, Plan(before.Clone(), s.cfg)) {
-			s.fatalf("Plan is not deterministic:\n%v\n%v", changes, Plan(before, s.cfg))
-		}
-		if len(changes) > 0 {
-			if err := s.a.apply(Assign{Changes: changes}); err != nil {
-				s.fatalf("the FSM refused the plan: %v\n%v", err, changes)
-			}
-		}
-		after := s.a.f.Assignment()
-		if err := after.check(); err != nil {
-			s.fatalf("the assignment breaks its rules: %v", err)
-		}
-		s.checkPlan(before, after, changes)
-		if again := Plan(after, s.cfg); len(again) != 0 {
-			s.fatalf("planning again on the result changes %v\nfirst plan: %v", again, changes)
-		}
+		changes, after := s.planOnce(round%4 == 0)
 		if len(changes) == 0 && after.MovesInProgress() == 0 {
 			s.checkSettled(after)
 			return
@@ -323,6 +373,32 @@ func (s *assignSim) settle(interrupt bool) {
 	s.fatalf("no fixed point after 200 rounds: %d moves in progress", s.a.f.Assignment().MovesInProgress())
 }
 
+// planOnce plans, applies the plan and checks it (and, with twice, that
+// planning twice gives the same plan); it returns the plan and the result.
+func (s *assignSim) planOnce(twice bool) ([]Change, Model) {
+	s.t.Helper()
+	before := s.a.f.Assignment()
+	changes := Plan(before, s.cfg)
+	if twice && !reflect.DeepEqual(changes, Plan(before.Clone(), s.cfg)) {
+		s.fatalf("Plan is not deterministic:\n%v\n%v", changes, Plan(before, s.cfg))
+	}
+	if len(changes) > 0 {
+		if err := s.a.apply(Assign{Changes: changes}); err != nil {
+			s.fatalf("the FSM refused the plan: %v\n%v", err, changes)
+		}
+	}
+	after := s.a.f.Assignment()
+	if err := after.check(); err != nil {
+		s.fatalf("the assignment breaks its rules: %v", err)
+	}
+	s.checkPlan(before, after, changes)
+	s.checkBalance(after)
+	if again := Plan(after, s.cfg); len(again) != 0 {
+		s.fatalf("planning again on the result changes %v\nfirst plan: %v", again, changes)
+	}
+	return changes, after
+}
+
 // checkPlan checks one applied plan: before -> after.
 func (s *assignSim) checkPlan(before, after Model, changes []Change) {
 	s.t.Helper()
@@ -335,10 +411,12 @@ func (s *assignSim) checkPlan(before, after Model, changes []Change) {
 	}
 	// Whether a move was needed is judged against the state the plan
 	// started from, unless the plan also had to recover partitions (their
-	// promotions change the loads it balances).
+	// promotions, and moves cancelled because the target is avoided, change
+	// the loads it balances).
 	recovering := false
 	for _, p := range before.Partitions() {
-		if _, ok := alive[p.Active]; !ok || p.IsGivenBack() {
+		avoid := avoidedBy(p, alive)
+		if _, ok := alive[p.Active]; !ok || p.IsGivenBack() || avoid[p.Active] || avoid[p.MovingTo] {
 			recovering = true
 		}
 		for _, r := range p.Replicas {
@@ -371,17 +449,30 @@ func (s *assignSim) checkPlan(before, after Model, changes []Change) {
 			if p1.IsGivenBack() || p1.EpochFloor != 0 || p1.GiveBackReason != "" {
 				s.fatalf("%s still given back after the plan: %+v", p1, p1)
 			}
+			if !slices.Equal(p1.Avoid, p0.Avoid) {
+				s.fatalf("%s: avoids %v -> %v: a plan changed it", p1, p0.Avoid, p1.Avoid)
+			}
+			avoid := avoidedBy(p0, alive)
+			if avoid[p1.Active] || avoid[p1.MovingTo] {
+				s.fatalf("%s: active %s, moving to %q, avoids %v of alive %v: %s", p1, p1.Active, p1.MovingTo, p1.Avoid, slices.Sorted(maps.Keys(alive)), reason(changes, p1))
+			}
 			if p0.IsGivenBack() {
 				// Placed again, not on the node that gave it back while
-				// another is alive: a promoted replica is never on it (a
-				// replica is never on its partition's active), and a
-				// restore avoids it.
+				// another alive node it does not avoid exists: a promoted
+				// replica is never on it (a replica is never on its
+				// partition's active), and a restore avoids it.
 				_, giverAlive := alive[p0.GivenBack]
-				if (len(alive) > 1 || !giverAlive) && p1.Active == p0.GivenBack {
-					s.fatalf("%s given back by %s, placed on it again though %d nodes are alive: %s", p1, p0.GivenBack, len(alive), reason(changes, p1))
+				others := 0
+				for id := range alive {
+					if id != p0.GivenBack && !avoid[id] {
+						others++
+					}
 				}
-				if len(alive) == 1 && giverAlive && p1.Active != p0.GivenBack {
-					s.fatalf("%s given back by %s, the only alive node, placed on %s", p1, p0.GivenBack, p1.Active)
+				if others > 0 && p1.Active == p0.GivenBack {
+					s.fatalf("%s given back by %s, placed on it again though %d other nodes may take it: %s", p1, p0.GivenBack, others, reason(changes, p1))
+				}
+				if others == 0 && giverAlive && p1.Active != p0.GivenBack {
+					s.fatalf("%s given back by %s, the only alive node it may run on, placed on %s", p1, p0.GivenBack, p1.Active)
 				}
 				if !strings.Contains(reason(changes, p1), p0.GivenBack+" gave it back (sim): ") {
 					s.fatalf("%s given back by %s without the reason: %s", p1, p0.GivenBack, reason(changes, p1))
@@ -407,11 +498,12 @@ func (s *assignSim) checkPlan(before, after Model, changes []Change) {
 			}
 			_, wasAlive := alive[p0.Active]
 			switch {
-			case !wasAlive || p0.IsGivenBack():
-				// Promotion: the least-lagging replica on an alive node, if any.
+			case !wasAlive || p0.IsGivenBack() || avoid[p0.Active]:
+				// Promotion: the least-lagging replica on an alive node the
+				// partition does not avoid, if any.
 				var cands []Replica
 				for _, r := range p0.Replicas {
-					if _, ok := alive[r.Node]; ok {
+					if _, ok := alive[r.Node]; ok && !avoid[r.Node] {
 						cands = append(cands, r)
 					}
 				}
@@ -448,8 +540,12 @@ func (s *assignSim) checkPlan(before, after Model, changes []Change) {
 						s.fatalf("zone move without need: %s", why)
 					}
 				case strings.Contains(why, "balance: warm up replica "+r.Node):
-					if replicaSpread < 2 {
-						s.fatalf("replica move without need (spread %d): %s", replicaSpread, why)
+					if replicaSpread < 2 || avoid[r.Node] {
+						s.fatalf("replica move without need (spread %d) or to a node the partition avoids (%v): %s", replicaSpread, avoid, why)
+					}
+				case strings.Contains(why, "replica: warm up "+r.Node+" to replace "+r.Replaces+": "+r.Replaces+" gave the partition back"):
+					if !avoid[r.Replaces] || avoid[r.Node] {
+						s.fatalf("replica move off a node the partition avoids, but it avoids %v: %s", avoid, why)
 					}
 				default:
 					s.fatalf("replica move without a reason: %s", why)
@@ -494,10 +590,15 @@ func (s *assignSim) checkSettled(m Model) {
 		zones[n.Zone] = true
 	}
 	n := len(alive)
+	s.checkBalance(m)
 	for _, t := range m.Types {
 		P := t.Type.Partitions
+		avoiding := false // some partition of t avoids an alive node
+		for _, p := range t.Partitions {
+			avoiding = avoiding || len(avoidedBy(p, alive)) > 0
+		}
 		for node, c := range plannedActives(t, alive) {
-			if c > (P+n-1)/n || c < P/n {
+			if !avoiding && (c > (P+n-1)/n || c < P/n) {
 				s.fatalf("%s: %s holds %d actives of %d partitions on %d nodes", t.Type.Name, node, c, P, n)
 			}
 		}
@@ -506,6 +607,9 @@ func (s *assignSim) checkSettled(m Model) {
 			if !p.ActiveFor(p.Active, alive[p.Active].Incarnation) {
 				s.fatalf("%s: active %s assigned to incarnation %d, node at %d", p, p.Active, p.ActiveIncarnation, alive[p.Active].Incarnation)
 			}
+			if avoidedBy(p, alive)[p.Active] {
+				s.fatalf("%s: active on %s, which it avoids: %v", p, p.Active, p.Avoid)
+			}
 			if len(p.Replicas) != want {
 				s.fatalf("%s: %d replicas, want %d", p, len(p.Replicas), want)
 			}
@@ -513,12 +617,101 @@ func (s *assignSim) checkSettled(m Model) {
 				s.fatalf("%s: active %s and replicas %v all in one zone", p, p.Active, p.Replicas)
 			}
 		}
-		if len(zones) == 1 && want > 0 {
+		if len(zones) == 1 && want > 0 && !avoiding {
 			// Replicas spread over nodes. Plan promises "about as many": a
 			// node holds no replica of its own actives, so a move that would
 			// even them out may not exist; in these clusters it always did.
 			if sp := spread(effectiveReplicas(t, alive)); sp > 1 {
 				s.fatalf("%s: replicas per node differ by %d: %v", t.Type.Name, sp, effectiveReplicas(t, alive))
+			}
+		}
+	}
+}
+
+// avoidedBy returns the alive nodes p avoids: those of p.Avoid at the
+// incarnation recorded there, or none if that is every alive node.
+func avoidedBy(p PartitionAssignment, alive map[string]NodeInfo) map[string]bool {
+	av := map[string]bool{}
+	for _, a := range p.Avoid {
+		if n, ok := alive[a.Node]; ok && n.Incarnation == a.Incarnation {
+			av[a.Node] = true
+		}
+	}
+	if len(av) == len(alive) {
+		return map[string]bool{}
+	}
+	return av
+}
+
+// checkBalance checks m, a plan's result, for what the assignor's last
+// round (the one that changes nothing) guarantees when it has budget for a
+// move: at a fixed point, or after a plan that leaves fewer moves in
+// progress than the cap. For every partition p of a type:
+//   - actives (unless p has a replica move in progress): the node p's active
+//     is or is moving to holds at most one more active of the type, counting
+//     those moving there, than any alive node p does not avoid;
+//   - replicas (unless p has a move in progress): the node of each of its
+//     replicas holds at most one more replica of the type (that counts
+//     towards R) than any alive node that p does not avoid, is not its
+//     active, holds no replica of it, and would not leave it in one zone;
+//   - and, with no move in progress and not in one zone, a replica of p on
+//     a node it avoids has no such node to go to either.
+//
+// With no partition avoiding a node, the first is: the actives of a type
+// differ by at most one between alive nodes.
+func (s *assignSim) checkBalance(m Model) {
+	s.t.Helper()
+	if m.MovesInProgress() >= s.cfg.MaxConcurrentMoves {
+		return
+	}
+	alive := map[string]NodeInfo{}
+	zones := map[string]bool{}
+	for _, n := range m.AliveNodes() {
+		alive[n.ID] = n
+		zones[n.Zone] = true
+	}
+	for _, t := range m.Types {
+		actives, replicas := plannedActives(t, alive), effectiveReplicas(t, alive)
+		zoneRule := len(zones) > 1 && min(t.Type.ReplicationFactor, len(alive)-1) >= 1
+		// oneZoneWith reports whether moving p's replica on src to dst
+		// leaves p's active and replicas in one zone, under the zone rule.
+		oneZoneWith := func(p PartitionAssignment, src, dst string) bool {
+			zs := map[string]bool{alive[p.Active].Zone: true, alive[dst].Zone: true}
+			for _, r := range p.Replicas {
+				if r.Node != src {
+					zs[alive[r.Node].Zone] = true
+				}
+			}
+			return zoneRule && len(zs) == 1
+		}
+		for _, p := range t.Partitions {
+			avoid := avoidedBy(p, alive)
+			replicaMove := p.MovesInProgress() > 0 && (p.MovingTo == "" || p.MovesInProgress() > 1)
+			if src := cmp.Or(p.MovingTo, p.Active); !replicaMove {
+				for dst := range alive {
+					if dst != src && !avoid[dst] && actives[src]-actives[dst] > 1 {
+						s.fatalf("%s: on %s, which holds %d actives of %s, and could move to %s, which holds %d (avoids %v): %v",
+							p, src, actives[src], t.Type.Name, dst, actives[dst], p.Avoid, actives)
+					}
+				}
+			}
+			if p.MovesInProgress() > 0 {
+				continue
+			}
+			inOneZone := zoneRule && oneZone(p, alive)
+			for _, r := range p.Replicas {
+				for dst := range alive {
+					if dst == p.Active || p.HasReplica(dst) || avoid[dst] || oneZoneWith(p, r.Node, dst) {
+						continue
+					}
+					if replicas[r.Node]-replicas[dst] > 1 {
+						s.fatalf("%s: replica on %s, which holds %d replicas of %s, could move to %s, which holds %d: %v",
+							p, r.Node, replicas[r.Node], t.Type.Name, dst, replicas[dst], replicas)
+					}
+					if avoid[r.Node] && !inOneZone {
+						s.fatalf("%s: replica on %s, which it avoids (%v), could move to %s", p, r.Node, p.Avoid, dst)
+					}
+				}
 			}
 		}
 	}

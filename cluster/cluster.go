@@ -293,10 +293,11 @@ func (c *Cluster) ReportLag(ctx context.Context, lags []LagReport) error {
 // empty one is set to it; another node's id is ErrInvalidCommand). Once it
 // is applied the leader plans at once, as on every change of the
 // assignment, and places the partition again at a new epoch, above
-// g.MinEpoch, on another node when one is alive. A give-back that no longer
-// matches the assignment (another active or epoch) fails with ErrStale
-// when this node leads (a forwarded one with the leader's error text) and
-// changes nothing.
+// g.MinEpoch, on another node when one is alive; with g.Avoid it keeps the
+// partition's active off this node until the node restarts. A give-back
+// that no longer matches the assignment (another active or epoch) fails
+// with ErrStale when this node leads (a forwarded one with the leader's
+// error text) and changes nothing.
 func (c *Cluster) GiveBack(ctx context.Context, g GiveBack) error {
 	if g.Node == "" {
 		g.Node = c.cfg.NodeID

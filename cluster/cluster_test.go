@@ -188,8 +188,10 @@ func (e *clusterTestEnv) reportWarm(stop <-chan struct{}, done chan<- struct{}) 
 
 // settled waits until every alive node holds the same assignment, in which
 // every partition has exactly one active, on an alive node, no move is in
-// progress, no alive node holds more than ceil(P/N) actives, and the assignor
-// has nothing left to do. It returns that assignment.
+// progress, no partition's node holds two more actives than an alive node
+// the partition does not avoid (so, with none avoided, no alive node holds
+// more than ceil(P/N) actives), and the assignor has nothing left to do. It
+// returns that assignment.
 func (e *clusterTestEnv) settled(timeout time.Duration, what string) Model {
 	e.t.Helper()
 	var m Model
@@ -240,9 +242,26 @@ func (e *clusterTestEnv) check() (Model, string) {
 		}
 		load[p.Active]++
 	}
+	// Balanced: no partition's node holds two more actives than an alive
+	// node the partition does not avoid; with none avoided, no node holds
+	// more than ceil(P/N).
+	aliveNodes := make(map[string]NodeInfo)
+	for _, n := range m.AliveNodes() {
+		aliveNodes[n.ID] = n
+	}
+	avoiding := false
+	for _, p := range m.Partitions() {
+		avoid := avoidedBy(p, aliveNodes)
+		avoiding = avoiding || len(avoid) > 0
+		for dst := range aliveNodes {
+			if !avoid[dst] && load[p.Active]-load[dst] > 1 {
+				return m, fmt.Sprintf("%s on %s, which holds %d actives, could move to %s, which holds %d", p, p.Active, load[p.Active], dst, load[dst])
+			}
+		}
+	}
 	ceil := (clusterTestType.Partitions + len(alive) - 1) / len(alive)
 	for id, n := range load {
-		if n > ceil {
+		if n > ceil && !avoiding {
 			return m, fmt.Sprintf("%s holds %d actives, more than %d", id, n, ceil)
 		}
 	}

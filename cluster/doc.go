@@ -18,7 +18,10 @@
 // same one written by another owner, or the partition keeps failing there)
 // gives the partition back (Cluster.GiveBack): the assignor places it again
 // at a new epoch, above the one its changelog holds, on another node when
-// one is alive.
+// one is alive. When the fault is the node's own (GiveBack.Avoid), the
+// partition avoids that node (PartitionAssignment.Avoid) until it restarts:
+// the assignor does not make it the partition's active again while another
+// alive node may take it, so the partition does not flap back to it.
 //
 // The assignor is the Raft leader running Plan, a pure function from the
 // assignment to the changes it needs: every partition active on an alive

@@ -168,8 +168,28 @@ func (f *FSM) nodeUp(c NodeUp) (bool, error) {
 	if f.m.Nodes[i] == n {
 		return false, nil
 	}
+	if c.Incarnation != f.m.Nodes[i].Incarnation {
+		f.dropAvoid(c.ID) // a new process: it may run what the old one gave back
+	}
 	f.m.Nodes[i] = n
 	return true, nil
+}
+
+// dropAvoid removes node from every partition's avoided nodes, bumping the
+// version of each partition that avoided it.
+func (f *FSM) dropAvoid(node string) {
+	for ti := range f.m.Types {
+		for pi := range f.m.Types[ti].Partitions {
+			p := &f.m.Types[ti].Partitions[pi]
+			if j, ok := p.avoidIndex(node); ok {
+				p.Avoid = slices.Delete(p.Avoid, j, j+1)
+				if len(p.Avoid) == 0 {
+					p.Avoid = nil
+				}
+				p.Version++
+			}
+		}
+	}
 }
 
 func (f *FSM) nodeGone(id string, state NodeState) (bool, error) {
@@ -199,6 +219,7 @@ func (f *FSM) forgetNode(id string) (bool, error) {
 			}
 		}
 	}
+	f.dropAvoid(id)
 	f.m.Nodes = slices.Delete(f.m.Nodes, i, i+1)
 	return true, nil
 }
@@ -346,10 +367,12 @@ func (f *FSM) reportLag(c ReportLag) bool {
 	return changed
 }
 
-// giveBack marks a partition given back by its active at its epoch. A
-// give-back from another node or for another epoch is stale; one repeated
-// before the partition is placed again raises the floor (and takes the new
-// reason), and changes nothing if both are the same.
+// giveBack marks a partition given back by its active at its epoch, and
+// with Avoid records the active's process among the partition's avoided
+// nodes if that process is still the node's current one. A give-back from
+// another node or for another epoch is stale; one repeated before the
+// partition is placed again raises the floor (and takes the new reason, and
+// an avoidance not recorded yet), and changes nothing if all are the same.
 func (f *FSM) giveBack(c GiveBack) (bool, error) {
 	ti, ok := f.m.typeIndex(c.Type)
 	if !ok {
@@ -365,10 +388,18 @@ func (f *FSM) giveBack(c GiveBack) (bool, error) {
 			ErrStale, c.Node, p, c.Epoch, p.Active, p.Epoch)
 	}
 	floor := max(p.EpochFloor, c.MinEpoch)
-	if p.GivenBack == c.Node && p.EpochFloor == floor && p.GiveBackReason == c.Reason {
+	inc := p.ActiveIncarnation // the process that ran it at Epoch, and gives it back
+	n, known := f.m.Node(c.Node)
+	avoid := c.Avoid && known && n.Incarnation == inc && !p.Avoids(c.Node, inc)
+	if p.GivenBack == c.Node && p.EpochFloor == floor && p.GiveBackReason == c.Reason && !avoid {
 		return false, nil // repeated
 	}
 	p.GivenBack, p.EpochFloor, p.GiveBackReason = c.Node, floor, c.Reason
+	if avoid {
+		// Not there yet: an entry always names its node's current incarnation.
+		j, _ := p.avoidIndex(c.Node)
+		p.Avoid = slices.Insert(p.Avoid, j, AvoidNode{Node: c.Node, Incarnation: inc})
+	}
 	p.Version++
 	return true, nil
 }

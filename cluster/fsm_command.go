@@ -139,6 +139,15 @@ type LagReport struct {
 // (PartitionAssignment.GivenBack, EpochFloor, GiveBackReason) and bumps its
 // Version; the assignor then moves it like a partition whose node is gone,
 // to another node when one is alive, at epoch max(Epoch, MinEpoch)+1.
+//
+// With Avoid (the node's own fault) the partition also records the node's
+// process, at the partition's ActiveIncarnation, in
+// PartitionAssignment.Avoid, once: the assignor does not make that node the
+// partition's active again while another alive node can take it, until
+// the node restarts (announces another incarnation). A give-back from a
+// process that has already been replaced (the node's recorded incarnation
+// is not the partition's ActiveIncarnation) records no avoidance: the new
+// process may run the partition.
 type GiveBack struct {
 	// Node is the active node giving the partition back.
 	Node      string `msgpack:"n"`
@@ -152,6 +161,11 @@ type GiveBack struct {
 	// Reason says why, for the logs and the assignor's change reason:
 	// "another owner holds epoch 7 in its changelog".
 	Reason string `msgpack:"why,omitempty"`
+	// Avoid says the failure is the node's own (the partition keeps failing
+	// there while NATS answers: a broken disk, say), not the partition's (a
+	// fenced changelog): do not place this partition's active on this node
+	// again until the node restarts (its incarnation changes).
+	Avoid bool `msgpack:"av,omitempty"`
 }
 
 // String describes the give-back for logs.
@@ -159,6 +173,9 @@ func (g GiveBack) String() string {
 	s := fmt.Sprintf("%s gives back %s/%d at epoch %d", g.Node, g.Type, g.Partition, g.Epoch)
 	if g.MinEpoch != 0 {
 		s += fmt.Sprintf(" (changelog at epoch %d)", g.MinEpoch)
+	}
+	if g.Avoid {
+		s += " (avoid " + g.Node + " until it restarts)"
 	}
 	if g.Reason != "" {
 		s += ": " + g.Reason
