@@ -511,7 +511,7 @@ func (c *procCluster) waitCommitted(ctx context.Context, ids []string, since tim
 					first[k] = p.LastCommit
 					continue
 				}
-				waiting = append(waiting, fmt.Sprintf("%s on %s: %s %s, last commit %s", k, p.Active, p.State, p.Err, p.LastCommit.Format("15:04:05.000")))
+				waiting = append(waiting, fmt.Sprintf("%s on %s: %s %s, last commit %s, input lag %d", k, p.Active, p.State, p.Err, p.LastCommit.Format("15:04:05.000"), p.InputLag))
 			}
 			if len(waiting) == 0 {
 				var latest time.Time
