@@ -257,9 +257,11 @@ func (c *chaos) draw() faultKind {
 // long has passed since the load began, more faults drawn by weight.
 func (c *chaos) run(schedule []faultKind, long time.Duration) {
 	for i := 0; i < len(schedule) || time.Since(c.began) < long; i++ {
-		k := c.draw()
+		var k faultKind
 		if i < len(schedule) {
 			k = schedule[i]
+		} else {
+			k = c.draw()
 		}
 		time.Sleep(time.Second + time.Duration(c.rng.IntN(2000))*time.Millisecond)
 		start := time.Now()
