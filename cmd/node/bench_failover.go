@@ -95,7 +95,7 @@ func (fb *failoverBench) run(ctx context.Context, dir, exe string, replicas, kil
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, nil, err
 	}
-	pc, err := newProcCluster(dir, exe, nil, fb.partitions, replicas)
+	pc, err := newProcCluster(procConfig{Dir: dir, Exe: exe, Partitions: fb.partitions, Replicas: replicas})
 	if pc != nil {
 		defer pc.close()
 	}

@@ -27,28 +27,31 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// startProcCluster starts NATS and three node processes (the test binary as
-// the node binary) with the bank app, and funds the accounts.
-func startProcCluster(t *testing.T, partitions, replicas int, extraArgs ...string) (*procCluster, *bankLoad, []string) {
+// newTestProcCluster makes a procCluster that is closed when the test ends,
+// printing the nodes' and the nats-servers' log tails first if it failed.
+func newTestProcCluster(t *testing.T, cfg procConfig) *procCluster {
 	t.Helper()
-	dir := t.TempDir()
-	pc, err := newProcCluster(dir, os.Args[0], []string{"EDDY_TEST_AS_NODE=1"}, partitions, replicas)
+	pc, err := newProcCluster(cfg)
 	if pc != nil {
 		t.Cleanup(pc.close)
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("logs:\n%s", pc.logTails(60))
+			}
+		})
 	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	pc.extraArgs = extraArgs
-	t.Cleanup(func() {
-		if t.Failed() {
-			for _, id := range pc.order {
-				b, _ := os.ReadFile(pc.node(id).logPath)
-				lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-				t.Logf("last log lines of %s:\n%s", id, strings.Join(lines[max(0, len(lines)-40):], "\n"))
-			}
-		}
-	})
+	return pc
+}
+
+// startProcCluster starts NATS and three node processes (the test binary as
+// the node binary) with the bank app, and funds the accounts.
+func startProcCluster(t *testing.T, partitions, replicas int, extraArgs ...string) (*procCluster, *bankLoad, []string) {
+	t.Helper()
+	pc := newTestProcCluster(t, procConfig{Dir: t.TempDir(), Exe: os.Args[0], Env: []string{"EDDY_TEST_AS_NODE=1"},
+		Partitions: partitions, Replicas: replicas, ExtraArgs: extraArgs})
 	ids := []string{"n1", "n2", "n3"}
 	for _, id := range ids {
 		if err := pc.start(id, len(ids)); err != nil {

@@ -44,7 +44,7 @@ func (c *cli) demo(ctx context.Context, args []string) error {
 		return err
 	}
 	out := func(format string, a ...any) { fmt.Fprintf(c.stdout, format+"\n", a...) }
-	pc, err := newProcCluster(*dir, exe, nil, *partitions, max(*replicas, 0))
+	pc, err := newProcCluster(procConfig{Dir: *dir, Exe: exe, Partitions: *partitions, Replicas: max(*replicas, 0)})
 	if pc != nil {
 		defer pc.close()
 	}

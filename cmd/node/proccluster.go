@@ -24,24 +24,23 @@ import (
 
 	"github.com/eddyrt/eddy"
 	"github.com/eddyrt/eddy/examples/apps"
+	"github.com/eddyrt/eddy/internal/natsproc"
 )
 
-// procCluster runs eddy nodes as separate processes on loopback against one
-// NATS server (started in this process, JetStream on disk), each node its
-// own `node run --app bank` with a gossip, Raft and HTTP port. `node demo`
-// and the multi-process tests use it; a node can be killed (SIGKILL),
-// paused (SIGSTOP), stopped (SIGTERM) and started again with its data.
+// procCluster runs eddy nodes as separate processes on loopback, each its
+// own `node run` with a gossip, Raft and HTTP port, against NATS: a server
+// started in this process (JetStream on disk), or nats-server processes
+// (internal/natsproc), one or a JetStream cluster, that can be killed and
+// restarted under the nodes. `node demo`, `node bench failover` and the
+// multi-process tests use it; a node can be killed (SIGKILL), paused
+// (SIGSTOP), stopped (SIGTERM) and started again with its data.
 type procCluster struct {
-	dir        string   // nodes' data dirs and logs
-	exe        string   // the node binary
-	env        []string // extra environment of node processes
-	partitions int
-	replicas   int
-	extraArgs  []string
-	zones      map[string]string // node id -> --zone
+	procConfig
+	types []string // the actor types of cfg.Apps, as /v1/cluster names them
 
-	srv     *server.Server
-	natsURL string
+	srv     *server.Server    // NATS in this process (NATSServers 0)
+	nats    *natsproc.Cluster // NATS as processes (NATSServers > 0)
+	natsURL string            // every NATS server's URL, comma-separated
 	nc      *nats.Conn
 	client  *eddy.Client
 	hc      *http.Client
@@ -49,6 +48,30 @@ type procCluster struct {
 	mu    sync.Mutex
 	nodes map[string]*procNode
 	order []string
+}
+
+// procConfig is what a procCluster runs.
+type procConfig struct {
+	Dir        string            // nodes' data dirs and logs, and NATS's store and logs
+	Exe        string            // the node binary
+	Env        []string          // extra environment of node processes
+	Apps       []string          // the example apps every node runs (--app); none means the bank
+	Partitions int               // of each actor type
+	Replicas   int               // hot replicas per partition
+	ExtraArgs  []string          // more `node run` flags, for every node
+	Zones      map[string]string // node id -> --zone
+
+	// NATSServers is how NATS runs: 0, a server inside this process; 1, a
+	// nats-server process; 3, a JetStream cluster of nats-server
+	// processes, on which the nodes create their streams with 3 replicas.
+	// The processes fsync every write before acknowledging it
+	// (sync_interval: always), the production setting.
+	NATSServers int
+	// NATSLater leaves the nats-server processes to startNATS, so that the
+	// nodes can start first (NATSServers > 0 only).
+	NATSLater bool
+	// Logf, if set, is told where long waits stand, every 2 s.
+	Logf func(format string, args ...any)
 }
 
 // procNode is one node process.
@@ -60,30 +83,81 @@ type procNode struct {
 	logPath            string
 }
 
-func newProcCluster(dir, exe string, env []string, partitions, replicas int) (*procCluster, error) {
-	c := &procCluster{dir: dir, exe: exe, env: env, partitions: partitions, replicas: replicas,
-		nodes: map[string]*procNode{}, hc: &http.Client{Timeout: 5 * time.Second}}
-	port, err := freePort()
-	if err != nil {
-		return nil, err
+// natsReadyTimeout bounds the wait for JetStream on new nats-server
+// processes: ready in well under a second here, ~6 s when a cluster's first
+// meta election times out, more on a loaded CI machine.
+const natsReadyTimeout = time.Minute
+
+// newProcCluster starts NATS as cfg says (the nats-server processes only
+// later, with startNATS, if cfg.NATSLater) and connects a client; start
+// starts the nodes. A procCluster returned with an error must still be
+// closed.
+func newProcCluster(cfg procConfig) (*procCluster, error) {
+	if len(cfg.Apps) == 0 {
+		cfg.Apps = []string{"bank"}
 	}
-	opts := &server.Options{ServerName: "eddy-demo", Host: "127.0.0.1", Port: port, JetStream: true,
-		StoreDir: filepath.Join(dir, "nats"), NoSigs: true, NoLog: true}
-	if c.srv, err = server.NewServer(opts); err != nil {
-		return nil, err
+	if cfg.NATSLater && cfg.NATSServers == 0 {
+		return nil, errors.New("procCluster: NATSLater needs nats-server processes (NATSServers > 0)")
 	}
-	c.srv.Start()
-	if !c.srv.ReadyForConnections(10 * time.Second) {
-		return nil, errors.New("NATS server did not start")
+	c := &procCluster{procConfig: cfg, nodes: map[string]*procNode{}, hc: &http.Client{Timeout: 5 * time.Second}}
+	for _, app := range cfg.Apps {
+		ts, err := apps.ActorTypes(app, cfg.Partitions)
+		if err != nil {
+			return nil, err
+		}
+		for _, t := range ts {
+			c.types = append(c.types, t.Name)
+		}
 	}
-	c.natsURL = c.srv.ClientURL()
-	if c.nc, err = nats.Connect(c.natsURL, nats.MaxReconnects(-1)); err != nil {
-		return nil, err
+	var err error
+	if cfg.NATSServers == 0 {
+		port, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		opts := &server.Options{ServerName: "eddy-demo", Host: "127.0.0.1", Port: port, JetStream: true,
+			StoreDir: filepath.Join(cfg.Dir, "nats"), NoSigs: true, NoLog: true}
+		if c.srv, err = server.NewServer(opts); err != nil {
+			return nil, err
+		}
+		c.srv.Start()
+		if !c.srv.ReadyForConnections(10 * time.Second) {
+			return c, errors.New("NATS server did not start")
+		}
+		c.natsURL = c.srv.ClientURL()
+	} else {
+		c.nats, err = natsproc.New(natsproc.Config{Servers: cfg.NATSServers, Dir: filepath.Join(cfg.Dir, "nats"), SyncAlways: true})
+		if err != nil {
+			return nil, err
+		}
+		c.natsURL = c.nats.ConnectURL()
+		if !cfg.NATSLater {
+			if err := c.startNATS(context.Background()); err != nil {
+				return c, err
+			}
+		}
+	}
+	// The producers' connection: it may be made before NATS runs, and
+	// follows a restarted or another server.
+	if c.nc, err = nats.Connect(c.natsURL, nats.Name("eddy procCluster"), nats.MaxReconnects(-1),
+		nats.ReconnectWait(100*time.Millisecond), nats.RetryOnFailedConnect(true)); err != nil {
+		return c, err
 	}
 	if c.client, err = eddy.NewClient(c.nc); err != nil {
-		return nil, err
+		return c, err
 	}
 	return c, nil
+}
+
+// startNATS starts the nats-server processes that are not running and
+// waits until JetStream answers on every one.
+func (c *procCluster) startNATS(ctx context.Context) error {
+	if err := c.nats.StartAll(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, natsReadyTimeout)
+	defer cancel()
+	return c.nats.WaitReady(ctx)
 }
 
 // freePort finds a loopback port free for TCP and UDP (gossip uses both).
@@ -112,7 +186,7 @@ func (c *procCluster) start(id string, expect int) error {
 	defer c.mu.Unlock()
 	n := c.nodes[id]
 	if n == nil {
-		n = &procNode{id: id, logPath: filepath.Join(c.dir, id+".log")}
+		n = &procNode{id: id, logPath: filepath.Join(c.Dir, id+".log")}
 		for _, p := range []*string{&n.gossip, &n.raft, &n.http} {
 			port, err := freePort()
 			if err != nil {
@@ -131,25 +205,28 @@ func (c *procCluster) start(id string, expect int) error {
 			join = append(join, c.nodes[o].gossip)
 		}
 	}
-	args := []string{"run", "--app", "bank", "--partitions", strconv.Itoa(c.partitions), "--replicas", strconv.Itoa(c.replicas),
-		"--node-id", id, "--data-dir", filepath.Join(c.dir, id), "--nats", c.natsURL,
+	args := []string{"run", "--app", strings.Join(c.Apps, ","), "--partitions", strconv.Itoa(c.Partitions), "--replicas", strconv.Itoa(c.Replicas),
+		"--node-id", id, "--data-dir", filepath.Join(c.Dir, id), "--nats", c.natsURL,
 		"--gossip", n.gossip, "--raft", n.raft, "--http", n.http, "--log-format", "json", "--leave-timeout", "10s"}
+	if c.NATSServers >= 3 {
+		args = append(args, "--stream-replicas", "3")
+	}
 	if len(join) > 0 {
 		args = append(args, "--join", strings.Join(join, ","))
 	}
 	if expect > 0 {
 		args = append(args, "--expect", strconv.Itoa(expect))
 	}
-	if z := c.zones[id]; z != "" {
+	if z := c.Zones[id]; z != "" {
 		args = append(args, "--zone", z)
 	}
-	args = append(args, c.extraArgs...)
+	args = append(args, c.ExtraArgs...)
 	logf, err := os.OpenFile(n.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(c.exe, args...)
-	cmd.Env = append(os.Environ(), c.env...)
+	cmd := exec.Command(c.Exe, args...)
+	cmd.Env = append(os.Environ(), c.Env...)
 	cmd.Stdout, cmd.Stderr = io.Discard, logf
 	if err := cmd.Start(); err != nil {
 		logf.Close()
@@ -228,7 +305,7 @@ func (c *procCluster) stop(id string, timeout time.Duration) error {
 	}
 }
 
-// close stops every node (SIGKILL: the data stays) and the NATS server.
+// close stops every node (SIGKILL: the data stays) and NATS.
 func (c *procCluster) close() {
 	for _, id := range c.running() {
 		_ = c.signal(id, syscall.SIGCONT)
@@ -240,6 +317,9 @@ func (c *procCluster) close() {
 	if c.srv != nil {
 		c.srv.Shutdown()
 		c.srv.WaitForShutdown()
+	}
+	if c.nats != nil {
+		_ = c.nats.Close()
 	}
 }
 
@@ -300,11 +380,20 @@ func (c *procCluster) partitionStatus(ctx context.Context, id string) ([]eddy.Pa
 	return body.Partitions, c.getJSON(ctx, id, "/v1/status", &body)
 }
 
+// partKey names one partition of one actor type.
+type partKey struct {
+	typ string
+	p   int
+}
+
+func (k partKey) String() string { return k.typ + "/" + strconv.Itoa(k.p) }
+
 // settled checks, on the running nodes in ids, that they agree on a leader,
-// every partition is active on one of them, balanced (each holds P/N
-// rounded down or up), no move is in progress, and each runs exactly the
-// partition actors assigned to it, restored and at the assigned epoch. It
-// returns the assignment.
+// every partition of every actor type is active on one of them and running
+// there (as /v1/cluster reports its state), not given back, balanced (each
+// node holds P/N of each type rounded down or up), no move is in progress,
+// and each node runs exactly the partition actors assigned to it, restored
+// and at the assigned epoch. It returns the assignment.
 func (c *procCluster) settled(ctx context.Context, ids []string) (eddy.ClusterStatus, error) {
 	var first eddy.ClusterStatus
 	for i, id := range ids {
@@ -321,40 +410,54 @@ func (c *procCluster) settled(ctx context.Context, ids []string) (eddy.ClusterSt
 			return first, fmt.Errorf("%s sees leader %s, %s sees %s", ids[0], first.Leader, id, st.Leader)
 		}
 	}
-	if len(first.Partitions) != c.partitions {
-		return first, fmt.Errorf("%d partitions assigned, want %d", len(first.Partitions), c.partitions)
+	if want := len(c.types) * c.Partitions; len(first.Partitions) != want {
+		return first, fmt.Errorf("%d partitions assigned, want %d (%d of each of %v)", len(first.Partitions), want, c.Partitions, c.types)
 	}
-	want := map[string]map[int]uint64{}
+	want := map[string]map[partKey]uint64{} // node -> its actives and their epochs
 	for _, p := range first.Partitions {
-		if !slices.Contains(ids, p.Active) || p.MovingTo != "" {
-			return first, fmt.Errorf("partition %d: active %q, moving to %q", p.Partition, p.Active, p.MovingTo)
+		k := partKey{p.Type, p.Partition}
+		switch {
+		case !slices.Contains(ids, p.Active) || p.MovingTo != "":
+			return first, fmt.Errorf("partition %s: active %q, moving to %q", k, p.Active, p.MovingTo)
+		case p.GivenBack != "":
+			return first, fmt.Errorf("partition %s: given back by %s: %s", k, p.Active, p.GivenBack)
+		case p.State != "running":
+			return first, fmt.Errorf("partition %s on %s at epoch %d: %s %s", k, p.Active, p.Epoch, p.State, p.Err)
 		}
 		if want[p.Active] == nil {
-			want[p.Active] = map[int]uint64{}
+			want[p.Active] = map[partKey]uint64{}
 		}
-		want[p.Active][p.Partition] = p.Epoch
+		want[p.Active][k] = p.Epoch
 	}
-	lo, hi := c.partitions/len(ids), (c.partitions+len(ids)-1)/len(ids)
+	lo, hi := c.Partitions/len(ids), (c.Partitions+len(ids)-1)/len(ids)
 	for _, id := range ids {
-		if n := len(want[id]); n < lo || n > hi {
-			return first, fmt.Errorf("%s holds %d actives, want %d to %d", id, n, lo, hi)
+		for _, typ := range c.types {
+			n := 0
+			for k := range want[id] {
+				if k.typ == typ {
+					n++
+				}
+			}
+			if n < lo || n > hi {
+				return first, fmt.Errorf("%s holds %d actives of %s, want %d to %d", id, n, typ, lo, hi)
+			}
 		}
 		ps, err := c.partitionStatus(ctx, id)
 		if err != nil {
 			return first, err
 		}
-		got := map[int]uint64{}
+		got := map[partKey]uint64{}
 		for _, p := range ps {
 			if p.Running {
-				got[p.Partition] = p.Epoch
+				got[partKey{p.Type, p.Partition}] = p.Epoch
 			}
 		}
 		if len(got) != len(want[id]) || len(ps) != len(want[id]) {
 			return first, fmt.Errorf("%s runs %d partitions (%d restored), %d assigned", id, len(ps), len(got), len(want[id]))
 		}
-		for p, e := range want[id] {
-			if got[p] != e {
-				return first, fmt.Errorf("%s: partition %d at epoch %d, assigned %d", id, p, got[p], e)
+		for k, e := range want[id] {
+			if got[k] != e {
+				return first, fmt.Errorf("%s: partition %s at epoch %d, assigned %d", id, k, got[k], e)
 			}
 		}
 	}
@@ -380,6 +483,83 @@ func (c *procCluster) waitSettled(ctx context.Context, ids []string, timeout tim
 	}
 }
 
+// waitCommitted waits until every partition of every actor type runs and has
+// committed after since, as /v1/cluster on the nodes in ids (asked in turn)
+// reports, and returns how long after since the last of them committed
+// first, and which partition that was. A partition's first commit after
+// since is taken as its last_commit at the first poll that shows one after
+// since: late by at most a poll (50 ms plus the time /v1/cluster takes to
+// answer).
+func (c *procCluster) waitCommitted(ctx context.Context, ids []string, since time.Time, timeout time.Duration) (time.Duration, string, error) {
+	deadline := time.Now().Add(timeout)
+	first := map[partKey]time.Time{}
+	want := len(c.types) * c.Partitions
+	lastLog := time.Now()
+	for poll := 0; ; poll++ {
+		st, err := c.clusterStatus(ctx, ids[poll%len(ids)])
+		if err == nil && len(st.Partitions) != want {
+			err = fmt.Errorf("%d partitions assigned, want %d", len(st.Partitions), want)
+		}
+		if err == nil {
+			var waiting []string
+			for _, p := range st.Partitions {
+				k := partKey{p.Type, p.Partition}
+				if _, ok := first[k]; ok {
+					continue
+				}
+				if p.State == "running" && p.LastCommit.After(since) {
+					first[k] = p.LastCommit
+					continue
+				}
+				waiting = append(waiting, fmt.Sprintf("%s on %s: %s %s, last commit %s, input lag %d", k, p.Active, p.State, p.Err, p.LastCommit.Format("15:04:05.000"), p.InputLag))
+			}
+			if len(waiting) == 0 {
+				var latest time.Time
+				var slowest partKey
+				for k, t := range first {
+					if t.After(latest) {
+						latest, slowest = t, k
+					}
+				}
+				return latest.Sub(since), slowest.String(), nil
+			}
+			err = fmt.Errorf("%d partitions not committed since %s: %s", len(waiting), since.Format("15:04:05.000"), strings.Join(waiting, "; "))
+		}
+		if c.Logf != nil && time.Since(lastLog) >= 2*time.Second {
+			lastLog = time.Now()
+			c.Logf("waiting for commits: %v", err)
+		}
+		if time.Now().After(deadline) {
+			return 0, "", fmt.Errorf("not every partition committed within %v: %w", timeout, err)
+		}
+		select {
+		case <-ctx.Done():
+			return 0, "", ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// logTails returns the last lines of every node's log and the end of every
+// nats-server's log: what a failed test prints.
+func (c *procCluster) logTails(lines int) string {
+	var b strings.Builder
+	c.mu.Lock()
+	order := slices.Clone(c.order)
+	c.mu.Unlock()
+	for _, id := range order {
+		data, _ := os.ReadFile(c.node(id).logPath)
+		ls := strings.Split(strings.TrimSpace(string(data)), "\n")
+		fmt.Fprintf(&b, "--- last %d log lines of %s:\n%s\n", min(lines, len(ls)), id, strings.Join(ls[max(0, len(ls)-lines):], "\n"))
+	}
+	if c.nats != nil {
+		for i := range c.nats.Size() {
+			fmt.Fprintf(&b, "%s\n", c.nats.LogTail(i, 8<<10))
+		}
+	}
+	return b.String()
+}
+
 // waitReplicasWarm waits until every hot replica reported a lag under 1000
 // records, so that a kill measures a promotion rather than a warm-up.
 func (c *procCluster) waitReplicasWarm(ctx context.Context, id string, timeout time.Duration) error {
@@ -388,7 +568,7 @@ func (c *procCluster) waitReplicasWarm(ctx context.Context, id string, timeout t
 		st, err := c.clusterStatus(ctx, id)
 		warm := err == nil
 		for _, p := range st.Partitions {
-			warm = warm && len(p.Replicas) >= min(c.replicas, 1)
+			warm = warm && len(p.Replicas) >= min(c.Replicas, 1)
 			for _, r := range p.Replicas {
 				warm = warm && r.Reported && r.LagRecords < 1000
 			}
