@@ -40,7 +40,7 @@ func (a *partitionActor) rebuild(ctx context.Context, meta statestore.Meta, targ
 	if err != nil {
 		return fmt.Errorf("rebuild: input consumer: %w", err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(4096))
+	it, err := cons.Messages(jetstream.PullMaxMessages(4096), jetstream.PullHeartbeat(changelog.ConsumerHeartbeat))
 	if err != nil {
 		return fmt.Errorf("rebuild: input consumer: %w", err)
 	}

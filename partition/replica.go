@@ -410,7 +410,7 @@ func (r *replicaActor) tail(ctx context.Context, cl jetstream.Stream, meta state
 	if err != nil {
 		return fmt.Errorf("consumer: %w", err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(replicaBatch))
+	it, err := cons.Messages(jetstream.PullMaxMessages(replicaBatch), jetstream.PullHeartbeat(changelog.ConsumerHeartbeat))
 	if err != nil {
 		return fmt.Errorf("consume: %w", err)
 	}
