@@ -43,8 +43,15 @@ const (
 	// A JetStream cluster without a meta leader does not answer at all for
 	// its first 10 s (nats-server v2.15.2); a live one answers in milliseconds.
 	jsProbeTimeout = time.Second
-	// jetstream's own default: creating an R3 stream waits for its leader.
-	streamOpTimeout = 5 * time.Second
+	// Creating an R3 stream takes ~70 ms here once the cluster answers; a
+	// request the cluster left unanswered (its first seconds) is sent again
+	// after this, not after jetstream's 5 s default.
+	streamOpTimeout = 2 * time.Second
+	// jsAPITimeout bounds the node's JetStream API requests whose context
+	// has no deadline (stream and consumer lookups of partition actors and
+	// hot replicas): they take milliseconds; one left unanswered is retried
+	// (the actor restarts) after this, not after jetstream's 5 s default.
+	jsAPITimeout = 2 * time.Second
 )
 
 // errNATSWaitPassed is the cause of a natsWait's context ending because

@@ -226,7 +226,7 @@ func (n *Node) connect(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	js, err := jetstream.New(nc)
+	js, err := jetstream.New(nc, jetstream.WithDefaultTimeout(jsAPITimeout))
 	if err != nil {
 		nc.Close()
 		return err

@@ -218,6 +218,7 @@ type partitionActor struct {
 
 	readerCancel context.CancelFunc
 	readerDone   chan struct{}
+	readerIt     jetstream.MessagesContext
 	early        *inputOpening // the input consumer opened while fencing
 
 	// stopping is closed when the actor is asked to stop: a commit that
@@ -724,10 +725,7 @@ func (a *partitionActor) Stopped(c *actor.Context) {
 	if a.released.Load() {
 		a.quiesce() // its last commit is in Status: the new owner need not wait for the store to close
 	}
-	if a.readerCancel != nil {
-		a.readerCancel()
-		<-a.readerDone
-	}
+	a.stopReader()
 	a.early.discard() // Started failed after fencing
 	if a.markTimer != nil {
 		a.markTimer.Stop()
@@ -767,10 +765,13 @@ func (a *partitionActor) receive(c *actor.Context, msg any) error {
 		}
 		return fmt.Errorf("input reader: %w", m.err)
 	case inputCheck:
-		if m.from != a || a.abandoned {
+		if m.from != a || a.abandoned || a.released.Load() {
 			return nil
 		}
-		return a.checkInputEnd(c.Context())
+		if err := a.checkInputEnd(c.Context()); err != nil {
+			return err
+		}
+		return a.restartReader(c.Context())
 	case markTick:
 		if m.from != a || a.forwarded <= a.markCommitted || a.abandoned {
 			return nil

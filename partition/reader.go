@@ -51,16 +51,53 @@ func (a *partitionActor) startReader(c *actor.Context) error {
 	if err != nil {
 		return err
 	}
+	a.runReader(ctx, it)
+	return nil
+}
+
+// runReader starts the goroutines that read it from offset+1 and watch for
+// reconnects; stopReader stops them.
+func (a *partitionActor) runReader(ctx context.Context, it jetstream.MessagesContext) {
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
-	a.readerCancel, a.readerDone = cancel, done
+	a.readerCancel, a.readerDone, a.readerIt = cancel, done, it
 	var wg sync.WaitGroup
-	wg.Go(func() { a.read(rctx, it, a.offset) })
+	offset := a.offset
+	wg.Go(func() { a.read(rctx, it, offset) })
 	wg.Go(func() { a.watchReconnects(rctx) })
 	go func() {
 		wg.Wait()
 		close(done)
 	}()
+}
+
+// stopReader stops the reader and waits for it. Stopping the iterator, not
+// only cancelling the reader's context, ends a Next that is recreating a
+// lost consumer (nats.go retries that with its own timeouts).
+func (a *partitionActor) stopReader() {
+	if a.readerCancel == nil {
+		return
+	}
+	a.readerCancel()
+	a.readerIt.Stop()
+	<-a.readerDone
+	a.readerCancel, a.readerDone, a.readerIt = nil, nil, nil
+}
+
+// restartReader reads the input again from the committed offset with a new
+// consumer, after a reconnect: nats.go's ordered consumer recreates its
+// consumer after a reconnect itself, but a reader that stopped hearing from
+// its consumer then (seen once in the NATS chaos test: a partition that
+// never read again after its server was killed) would wait for good.
+// Batches the old reader queued are still processed; what the new reader
+// delivers again is skipped by offset.
+func (a *partitionActor) restartReader(ctx context.Context) error {
+	a.stopReader()
+	it, err := a.consumeInput(ctx, a.offset)
+	if err != nil {
+		return err
+	}
+	a.runReader(ctx, it)
 	return nil
 }
 

@@ -184,6 +184,7 @@ type replicaActor struct {
 	cl      jetstream.Stream // the changelog stream
 	cancel  context.CancelFunc
 	done    chan struct{}
+	it      jetstream.MessagesContext // the tail's
 	pending []uint64 // changelog sequences of outbox entries kept as pending
 }
 
@@ -229,13 +230,35 @@ func (r *replicaActor) Started(c *actor.Context) error {
 	}
 	r.publish(Lag{Applied: meta.ChangelogSeq, Records: behind, At: time.Now()})
 	r.log.Info("hot replica started", "applied", meta.ChangelogSeq, "behind", behind)
+	return r.startTail(c.Self(), meta)
+}
+
+// startTail starts tailing the changelog past meta.ChangelogSeq, and
+// watching for reconnects: after one, the replica checks that the changelog
+// still holds what its store applied (a server that crashed may have come
+// back without its tail) and tails again with a new consumer (a consumer
+// lost with its server must not leave the replica waiting for good).
+func (r *replicaActor) startTail(self *actor.Ref, meta statestore.Meta) error {
 	tctx, cancel := context.WithCancel(context.Background())
+	cons, err := r.cl.OrderedConsumer(tctx, jetstream.OrderedConsumerConfig{
+		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:       meta.ChangelogSeq + 1,
+		InactiveThreshold: changelog.ConsumerInactiveThreshold,
+	})
+	if err != nil {
+		cancel()
+		return fmt.Errorf("tail changelog: consumer: %w", err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(replicaBatch), jetstream.PullHeartbeat(changelog.ConsumerHeartbeat))
+	if err != nil {
+		cancel()
+		return fmt.Errorf("tail changelog: consume: %w", err)
+	}
 	done := make(chan struct{})
-	r.cancel, r.done = cancel, done
-	self := c.Self()
+	r.cancel, r.done, r.it = cancel, done, it
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		err := r.tail(tctx, cl, meta)
+		err := r.tail(tctx, it, meta)
 		if err != nil && tctx.Err() == nil {
 			// Restart through the supervisor; TrySend: a full mailbox means a
 			// stop or an earlier failure is already on its way.
@@ -243,9 +266,6 @@ func (r *replicaActor) Started(c *actor.Context) error {
 		}
 	})
 	wg.Go(func() {
-		// After a reconnect, check that the changelog still holds what the
-		// store applied: a server that crashed may have come back without
-		// its tail, and the tail would wait past the changelog's end.
 		ch := r.cfg.Conn.StatusChanged(nats.CONNECTED)
 		defer r.cfg.Conn.RemoveStatusListener(ch)
 		for {
@@ -330,13 +350,18 @@ func (r *replicaActor) loadPending() error {
 func (r *replicaActor) Receive(c *actor.Context, msg any) error {
 	switch m := msg.(type) {
 	case checkChangelog:
-		if r.store == nil || r.cl == nil {
-			return nil
+		if r.store == nil || r.cancel == nil {
+			return nil // handed over
 		}
-		if _, err := r.checkStore(c.Context(), r.cl); err != nil {
+		r.stopTail()
+		meta, err := r.checkStore(c.Context(), r.cl)
+		if err != nil {
 			return r.Receive(c, tailFailed{err})
 		}
-		return nil
+		if err := r.loadPending(); err != nil {
+			return err
+		}
+		return r.startTail(c.Self(), meta)
 	case tailFailed:
 		if errors.Is(m.err, errStoreAhead) {
 			// The store holds records the changelog lost: start it over.
@@ -375,8 +400,9 @@ func (r *replicaActor) Receive(c *actor.Context, msg any) error {
 func (r *replicaActor) stopTail() {
 	if r.cancel != nil {
 		r.cancel()
+		r.it.Stop() // ends a Next that is recreating a lost consumer
 		<-r.done
-		r.cancel = nil
+		r.cancel, r.it = nil, nil
 	}
 }
 
@@ -401,20 +427,9 @@ const replicaIdleMark = 200 * time.Millisecond
 // commits a batch to the store whenever it has caught up or holds
 // replicaBatch records, with the applied sequence and the newest meta record
 // (offset, epoch) in the batch's Meta, as a restore would leave them.
-func (r *replicaActor) tail(ctx context.Context, cl jetstream.Stream, meta statestore.Meta) error {
-	cons, err := cl.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:       meta.ChangelogSeq + 1,
-		InactiveThreshold: changelog.ConsumerInactiveThreshold,
-	})
-	if err != nil {
-		return fmt.Errorf("consumer: %w", err)
-	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(replicaBatch), jetstream.PullHeartbeat(changelog.ConsumerHeartbeat))
-	if err != nil {
-		return fmt.Errorf("consume: %w", err)
-	}
+func (r *replicaActor) tail(ctx context.Context, it jetstream.MessagesContext, meta statestore.Meta) error {
 	defer it.Stop()
+	var err error
 	b := r.store.NewBatch()
 	defer func() { b.Close() }()
 	caughtUp := false
