@@ -159,7 +159,7 @@ func (a *partitionActor) consumeInput(ctx context.Context, offset uint64) (jetst
 	if err != nil {
 		return nil, fmt.Errorf("input consumer %s: %w", a.cfg.Type, err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(2 * a.cfg.BatchSize), jetstream.PullHeartbeat(changelog.ConsumerHeartbeat))
+	it, err := cons.Messages(jetstream.PullMaxMessages(2*a.cfg.BatchSize), jetstream.PullHeartbeat(changelog.ConsumerHeartbeat))
 	if err != nil {
 		return nil, fmt.Errorf("input consumer %s: %w", a.cfg.Type, err)
 	}

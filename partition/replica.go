@@ -185,7 +185,7 @@ type replicaActor struct {
 	cancel  context.CancelFunc
 	done    chan struct{}
 	it      jetstream.MessagesContext // the tail's
-	pending []uint64 // changelog sequences of outbox entries kept as pending
+	pending []uint64                  // changelog sequences of outbox entries kept as pending
 }
 
 // Started opens the store, checks that it belongs to the changelog, and
