@@ -59,6 +59,9 @@ type AssignmentStatus struct {
 	// GivenBack says that the active node gave the partition back to the
 	// assignor, and why; the assignor places it again at a new epoch.
 	GivenBack string `json:"given_back,omitempty"`
+	// Avoid lists the nodes that gave the partition back for a fault of
+	// their own: the assignor does not place it there until they restart.
+	Avoid []string `json:"avoid,omitempty"`
 }
 
 // ReplicaStatus is one hot replica and its last reported lag.
@@ -100,6 +103,9 @@ func (n *Node) Cluster(ctx context.Context) (ClusterStatus, error) {
 	for _, p := range m.Partitions() {
 		as := AssignmentStatus{Type: p.Type, Partition: p.Partition, Active: p.Active, Epoch: p.Epoch, MovingTo: p.MovingTo,
 			State: "unknown", GivenBack: p.GiveBackReason}
+		for _, a := range p.Avoid {
+			as.Avoid = append(as.Avoid, a.Node)
+		}
 		if ps, ok := actors[p.Active]; ok {
 			as.State = "absent"
 			for _, a := range ps {

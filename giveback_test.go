@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -281,6 +282,9 @@ func TestClusterGivesBackAPartitionThatKeepsFailing(t *testing.T) {
 	})
 	for _, p := range last.Partitions {
 		t.Logf("bank/%d: %s at epoch %d, %s", p.Partition, p.Active, p.Epoch, p.State)
+		if !slices.Contains(p.Avoid, "n2") {
+			t.Errorf("bank/%d: the cluster status does not show that n2 is avoided: %v", p.Partition, p.Avoid)
+		}
 	}
 	transfers(50)
 	waitBankHolds(t, ctx, n1, accounts, 100)

@@ -216,10 +216,12 @@ type partitionActor struct {
 	tx              Txn
 	recs            []changelog.Record
 
-	readerCancel context.CancelFunc
-	readerDone   chan struct{}
-	readerIt     jetstream.MessagesContext
-	early        *inputOpening // the input consumer opened while fencing
+	readerCancel   context.CancelFunc
+	readerDone     chan struct{}
+	readerIt       jetstream.MessagesContext
+	readerProgress *readerProgress
+	input          jetstream.Stream // the input stream, once looked up (checkStall)
+	early          *inputOpening    // the input consumer opened while fencing
 
 	// stopping is closed when the actor is asked to stop: a commit that
 	// retries gives up then (abandoned), leaving its batch's outcome to
@@ -764,6 +766,11 @@ func (a *partitionActor) receive(c *actor.Context, msg any) error {
 			return nil
 		}
 		return fmt.Errorf("input reader: %w", m.err)
+	case stallCheck:
+		if m.from != a || a.abandoned || a.released.Load() {
+			return nil
+		}
+		return a.checkStall(c.Context(), m.p)
 	case inputCheck:
 		if m.from != a || a.abandoned || a.released.Load() {
 			return nil
@@ -1222,7 +1229,7 @@ func (a *partitionActor) commitChangelog(ctx context.Context, recs []changelog.R
 		}
 		a.status.setState(StateRetrying, fmt.Errorf("commit changelog: %w", err))
 		for {
-			rctx, cancel := context.WithTimeout(ctx, a.cfg.CommitTimeout)
+			rctx, cancel := context.WithTimeout(ctx, min(a.cfg.CommitTimeout, retryReadTimeout))
 			var o changelog.Outcome
 			o, first, last, err = a.writer.Resolve(rctx, recs)
 			cancel()
@@ -1238,7 +1245,10 @@ func (a *partitionActor) commitChangelog(ctx context.Context, recs []changelog.R
 					return 0, 0, fmt.Errorf("%w: the changelog ends before sequence %d, which this owner committed (did a NATS server lose acknowledged writes?)",
 						errStoreAhead, a.writer.Last())
 				}
-				break // not landed: publish it again
+				// Not landed: the stream answers again, so publish it again
+				// now, backing off anew if that fails again.
+				wait = retryMinBackoff
+				break
 			}
 			a.status.setState(StateRetrying, fmt.Errorf("commit changelog: read back: %w", err))
 			if time.Since(lastLog) >= retryLogEvery {
@@ -1258,11 +1268,14 @@ func (a *partitionActor) commitChangelog(ctx context.Context, recs []changelog.R
 
 // Retries of a commit whose outcome is unknown: from retryMinBackoff,
 // doubling, to retryMaxBackoff, so that a partition commits again within a
-// second of NATS coming back; one log line every retryLogEvery.
+// second of NATS coming back; each read back waits at most
+// retryReadTimeout for an answer (a stream without a leader gives none);
+// one log line every retryLogEvery.
 const (
-	retryMinBackoff = 20 * time.Millisecond
-	retryMaxBackoff = time.Second
-	retryLogEvery   = 10 * time.Second
+	retryMinBackoff  = 20 * time.Millisecond
+	retryMaxBackoff  = time.Second
+	retryReadTimeout = time.Second
+	retryLogEvery    = 10 * time.Second
 )
 
 // errAbandoned means the actor was asked to stop while a commit retried:

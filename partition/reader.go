@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -55,20 +56,90 @@ func (a *partitionActor) startReader(c *actor.Context) error {
 	return nil
 }
 
-// runReader starts the goroutines that read it from offset+1 and watch for
-// reconnects; stopReader stops them.
+// runReader starts the goroutines that read it from offset+1, watch for
+// reconnects and for a reader that stalls; stopReader stops them.
 func (a *partitionActor) runReader(ctx context.Context, it jetstream.MessagesContext) {
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
-	a.readerCancel, a.readerDone, a.readerIt = cancel, done, it
+	p := &readerProgress{}
+	p.pos.Store(a.offset)
+	a.readerCancel, a.readerDone, a.readerIt, a.readerProgress = cancel, done, it, p
 	var wg sync.WaitGroup
-	offset := a.offset
-	wg.Go(func() { a.read(rctx, it, offset) })
+	wg.Go(func() { a.read(rctx, it, p) })
 	wg.Go(func() { a.watchReconnects(rctx) })
+	wg.Go(func() { a.watchStall(rctx, p) })
 	go func() {
 		wg.Wait()
 		close(done)
 	}()
+}
+
+// readerProgress is where a reader stands: written by the reader, read by
+// the actor and watchStall.
+type readerProgress struct {
+	pos          atomic.Uint64 // the last input sequence it delivered
+	waitingSince atomic.Int64  // unix ns since when it waits in Next; 0: not waiting
+}
+
+// readerStallAfter is how long a reader may wait for input, while the input
+// stream holds events of its partition past the last one it delivered,
+// before it is replaced by a new consumer. nats.go recreates a consumer
+// lost with its server itself, but with its own backoff (1 s doubling to
+// 10 s) and a 10 s timeout per attempt; a stream whose leader was killed
+// answers again after one election (4-9 s here), and the partition should
+// read again within a couple of seconds of that.
+const readerStallAfter = 2 * time.Second
+
+// stallCheck asks the actor whether its reader stalls (watchStall).
+type stallCheck struct {
+	from *partitionActor
+	p    *readerProgress
+}
+
+// watchStall asks the actor every readerStallAfter, while the reader has
+// been waiting for input that long, to check whether input is there.
+func (a *partitionActor) watchStall(ctx context.Context, p *readerProgress) {
+	t := time.NewTicker(readerStallAfter)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if w := p.waitingSince.Load(); w != 0 && time.Since(time.Unix(0, w)) >= readerStallAfter {
+				_ = a.self.TrySend(stallCheck{from: a, p: p})
+			}
+		}
+	}
+}
+
+// checkStall replaces the reader with a new consumer when it has waited
+// for input for readerStallAfter while its partition's input holds events
+// past the last one it delivered.
+func (a *partitionActor) checkStall(ctx context.Context, p *readerProgress) error {
+	if p != a.readerProgress {
+		return nil // an earlier reader's
+	}
+	w := p.waitingSince.Load()
+	if w == 0 || time.Since(time.Unix(0, w)) < readerStallAfter {
+		return nil
+	}
+	rctx, cancel := context.WithTimeout(ctx, retryReadTimeout)
+	defer cancel()
+	if a.input == nil {
+		st, err := a.cfg.JS.Stream(rctx, a.cfg.Type)
+		if err != nil {
+			return nil // NATS cannot tell now; the next check asks again
+		}
+		a.input = st
+	}
+	msg, err := a.input.GetLastMsgForSubject(rctx, InputFilter(a.cfg.Type, a.cfg.Partition))
+	if err != nil || msg.Sequence <= p.pos.Load() {
+		return nil // nothing to read, or NATS cannot tell now
+	}
+	a.log.Info("input reader got nothing while its partition has input: reading again with a new consumer",
+		"waited", time.Since(time.Unix(0, w)).Round(time.Millisecond), "read_up_to", p.pos.Load(), "input_last", msg.Sequence)
+	return a.restartReader(ctx)
 }
 
 // stopReader stops the reader and waits for it. Stopping the iterator, not
@@ -81,7 +152,7 @@ func (a *partitionActor) stopReader() {
 	a.readerCancel()
 	a.readerIt.Stop()
 	<-a.readerDone
-	a.readerCancel, a.readerDone, a.readerIt = nil, nil, nil
+	a.readerCancel, a.readerDone, a.readerIt, a.readerProgress = nil, nil, nil, nil
 }
 
 // restartReader reads the input again from the committed offset with a new
@@ -228,16 +299,18 @@ func (a *partitionActor) checkRetention(ctx context.Context, offset uint64) {
 	}
 }
 
-func (a *partitionActor) read(ctx context.Context, it jetstream.MessagesContext, offset uint64) {
+func (a *partitionActor) read(ctx context.Context, it jetstream.MessagesContext, p *readerProgress) {
 	defer it.Stop()
-	a.checkRetention(ctx, offset)
+	a.checkRetention(ctx, p.pos.Load())
 	fail := func(err error) {
 		if ctx.Err() == nil {
 			_ = a.self.Send(ctx, readerFailed{from: a, err: err})
 		}
 	}
 	for {
+		p.waitingSince.Store(time.Now().UnixNano())
 		msg, err := it.Next(jetstream.NextContext(ctx))
+		p.waitingSince.Store(0)
 		if err != nil {
 			fail(err)
 			return
@@ -259,6 +332,9 @@ func (a *partitionActor) read(ctx context.Context, it jetstream.MessagesContext,
 				return
 			}
 			batch = append(batch, msg)
+		}
+		if md, err := batch[len(batch)-1].Metadata(); err == nil {
+			p.pos.Store(md.Sequence.Stream)
 		}
 		if err := a.self.Send(ctx, inputBatch{from: a, msgs: batch}); err != nil {
 			return

@@ -131,7 +131,7 @@ func printCluster(w io.Writer, cl eddy.ClusterStatus) {
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\t%d\t%s\t%s\t%s\n", p.Type, p.Partition, dash(p.Active), p.Epoch, dash(p.State),
 			p.InputLag, ago(p.LastCommit, now), dash(strings.Join(rs, " ")), dash(p.MovingTo))
-		if p.Err != "" || p.GivenBack != "" {
+		if p.Err != "" || p.GivenBack != "" || len(p.Avoid) > 0 {
 			troubled = append(troubled, p)
 		}
 	}
@@ -142,6 +142,9 @@ func printCluster(w io.Writer, cl eddy.ClusterStatus) {
 		}
 		if p.Err != "" {
 			fmt.Fprintf(w, "%s/%d %s on %s: %s\n", p.Type, p.Partition, p.State, p.Active, p.Err)
+		}
+		if len(p.Avoid) > 0 {
+			fmt.Fprintf(w, "%s/%d is not placed on %s until they restart (they gave it back)\n", p.Type, p.Partition, strings.Join(p.Avoid, ", "))
 		}
 	}
 }
