@@ -132,7 +132,7 @@ func TestStaleWriterIsFenced(t *testing.T) {
 	if !errors.Is(err, ErrFenced) {
 		t.Fatalf("want ErrFenced, got %v", err)
 	}
-	m, ok, err := LastMeta(ctx, js, s)
+	m, ok, err := ReadLastMeta(ctx, nc, s)
 	if err != nil || !ok || m.Epoch != 2 || m.Offset != 0 {
 		t.Fatalf("last meta %+v %v %v", m, ok, err)
 	}

@@ -2,12 +2,10 @@ package changelog
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 // Progress reports how far a replay has got.
@@ -141,28 +139,6 @@ func progress(done, total uint64, start time.Time) Progress {
 		p.ETA = time.Duration(float64(total-done) / p.Rate * float64(time.Second))
 	}
 	return p
-}
-
-// LastMeta returns the newest meta record of the changelog, and whether
-// there is one. It may be read from any replica of the stream (a direct
-// get); fencing decisions use ReadLastMeta, which asks the stream leader.
-func LastMeta(ctx context.Context, js jetstream.JetStream, s Subjects) (Meta, bool, error) {
-	st, err := js.Stream(ctx, s.Stream())
-	if err != nil {
-		return Meta{}, false, fmt.Errorf("last meta %s: %w", s.Stream(), err)
-	}
-	raw, err := st.GetLastMsgForSubject(ctx, s.Meta())
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return Meta{}, false, nil
-	}
-	if err != nil {
-		return Meta{}, false, fmt.Errorf("last meta %s: %w", s.Stream(), err)
-	}
-	var m Meta
-	if err := msgpack.Unmarshal(raw.Data, &m); err != nil {
-		return Meta{}, false, fmt.Errorf("last meta %s: %w", s.Stream(), err)
-	}
-	return m, true, nil
 }
 
 // PurgeOutbox removes the outbox entries below sequence upTo (exclusive): they

@@ -117,7 +117,7 @@ func crashScenario(t *testing.T, ctx context.Context, url string, js jetstream.J
 		t.Fatalf("child exited with %d, want %d: it did not crash at %s", code, crashExit, hook)
 	}
 	cl := changelog.NewSubjects(typ, 0)
-	if m, _, err := changelog.LastMeta(ctx, js, cl); err != nil || m.Offset >= last || m.Epoch != 1 {
+	if m, _, err := lastMeta(ctx, js, cl); err != nil || m.Offset >= last || m.Epoch != 1 {
 		t.Fatalf("the child committed offset %d of %d in epoch %d (%v); want a crash mid-stream, in its first incarnation",
 			m.Offset, last, m.Epoch, err)
 	}
@@ -149,7 +149,7 @@ func crashScenario(t *testing.T, ctx context.Context, url string, js jetstream.J
 
 	// State: the changelog (or, without one, the local store) holds each
 	// key's count, as a sequential run has it.
-	if m, _, err := changelog.LastMeta(ctx, js, cl); err != nil || m.Offset != last {
+	if m, _, err := lastMeta(ctx, js, cl); err != nil || m.Offset != last {
 		t.Fatalf("committed offset %d, want %d (%v)", m.Offset, last, err)
 	}
 	got := map[string]uint64{}

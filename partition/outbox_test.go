@@ -61,7 +61,7 @@ func TestOutboxForwardedOnceAndReply(t *testing.T) {
 		t.Errorf("reply %q, want %q", reply.Data, want[off])
 	}
 	// The reply is sent only after the event's effects are committed.
-	if m, _, err := changelog.LastMeta(h.ctx, h.js, changelog.NewSubjects(h.typ, 0)); err != nil || m.Offset < off {
+	if m, _, err := lastMeta(h.ctx, h.js, changelog.NewSubjects(h.typ, 0)); err != nil || m.Offset < off {
 		t.Errorf("replied before the commit: changelog offset %d, event %d (%v)", m.Offset, off, err)
 	}
 	if got := count(h.ctx, a, "k1"); got < uint64(counts["k1"]) {
@@ -124,7 +124,7 @@ func TestForwardedMarkNeverRegresses(t *testing.T) {
 	}
 	cl := changelog.NewSubjects(h.typ, 0)
 	mark := func() uint64 {
-		m, _, err := changelog.LastMeta(h.ctx, h.js, cl)
+		m, _, err := lastMeta(h.ctx, h.js, cl)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -201,7 +201,7 @@ func TestOutboxPastTheDuplicateWindowIsNotForwardedTwice(t *testing.T) {
 	if err := a.Stop(h.ctx); err != nil {
 		t.Fatal(err)
 	}
-	if m, _, err := changelog.LastMeta(h.ctx, h.js, changelog.NewSubjects(h.typ, 0)); err != nil || m.Forwarded != 0 {
+	if m, _, err := lastMeta(h.ctx, h.js, changelog.NewSubjects(h.typ, 0)); err != nil || m.Forwarded != 0 {
 		t.Fatalf("the changelog's forwarded mark is %d (%v): the test needs the outputs unmarked", m.Forwarded, err)
 	}
 	time.Sleep(window + 200*time.Millisecond) // the output stream deduplicates them no more

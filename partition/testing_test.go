@@ -13,8 +13,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/eddyrt/eddy/actor"
+	"github.com/eddyrt/eddy/changelog"
 	"github.com/eddyrt/eddy/internal/natstest"
 	"github.com/eddyrt/eddy/statestore"
 )
@@ -289,4 +291,22 @@ func decodeCount(v []byte) uint64 {
 		return 0
 	}
 	return binary.BigEndian.Uint64(v)
+}
+
+// lastMeta returns the newest meta record of the changelog s, as any
+// replica of its stream has it (a direct get).
+func lastMeta(ctx context.Context, js jetstream.JetStream, s changelog.Subjects) (changelog.Meta, bool, error) {
+	st, err := js.Stream(ctx, s.Stream())
+	if err != nil {
+		return changelog.Meta{}, false, err
+	}
+	raw, err := st.GetLastMsgForSubject(ctx, s.Meta())
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return changelog.Meta{}, false, nil
+	}
+	if err != nil {
+		return changelog.Meta{}, false, err
+	}
+	var m changelog.Meta
+	return m, true, msgpack.Unmarshal(raw.Data, &m)
 }
