@@ -207,7 +207,9 @@ func TestClusterMembersShareAndHandOver(t *testing.T) {
 			}
 			deadline := time.Now().Add(10 * time.Second)
 			for {
-				byReplica, err := n.QueryWithin(ctx, apps.BankType, a, 5*time.Second, &stale)
+				var served eddy.Served
+				err := n.Query(ctx, apps.BankType, a, &stale, eddy.MaxStaleness(5*time.Second), eddy.ServedBy(&served))
+				byReplica := served.Replica
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -111,8 +111,8 @@ type Config struct {
 	// served on /metrics).
 	Registerer prometheus.Registerer
 
-	// Hooks inject faults between commit steps; for tests.
-	Hooks partition.Hooks
+	// hooks inject faults between commit steps: tests set them (export_test.go).
+	hooks partition.Hooks
 }
 
 // DefaultConfig returns a config that runs a development node: embedded NATS
@@ -211,55 +211,4 @@ func (c *Config) clusterConfig(httpAddr string) cluster.Config {
 	cc.Assignor.MaxConcurrentMoves = c.MaxConcurrentMoves
 	cc.Logger = c.Logger
 	return cc
-}
-
-// ActorType is a named handler with its input stream (same name), partition
-// count and stores.
-type ActorType struct {
-	// Name is the actor type and its input stream: letters, digits, '-', '_'.
-	Name string
-	// Partitions is how many partitions the input stream has; it cannot change later.
-	Partitions int
-	// Handler processes one event.
-	Handler func(c *Context) error
-	// Stores are named stores besides the per-key state, for cross-key state.
-	Stores []string
-	// Outputs are the streams the handler Emits to; created if missing, with
-	// subjects "<name>.*" (the key is the last token).
-	Outputs []string
-	// ReplicationFactor is the number of hot replicas each partition keeps on
-	// other nodes of a cluster (fewer while the cluster has too few nodes):
-	// 0 means DefaultReplicationFactor, NoReplicas none. A replica tails the
-	// changelog, so a failover or a move needs no restore.
-	ReplicationFactor int
-	// NoChangelog keeps the type's stores without a changelog: a commit
-	// records only the input offset, the epoch and the outbox there, so it
-	// costs less, and the writes live in the local store alone. A partition
-	// whose local store is lost, or that moves to another node, is rebuilt
-	// by replaying its input stream from offset 0 through the handler, which
-	// is slow (every event runs again) and needs the input stream to keep
-	// every event; while rebuilding, the handler's emits, sends, replies and
-	// dead letters are suppressed, as they took effect the first time. Such a
-	// type has no hot replicas: there is no changelog to tail.
-	NoChangelog bool
-}
-
-// DefaultReplicationFactor is the hot replicas per partition of an actor type
-// that does not say.
-const DefaultReplicationFactor = 1
-
-// NoReplicas as ActorType.ReplicationFactor keeps no hot replica: a failed
-// over partition restores from its changelog.
-const NoReplicas = -1
-
-func (t *ActorType) replicationFactor() int {
-	switch {
-	case t.NoChangelog:
-		return 0
-	case t.ReplicationFactor == 0:
-		return DefaultReplicationFactor
-	case t.ReplicationFactor < 0:
-		return 0
-	}
-	return t.ReplicationFactor
 }

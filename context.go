@@ -1,6 +1,7 @@
 package eddy
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,6 +18,10 @@ import (
 type Context struct {
 	tx *partition.Txn
 }
+
+// Context is cancelled when the partition actor stops (or fails and
+// restarts): pass it to the calls a handler makes.
+func (c *Context) Context() context.Context { return c.tx.Context() }
 
 // Key is the event's key.
 func (c *Context) Key() string { return c.tx.Event().Key }
@@ -83,7 +88,9 @@ func (c *Context) Delete() error { return c.Store(partition.DefaultStore).Delete
 // shared by all keys of the partition.
 func (c *Context) Store(name string) Store { return Store{tx: c.tx, name: name} }
 
-// Emit publishes v under key to an output stream, once.
+// Emit publishes v under key to a stream, once: an output stream
+// (ActorType.Outputs), or the input stream of an actor type, which then
+// receives v as an event for key.
 func (c *Context) Emit(stream, key string, v any) error {
 	b, err := encode(v)
 	if err != nil {
@@ -91,9 +98,6 @@ func (c *Context) Emit(stream, key string, v any) error {
 	}
 	return c.tx.Publish(partition.InputSubject(stream, key), nil, b)
 }
-
-// Send delivers v as an event to the actor of actorType for key, once.
-func (c *Context) Send(actorType, key string, v any) error { return c.Emit(actorType, key, v) }
 
 // Reply answers a client's Ask, after the event's effects are committed.
 func (c *Context) Reply(v any) error {

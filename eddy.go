@@ -7,41 +7,12 @@
 // effectively-once: after any crash, each event's effects (state changes,
 // emitted messages, sends to other actors) are present exactly once.
 //
-//	node, _ := eddy.NewNode(eddy.DefaultConfig())
-//	node.Register(eddy.ActorType{Name: "counts", Partitions: 8,
-//		Handler: func(c *eddy.Context) error {
-//			var n int
-//			if _, err := c.Get(&n); err != nil {
-//				return err
-//			}
-//			return c.Set(n + 1)
-//		}})
-//	node.Start(ctx)
+// The files of this package name its concepts: node.go (Node: register,
+// start, stop), actortype.go, context.go (what a handler sees), client.go,
+// query.go (how a read finds the owner), staleread.go (reads from hot
+// replicas), reconcile.go (what runs on a node), handover.go (where a
+// partition moves), giveback.go, cluster.go, control.go (requests between
+// nodes), status.go, http.go, natsconn.go and streams.go. The commit
+// protocol is in partition/, the changelog in changelog/, the assignor in
+// cluster/. docs/architecture.md maps them; ExampleNode shows a node in a few lines.
 package eddy
-
-import (
-	"errors"
-
-	"github.com/eddyrt/eddy/partition"
-	"github.com/eddyrt/eddy/statestore"
-)
-
-var (
-	// ErrNotFound means a key has no committed state.
-	ErrNotFound = statestore.ErrNotFound
-	// ErrMalformed means an event could not be decoded; such events go to the
-	// dead-letter stream without retries.
-	ErrMalformed = errors.Join(errors.New("eddy: malformed event"), partition.ErrPermanent)
-	// ErrValueTooLarge means a value exceeds Config.MaxValueSize.
-	ErrValueTooLarge = partition.ErrValueTooLarge
-	// ErrUnknownType means no actor type of that name is registered.
-	ErrUnknownType = errors.New("eddy: unknown actor type")
-	// ErrNotRunning means the node is not started (or already stopped).
-	ErrNotRunning = errors.New("eddy: node not running")
-	// ErrFenced means a newer owner took over a partition.
-	ErrFenced = partition.ErrFenced
-	// ErrUnavailable means the partition of a key does not run now: it is
-	// retrying after a failure (NATS away, say), fenced, or stopped. The
-	// error says which and why; HTTP answers it with 503.
-	ErrUnavailable = partition.ErrUnavailable
-)

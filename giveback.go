@@ -25,27 +25,27 @@ import (
 // same boat, and moving partitions would not help.
 
 // partitionDown reports a partition actor that stopped for good at the
-// epoch the assignment gives it, and gives the partition back; n.mu is held.
-func (n *Node) partitionDown(ctx context.Context, k pkey, s *activeSlot) {
+// epoch the assignment gives it, and gives the partition back.
+func (r *reconciler) partitionDown(k pkey, s *activeSlot) {
 	err := s.a.Err()
-	n.log.Error("partition cannot run at the epoch the assignment gives it", "partition", k.String(), "epoch", s.epoch, "err", err)
+	r.n.log.Error("partition cannot run at the epoch the assignment gives it", "partition", k.String(), "epoch", s.epoch, "err", err)
 	var minEpoch uint64
 	why := err.Error()
 	if fe := (*partition.FenceError)(nil); errors.As(err, &fe) {
 		minEpoch, why = fe.By.Epoch, fe.Error()
 	}
-	n.giveBack(ctx, k, s, minEpoch, false, why) // the changelog's doing, not this node's
+	r.giveBack(k, s, minEpoch, false, why) // the changelog's doing, not this node's
 }
 
 // checkHealth gives back the partitions that have been retrying for
-// GiveBackAfter or longer while this node is connected to NATS; n.mu is held.
-func (n *Node) checkHealth(ctx context.Context) {
-	if n.nc == nil || !n.nc.IsConnected() {
+// GiveBackAfter or longer while this node is connected to NATS.
+func (r *reconciler) checkHealth() {
+	if r.cl == nil || !r.n.nc.IsConnected() {
 		return
 	}
-	for k, s := range n.actives {
-		if st := s.a.Status(); st.State == partition.StateRetrying && time.Since(st.Since) >= n.cfg.GiveBackAfter {
-			n.giveBack(ctx, k, s, 0, true, fmt.Sprintf("failing for %v with NATS connected: %s",
+	for k, s := range r.actives {
+		if st := s.a.Status(); st.State == partition.StateRetrying && time.Since(st.Since) >= r.n.cfg.GiveBackAfter {
+			r.giveBack(k, s, 0, true, fmt.Sprintf("failing for %v with NATS connected: %s",
 				time.Since(st.Since).Round(time.Second), st.Err)) // this node's own fault: avoid it
 		}
 	}
@@ -55,16 +55,16 @@ func (n *Node) checkHealth(ctx context.Context) {
 // partition k at its epoch (with avoid, for a fault of its own: the
 // assignor keeps the partition off this node until it restarts); it
 // retries in the background until the leader has it (or refuses it as
-// stale: the assignment moved on) or ctx ends. n.mu is held.
-func (n *Node) giveBack(ctx context.Context, k pkey, s *activeSlot, minEpoch uint64, avoid bool, why string) {
-	if s.givenBack || n.cl == nil {
+// stale: the assignment moved on) or the node stops.
+func (r *reconciler) giveBack(k pkey, s *activeSlot, minEpoch uint64, avoid bool, why string) {
+	if s.givenBack || r.cl == nil {
 		return
 	}
 	s.givenBack = true
-	cl := n.cl
+	n, cl, ctx := r.n, r.cl, r.ctx
 	g := cluster.GiveBack{Node: n.cfg.NodeID, Type: k.typ, Partition: k.p, Epoch: s.epoch, MinEpoch: minEpoch, Reason: why, Avoid: avoid}
 	n.log.Warn("giving the partition back to the assignor", "partition", k.String(), "epoch", s.epoch, "min_epoch", minEpoch, "avoid", avoid, "why", why)
-	n.wg.Go(func() {
+	r.workers.Go(func() {
 		wait := 100 * time.Millisecond
 		for {
 			rctx, cancel := context.WithTimeout(ctx, ctlTimeout)

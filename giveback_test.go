@@ -215,7 +215,7 @@ func TestClusterGivesBackAPartitionThatKeepsFailing(t *testing.T) {
 	nc, _ := srv.Connect(t)
 	broken := func(c *eddy.Config) {
 		fast(c)
-		c.Hooks.Conn = commitsFail{nc}
+		eddy.SetHooks(c, partition.Hooks{Conn: commitsFail{nc}})
 	}
 	startMember(t, srv.URL(), "n2", n1.GossipAddr(), broken, bank)
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net"
 	"net/http"
 	"time"
 
@@ -17,7 +19,7 @@ import (
 //
 //	GET /v1/state/{type}/{key}[?store=name]  the committed state of a key, as JSON, from its owner;
 //	    [&max_lag=500ms]                     or from the nearest hot replica at most that stale (see
-//	                                         Node.QueryWithin); served_by says "replica" or "owner",
+//	                                         MaxStaleness); served_by says "replica" or "owner",
 //	                                         served_by_node which node answered
 //	                                         (503 at once when the key's partition does not run, with why)
 //	GET /v1/status                           this node's partitions: state (and why when not running),
@@ -54,7 +56,8 @@ func (n *Node) handleState(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
-	b, by, err := n.queryRawWithin(ctx, r.PathValue("type"), store, r.PathValue("key"), maxLag)
+	var by Served
+	b, err := n.queryRaw(ctx, r.PathValue("type"), r.PathValue("key"), InStore(store), MaxStaleness(maxLag), ServedBy(&by))
 	switch {
 	case errors.Is(err, ErrNotFound), errors.Is(err, ErrUnknownType):
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": err.Error()})
@@ -72,7 +75,7 @@ func (n *Node) handleState(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"type": r.PathValue("type"), "key": r.PathValue("key"), "store": store, "value": v,
-		"served_by": by.role(), "served_by_node": by.node})
+		"served_by": by.role(), "served_by_node": by.Node})
 }
 
 func (n *Node) handleStatus(w http.ResponseWriter, r *http.Request) {
@@ -100,4 +103,23 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// serveHTTP serves Handler on Config.HTTPAddr; n.mu is held.
+func (n *Node) serveHTTP() error {
+	ln, err := net.Listen("tcp", n.cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("http: %w", err)
+	}
+	n.httpAddr = ln.Addr().String()
+	srv := &http.Server{Handler: n.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan struct{})
+	n.http, n.httpDone = srv, done
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			n.log.Error("http server", "err", err)
+		}
+	}()
+	return nil
 }

@@ -9,14 +9,107 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/eddyrt/eddy/internal/streams"
 	"github.com/eddyrt/eddy/partition"
 )
+
+// connect connects to NATS, starting the embedded server if no URL is set,
+// waits for JetStream and makes the input, dead-letter and output streams
+// exist. It waits through NATS and JetStream not being up yet, within
+// Config.NATSWait and ctx.
+func (n *Node) connect(ctx context.Context) error {
+	if err := os.MkdirAll(n.cfg.DataDir, 0o755); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	url := n.cfg.NATSURL
+	if url == "" {
+		var err error
+		if url, err = n.startEmbeddedNATS(); err != nil {
+			return err
+		}
+	}
+	opts := append([]nats.Option{
+		nats.Name("eddy " + n.cfg.NodeID),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(100 * time.Millisecond),
+		// Fail publishes while disconnected instead of buffering them: a commit
+		// must know whether it reached the server.
+		nats.ReconnectBufSize(-1),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil { // nil: the node closed the connection itself
+				n.log.Warn("NATS disconnected; partitions retry until it is back", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) { n.log.Info("NATS reconnected", "url", c.ConnectedUrl()) }),
+	}, n.cfg.NATSOptions...)
+	w, ctx, cancel := n.natsWait(ctx, url)
+	defer cancel()
+	nc, err := w.connect(ctx, url, opts)
+	if err != nil {
+		return err
+	}
+	js, err := jetstream.New(nc, jetstream.WithDefaultTimeout(jsAPITimeout))
+	if err != nil {
+		nc.Close()
+		return err
+	}
+	client, err := NewClient(nc)
+	if err != nil {
+		nc.Close()
+		return err
+	}
+	n.mu.Lock()
+	n.nc, n.js, n.client = nc, js, client
+	n.mu.Unlock()
+	if err := w.awaitJetStream(ctx, nc, js); err != nil {
+		return err
+	}
+	return n.ensureStreams(ctx, w, nc, js)
+}
+
+func (n *Node) startEmbeddedNATS() (string, error) {
+	opts := &server.Options{
+		ServerName: "eddy-" + n.cfg.NodeID,
+		Host:       n.cfg.EmbeddedNATSHost,
+		Port:       n.cfg.EmbeddedNATSPort,
+		JetStream:  true,
+		StoreDir:   filepath.Join(n.cfg.DataDir, "nats"),
+		NoSigs:     true,
+		NoLog:      true,
+	}
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		return "", fmt.Errorf("embedded NATS: %w", err)
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		srv.Shutdown()
+		return "", fmt.Errorf("embedded NATS did not start on %s:%d", opts.Host, opts.Port)
+	}
+	n.srv = srv
+	n.log.Info("embedded NATS server started", "url", srv.ClientURL(), "store", opts.StoreDir)
+	return srv.ClientURL(), nil
+}
+
+// redactURL hides a password in a NATS URL (or a comma-separated list of them).
+func redactURL(s string) string {
+	parts := strings.Split(s, ",")
+	for i, p := range parts {
+		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
+			parts[i] = u.Redacted()
+		}
+	}
+	return strings.Join(parts, ",")
+}
 
 // ErrNATSUnavailable is returned by Start when it gave up waiting for NATS:
 // the servers did not accept a connection, JetStream did not answer, or the

@@ -17,14 +17,10 @@ import (
 	"github.com/eddyrt/eddy/partition"
 )
 
-// Bounded-staleness reads (Node.QueryWithin, GET /v1/state/...?max_lag=):
+// Bounded-staleness reads (Node.Query with MaxStaleness, GET /v1/state/...?max_lag=):
 // every hot replica of a cluster member serves reads of its copy on a subject
 // of its own, and a read that accepts maxLag of staleness asks the nearest
 // replicas first and the owner last.
-
-// headerTooStale marks a replica's answer to a read whose bound its copy
-// does not meet; the reader asks the next candidate.
-const headerTooStale = "Eddy-Too-Stale"
 
 // errTooStale is a hot replica's refusal of a read: its copy may be older
 // than the read's bound.
@@ -40,37 +36,6 @@ const replicaQueryTimeout = 250 * time.Millisecond
 // bounded-staleness reads.
 func replicaQuerySubject(k pkey, node string) string {
 	return "eddy.rquery." + k.typ + "." + strconv.Itoa(k.p) + "." + node
-}
-
-// addReplica records a started hot replica; in a cluster the replica also
-// serves reads of its copy to other nodes. n.mu is held.
-func (n *Node) addReplica(k pkey, r *partition.Replica) {
-	n.replicas[k] = r
-	if !n.cfg.clustered() {
-		return
-	}
-	sub, err := n.serveReplicaQueries(k, r)
-	if err != nil {
-		n.log.Warn("hot replica serves no reads to other nodes", "partition", k.String(), "err", err)
-		return
-	}
-	n.replSubs[k] = sub
-}
-
-// dropReplica forgets a hot replica and stops serving its reads; the caller
-// stops the replica. n.mu is held.
-func (n *Node) dropReplica(k pkey) {
-	n.stopReplicaQueries(k)
-	delete(n.replicas, k)
-}
-
-// stopReplicaQueries stops serving other nodes' reads of k's hot replica:
-// it is dropped, or about to be promoted. n.mu is held.
-func (n *Node) stopReplicaQueries(k pkey) {
-	if s := n.replSubs[k]; s != nil {
-		_ = s.Unsubscribe()
-		delete(n.replSubs, k)
-	}
 }
 
 // serveReplicaQueries answers other nodes' bounded-staleness reads of

@@ -121,7 +121,9 @@ func TestStaleReadsFromNearestReplica(t *testing.T) {
 				}
 				node, replica := nearest(pa, asker.ID(), zones)
 				var acc apps.Account
-				fromReplica, qerr := asker.QueryWithin(ctx, apps.BankType, a, 10*time.Second, &acc)
+				var served eddy.Served
+				qerr := asker.Query(ctx, apps.BankType, a, &acc, eddy.MaxStaleness(10*time.Second), eddy.ServedBy(&served))
+				fromReplica := served.Replica
 				ans, herr := getState(ctx, asker.HTTPAddr(), apps.BankType, a, "10s")
 				if qerr == nil && herr == nil && fromReplica == replica && acc == want(i) &&
 					ans.ServedByNode == node && ans.Value == want(i) && (ans.ServedBy == "replica") == replica {
@@ -133,7 +135,7 @@ func TestStaleReadsFromNearestReplica(t *testing.T) {
 					break
 				}
 				if time.Now().After(deadline) {
-					t.Fatalf("%s (partition %d, owner %s, replicas %v) read from %s (zone %s): QueryWithin %+v replica=%v err=%v; "+
+					t.Fatalf("%s (partition %d, owner %s, replicas %v) read from %s (zone %s): Query %+v replica=%v err=%v; "+
 						"HTTP %+v err=%v; want %+v from %s (replica %v)", a, p, pa.Active, pa.Replicas, asker.ID(), zones[asker.ID()],
 						acc, fromReplica, qerr, ans, herr, want(i), node, replica)
 				}
@@ -151,7 +153,9 @@ func TestStaleReadsFromNearestReplica(t *testing.T) {
 		p := partition.Of(a, partitions)
 		for _, asker := range nodes {
 			var acc apps.Account
-			fromReplica, err := asker.QueryWithin(ctx, apps.BankType, a, 0, &acc)
+			var served eddy.Served
+			err := asker.Query(ctx, apps.BankType, a, &acc, eddy.MaxStaleness(0), eddy.ServedBy(&served))
+			fromReplica := served.Replica
 			if err != nil || fromReplica || acc != want(i) {
 				t.Fatalf("%s from %s within 0: %+v replica=%v err=%v", a, asker.ID(), acc, fromReplica, err)
 			}

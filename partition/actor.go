@@ -66,24 +66,32 @@ const (
 
 // Status is a partition actor's progress and health.
 type Status struct {
-	Type      string
-	Partition int
-	State     State
-	Running   bool      // State is StateRunning
-	Err       string    `json:",omitempty"` // why it is retrying, or what fenced it
-	Since     time.Time // when State began; while retrying, the first failure of the series
-	Epoch     uint64    // the epoch it fences with
-	Owner     string    `json:",omitempty"` // the process it runs in (Config.Owner)
-	Offset    uint64    // last input sequence whose effects are committed
+	// Type and Partition name the partition.
+	Type      string `json:"type"`
+	Partition int    `json:"partition"`
+	// State is what the actor does now; Running is State == StateRunning.
+	State   State `json:"state"`
+	Running bool  `json:"running"`
+	// Err is why it is retrying, or what fenced or stopped it.
+	Err string `json:"error,omitempty"`
+	// Since is when State began; while retrying, the first failure of the series.
+	Since time.Time `json:"since"`
+	// Epoch is the epoch it fences with.
+	Epoch uint64 `json:"epoch"`
+	// Owner names the process it runs in (Config.Owner).
+	Owner string `json:"owner,omitempty"`
+	// Offset is the last input sequence whose effects are committed.
+	Offset uint64 `json:"offset"`
 	// ChangelogSeq is the last changelog sequence committed.
-	ChangelogSeq uint64
+	ChangelogSeq uint64 `json:"changelog_seq"`
 	// InputLag is how many events of the partition its input stream held
 	// past the last event of the last committed batch, when that batch was
 	// read: 0 when the partition has caught up.
-	InputLag uint64
+	InputLag uint64 `json:"input_lag"`
 	// LastCommit is when the last batch was committed (zero before the first).
-	LastCommit time.Time
-	Restarts   int // supervised restarts after failures
+	LastCommit time.Time `json:"last_commit,omitzero"`
+	// Restarts counts supervised restarts after failures.
+	Restarts int `json:"restarts"`
 }
 
 // statusBoard is a partition's Status: written on the actor's goroutine
@@ -226,7 +234,10 @@ type partitionActor struct {
 	// stopping is closed when the actor is asked to stop: a commit that
 	// retries gives up then (abandoned), leaving its batch's outcome to
 	// whoever restores next.
-	stopping  <-chan struct{}
+	stopping <-chan struct{}
+	// ctx is the incarnation's context (actor.Context.Context): handlers
+	// see it as Txn.Context.
+	ctx       context.Context
 	reconnect atomic.Pointer[chan struct{}] // closed and replaced at each reconnect to NATS
 	abandoned bool
 	started   bool // restored and fenced: commits show it running
@@ -264,6 +275,7 @@ func (a *partitionActor) get(k string) ([]byte, error) {
 func (a *partitionActor) Started(c *actor.Context) error {
 	ctx := c.Context()
 	a.self = c.Self()
+	a.ctx = ctx
 	a.stopping = c.Stopping()
 	a.ws = make(map[string]int)
 	a.tx.a = a

@@ -104,7 +104,7 @@ func Start(sys *actor.System, cfg Config, sup actor.SupervisorConfig) (*Actor, e
 // ErrUnavailable means a partition actor does not answer queries now: it is
 // starting, retrying after a failure, fenced or stopped. The error says
 // which, and why.
-var ErrUnavailable = errors.New("partition not running")
+var ErrUnavailable = errors.New("eddy: partition not running")
 
 // Get returns the committed value of key in store (statestore.ErrNotFound if
 // absent). A partition actor that is starting answers once it runs (or

@@ -2,6 +2,7 @@ package partition
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"strconv"
@@ -15,19 +16,19 @@ import (
 var (
 	// ErrFenced means a newer owner of the partition has committed: this actor
 	// stopped and committed nothing more.
-	ErrFenced = errors.New("partition: fenced by a newer owner")
+	ErrFenced = errors.New("eddy: partition fenced by a newer owner")
 	// ErrPermanent marks a handler error that retrying cannot fix (a malformed
 	// event, a value that is too large): the event goes to the dead-letter stream at once.
 	ErrPermanent = errors.New("permanent failure")
 	// ErrValueTooLarge means a value exceeds Config.MaxValueSize. It is permanent.
-	ErrValueTooLarge = fmt.Errorf("value too large: %w", ErrPermanent)
+	ErrValueTooLarge = fmt.Errorf("eddy: value too large: %w", ErrPermanent)
 	// ErrUnknownStore means the handler named a store its actor type did not declare.
 	ErrUnknownStore = fmt.Errorf("unknown store: %w", ErrPermanent)
 	// ErrTooManyWrites means one event wrote more records than one commit can hold.
 	ErrTooManyWrites = fmt.Errorf("event writes more records than one commit holds: %w", ErrPermanent)
 	// ErrInputGone means a store without a changelog (Config.NoChangelog)
 	// cannot be rebuilt: the input stream no longer holds events it needs.
-	ErrInputGone = errors.New("partition: input stream no longer holds the events to rebuild from")
+	ErrInputGone = errors.New("eddy: input stream no longer holds the events to rebuild from")
 )
 
 // HeaderReply carries the inbox a client waits on for the handler's reply.
@@ -67,6 +68,10 @@ type Txn struct {
 
 // Event is the event being processed.
 func (tx *Txn) Event() *Event { return &tx.ev }
+
+// Context is cancelled when the partition actor stops or fails: a handler
+// passes it to the calls it makes, which then end with the actor.
+func (tx *Txn) Context() context.Context { return tx.a.ctx }
 
 func (tx *Txn) storeKey(store string, key []byte) (string, error) {
 	if store != DefaultStore && !tx.a.stores[store] {

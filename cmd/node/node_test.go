@@ -107,11 +107,11 @@ func TestEveryConfigFieldHasAFlag(t *testing.T) {
 		"Zone": "zone", "GossipKey": "gossip-key", "GossipProfile": "gossip-profile", "MaxLagForMove": "max-lag-for-move", "MaxVoters": "max-voters",
 		"MaxConcurrentMoves": "max-concurrent-moves", "LeaveTimeout": "leave-timeout", "GiveBackAfter": "give-back-after",
 	}
-	noFlag := map[string]bool{"Registerer": true, "Hooks": true} // Go values for embedders and tests
+	noFlag := map[string]bool{"Registerer": true} // a Go value for embedders
 	cfg := eddy.DefaultConfig()
 	fs, _ := configFlagSet(&cfg)
 	for f := range reflect.TypeFor[eddy.Config]().Fields() {
-		if noFlag[f.Name] {
+		if noFlag[f.Name] || !f.IsExported() {
 			continue
 		}
 		name, ok := flagOf[f.Name]

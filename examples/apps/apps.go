@@ -46,7 +46,7 @@ type Account struct {
 }
 
 // Bank is the bank actor type: the debit of a transfer happens in the source
-// account's partition and the credit is a Send to the target account's actor,
+// account's partition and the credit is an Emit to the target account's actor,
 // so the total of all balances equals the total deposited once every credit is
 // delivered, and no transfer is applied twice, whatever crashes.
 func Bank(partitions int) eddy.ActorType {
@@ -76,7 +76,7 @@ func Bank(partitions int) eddy.ActorType {
 				}
 				acc.Balance -= op.Amount
 				acc.Debits++
-				if err := c.Send(BankType, op.To, Op{Kind: "credit", Amount: op.Amount, From: c.Key()}); err != nil {
+				if err := c.Emit(BankType, op.To, Op{Kind: "credit", Amount: op.Amount, From: c.Key()}); err != nil {
 					return err
 				}
 			case "credit":
@@ -120,7 +120,7 @@ func WordCount(partitions int) []eddy.ActorType {
 					return err
 				}
 				for _, w := range Words(line) {
-					if err := c.Send(WordsType, w, w); err != nil {
+					if err := c.Emit(WordsType, w, w); err != nil {
 						return err
 					}
 				}

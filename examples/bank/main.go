@@ -17,8 +17,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/eddyrt/eddy"
 	"github.com/eddyrt/eddy/examples/apps"
 )
@@ -60,15 +58,7 @@ func run(accounts, transfers int, dataDir string) error {
 	}
 	defer node.Stop(context.Background())
 
-	nc, err := nats.Connect(node.NATSURL())
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	client, err := eddy.NewClient(nc)
-	if err != nil {
-		return err
-	}
+	client := node.Client()
 	const deposit = 1000
 	for i := range accounts {
 		if err := client.Send(ctx, apps.BankType, account(i), apps.Op{Kind: "deposit", Amount: deposit}); err != nil {

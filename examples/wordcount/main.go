@@ -15,8 +15,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/eddyrt/eddy"
 	"github.com/eddyrt/eddy/examples/apps"
 )
@@ -59,15 +57,7 @@ func run() error {
 		return err
 	}
 	defer node.Stop(context.Background())
-	nc, err := nats.Connect(node.NATSURL())
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	client, err := eddy.NewClient(nc)
-	if err != nil {
-		return err
-	}
+	client := node.Client()
 	want := map[string]int64{}
 	for i := range 100 {
 		line := text[i%len(text)]

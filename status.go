@@ -1,9 +1,11 @@
 package eddy
 
 import (
+	"cmp"
 	"context"
-	"errors"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -11,7 +13,32 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/eddyrt/eddy/cluster"
+	"github.com/eddyrt/eddy/partition"
 )
+
+// PartitionStatus is the progress and health of one partition actor.
+type PartitionStatus = partition.Status
+
+// Status returns the progress of every partition actor on this node, by
+// type and partition: its state (and why, when it is not running), epoch,
+// committed offset and changelog sequence, input lag and last commit.
+func (n *Node) Status() ([]PartitionStatus, error) {
+	n.mu.Lock()
+	running, r := n.running, n.rec
+	n.mu.Unlock()
+	if !running || r == nil {
+		return nil, ErrNotRunning
+	}
+	actives := r.view.Load().actives
+	out := make([]PartitionStatus, 0, len(actives))
+	for _, a := range actives {
+		out = append(out, a.Status())
+	}
+	slices.SortFunc(out, func(a, b PartitionStatus) int {
+		return cmp.Or(strings.Compare(a.Type, b.Type), cmp.Compare(a.Partition, b.Partition))
+	})
+	return out, nil
+}
 
 // ClusterStatus is the cluster as one node sees it.
 type ClusterStatus struct {
@@ -71,9 +98,6 @@ type ReplicaStatus struct {
 	Behind     time.Duration `json:"behind_ns"`
 	Reported   bool          `json:"reported"`
 }
-
-// ErrNotClustered means the node runs alone (Config.GossipAddr is empty).
-var ErrNotClustered = errors.New("eddy: node is not a cluster member")
 
 // Cluster returns the members, the Raft leader and term, and the assignment
 // as this node knows them, with the state of each partition actor as its

@@ -1,0 +1,93 @@
+package eddy
+
+import (
+	"fmt"
+
+	"github.com/eddyrt/eddy/changelog"
+	"github.com/eddyrt/eddy/partition"
+)
+
+// ActorType is a named handler with its input stream (same name), partition
+// count and stores.
+type ActorType struct {
+	// Name is the actor type and its input stream: letters, digits, '-', '_'.
+	Name string
+	// Partitions is how many partitions the input stream has; it cannot change later.
+	Partitions int
+	// Handler processes one event.
+	Handler func(c *Context) error
+	// Stores are named stores besides the per-key state, for cross-key state.
+	Stores []string
+	// Outputs are the streams the handler Emits to; created if missing, with
+	// subjects "<name>.*" (the key is the last token).
+	Outputs []string
+	// ReplicationFactor is the number of hot replicas each partition keeps on
+	// other nodes of a cluster (fewer while the cluster has too few nodes):
+	// 0 means DefaultReplicationFactor, NoReplicas none. A replica tails the
+	// changelog, so a failover or a move needs no restore.
+	ReplicationFactor int
+	// NoChangelog keeps the type's stores without a changelog: a commit
+	// records only the input offset, the epoch and the outbox there, so it
+	// costs less, and the writes live in the local store alone. A partition
+	// whose local store is lost, or that moves to another node, is rebuilt
+	// by replaying its input stream from offset 0 through the handler, which
+	// is slow (every event runs again) and needs the input stream to keep
+	// every event; while rebuilding, the handler's emits, sends, replies and
+	// dead letters are suppressed, as they took effect the first time. Such a
+	// type has no hot replicas: there is no changelog to tail.
+	NoChangelog bool
+}
+
+// DefaultReplicationFactor is the hot replicas per partition of an actor type
+// that does not say.
+const DefaultReplicationFactor = 1
+
+// NoReplicas as ActorType.ReplicationFactor keeps no hot replica: a failed
+// over partition restores from its changelog.
+const NoReplicas = -1
+
+// Validate checks the actor type: its name and its stores' and outputs'
+// names are NATS subject tokens (letters, digits, '-' and '_'), it has a
+// handler and at least one partition, and its replication factor fits.
+// Failures wrap ErrInvalidConfig.
+func (t *ActorType) Validate() error {
+	bad := func(f string, a ...any) error {
+		return fmt.Errorf("%w: actor type %s: %s", ErrInvalidConfig, t.Name, fmt.Sprintf(f, a...))
+	}
+	switch {
+	case !changelog.ValidName(t.Name):
+		return fmt.Errorf("%w: actor type name %q: use letters, digits, '-' and '_'", ErrInvalidConfig, t.Name)
+	case t.Partitions < 1:
+		return bad("partitions %d", t.Partitions)
+	case t.Handler == nil:
+		return bad("no handler")
+	case t.ReplicationFactor < NoReplicas || t.ReplicationFactor > 5:
+		return bad("replication factor %d (0 to 5, or NoReplicas)", t.ReplicationFactor)
+	case t.NoChangelog && t.ReplicationFactor > 0:
+		return bad("hot replicas tail a changelog; a type without one has none")
+	}
+	for _, s := range t.Stores {
+		if !changelog.ValidName(s) || s == partition.DefaultStore {
+			return bad("store name %q", s)
+		}
+	}
+	for _, o := range t.Outputs {
+		if !changelog.ValidName(o) {
+			return bad("output stream %q", o)
+		}
+	}
+	return nil
+}
+
+// replicationFactor is the hot replicas each partition keeps.
+func (t *ActorType) replicationFactor() int {
+	switch {
+	case t.NoChangelog:
+		return 0
+	case t.ReplicationFactor == 0:
+		return DefaultReplicationFactor
+	case t.ReplicationFactor < 0:
+		return 0
+	}
+	return t.ReplicationFactor
+}

@@ -1,0 +1,48 @@
+package eddy
+
+import (
+	"errors"
+
+	"github.com/eddyrt/eddy/partition"
+	"github.com/eddyrt/eddy/statestore"
+)
+
+// The errors callers branch on. Errors returned by eddy wrap them (test with
+// errors.Is); their texts start with "eddy:".
+var (
+	// ErrNotFound means a key has no committed state.
+	ErrNotFound = statestore.ErrNotFound
+	// ErrMalformed means an event could not be decoded; such events go to the
+	// dead-letter stream without retries (it is permanent: it matches
+	// partition.ErrPermanent too).
+	ErrMalformed error = malformedError{}
+	// ErrValueTooLarge means a value exceeds Config.MaxValueSize; the event
+	// goes to the dead-letter stream without retries.
+	ErrValueTooLarge = partition.ErrValueTooLarge
+	// ErrUnknownType means no actor type of that name is registered.
+	ErrUnknownType = errors.New("eddy: unknown actor type")
+	// ErrStarted means the node has been started already: actor types are
+	// registered before Start, and a node starts once.
+	ErrStarted = errors.New("eddy: node already started")
+	// ErrNotRunning means the node is not started (or already stopped).
+	ErrNotRunning = errors.New("eddy: node not running")
+	// ErrFenced means a newer owner took over a partition.
+	ErrFenced = partition.ErrFenced
+	// ErrUnavailable means the partition of a key does not run now: it is
+	// retrying after a failure (NATS away, say), fenced, or stopped. The
+	// error says which and why; HTTP answers it with 503.
+	ErrUnavailable = partition.ErrUnavailable
+	// ErrInputGone means a partition of an actor type without a changelog
+	// (ActorType.NoChangelog) cannot be rebuilt: its input stream no longer
+	// holds the events it needs. The partition stops and says so.
+	ErrInputGone = partition.ErrInputGone
+)
+
+// malformedError is ErrMalformed: one line of text, and permanent.
+type malformedError struct{}
+
+func (malformedError) Error() string { return "eddy: malformed event" }
+
+// Is makes ErrMalformed match partition.ErrPermanent, which sends the event
+// to the dead-letter stream without retries.
+func (malformedError) Is(target error) bool { return target == partition.ErrPermanent }
