@@ -51,7 +51,7 @@ type Config struct {
 	MaxValueSize int
 	// MaxEventSize is the largest event processed; larger ones go to the dead-letter stream.
 	MaxEventSize int
-	// MaxBatchRecords is the NATS server's atomic batch limit (jetstream.limits.max_batch_size).
+	// MaxBatchRecords is the NATS server's atomic batch limit (jetstream { limits { batch { max_msgs } } }).
 	MaxBatchRecords int
 
 	// CacheSize is the block cache shared by all state stores of the node.

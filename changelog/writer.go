@@ -30,7 +30,7 @@ var (
 )
 
 // MaxBatch is the server's default limit of messages in one atomic batch
-// (jetstream.limits.max_batch_size).
+// (jetstream { limits { batch { max_msgs } } }).
 const MaxBatch = 1000
 
 // wrongLastSequence is JetStream's error code for a failed

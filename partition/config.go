@@ -80,7 +80,7 @@ type Config struct {
 	// Linger is how long the input reader waits to fill a batch once it has one event.
 	Linger time.Duration
 	// MaxBatchRecords is the most changelog records per commit, the server's
-	// atomic batch limit (jetstream.limits.max_batch_size, 1000 by default).
+	// atomic batch limit (jetstream { limits { batch { max_msgs } } }, 1000 by default).
 	MaxBatchRecords int
 	// MaxAttempts is how often a failing or panicking handler runs for one event
 	// before the event goes to the dead-letter stream.

@@ -105,7 +105,7 @@ func addTuningFlags(fs *flag.FlagSet, cfg *eddy.Config) {
 	fs.IntVar(&cfg.MaxAttempts, "max-attempts", cfg.MaxAttempts, "how often a failing handler runs before its event goes to the dead-letter stream")
 	fs.Var(sizeFlag[int]{&cfg.MaxValueSize}, "max-value-size", "largest state value, emitted message or reply, in `bytes` (or with KiB, MiB)")
 	fs.Var(sizeFlag[int]{&cfg.MaxEventSize}, "max-event-size", "largest event processed, in `bytes`; larger ones go to the dead-letter stream")
-	fs.IntVar(&cfg.MaxBatchRecords, "max-batch-records", cfg.MaxBatchRecords, "the NATS server's atomic batch limit (jetstream.limits.max_batch_size)")
+	fs.IntVar(&cfg.MaxBatchRecords, "max-batch-records", cfg.MaxBatchRecords, "the NATS server's atomic batch limit (jetstream { limits { batch { max_msgs } } })")
 	fs.BoolVar(&cfg.StoreSync, "store-sync", cfg.StoreSync, "fsync the local store once per commit, so a restart after a crash replays only the changelog tail")
 	fs.Var(sizeFlag[int64]{&cfg.CacheSize}, "cache-size", "block cache shared by the node's state stores, in `bytes` (or with KiB, MiB, GiB)")
 	fs.IntVar(&cfg.StreamReplicas, "stream-replicas", cfg.StreamReplicas, "JetStream replicas of the streams eddy creates (3 on a NATS cluster)")
