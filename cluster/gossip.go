@@ -24,7 +24,7 @@ import (
 const (
 	// ProfileLANFast probes every 200 ms with a 100 ms probe timeout and a
 	// suspicion multiplier of 2: a crashed node is declared dead in 0.75-0.95 s
-	// on loopback (DESIGN.md, "Measured on this machine"). It also exchanges
+	// on loopback (measured on a 2-core machine). It also exchanges
 	// full state with a random member every 5 s instead of 30.
 	ProfileLANFast = "lan-fast"
 	// ProfileLAN is memberlist's DefaultLANConfig: gentler on busy or lossy

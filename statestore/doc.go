@@ -6,8 +6,11 @@
 // The changelog, not the store, is the source of truth: after a crash, restore
 // takes the local store and replays the changelog tail past the changelog
 // sequence recorded in the store's Meta (or replays the whole changelog into an
-// empty store). That is why a batch commit does not fsync by default: a write
-// lost in a crash is still in the changelog and is applied again on restore.
+// empty store). That is why a batch commit need not fsync for correctness: a
+// write lost in a crash is still in the changelog and is applied again on
+// restore. (Partition actors do fsync once per commit by default,
+// partition.Config.StoreSync, so that a restart replays a short tail rather
+// than the whole changelog.)
 // Hot replicas use the same store type, fed by tailing the changelog.
 //
 // Each Batch lands atomically together with a Meta (input offset, changelog

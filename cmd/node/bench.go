@@ -226,7 +226,8 @@ func (b *bench) startNATS() error {
 		return errors.New("embedded NATS server did not start")
 	}
 	b.srv = srv
-	// TCP loopback, not nats.InProcessServer: faster on this machine (DESIGN.md).
+	// TCP loopback, not nats.InProcessServer: ordered consumers read ~770 k msg/s over
+	// TCP loopback and ~550 k in-process on a 2-core machine.
 	if b.nc, err = nats.Connect(srv.ClientURL(), nats.Name("eddy bench")); err != nil {
 		return err
 	}
