@@ -224,7 +224,7 @@ type Raft struct {
 //
 // gossip may be nil only for a node that runs alone (Bootstrap, or an
 // existing single-server state): without it the configuration never changes.
-func StartRaft(cfg RaftConfig, fsm raft.FSM, gossip *Gossip) (*Raft, error) {
+func StartRaft(cfg RaftConfig, fsm raft.FSM, gossip *Gossip) (_ *Raft, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -247,6 +247,20 @@ func StartRaft(cfg RaftConfig, fsm raft.FSM, gossip *Gossip) (*Raft, error) {
 		stop:   make(chan struct{}),
 	}
 	hl := newRaftLogger(r.log)
+	defer func() { // on failure, close what was opened
+		switch {
+		case err == nil:
+		case r.raft != nil:
+			r.Shutdown() // closes the transport and the log too
+		default:
+			if r.trans != nil {
+				r.trans.Close()
+			}
+			if r.store != nil {
+				r.store.Close()
+			}
+		}
+	}()
 
 	dir := filepath.Join(cfg.DataDir, "raft")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -263,13 +277,11 @@ func StartRaft(cfg RaftConfig, fsm raft.FSM, gossip *Gossip) (*Raft, error) {
 	r.store = store
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, raftSnapshotsRetained, hl.Named("snapshot"))
 	if err != nil {
-		store.Close()
 		return nil, fmt.Errorf("cluster: open raft snapshots in %s: %w", dir, err)
 	}
 	var advertise net.Addr
 	if cfg.AdvertiseAddr != "" {
 		if advertise, err = net.ResolveTCPAddr("tcp", cfg.AdvertiseAddr); err != nil {
-			store.Close()
 			return nil, fmt.Errorf("cluster: raft advertise address: %w", err)
 		}
 	}
@@ -279,22 +291,17 @@ func StartRaft(cfg RaftConfig, fsm raft.FSM, gossip *Gossip) (*Raft, error) {
 		Logger:  hl.Named("transport"),
 	})
 	if err != nil {
-		store.Close()
 		return nil, fmt.Errorf("cluster: start raft transport on %s: %w", cfg.BindAddr, err)
 	}
 	r.trans = trans
 	hasState, err := raft.HasExistingState(store, store, snaps)
 	if err != nil {
-		trans.Close()
-		store.Close()
 		return nil, fmt.Errorf("cluster: read raft state: %w", err)
 	}
 	rc := cfg.raftConfig()
 	rc.Logger = hl
 	ra, err := raft.NewRaft(rc, fsm, store, store, snaps, trans)
 	if err != nil {
-		trans.Close()
-		store.Close()
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
 	}
 	r.raft = ra
@@ -314,7 +321,6 @@ func StartRaft(cfg RaftConfig, fsm raft.FSM, gossip *Gossip) (*Raft, error) {
 		switch {
 		case errors.Is(err, raft.ErrCantBootstrap):
 		case err != nil:
-			r.Shutdown()
 			return nil, fmt.Errorf("cluster: bootstrap raft: %w", err)
 		default:
 			r.log.Info("bootstrapped a single-server raft cluster")
@@ -327,7 +333,6 @@ func StartRaft(cfg RaftConfig, fsm raft.FSM, gossip *Gossip) (*Raft, error) {
 			m.HasRaftState = m.HasRaftState || hasState || cfg.Bootstrap
 		}, 0)
 		if err != nil {
-			r.Shutdown()
 			return nil, fmt.Errorf("cluster: gossip the raft address: %w", err)
 		}
 	}
