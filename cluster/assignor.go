@@ -394,7 +394,7 @@ func replicaNodes(rs []Replica) []string {
 
 // --- mutations: every change of the working copy goes through mutate ---
 
-// mutate applies f to p, keeping the loads current.
+// mutate changes p through f, keeping the loads current.
 func (pl *planner) mutate(p *partPlan, f func(c *PartitionAssignment)) {
 	pl.account(p, -1)
 	f(&p.cur)
@@ -667,7 +667,7 @@ func (pl *planner) balanceActives(tp *typePlan, budget *int) {
 		if best.kind >= moveWarm {
 			*budget--
 		}
-		pl.applyMove(*best)
+		pl.makeMove(*best)
 	}
 }
 
@@ -716,7 +716,8 @@ func compareMoves(pl *planner, a, b activeMove) int {
 		cmp.Compare(a.src, b.src))
 }
 
-func (pl *planner) applyMove(m activeMove) {
+// makeMove makes balance move m in the working copy.
+func (pl *planner) makeMove(m activeMove) {
 	p := m.p
 	switch m.kind {
 	case moveInstant:

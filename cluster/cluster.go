@@ -682,8 +682,8 @@ func (lp *leaderPass) assign() {
 	}
 }
 
-// apply applies cmd and logs it as what; a failure is logged, not returned:
-// the next pass retries.
+// apply applies cmd through Raft and logs it as what; a failure is logged,
+// not returned: the next pass retries.
 func (lp *leaderPass) apply(cmd Command, what string, args ...any) {
 	if _, err := lp.c.apply(cmd); err != nil {
 		lp.c.log.Warn("could not apply "+what, append(args, "err", err)...)

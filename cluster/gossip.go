@@ -463,7 +463,7 @@ func (g *Gossip) updateMeta(update func(*NodeMeta), timeout time.Duration) error
 	return g.spreadMeta(timeout)
 }
 
-// setMeta applies update to the local metadata and has memberlist broadcast
+// setMeta runs update on the local metadata and has memberlist broadcast
 // it (without waiting: memberlist's broadcast queue can drop a message and
 // then never report it sent, hashicorp/memberlist#263; spreadMeta makes
 // sure instead).

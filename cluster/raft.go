@@ -21,11 +21,6 @@ const (
 	// raftSnapshotsRetained is how many snapshots the file snapshot store keeps:
 	// the newest, and one to fall back on if it turns out unreadable.
 	raftSnapshotsRetained = 2
-	// raftChangeTimeout bounds the wait to enqueue a membership change.
-	raftChangeTimeout = 5 * time.Second
-	// reconcileEvery is how often the leader re-checks Raft membership against
-	// gossip when nothing happens, which also retries a change that failed.
-	reconcileEvery = time.Second
 	// formationPoll is how often a node that holds no Raft state yet looks
 	// whether it was bootstrapped or added, or whether it should bootstrap.
 	formationPoll = 100 * time.Millisecond
@@ -229,7 +224,7 @@ type Raft struct {
 //
 // gossip may be nil only for a node that runs alone (Bootstrap, or an
 // existing single-server state): without it the configuration never changes.
-func StartRaft(cfg RaftConfig, fsm raft.FSM, gossip *Gossip) (*Raft, error) {
+func StartRaft(cfg RaftConfig, fsm raft.FSM, gossip *Gossip) (_ *Raft, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -252,6 +247,20 @@ func StartRaft(cfg RaftConfig, fsm raft.FSM, gossip *Gossip) (*Raft, error) {
 		stop:   make(chan struct{}),
 	}
 	hl := newRaftLogger(r.log)
+	defer func() { // on failure, close what was opened
+		switch {
+		case err == nil:
+		case r.raft != nil:
+			r.Shutdown() // closes the transport and the log too
+		default:
+			if r.trans != nil {
+				r.trans.Close()
+			}
+			if r.store != nil {
+				r.store.Close()
+			}
+		}
+	}()
 
 	dir := filepath.Join(cfg.DataDir, "raft")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -268,13 +277,11 @@ func StartRaft(cfg RaftConfig, fsm raft.FSM, gossip *Gossip) (*Raft, error) {
 	r.store = store
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, raftSnapshotsRetained, hl.Named("snapshot"))
 	if err != nil {
-		store.Close()
 		return nil, fmt.Errorf("cluster: open raft snapshots in %s: %w", dir, err)
 	}
 	var advertise net.Addr
 	if cfg.AdvertiseAddr != "" {
 		if advertise, err = net.ResolveTCPAddr("tcp", cfg.AdvertiseAddr); err != nil {
-			store.Close()
 			return nil, fmt.Errorf("cluster: raft advertise address: %w", err)
 		}
 	}
@@ -284,22 +291,17 @@ func StartRaft(cfg RaftConfig, fsm raft.FSM, gossip *Gossip) (*Raft, error) {
 		Logger:  hl.Named("transport"),
 	})
 	if err != nil {
-		store.Close()
 		return nil, fmt.Errorf("cluster: start raft transport on %s: %w", cfg.BindAddr, err)
 	}
 	r.trans = trans
 	hasState, err := raft.HasExistingState(store, store, snaps)
 	if err != nil {
-		trans.Close()
-		store.Close()
 		return nil, fmt.Errorf("cluster: read raft state: %w", err)
 	}
 	rc := cfg.raftConfig()
 	rc.Logger = hl
 	ra, err := raft.NewRaft(rc, fsm, store, store, snaps, trans)
 	if err != nil {
-		trans.Close()
-		store.Close()
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
 	}
 	r.raft = ra
@@ -319,7 +321,6 @@ func StartRaft(cfg RaftConfig, fsm raft.FSM, gossip *Gossip) (*Raft, error) {
 		switch {
 		case errors.Is(err, raft.ErrCantBootstrap):
 		case err != nil:
-			r.Shutdown()
 			return nil, fmt.Errorf("cluster: bootstrap raft: %w", err)
 		default:
 			r.log.Info("bootstrapped a single-server raft cluster")
@@ -332,7 +333,6 @@ func StartRaft(cfg RaftConfig, fsm raft.FSM, gossip *Gossip) (*Raft, error) {
 			m.HasRaftState = m.HasRaftState || hasState || cfg.Bootstrap
 		}, 0)
 		if err != nil {
-			r.Shutdown()
 			return nil, fmt.Errorf("cluster: gossip the raft address: %w", err)
 		}
 	}
@@ -523,193 +523,6 @@ func (r *Raft) watchLeadership() {
 			}
 		}
 	}
-}
-
-// startReconciler runs reconcileLoop until the returned function is called.
-func (r *Raft) startReconciler() (stop func()) {
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		r.reconcileLoop(done)
-	}()
-	return func() {
-		close(done)
-		wg.Wait()
-	}
-}
-
-// reconcileLoop keeps the Raft configuration in line with gossip while this
-// node leads: after every membership event, when a dead member's grace runs
-// out, and every reconcileEvery.
-func (r *Raft) reconcileLoop(done <-chan struct{}) {
-	events, cancel := r.gossip.Subscribe()
-	defer cancel()
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	unknownSince := make(map[raft.ServerID]time.Time)
-	for {
-		select {
-		case <-done:
-			return
-		case _, ok := <-events:
-			if !ok {
-				events = nil // gossip shut down: keep the timer
-				continue
-			}
-		drain: // one reconcile for a burst of events
-			for {
-				select {
-				case _, ok := <-events:
-					if !ok {
-						events = nil
-						break drain
-					}
-				default:
-					break drain
-				}
-			}
-		case <-timer.C:
-		}
-		timer.Reset(r.reconcile(unknownSince))
-	}
-}
-
-// reconcile makes one pass: remove servers that left gossip (at once, but
-// not while only leaving) or stayed dead or unknown past DeadGrace, promote non-voters while voters are
-// fewer than MaxVoters, and add alive gossip members that run Raft (voters up
-// to MaxVoters, then non-voters), fixing addresses that changed. It returns
-// when the next pass is due. unknownSince remembers since when each server
-// has been unknown to gossip.
-func (r *Raft) reconcile(unknownSince map[raft.ServerID]time.Time) time.Duration {
-	next := reconcileEvery
-	if r.raft.State() != raft.Leader {
-		return next
-	}
-	f := r.raft.GetConfiguration()
-	if err := f.Error(); err != nil {
-		r.log.Debug("reconcile: no configuration", "err", err)
-		return next
-	}
-	servers := f.Configuration().Servers
-	members := r.gossip.Members()
-	byID := make(map[string]Member, len(members))
-	for _, m := range members {
-		byID[m.ID] = m
-	}
-	self := raft.ServerID(r.cfg.NodeID)
-	now := time.Now()
-	inConfig := make(map[raft.ServerID]raft.Server, len(servers))
-	voters := 0
-	for _, s := range servers {
-		inConfig[s.ID] = s
-		if s.Suffrage == raft.Voter {
-			voters++
-		}
-	}
-
-	// Removals.
-	for _, s := range servers {
-		if s.ID == self {
-			continue
-		}
-		m, known := byID[string(s.ID)]
-		if known && (m.State == MemberAlive || m.State == MemberLeaving) {
-			// A leaving member stays until it has left: it still follows the
-			// FSM while its partitions move away.
-			delete(unknownSince, s.ID)
-			continue
-		}
-		var reason string
-		if known && m.State == MemberLeft {
-			reason = "left the cluster"
-		} else {
-			since := m.Since
-			if !known {
-				if _, ok := unknownSince[s.ID]; !ok {
-					unknownSince[s.ID] = now
-				}
-				since = unknownSince[s.ID]
-			}
-			if wait := since.Add(r.cfg.DeadGrace).Sub(now); wait > 0 {
-				next = min(next, wait)
-				continue
-			}
-			reason = fmt.Sprintf("dead for %s, past the grace of %s", now.Sub(since).Round(time.Millisecond), r.cfg.DeadGrace)
-			if !known {
-				reason = fmt.Sprintf("unknown to gossip for %s, past the grace of %s", now.Sub(since).Round(time.Millisecond), r.cfg.DeadGrace)
-			}
-		}
-		if err := r.raft.RemoveServer(s.ID, 0, raftChangeTimeout).Error(); err != nil {
-			r.log.Warn("could not remove raft server", "server", s.ID, "reason", reason, "err", err)
-			continue
-		}
-		r.log.Info("removed raft server", "server", s.ID, "suffrage", s.Suffrage, "reason", reason)
-		delete(unknownSince, s.ID)
-		delete(inConfig, s.ID)
-		if s.Suffrage == raft.Voter {
-			voters--
-		}
-	}
-
-	// Promotions: non-voters already hold the FSM, so they come first.
-	for _, m := range members {
-		if voters >= r.cfg.MaxVoters {
-			break
-		}
-		s, ok := inConfig[raft.ServerID(m.ID)]
-		if !ok || s.Suffrage == raft.Voter || m.State != MemberAlive {
-			continue
-		}
-		addr := s.Address
-		if m.Meta.RaftAddr != "" {
-			addr = raft.ServerAddress(m.Meta.RaftAddr)
-		}
-		if err := r.raft.AddVoter(s.ID, addr, 0, raftChangeTimeout).Error(); err != nil {
-			r.log.Warn("could not promote raft non-voter", "server", s.ID, "err", err)
-			continue
-		}
-		r.log.Info("promoted raft non-voter to voter", "server", s.ID, "voters", voters+1, "max_voters", r.cfg.MaxVoters)
-		s.Suffrage, s.Address = raft.Voter, addr
-		inConfig[s.ID] = s
-		voters++
-	}
-
-	// Additions and address changes.
-	for _, m := range members {
-		id, addr := raft.ServerID(m.ID), raft.ServerAddress(m.Meta.RaftAddr)
-		if id == self || m.State != MemberAlive || addr == "" {
-			continue
-		}
-		s, ok := inConfig[id]
-		if ok && s.Address == addr {
-			continue
-		}
-		voter := ok && s.Suffrage == raft.Voter || !ok && voters < r.cfg.MaxVoters
-		var err error
-		if voter {
-			err = r.raft.AddVoter(id, addr, 0, raftChangeTimeout).Error()
-		} else {
-			err = r.raft.AddNonvoter(id, addr, 0, raftChangeTimeout).Error()
-		}
-		what := "added raft voter"
-		if !voter {
-			what = "added raft non-voter"
-		}
-		if ok {
-			what = "changed raft server address"
-		}
-		if err != nil {
-			r.log.Warn("could not change raft configuration", "change", what, "server", id, "addr", addr, "err", err)
-			continue
-		}
-		r.log.Info(what, "server", id, "addr", addr, "zone", m.Meta.Zone)
-		if !ok && voter {
-			voters++
-		}
-	}
-	return next
 }
 
 // watchFormation runs on a node without Raft state until it has some: it

@@ -536,6 +536,37 @@ func TestRaftSingleNodeBootstrapAndRestart(t *testing.T) {
 	}
 }
 
+// TestRaftFailedStartReleasesItsState starts Raft where it fails after it
+// opened its log (the port is taken), and where it fails after the Raft
+// server runs (gossip is shut down): each time a new start on the same data
+// dir and port succeeds, so the failed one closed what it had opened.
+func TestRaftFailedStartReleasesItsState(t *testing.T) {
+	cfg := raftTestConfig(t, "n1")
+	cfg.Bootstrap = true
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.BindAddr = taken.Addr().String()
+	if _, err := StartRaft(cfg, &raftTestFSM{}, nil); err == nil {
+		t.Fatal("raft started on a port in use")
+	}
+	taken.Close()
+
+	g := gossipTestStart(t, gossipTestConfig(t, "n1"))
+	g.Shutdown()
+	if _, err := StartRaft(cfg, &raftTestFSM{}, g); !errors.Is(err, ErrGossipShutdown) {
+		t.Fatalf("raft started with gossip shut down: %v, want %v", err, ErrGossipShutdown)
+	}
+
+	r, err := StartRaft(cfg, &raftTestFSM{}, nil)
+	if err != nil {
+		t.Fatalf("start after the failed starts: %v", err)
+	}
+	defer r.Shutdown()
+	gossipTestWaitFor(t, 5*time.Second, "n1 to lead", r.IsLeader)
+}
+
 func TestRaftConfigValidate(t *testing.T) {
 	for _, tc := range []struct {
 		name   string

@@ -16,7 +16,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/eddyrt/eddy/actor"
 	"github.com/eddyrt/eddy/changelog"
@@ -170,21 +169,6 @@ func (a *partitionActor) progress(s *Status) {
 		s.ChangelogSeq = a.writer.Last()
 	}
 	s.InputLag, s.LastCommit = a.inputLag, a.lastCommit
-}
-
-// pendingKeyPrefix keeps unforwarded outbox entries in the local store, out of
-// every user store's key space (store names never start with 0x00).
-const pendingKeyPrefix = "\x00out\x00"
-
-func pendingKey(seq uint64) []byte {
-	return binary.BigEndian.AppendUint64([]byte(pendingKeyPrefix), seq)
-}
-
-// pending is an outbox entry committed and not known to be forwarded.
-type pending struct {
-	seq uint64
-	out changelog.Outbox
-	at  time.Time // when it was committed; zero if unknown
 }
 
 // partitionActor is one incarnation of a partition actor.
@@ -650,52 +634,14 @@ func applyRecord(b statestore.Batch, seq uint64, r changelog.Record) error {
 	case changelog.KindDelete:
 		b.Delete([]byte(storeKey(r.Store, r.Key)))
 	case changelog.KindOutbox:
-		v, err := pendingValue(r.Outbox, r.Time)
+		o := r.Outbox // not &r.Outbox: r would go to the heap for every record
+		v, err := encodePending(nil, &o, r.Time)
 		if err != nil {
 			return err
 		}
 		b.Set(pendingKey(seq), v)
 	}
 	return nil
-}
-
-// pendingValue encodes an outbox entry kept in the local store until it is
-// forwarded: the entry, its input offset and index (which the changelog
-// carries in the subject), and when it was committed (zero if unknown).
-func pendingValue(o changelog.Outbox, at time.Time) ([]byte, error) {
-	v, err := msgpack.Marshal(&o)
-	if err != nil {
-		return nil, err
-	}
-	v = binary.BigEndian.AppendUint64(v, o.Offset)
-	v = binary.BigEndian.AppendUint32(v, uint32(o.Index))
-	var ns int64
-	if !at.IsZero() {
-		ns = at.UnixNano()
-	}
-	return binary.BigEndian.AppendUint64(v, uint64(ns)), nil
-}
-
-// pendingTrailer is the size of what pendingValue appends to the entry.
-const pendingTrailer = 8 + 4 + 8
-
-// decodePending decodes a pendingValue.
-func decodePending(v []byte) (changelog.Outbox, time.Time, error) {
-	var out changelog.Outbox
-	if len(v) < pendingTrailer {
-		return out, time.Time{}, errors.New("short value")
-	}
-	t := v[len(v)-pendingTrailer:]
-	if err := msgpack.Unmarshal(v[:len(v)-pendingTrailer], &out); err != nil {
-		return out, time.Time{}, err
-	}
-	out.Offset = binary.BigEndian.Uint64(t)
-	out.Index = int(binary.BigEndian.Uint32(t[8:]))
-	var at time.Time
-	if ns := int64(binary.BigEndian.Uint64(t[12:])); ns != 0 {
-		at = time.Unix(0, ns)
-	}
-	return out, at, nil
 }
 
 // changelogID is the identity of a changelog stream: its creation time.
@@ -709,7 +655,7 @@ func (a *partitionActor) loadPending() error {
 	drop := a.store.NewBatch()
 	defer drop.Close()
 	err := a.store.Iterate([]byte(pendingKeyPrefix), func(k, v []byte) error {
-		seq := binary.BigEndian.Uint64(k[len(pendingKeyPrefix):])
+		seq := pendingSeq(k)
 		if seq <= a.forwarded {
 			drop.Delete(k)
 			return nil
@@ -1019,15 +965,15 @@ func (a *partitionActor) commit(ctx context.Context) error {
 	}
 	outs := make([]pending, len(a.outbox))
 	now := time.Now()
-	for i, o := range a.outbox {
+	var v []byte // one value buffer for every entry: Set copies it
+	for i := range a.outbox {
 		seq := first + uint64(len(logged)+i)
-		v, err := pendingValue(o, now)
-		if err != nil {
+		if v, err = encodePending(v[:0], &a.outbox[i], now); err != nil {
 			b.Close()
 			return err
 		}
 		b.Set(pendingKey(seq), v)
-		outs[i] = pending{seq: seq, out: o, at: now}
+		outs[i] = pending{seq: seq, out: a.outbox[i], at: now}
 	}
 	b.SetMeta(statestore.Meta{Offset: a.offset, ChangelogSeq: last, Epoch: a.epoch, Forwarded: mark,
 		Owner: a.cfg.Owner, MetaSeq: last, Batch: recs[len(recs)-1].Meta.Batch})

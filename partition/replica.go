@@ -2,7 +2,6 @@ package partition
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -341,7 +340,7 @@ func (r *replicaActor) checkStore(ctx context.Context, cl jetstream.Stream) (sta
 func (r *replicaActor) loadPending() error {
 	r.pending = r.pending[:0]
 	return r.store.Iterate([]byte(pendingKeyPrefix), func(k, _ []byte) error {
-		r.pending = append(r.pending, binary.BigEndian.Uint64(k[len(pendingKeyPrefix):]))
+		r.pending = append(r.pending, pendingSeq(k))
 		return nil
 	})
 }
