@@ -12,6 +12,7 @@ import (
 	"github.com/eddyrt/eddy"
 	"github.com/eddyrt/eddy/examples/apps"
 	"github.com/eddyrt/eddy/internal/natstest"
+	"github.com/eddyrt/eddy/internal/testkit"
 )
 
 // startMember starts a cluster member on loopback (free ports) against a
@@ -21,7 +22,7 @@ func startMember(t *testing.T, natsURL, id, join string, mutate func(*eddy.Confi
 	cfg := eddy.DefaultConfig()
 	cfg.NodeID, cfg.DataDir, cfg.NATSURL, cfg.HTTPAddr = id, t.TempDir(), natsURL, "127.0.0.1:0"
 	cfg.GossipAddr, cfg.RaftAddr = "127.0.0.1:0", "127.0.0.1:0"
-	cfg.Logger = testLogger(t)
+	cfg.Logger = testkit.LoggerAt(t, slog.LevelInfo)
 	cfg.LeaveTimeout = 20 * time.Second
 	if join == "" {
 		cfg.Bootstrap = true
@@ -283,10 +284,6 @@ func TestClusterZoneSpread(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(newTLogWriter(t), &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
 
 // A type without a changelog fails over by rebuilding: a member stops as a

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -182,36 +181,6 @@ func (b *lockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
-}
-
-// tLogWriter routes an in-process node's logs to t.Log, shown only on
-// failure. Lines written once the test has ended (memberlist's probe
-// goroutines may still log after Shutdown) are dropped: t.Log would panic.
-type tLogWriter struct {
-	t    *testing.T
-	mu   *sync.Mutex
-	done *bool
-}
-
-// newTLogWriter returns a tLogWriter for t; call it before starting what
-// logs, so that its cleanup runs after theirs.
-func newTLogWriter(t *testing.T) tLogWriter {
-	w := tLogWriter{t: t, mu: new(sync.Mutex), done: new(bool)}
-	t.Cleanup(func() {
-		w.mu.Lock()
-		*w.done = true
-		w.mu.Unlock()
-	})
-	return w
-}
-
-func (w tLogWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !*w.done {
-		w.t.Log(strings.TrimRight(string(p), "\n"))
-	}
-	return len(p), nil
 }
 
 // crashModel is the sequential model of the published input: what the state

@@ -24,6 +24,7 @@ import (
 	"github.com/eddyrt/eddy"
 	"github.com/eddyrt/eddy/examples/apps"
 	"github.com/eddyrt/eddy/internal/natstest"
+	"github.com/eddyrt/eddy/internal/testkit"
 	"github.com/eddyrt/eddy/partition"
 )
 
@@ -185,7 +186,7 @@ func TestEffectivelyOnceUnderSIGKILL(t *testing.T) {
 	}
 
 	// Check the committed state with a node in this process, on the same stores.
-	node, err := eddy.NewNode(crashNodeConfig(srv.URL(), dataDir, slog.New(slog.NewTextHandler(newTLogWriter(t), nil))))
+	node, err := eddy.NewNode(crashNodeConfig(srv.URL(), dataDir, testkit.LoggerAt(t, slog.LevelInfo)))
 	if err != nil {
 		t.Fatal(err)
 	}

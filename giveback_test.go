@@ -18,6 +18,7 @@ import (
 	"github.com/eddyrt/eddy/changelog"
 	"github.com/eddyrt/eddy/examples/apps"
 	"github.com/eddyrt/eddy/internal/natstest"
+	"github.com/eddyrt/eddy/internal/testkit"
 	"github.com/eddyrt/eddy/partition"
 )
 
@@ -84,7 +85,7 @@ func TestFencedPartitionIsVisible(t *testing.T) {
 		t.Fatal(err)
 	}
 	var st eddy.PartitionStatus
-	waitUntil(t, "bank/0 fenced", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "bank/0 fenced", func() bool {
 		ps, _ := node.Status()
 		st = ps[0]
 		return st.State == partition.StateFenced
@@ -154,7 +155,7 @@ func TestClusterGivesBackAFencedPartition(t *testing.T) {
 	intrude(t, ctx, nc, apps.BankType, 0, before.Epoch+5)
 	transfers(100) // the owner's next commit meets the intruder's record
 	var after eddy.AssignmentStatus
-	waitUntil(t, "bank/0 placed again above the intruder's epoch and running", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "bank/0 placed again above the intruder's epoch and running", func() bool {
 		st, err := n1.Cluster(ctx)
 		if err != nil {
 			return false
@@ -166,18 +167,6 @@ func TestClusterGivesBackAFencedPartition(t *testing.T) {
 	waitSettled(t, nodes, partitions)
 	transfers(100)
 	waitBankHolds(t, ctx, n1, accounts, 300)
-}
-
-// waitUntil polls cond every 20 ms for up to 30 s.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // commitsFail is a connection on which every changelog commit fails (no
@@ -262,7 +251,7 @@ func TestClusterGivesBackAPartitionThatKeepsFailing(t *testing.T) {
 		t.Fatalf("partitions that left n2: %v; want all %d, each once", left, partitions)
 	}
 	t.Logf("n2 held nothing for %s after giving back all %d partitions, %s after it joined", quiet, partitions, time.Since(joined).Round(time.Millisecond))
-	waitUntil(t, "every partition running on n1 or n3, with no replica on n2", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "every partition running on n1 or n3, with no replica on n2", func() bool {
 		st, err := n1.Cluster(ctx)
 		if err != nil {
 			return false

@@ -28,6 +28,7 @@ import (
 	"github.com/eddyrt/eddy"
 	"github.com/eddyrt/eddy/changelog"
 	"github.com/eddyrt/eddy/internal/natstest"
+	"github.com/eddyrt/eddy/internal/testkit"
 )
 
 // counterType counts the events of each key.
@@ -54,7 +55,7 @@ func newWaitNode(t *testing.T, natsURL string, mutate func(*eddy.Config)) waitNo
 	buf := &lockedBuffer{}
 	cfg := eddy.DefaultConfig()
 	cfg.NodeID, cfg.DataDir, cfg.NATSURL, cfg.HTTPAddr = "n1", t.TempDir(), natsURL, ""
-	cfg.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(buf, newTLogWriter(t)), nil))
+	cfg.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(buf, testkit.LogWriter(t)), nil))
 	if mutate != nil {
 		mutate(&cfg)
 	}

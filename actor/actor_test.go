@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/eddyrt/eddy/actor"
+	"github.com/eddyrt/eddy/internal/testkit"
 )
 
 // recorder appends every int it receives and answers "get" with a copy.
@@ -235,7 +236,7 @@ func TestStopDrainsQueuedMessages(t *testing.T) {
 		_, err := ref.Ask(ctx, "get")
 		asked <- err
 	}()
-	waitUntil(t, "the Ask to be queued behind the incs", func() bool { return ref.Len() == queued+1 })
+	testkit.WaitFor(t, timeout, "the Ask to be queued behind the incs", func() bool { return ref.Len() == queued+1 })
 
 	// A Stop whose context is already done starts stopping and returns at once.
 	expired, cancelNow := context.WithCancel(ctx)

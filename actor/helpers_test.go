@@ -2,29 +2,15 @@ package actor_test
 
 import (
 	"context"
-	"log/slog"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/eddyrt/eddy/actor"
+	"github.com/eddyrt/eddy/internal/testkit"
 )
 
 // timeout bounds every wait in these tests; hitting it fails the test loudly.
 const timeout = 5 * time.Second
-
-// logWriter routes an actor's logs to t.Log, so they show only when a test fails.
-type logWriter struct{ t testing.TB }
-
-func (w logWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
-func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(logWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
 
 // testContext returns a context bounded by timeout and cancelled when the test ends.
 func testContext(t testing.TB) context.Context {
@@ -43,7 +29,7 @@ func fastSupervisor() actor.SupervisorConfig {
 func spawn(t testing.TB, p actor.Props) *actor.Ref {
 	t.Helper()
 	if p.Logger == nil {
-		p.Logger = testLogger(t)
+		p.Logger = testkit.Logger(t)
 	}
 	if p.Name == "" {
 		p.Name = t.Name()
@@ -72,19 +58,6 @@ func recv[T any](t testing.TB, ch <-chan T, what string) T {
 		t.Fatalf("timed out after %v waiting for %s", timeout, what)
 		var zero T
 		return zero
-	}
-}
-
-// waitUntil polls cond until it holds, failing the test after timeout. It is for
-// conditions that no channel announces, such as a goroutine count.
-func waitUntil(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(100 * time.Microsecond)
 	}
 }
 

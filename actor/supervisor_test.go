@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/eddyrt/eddy/actor"
+	"github.com/eddyrt/eddy/internal/testkit"
 )
 
 func TestPanicRestartsWithFreshReceiver(t *testing.T) {
@@ -147,12 +148,12 @@ func TestDecideStopEndsActor(t *testing.T) {
 		fatal <- err
 	}()
 	queued := make(chan error, 1)
-	waitUntil(t, "the fatal message to be queued", func() bool { return ref.Len() == 1 })
+	testkit.WaitFor(t, timeout, "the fatal message to be queued", func() bool { return ref.Len() == 1 })
 	go func() {
 		_, err := ref.Ask(ctx, "get")
 		queued <- err
 	}()
-	waitUntil(t, "a message to be queued behind the fatal one", func() bool { return ref.Len() == 2 })
+	testkit.WaitFor(t, timeout, "a message to be queued behind the fatal one", func() bool { return ref.Len() == 2 })
 	close(gate)
 
 	if err := recv(t, fatal, "the fatal Ask"); !errors.Is(err, errFatal) {
@@ -363,7 +364,7 @@ func TestStopDuringBackoff(t *testing.T) {
 		_, err := ref.Ask(ctx, "get")
 		queued <- err
 	}()
-	waitUntil(t, "the Ask to be queued", func() bool { return ref.Len() == 2 })
+	testkit.WaitFor(t, timeout, "the Ask to be queued", func() bool { return ref.Len() == 2 })
 	close(gate)
 	recv(t, stopped, "Stopped of the failed incarnation")
 

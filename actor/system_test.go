@@ -9,13 +9,14 @@ import (
 	"testing"
 
 	"github.com/eddyrt/eddy/actor"
+	"github.com/eddyrt/eddy/internal/testkit"
 )
 
 func TestSystemStopsAllActorsAndLeaksNoGoroutine(t *testing.T) {
 	ctx := testContext(t)
 	baseline := runtime.NumGoroutine()
 
-	sys := actor.NewSystem(testLogger(t))
+	sys := actor.NewSystem(testkit.Logger(t))
 	const actors, messages = 200, 20
 	var received, stopped atomic.Int64
 	refs := make([]*actor.Ref, 0, actors)
@@ -92,13 +93,13 @@ func TestSystemStopsAllActorsAndLeaksNoGoroutine(t *testing.T) {
 		t.Fatalf("second System.Stop = %v; want nil", err)
 	}
 
-	waitUntil(t, fmt.Sprintf("goroutines to return to the baseline of %d", baseline), func() bool {
+	testkit.WaitFor(t, timeout, fmt.Sprintf("goroutines to return to the baseline of %d", baseline), func() bool {
 		return runtime.NumGoroutine() <= baseline
 	})
 }
 
 func TestSystemStopHonoursContext(t *testing.T) {
-	sys := actor.NewSystem(testLogger(t))
+	sys := actor.NewSystem(testkit.Logger(t))
 	entered := make(chan struct{}, 1)
 	gate := make(chan struct{})
 	ref, err := sys.Spawn(actor.Props{Name: "stuck", New: func() actor.Receiver { return &counter{entered: entered, gate: gate} }})

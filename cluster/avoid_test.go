@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/eddyrt/eddy/internal/testkit"
 )
 
 func TestGiveBackAvoidEncoding(t *testing.T) {
@@ -459,7 +461,7 @@ func TestClusterBrokenNodeIsAvoided(t *testing.T) {
 		}
 	}()
 	start := time.Now()
-	gossipTestWaitFor(t, 15*time.Second, "every partition avoiding the broken node", func() bool {
+	testkit.WaitFor(t, 15*time.Second, "every partition avoiding the broken node", func() bool {
 		for _, p := range leader.Assignment().Partitions() {
 			if !p.Avoids(id, inc) {
 				return false

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/eddyrt/eddy/internal/testkit"
 )
 
 // clusterTestType is the actor type of the scenarios: 8 partitions, no hot
@@ -134,7 +136,7 @@ func (e *clusterTestEnv) alive() []*Cluster {
 func (e *clusterTestEnv) leader(timeout time.Duration) *Cluster {
 	e.t.Helper()
 	var leader *Cluster
-	gossipTestWaitFor(e.t, timeout, "one leader that every alive node follows", func() bool {
+	testkit.WaitFor(e.t, timeout, "one leader that every alive node follows", func() bool {
 		leader = nil
 		nodes := e.alive()
 		for _, c := range nodes {

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/eddyrt/eddy/internal/testkit"
 )
 
 func gossipTestConfig(t testing.TB, id string, seeds ...string) GossipConfig {
@@ -61,7 +63,7 @@ func gossipTestWaitAlive(t testing.TB, observers []*Gossip, members ...*Gossip) 
 	}
 	slices.Sort(want)
 	for _, o := range observers {
-		gossipTestWaitFor(t, 5*time.Second, fmt.Sprintf("%s to see %v alive", o.ID(), want), func() bool {
+		testkit.WaitFor(t, 5*time.Second, fmt.Sprintf("%s to see %v alive", o.ID(), want), func() bool {
 			return slices.Equal(gossipTestAliveIDs(o), want)
 		})
 	}
@@ -237,7 +239,7 @@ func TestGossipGracefulLeaveSeenAsLeft(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, o := range []*Gossip{n1, n2} {
-		gossipTestWaitFor(t, 2*time.Second, o.ID()+" to see n3 leaving", func() bool {
+		testkit.WaitFor(t, 2*time.Second, o.ID()+" to see n3 leaving", func() bool {
 			m, _ := gossipTestMember(o, "n3")
 			return m.State == MemberLeaving
 		})

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/eddyrt/eddy/internal/testkit"
 )
 
 // raftTestFSM is a counter: a command is a big-endian int64 to add, the
@@ -180,7 +182,7 @@ func (c *raftTestCluster) restart(n *raftTestNode) {
 func (c *raftTestCluster) leader(timeout time.Duration, nodes ...*raftTestNode) *raftTestNode {
 	c.t.Helper()
 	var leader *raftTestNode
-	gossipTestWaitFor(c.t, timeout, "one raft leader", func() bool {
+	testkit.WaitFor(c.t, timeout, "one raft leader", func() bool {
 		leader = nil
 		for _, n := range nodes {
 			if n.r.IsLeader() {
@@ -215,7 +217,7 @@ func (c *raftTestCluster) apply(leader *raftTestNode, delta int64) int64 {
 func (c *raftTestCluster) waitValue(want int64, nodes ...*raftTestNode) {
 	c.t.Helper()
 	for _, n := range nodes {
-		gossipTestWaitFor(c.t, 5*time.Second, fmt.Sprintf("%s's FSM to reach %d", n.id, want), func() bool {
+		testkit.WaitFor(c.t, 5*time.Second, fmt.Sprintf("%s's FSM to reach %d", n.id, want), func() bool {
 			return n.fsm.value() == want
 		})
 	}
@@ -227,7 +229,7 @@ func (c *raftTestCluster) waitServers(n *raftTestNode, timeout time.Duration, wa
 	c.t.Helper()
 	sort.Strings(want)
 	var got []string
-	gossipTestWaitFor(c.t, timeout, fmt.Sprintf("%s's raft servers to be %v", n.id, want), func() bool {
+	testkit.WaitFor(c.t, timeout, fmt.Sprintf("%s's raft servers to be %v", n.id, want), func() bool {
 		got = raftTestServers(c.t, n)
 		return slices.Equal(got, want)
 	})
@@ -282,7 +284,7 @@ func TestRaftBootstrapExpectFormsOneCluster(t *testing.T) {
 		if n.r.Term() != leader.r.Term() {
 			t.Fatalf("%s is in term %d, the leader in %d", n.id, n.r.Term(), leader.r.Term())
 		}
-		gossipTestWaitFor(t, 3*time.Second, n.id+" to gossip HasRaftState", func() bool {
+		testkit.WaitFor(t, 3*time.Second, n.id+" to gossip HasRaftState", func() bool {
 			m, _ := gossipTestMember(leader.g, n.id)
 			return m.Meta.HasRaftState && m.Meta.RaftAddr == n.r.Addr()
 		})
@@ -383,7 +385,7 @@ func TestRaftNonVoterJoinsAndGetsState(t *testing.T) {
 	}
 	c.apply(leader, 1)
 	c.waitValue(101, append(all, a0)...)
-	gossipTestWaitFor(t, 3*time.Second, "a0 to gossip HasRaftState", func() bool {
+	testkit.WaitFor(t, 3*time.Second, "a0 to gossip HasRaftState", func() bool {
 		m, _ := gossipTestMember(leader.g, "a0")
 		return m.Meta.HasRaftState
 	})
@@ -403,14 +405,14 @@ func TestRaftDeadNodeRemovedAfterGraceAndNonVoterPromoted(t *testing.T) {
 	victim := raftTestFollowers(leader, all)[0]
 	victim.kill()
 	var dead Member
-	gossipTestWaitFor(t, 3*time.Second, "the leader's gossip to find "+victim.id+" dead", func() bool {
+	testkit.WaitFor(t, 3*time.Second, "the leader's gossip to find "+victim.id+" dead", func() bool {
 		dead, _ = gossipTestMember(leader.g, victim.id)
 		return dead.State == MemberDead
 	})
 	if got := raftTestServers(t, leader); !slices.Contains(got, victim.id+":voter") {
 		t.Fatalf("%s removed before its grace ran out: %v", victim.id, got)
 	}
-	gossipTestWaitFor(t, grace+3*time.Second, victim.id+" to leave the raft configuration", func() bool {
+	testkit.WaitFor(t, grace+3*time.Second, victim.id+" to leave the raft configuration", func() bool {
 		return !slices.ContainsFunc(raftTestServers(t, leader), func(s string) bool { return strings.HasPrefix(s, victim.id+":") })
 	})
 	after := time.Since(dead.Since)
@@ -440,7 +442,7 @@ func TestRaftGracefulLeaveRemovedAtOnce(t *testing.T) {
 	if err := leaver.g.AnnounceLeave(2 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	gossipTestWaitFor(t, 2*time.Second, "the leader to see "+leaver.id+" leaving", func() bool {
+	testkit.WaitFor(t, 2*time.Second, "the leader to see "+leaver.id+" leaving", func() bool {
 		m, _ := gossipTestMember(leader.g, leaver.id)
 		return m.State == MemberLeaving
 	})
@@ -497,7 +499,7 @@ func TestRaftSingleNodeBootstrapAndRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gossipTestWaitFor(t, 5*time.Second, "solo to lead", r.IsLeader)
+	testkit.WaitFor(t, 5*time.Second, "solo to lead", r.IsLeader)
 	for range 3 {
 		if _, err := r.Apply(raftTestCmd(3), time.Second); err != nil {
 			t.Fatal(err)
@@ -516,7 +518,7 @@ func TestRaftSingleNodeBootstrapAndRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r2.Shutdown()
-	gossipTestWaitFor(t, 5*time.Second, "solo to lead again", r2.IsLeader)
+	testkit.WaitFor(t, 5*time.Second, "solo to lead again", r2.IsLeader)
 	if err := r2.Barrier(5 * time.Second); err != nil {
 		t.Fatal(err)
 	}

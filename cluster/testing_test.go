@@ -5,56 +5,22 @@ import (
 	"net"
 	"os"
 	"strconv"
-	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/eddyrt/eddy/internal/testkit"
 )
 
 // gossipTestLogger routes slog to t.Log (shown only when a test fails or with
 // -v) until the test ends; later lines, from goroutines memberlist or raft
 // have not stopped yet, are dropped. EDDY_TEST_DEBUG=1 adds Debug.
 func gossipTestLogger(t testing.TB) *slog.Logger {
-	w := &gossipTestLogWriter{t: t}
-	t.Cleanup(w.close) // registered before any node: runs after every node is shut down
 	level := slog.LevelInfo
 	if os.Getenv("EDDY_TEST_DEBUG") != "" {
 		level = slog.LevelDebug
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
-}
-
-type gossipTestLogWriter struct {
-	mu   sync.Mutex
-	t    testing.TB
-	done bool
-}
-
-func (w *gossipTestLogWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.done {
-		w.t.Log(strings.TrimRight(string(p), "\n"))
-	}
-	return len(p), nil
-}
-
-func (w *gossipTestLogWriter) close() {
-	w.mu.Lock()
-	w.done = true
-	w.mu.Unlock()
-}
-
-// gossipTestWaitFor polls cond until it holds, failing the test after timeout.
-func gossipTestWaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	// Called before the node starts: the writer's cleanup runs after its shutdown.
+	return testkit.LoggerAt(t, level)
 }
 
 // gossipTestFreePort returns a loopback port that is free for TCP and UDP

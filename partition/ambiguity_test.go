@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/eddyrt/eddy/internal/testkit"
 )
 
 // fault is what faultyConn does to one changelog commit request.
@@ -200,7 +202,7 @@ func TestAmbiguousCommitNeverFencesItself(t *testing.T) {
 					t.Errorf("%s = %d, want %d", key, got, want)
 				}
 			}
-			waitFor(t, "every output forwarded", func() bool { return len(streamMsgs(t, h.ctx, h.js, "amb_out")) >= events })
+			testkit.WaitFor(t, waitTimeout, "every output forwarded", func() bool { return len(streamMsgs(t, h.ctx, h.js, "amb_out")) >= events })
 			ids := byMsgID(t, streamMsgs(t, h.ctx, h.js, "amb_out"))
 			if len(ids) != events {
 				t.Errorf("%d outputs, want %d", len(ids), events)

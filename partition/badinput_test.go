@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/eddyrt/eddy/internal/testkit"
 	"github.com/eddyrt/eddy/statestore"
 )
 
@@ -42,7 +43,7 @@ func (h *harness) deadLetters() map[uint64]*jetstream.RawStreamMsg {
 func (h *harness) waitDeadLetters(n int) map[uint64]*jetstream.RawStreamMsg {
 	h.t.Helper()
 	var dl map[uint64]*jetstream.RawStreamMsg
-	waitFor(h.t, "dead letters", func() bool {
+	testkit.WaitFor(h.t, waitTimeout, "dead letters", func() bool {
 		dl = h.deadLetters()
 		return len(dl) >= n
 	})

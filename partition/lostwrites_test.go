@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/eddyrt/eddy/internal/testkit"
 )
 
 // TestChangelogLosesItsAcknowledgedTail: by default a nats-server
@@ -44,14 +46,14 @@ func TestChangelogLosesItsAcknowledgedTail(t *testing.T) {
 		}
 		h.waitOffset(a, 0)
 		seq := a.Status().ChangelogSeq
-		waitFor(t, "the replica to catch up", func() bool { return r.Lag().Applied >= seq })
+		testkit.WaitFor(t, waitTimeout, "the replica to catch up", func() bool { return r.Lag().Applied >= seq })
 	}
 
 	publish(50, true)
 	snap := h.srv.Snapshot() // what the disk holds when the host crashes
 	publish(50, false)       // acknowledged, applied by actor and replica, outputs forwarded: lost
 	h.srv.Rewind(snap)
-	waitFor(t, "the active's and the replica's stores discarded", func() bool {
+	testkit.WaitFor(t, waitTimeout, "the active's and the replica's stores discarded", func() bool {
 		return counterSum(t, reg, "eddy_partition_store_discards_total") >= 2
 	})
 	for range 30 { // new events take the lost events' sequences
@@ -59,12 +61,12 @@ func TestChangelogLosesItsAcknowledgedTail(t *testing.T) {
 		h.publish(key, nil)
 		kept = append(kept, key)
 	}
-	waitFor(t, "the active to process what the input stream holds", func() bool {
+	testkit.WaitFor(t, waitTimeout, "the active to process what the input stream holds", func() bool {
 		st := a.Status()
 		return st.Running && st.Offset == uint64(len(kept))
 	})
 	seq := a.Status().ChangelogSeq
-	waitFor(t, "the replica to catch up", func() bool { return r.Lag().Applied == seq })
+	testkit.WaitFor(t, waitTimeout, "the replica to catch up", func() bool { return r.Lag().Applied == seq })
 	counts := map[string]uint64{}
 	want := map[string]string{} // output message id -> value
 	for i, key := range kept {
@@ -80,7 +82,7 @@ func TestChangelogLosesItsAcknowledgedTail(t *testing.T) {
 			t.Errorf("replica: %s = %d (%v), want %d", key, decodeCount(v), err, n)
 		}
 	}
-	waitFor(t, "every output forwarded", func() bool { return len(streamMsgs(t, h.ctx, h.js, "lost_out")) >= len(kept) })
+	testkit.WaitFor(t, waitTimeout, "every output forwarded", func() bool { return len(streamMsgs(t, h.ctx, h.js, "lost_out")) >= len(kept) })
 	ids := byMsgID(t, streamMsgs(t, h.ctx, h.js, "lost_out"))
 	if len(ids) != len(kept) {
 		t.Errorf("%d outputs, want %d", len(ids), len(kept))

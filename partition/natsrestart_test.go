@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/eddyrt/eddy/internal/natsproc"
+	"github.com/eddyrt/eddy/internal/testkit"
 )
 
 // publishUntilStored publishes an input event with a message id until the
@@ -85,7 +86,7 @@ func TestNATSRestartLosesNothing(t *testing.T) {
 	h.srv.Shutdown()
 	close(down)
 	close(resume)
-	waitFor(t, "the commit to retry while NATS is away", func() bool { return a.Status().State == StateRetrying })
+	testkit.WaitFor(t, waitTimeout, "the commit to retry while NATS is away", func() bool { return a.Status().State == StateRetrying })
 	if st := a.Status(); st.Err == "" || st.Running {
 		t.Fatalf("status while NATS is away: %+v", st)
 	}
@@ -244,7 +245,7 @@ func TestNATSServerKilledMidCommit(t *testing.T) {
 			t.Errorf("%s = %d, want %d", key, got, want)
 		}
 	}
-	waitFor(t, "every output forwarded", func() bool { return len(streamMsgs(t, ctx, h.js, "killed_out")) >= events })
+	testkit.WaitFor(t, waitTimeout, "every output forwarded", func() bool { return len(streamMsgs(t, ctx, h.js, "killed_out")) >= events })
 	if ids := byMsgID(t, streamMsgs(t, ctx, h.js, "killed_out")); len(ids) != events {
 		t.Errorf("%d outputs, want %d", len(ids), events)
 	}

@@ -12,6 +12,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/eddyrt/eddy/changelog"
+	"github.com/eddyrt/eddy/internal/testkit"
 )
 
 func TestOutboxForwardedOnceAndReply(t *testing.T) {
@@ -147,7 +148,7 @@ func TestForwardedMarkNeverRegresses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the forwarded mark to be committed", func() bool { return mark() >= lastOut.Sequence })
+	testkit.WaitFor(t, waitTimeout, "the forwarded mark to be committed", func() bool { return mark() >= lastOut.Sequence })
 	if err := a.Stop(h.ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -197,7 +198,7 @@ func TestOutboxPastTheDuplicateWindowIsNotForwardedTwice(t *testing.T) {
 	cfg.MarkDelay = time.Hour // the forwarded mark of the last batch never commits
 	a := h.start(cfg)
 	h.waitOffset(a, 0)
-	waitFor(t, "the outputs forwarded", func() bool { return len(streamMsgs(t, h.ctx, h.js, "late_out")) == events })
+	testkit.WaitFor(t, waitTimeout, "the outputs forwarded", func() bool { return len(streamMsgs(t, h.ctx, h.js, "late_out")) == events })
 	if err := a.Stop(h.ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/eddyrt/eddy/changelog"
+	"github.com/eddyrt/eddy/internal/testkit"
 )
 
 func (h *harness) startReplica(cfg Config) *Replica {
@@ -28,7 +29,7 @@ func (h *harness) waitCaughtUp(r *Replica, p int) {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	waitFor(h.t, "replica to catch up", func() bool {
+	testkit.WaitFor(h.t, waitTimeout, "replica to catch up", func() bool {
 		info, err := st.Info(h.ctx)
 		if err != nil {
 			return false
@@ -82,7 +83,7 @@ func TestReplicaPromotionRestoresOnlyTheTail(t *testing.T) {
 	// Idle and caught up, the replica keeps renewing the time it was known
 	// current, so its reads have a staleness bound; they see committed state.
 	idle := time.Now()
-	waitFor(t, "an idle replica to renew its lag", func() bool { return r.Lag().At.After(idle.Add(300 * time.Millisecond)) })
+	testkit.WaitFor(t, waitTimeout, "an idle replica to renew its lag", func() bool { return r.Lag().At.After(idle.Add(300 * time.Millisecond)) })
 	if s := r.Lag().Staleness(time.Now()); s > time.Second {
 		t.Errorf("idle caught-up replica: staleness %v", s)
 	}
@@ -193,7 +194,7 @@ func TestReleaseReportsTheLastCommit(t *testing.T) {
 	for i := range 2000 {
 		h.publish("k"+strconv.Itoa(i%7), nil)
 	}
-	waitFor(t, "some input processed", func() bool { return a.Status().Offset > 0 })
+	testkit.WaitFor(t, waitTimeout, "some input processed", func() bool { return a.Status().Offset > 0 })
 	if err := a.Release(h.ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/eddyrt/eddy/actor"
 	"github.com/eddyrt/eddy/changelog"
 	"github.com/eddyrt/eddy/internal/natstest"
+	"github.com/eddyrt/eddy/internal/testkit"
 	"github.com/eddyrt/eddy/statestore"
 )
 
@@ -30,6 +31,7 @@ type harness struct {
 	nc  *nats.Conn
 	js  jetstream.JetStream
 	sys *actor.System
+	log *slog.Logger // every component's, to t.Log: made before any starts, so its lines show until they stop
 	dir string
 	typ string
 	np  int
@@ -41,7 +43,8 @@ func newHarness(t *testing.T, typ string, partitions int) *harness {
 	t.Cleanup(cancel)
 	srv := natstest.Start(t)
 	nc, js := srv.Connect(t)
-	h := &harness{t: t, ctx: ctx, srv: srv, nc: nc, js: js, sys: actor.NewSystem(testLogger(t)), dir: t.TempDir(), typ: typ, np: partitions}
+	log := testkit.Logger(t)
+	h := &harness{t: t, ctx: ctx, srv: srv, nc: nc, js: js, sys: actor.NewSystem(log), log: log, dir: t.TempDir(), typ: typ, np: partitions}
 	t.Cleanup(func() { _ = h.sys.Stop(context.Background()) })
 	h.createStreams()
 	return h
@@ -61,7 +64,8 @@ func newHarnessOn(t *testing.T, ctx context.Context, url, typ string, partitions
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, ctx: ctx, nc: nc, js: js, sys: actor.NewSystem(testLogger(t)), dir: t.TempDir(), typ: typ, np: partitions}
+	log := testkit.Logger(t)
+	h := &harness{t: t, ctx: ctx, nc: nc, js: js, sys: actor.NewSystem(log), log: log, dir: t.TempDir(), typ: typ, np: partitions}
 	t.Cleanup(func() { _ = h.sys.Stop(context.Background()) })
 	h.createStreams()
 	return h
@@ -79,21 +83,13 @@ func (h *harness) createStreams() {
 	}
 }
 
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
-
 func (h *harness) config(p int, handler Handler) Config {
 	cfg := DefaultConfig()
 	cfg.Type, cfg.Partition, cfg.Partitions = h.typ, p, h.np
 	cfg.Handler, cfg.Conn, cfg.JS = handler, h.nc, h.js
 	cfg.StoreDir = filepath.Join(h.dir, h.typ, strconv.Itoa(p))
 	cfg.DLQSubject = DLQSubject(h.typ)
-	cfg.Logger = testLogger(h.t)
+	cfg.Logger = h.log
 	cfg.MarkDelay = 50 * time.Millisecond
 	return cfg
 }
@@ -229,23 +225,15 @@ func count(ctx context.Context, a *Actor, key string) uint64 {
 	return binary.BigEndian.Uint64(v)
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+// waitTimeout bounds every testkit.WaitFor in these tests; hitting it fails
+// the test loudly.
+const waitTimeout = 30 * time.Second
 
 // waitOffset waits until a has committed input up to the stream's last sequence.
 func (h *harness) waitOffset(a *Actor, p int) {
 	h.t.Helper()
 	var want uint64
-	waitFor(h.t, "partition to catch up", func() bool {
+	testkit.WaitFor(h.t, waitTimeout, "partition to catch up", func() bool {
 		if want == 0 {
 			st, err := h.js.Stream(h.ctx, h.typ) // NATS may be reconnecting
 			if err != nil {
@@ -264,7 +252,7 @@ func (h *harness) waitOffset(a *Actor, p int) {
 // waitRunning waits until a has restored, fenced and started reading.
 func (h *harness) waitRunning(a *Actor) {
 	h.t.Helper()
-	waitFor(h.t, "partition to run", func() bool { return a.Status().Running })
+	testkit.WaitFor(h.t, waitTimeout, "partition to run", func() bool { return a.Status().Running })
 }
 
 // counterSum is the sum of the counter name over all its labels in reg.

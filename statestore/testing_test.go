@@ -1,28 +1,15 @@
 package statestore
 
 import (
-	"log/slog"
-	"strings"
 	"testing"
+
+	"github.com/eddyrt/eddy/internal/testkit"
 )
-
-// testLogger routes logs to t.Log, so they show only when a test fails.
-func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t testing.TB }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimSuffix(string(p), "\n"))
-	return len(p), nil
-}
 
 // testConfig is a Config for a store in a fresh temporary directory.
 func testConfig(t testing.TB) Config {
 	cfg := DefaultConfig(t.TempDir())
-	cfg.Logger = testLogger(t)
+	cfg.Logger = testkit.Logger(t)
 	return cfg
 }
 

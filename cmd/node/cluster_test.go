@@ -98,7 +98,11 @@ func TestMultiProcessCluster(t *testing.T) {
 	pc, load, ids := startProcCluster(t, 8, 0)
 	ctx := context.Background()
 	stopLoad := runLoad(t, load, 200)
-	time.Sleep(500 * time.Millisecond)
+	// The kill below comes under load: once every partition has committed
+	// since the load began.
+	if _, _, err := pc.waitCommitted(ctx, ids, time.Now(), 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
 
 	// SIGKILL a node that owns partitions (not the leader).
 	st, err := pc.settled(ctx, ids)
@@ -182,7 +186,10 @@ func TestMultiProcessCluster(t *testing.T) {
 	if _, err := pc.waitSettled(ctx, without(ids, zombie), 30*time.Second); err != nil {
 		t.Fatalf("after SIGSTOP of %s: %v", zombie, err)
 	}
-	time.Sleep(300 * time.Millisecond) // the new owners commit at their new epochs
+	// The new owners commit at their new epochs before the zombie wakes.
+	if _, _, err := pc.waitCommitted(ctx, without(ids, zombie), time.Now(), 30*time.Second); err != nil {
+		t.Fatalf("after SIGSTOP of %s: %v", zombie, err)
+	}
 	logStart, _ := os.Stat(pc.node(zombie).logPath)
 	if err := pc.signal(zombie, syscall.SIGCONT); err != nil {
 		t.Fatal(err)
@@ -228,7 +235,10 @@ func TestMultiProcessCluster(t *testing.T) {
 	if _, err := pc.waitSettled(ctx, ids, 90*time.Second); err != nil {
 		t.Fatalf("after a full restart: %v", err)
 	}
-	time.Sleep(500 * time.Millisecond)
+	// The restarted cluster takes the load: every partition commits again.
+	if _, _, err := pc.waitCommitted(ctx, ids, time.Now(), 30*time.Second); err != nil {
+		t.Fatalf("after a full restart: %v", err)
+	}
 	stopLoad()
 	sum, err := load.waitTotals(ctx, ids[0], 60*time.Second)
 	if err != nil {
@@ -336,7 +346,10 @@ func TestMultiProcessFailoverWithReplicas(t *testing.T) {
 	if _, err := pc.waitSettled(ctx, without(ids, zombie), 30*time.Second); err != nil {
 		t.Fatalf("after SIGSTOP of %s: %v", zombie, err)
 	}
-	time.Sleep(300 * time.Millisecond)
+	// The new owners commit at their new epochs before the zombie wakes.
+	if _, _, err := pc.waitCommitted(ctx, without(ids, zombie), time.Now(), 30*time.Second); err != nil {
+		t.Fatalf("after SIGSTOP of %s: %v", zombie, err)
+	}
 	if err := pc.signal(zombie, syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}

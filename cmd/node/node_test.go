@@ -14,18 +14,11 @@ import (
 	"time"
 
 	"github.com/eddyrt/eddy"
+	"github.com/eddyrt/eddy/internal/testkit"
 )
 
 func env(m map[string]string) func(string) (string, bool) {
 	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
-}
-
-// tWriter routes a command's stderr to the test log, shown only on failure.
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
 }
 
 func configFlagSet(cfg *eddy.Config) (*flag.FlagSet, *nodeFlags) {
@@ -153,7 +146,7 @@ func TestRunAndStatus(t *testing.T) {
 			}
 		}
 	}()
-	c := &cli{stdout: pw, stderr: tWriter{t}, lookupEnv: env(map[string]string{"EDDY_DATA_DIR": t.TempDir()})}
+	c := &cli{stdout: pw, stderr: testkit.LogWriter(t), lookupEnv: env(map[string]string{"EDDY_DATA_DIR": t.TempDir()})}
 	done := make(chan int, 1)
 	go func() {
 		done <- c.main(ctx, []string{"run", "--app", "bank,wordcount", "--partitions", "2",
@@ -201,7 +194,7 @@ func TestRunAndStatus(t *testing.T) {
 
 	addr := strings.TrimPrefix(strings.SplitN(stateURL, "/v1/", 2)[0], "http://")
 	var out bytes.Buffer
-	sc := &cli{stdout: &out, stderr: tWriter{t}, lookupEnv: env(map[string]string{"EDDY_HTTP": addr})}
+	sc := &cli{stdout: &out, stderr: testkit.LogWriter(t), lookupEnv: env(map[string]string{"EDDY_HTTP": addr})}
 	if code := sc.main(ctx, []string{"status"}); code != 0 {
 		t.Fatalf("node status exited with %d:\n%s", code, out.String())
 	}
@@ -228,7 +221,7 @@ func TestRunAndStatus(t *testing.T) {
 
 func TestBenchTiny(t *testing.T) {
 	var out bytes.Buffer
-	c := &cli{stdout: &out, stderr: tWriter{t}, lookupEnv: env(nil)}
+	c := &cli{stdout: &out, stderr: testkit.LogWriter(t), lookupEnv: env(nil)}
 	args := []string{"bench", "--events", "2000", "--partitions", "4", "--keys", "100", "--restore-records", "2000"}
 	if code := c.main(context.Background(), args); code != 0 {
 		t.Fatalf("bench exited with %d:\n%s", code, out.String())
