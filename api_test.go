@@ -13,6 +13,7 @@ import (
 
 	"github.com/eddyrt/eddy"
 	"github.com/eddyrt/eddy/examples/apps"
+	"github.com/eddyrt/eddy/internal/testkit"
 	"github.com/eddyrt/eddy/partition"
 )
 
@@ -140,18 +141,11 @@ func TestQueryOptions(t *testing.T) {
 		t.Fatal(err)
 	}
 	var served eddy.Served
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testkit.WaitFor(t, 10*time.Second, "the count of to to be 2, read by the owner", func() bool {
 		var n int
 		err := node.Query(ctx, apps.WordsType, "to", &n, eddy.MaxStaleness(time.Second), eddy.ServedBy(&served))
-		if err == nil && n == 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("count of to: %d, %v", n, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err == nil && n == 2
+	})
 	if served.Replica || served.Node != node.ID() {
 		t.Errorf("served by %+v; want the owner on %s (a single node has no replicas)", served, node.ID())
 	}

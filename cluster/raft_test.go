@@ -566,7 +566,7 @@ func TestRaftFailedStartReleasesItsState(t *testing.T) {
 		t.Fatalf("start after the failed starts: %v", err)
 	}
 	defer r.Shutdown()
-	gossipTestWaitFor(t, 5*time.Second, "n1 to lead", r.IsLeader)
+	testkit.WaitFor(t, 5*time.Second, "n1 to lead", r.IsLeader)
 }
 
 func TestRaftConfigValidate(t *testing.T) {
