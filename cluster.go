@@ -2,7 +2,6 @@ package eddy
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -124,9 +123,6 @@ func placements(self string, incarnation uint64, prev, m cluster.Model) (want ma
 	}
 	return want, handover
 }
-
-// ErrNotClustered means the node runs alone (Config.GossipAddr is empty).
-var ErrNotClustered = errors.New("eddy: node is not a cluster member")
 
 // GossipAddr is the address other nodes join this one through; empty when
 // the node is not a running cluster member.

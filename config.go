@@ -1,7 +1,6 @@
 package eddy
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -144,9 +143,6 @@ func DefaultConfig() Config {
 		GiveBackAfter:      time.Minute,      // far past a stream leader election (seconds): a fault of this node
 	}
 }
-
-// ErrInvalidConfig wraps every Validate failure.
-var ErrInvalidConfig = errors.New("eddy: invalid config")
 
 // Validate checks the config.
 func (c *Config) Validate() error {

@@ -19,6 +19,11 @@ var (
 	// ErrValueTooLarge means a value exceeds Config.MaxValueSize; the event
 	// goes to the dead-letter stream without retries.
 	ErrValueTooLarge = partition.ErrValueTooLarge
+	// ErrInvalidConfig wraps every failure of Config.Validate and
+	// ActorType.Validate.
+	ErrInvalidConfig = errors.New("eddy: invalid config")
+	// ErrNotClustered means the node runs alone (Config.GossipAddr is empty).
+	ErrNotClustered = errors.New("eddy: node is not a cluster member")
 	// ErrUnknownType means no actor type of that name is registered.
 	ErrUnknownType = errors.New("eddy: unknown actor type")
 	// ErrStarted means the node has been started already: actor types are
@@ -37,6 +42,19 @@ var (
 	// holds the events it needs. The partition stops and says so.
 	ErrInputGone = partition.ErrInputGone
 )
+
+// ErrNATSUnavailable is returned by Start when it gave up waiting for NATS:
+// the servers did not accept a connection, JetStream did not answer, or the
+// streams could not be created before Config.NATSWait passed or Start's
+// context ended. The error names the step, the URLs and the last error.
+var ErrNATSUnavailable = errors.New("eddy: gave up waiting for NATS")
+
+// ErrIncompatibleStream is wrapped by the errors of Start for a stream that
+// exists with a config eddy cannot use (another partition count, other
+// subjects or storage, a changelog without MaxMsgsPerSubject=1 or atomic
+// publish). Such an error names the field and both values; eddy does not
+// retry it, nor change the stream.
+var ErrIncompatibleStream = partition.ErrIncompatibleStream
 
 // malformedError is ErrMalformed: one line of text, and permanent.
 type malformedError struct{}

@@ -19,7 +19,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/eddyrt/eddy/internal/streams"
-	"github.com/eddyrt/eddy/partition"
 )
 
 // connect connects to NATS, starting the embedded server if no URL is set,
@@ -110,19 +109,6 @@ func redactURL(s string) string {
 	}
 	return strings.Join(parts, ",")
 }
-
-// ErrNATSUnavailable is returned by Start when it gave up waiting for NATS:
-// the servers did not accept a connection, JetStream did not answer, or the
-// streams could not be created before Config.NATSWait passed or Start's
-// context ended. The error names the step, the URLs and the last error.
-var ErrNATSUnavailable = errors.New("eddy: gave up waiting for NATS")
-
-// ErrIncompatibleStream is wrapped by the errors of Start for a stream that
-// exists with a config eddy cannot use (another partition count, other
-// subjects or storage, a changelog without MaxMsgsPerSubject=1 or atomic
-// publish). Such an error names the field and both values; eddy does not
-// retry it, nor change the stream.
-var ErrIncompatibleStream = partition.ErrIncompatibleStream
 
 // How a node waits for NATS at start.
 const (
