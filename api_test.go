@@ -2,7 +2,9 @@ package eddy_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -153,5 +155,38 @@ func TestQueryOptions(t *testing.T) {
 	err := node.Query(ctx, apps.WordsType, "to", &v, eddy.InStore("nope"), eddy.MaxStaleness(time.Second))
 	if !errors.Is(err, eddy.ErrNotFound) || !strings.Contains(err.Error(), `no store "nope"`) {
 		t.Errorf("query of an undeclared store: %v", err)
+	}
+}
+
+// The HTTP API names its JSON fields one way: lower case, words joined by
+// an underscore, in /v1/status as in /v1/state and /v1/cluster.
+func TestHTTPFieldNamesAreLowerCase(t *testing.T) {
+	node, _, _ := startNode(t, apps.Bank(1))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := node.Client().Ask(ctx, apps.BankType, "alice", apps.Op{Kind: "deposit", Amount: 1}, nil); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get("http://" + node.HTTPAddr() + "/v1/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Partitions []map[string]any `json:"partitions"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil || len(body.Partitions) != 1 {
+		t.Fatalf("/v1/status: %+v, %v", body, err)
+	}
+	p := body.Partitions[0]
+	for _, k := range []string{"type", "partition", "state", "epoch", "offset", "changelog_seq", "input_lag", "last_commit"} {
+		if _, ok := p[k]; !ok {
+			t.Errorf("/v1/status partition has no %q: %v", k, p)
+		}
+	}
+	for k := range p {
+		if k != strings.ToLower(k) {
+			t.Errorf("/v1/status field %q is not lower case", k)
+		}
 	}
 }

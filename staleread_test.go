@@ -39,7 +39,7 @@ func getState(ctx context.Context, addr, typ, key, maxLag string) (stateAnswer, 
 }
 
 // nearest is the copy a read from node asker should get, by the rule
-// QueryWithin documents: a replica in the asker's zone, else the owner when
+// MaxStaleness documents: a replica in the asker's zone, else the owner when
 // it is in the asker's zone, else a replica in another zone (one replica a
 // partition here, so lags do not choose).
 func nearest(p eddy.AssignmentStatus, asker string, zones map[string]string) (node string, replica bool) {

@@ -18,7 +18,7 @@ import (
 // ErrIncompatible marks an existing stream whose config eddy cannot use and
 // must not change: retrying does not help, an operator has to fix or delete
 // the stream. Every *IncompatibleError is one.
-var ErrIncompatible = errors.New("stream exists with an incompatible config")
+var ErrIncompatible = errors.New("eddy: stream exists with an incompatible config")
 
 // Spec is a stream eddy owns: the config it creates the stream with, and
 // what an existing stream must keep of it.
