@@ -97,6 +97,12 @@ const (
 	// assignment change: partition actors that stopped by themselves,
 	// handovers whose new owner never asked, partitions to give back.
 	reconcileEvery = 200 * time.Millisecond
+	// replicaAfterRelease is how long a partition actor's store rests after
+	// the actor was released before a hot replica opens it on this node: its
+	// open and catch-up would compete for the CPU with the new owner's first
+	// commits (node bench failover on 2 shared cores: handover pause p50
+	// ~66 ms with the replica opened at once, ~45 ms with this rest).
+	replicaAfterRelease = 200 * time.Millisecond
 	// releaseTimeout bounds how long a new owner waits for the old owner to
 	// commit and stop before it starts anyway: fencing keeps the old owner
 	// from committing after that, so the wait only saves the old owner's work.
@@ -124,6 +130,9 @@ type reconciler struct {
 	stoppedAt map[pkey]uint64 // newest epoch a partition actor stopped at on this node
 	closing   map[pkey][]*closing
 	starting  map[pkey]bool
+	// replicaAfter holds partitions whose actor was released here: no hot
+	// replica opens their store before the time given (replicaAfterRelease).
+	replicaAfter map[pkey]time.Time
 	// reconciled is set after the first round; dirty when the state
 	// changed since the view was last published.
 	reconciled, dirty bool
@@ -138,7 +147,7 @@ func (n *Node) startReconciler(cl *cluster.Cluster) *reconciler {
 		n: n, cl: cl, inbox: make(chan func()), ctx: ctx, cancel: cancel, done: make(chan struct{}),
 		want: map[pkey]placement{}, handover: map[pkey]bool{},
 		actives: map[pkey]*activeSlot{}, replicas: map[pkey]*replicaSlot{}, stoppedAt: map[pkey]uint64{},
-		closing: map[pkey][]*closing{}, starting: map[pkey]bool{},
+		closing: map[pkey][]*closing{}, starting: map[pkey]bool{}, replicaAfter: map[pkey]time.Time{},
 	}
 	r.publish()
 	if cl == nil {
@@ -318,6 +327,10 @@ func (r *reconciler) startWanted() (changed bool) {
 		}
 		switch {
 		case !w.active && r.replicas[k] == nil:
+			if time.Now().Before(r.replicaAfter[k]) {
+				continue // a later round starts it
+			}
+			delete(r.replicaAfter, k)
 			rep, err := partition.StartReplica(r.n.sys, r.n.partitionConfig(t, k.p, 0), r.n.supervisor())
 			if err != nil {
 				r.n.log.Error("cannot start hot replica", "partition", k.String(), "err", err)
@@ -405,6 +418,9 @@ func (r *reconciler) addClosing(k pkey, a *partition.Actor) *closing {
 
 // closed forgets c: k's store is free of it.
 func (r *reconciler) closed(k pkey, c *closing) {
+	if c.a != nil {
+		r.replicaAfter[k] = time.Now().Add(replicaAfterRelease)
+	}
 	cs := r.closing[k]
 	for i := range cs {
 		if cs[i] == c {
