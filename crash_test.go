@@ -573,36 +573,9 @@ func checkCrashCounts(ctx context.Context, t *testing.T, js jetstream.JetStream,
 			want[i] = int64(i + 1)
 		}
 		if !slices.Equal(got, want) {
-			t.Errorf("word %q: output counts %s, want 1..%d once each, in order", w, describeCounts(got), len(want))
+			t.Errorf("word %q: output counts %s, want 1..%d once each, in order", w, testkit.DescribeRun(got), len(want))
 		}
 	}
-}
-
-// describeCounts summarizes a sequence of running counts: its length, the
-// duplicates, the gaps and the first place it goes out of order.
-func describeCounts(got []int64) string {
-	seen := map[int64]int{}
-	var maxN int64
-	firstDisorder := -1
-	for i, n := range got {
-		seen[n]++
-		maxN = max(maxN, n)
-		if firstDisorder < 0 && n != int64(i+1) {
-			firstDisorder = i
-		}
-	}
-	var dups, gaps []int64
-	for n := int64(1); n <= maxN; n++ {
-		switch {
-		case seen[n] == 0:
-			gaps = append(gaps, n)
-		case seen[n] > 1:
-			dups = append(dups, n)
-		}
-	}
-	trim := func(s []int64) []int64 { return s[:min(len(s), 10)] }
-	return fmt.Sprintf("(%d counts, max %d, duplicates %v (%d), gaps %v (%d), first out of place at index %d)",
-		len(got), maxN, trim(dups), len(dups), trim(gaps), len(gaps), firstDisorder)
 }
 
 // checkCrashDeadLetters checks that no event went to a dead-letter stream.

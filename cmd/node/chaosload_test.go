@@ -19,6 +19,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/eddyrt/eddy/examples/apps"
+	"github.com/eddyrt/eddy/internal/testkit"
 	"github.com/eddyrt/eddy/partition"
 )
 
@@ -526,10 +527,10 @@ func checkChaosCounts(ctx context.Context, t *testing.T, js jetstream.JetStream,
 			bad = bad || seen[n] != 1
 		}
 		if bad {
-			fail("word %q: %s counts %s, want 1..%d once each", w, apps.CountsStream, describeRun(got), m.words[w])
+			fail("word %q: %s counts %s, want 1..%d once each", w, apps.CountsStream, testkit.DescribeRun(got), m.words[w])
 		} else if !slices.IsSorted(got) {
 			disordered++
-			t.Logf("word %q: %s holds 1..%d once each, out of order: %s", w, apps.CountsStream, m.words[w], describeRun(got))
+			t.Logf("word %q: %s holds 1..%d once each, out of order: %s", w, apps.CountsStream, m.words[w], testkit.DescribeRun(got))
 		}
 	}
 	if disordered > 0 {
@@ -578,38 +579,6 @@ func readCounts(ctx context.Context, js jetstream.JetStream) (map[string][]int64
 			return counts, nil
 		}
 	}
-}
-
-// describeRun summarizes a word's running counts: how many, the largest,
-// the duplicates and gaps, and where they first go out of order (with the
-// counts around that place).
-func describeRun(got []int64) string {
-	seen := map[int64]int{}
-	var top int64
-	disorder := -1
-	for i, n := range got {
-		seen[n]++
-		top = max(top, n)
-		if disorder < 0 && n != int64(i+1) {
-			disorder = i
-		}
-	}
-	var dups, gaps []int64
-	for n := int64(1); n <= top; n++ {
-		switch {
-		case seen[n] == 0:
-			gaps = append(gaps, n)
-		case seen[n] > 1:
-			dups = append(dups, n)
-		}
-	}
-	trim := func(s []int64) []int64 { return s[:min(len(s), 10)] }
-	around := ""
-	if disorder >= 0 {
-		around = fmt.Sprintf(": %v", got[max(0, disorder-3):min(len(got), disorder+5)])
-	}
-	return fmt.Sprintf("(%d counts, max %d, duplicates %v (%d), gaps %v (%d), first out of place at index %d%s)",
-		len(got), top, trim(dups), len(dups), trim(gaps), len(gaps), disorder, around)
 }
 
 // chaosStreamMsgs is how many messages stream holds.
