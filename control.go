@@ -17,6 +17,7 @@ import (
 //	eddy.query.<type>.<p>    queries of partition p, by the node running it (query.go)
 //	eddy.rquery.<type>.<p>.<node>  bounded-staleness reads of partition p, by the
 //	                         hot replica of p on node (staleread.go)
+//	eddy.type.<type>         every node that registered the type answers with its id (reset.go)
 //
 // A request's failure travels in reply headers: headerError, or one of the
 // query answers (headerNotFound, headerUnavailable, headerTooStale).

@@ -72,7 +72,10 @@ func (n *Node) connect(ctx context.Context) error {
 	if err := w.awaitJetStream(ctx, nc, js); err != nil {
 		return err
 	}
-	return n.ensureStreams(ctx, w, nc, js)
+	if err := n.ensureStreams(ctx, w, nc, js); err != nil {
+		return err
+	}
+	return n.serveTypes(nc)
 }
 
 func (n *Node) startEmbeddedNATS() (string, error) {

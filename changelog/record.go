@@ -121,7 +121,22 @@ func NewSubjects(typ string, partition int) Subjects {
 }
 
 // Stream is the changelog stream's name.
-func (s Subjects) Stream() string { return "EDDY_CL_" + s.Type + "_" + strconv.Itoa(s.Partition) }
+func (s Subjects) Stream() string { return streamPrefix + s.Type + "_" + strconv.Itoa(s.Partition) }
+
+// streamPrefix starts the name of every changelog stream.
+const streamPrefix = "EDDY_CL_"
+
+// StreamPartition reports whether stream is a changelog stream of actor type
+// typ (EDDY_CL_<typ>_<p>), and of which partition. A type whose name
+// extends typ's ("bank_eu" for "bank") never matches: p is digits only.
+func StreamPartition(stream, typ string) (p int, ok bool) {
+	rest, found := strings.CutPrefix(stream, streamPrefix+typ+"_")
+	if !found || rest == "" || strings.Trim(rest, "0123456789") != "" {
+		return 0, false
+	}
+	p, err := strconv.Atoi(rest)
+	return p, err == nil
+}
 
 // All is the filter that matches every subject of the changelog.
 func (s Subjects) All() string { return s.prefix + ">" }

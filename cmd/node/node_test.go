@@ -207,6 +207,13 @@ func TestRunAndStatus(t *testing.T) {
 		t.Fatalf("want a node line, a header and 6 partitions:\n%s", out.String())
 	}
 
+	// node reset refuses while the node runs the type.
+	var refused bytes.Buffer
+	rc := &cli{stdout: &refused, stderr: &refused, lookupEnv: env(nil)}
+	if code := rc.main(ctx, []string{"reset", "--type", "bank", "--nats", natsURL}); code != 1 || !strings.Contains(refused.String(), "runs on") {
+		t.Fatalf("node reset while the bank runs exited with %d:\n%s", code, refused.String())
+	}
+
 	cancel()
 	select {
 	case code := <-done:
@@ -217,6 +224,24 @@ func TestRunAndStatus(t *testing.T) {
 		t.Fatal("node run did not stop")
 	}
 	pw.Close()
+
+	// Stopped, its embedded NATS server is the reset's: a dry run lists the
+	// bank's changelogs, the reset deletes them, a second finds none.
+	for _, step := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--dry-run"}, "would delete (dry run) 2 changelog streams: EDDY_CL_bank_0 EDDY_CL_bank_1"},
+		{nil, "deleted 2 changelog streams: EDDY_CL_bank_0 EDDY_CL_bank_1"},
+		{nil, "no changelog stream to delete"},
+	} {
+		var out bytes.Buffer
+		rc := &cli{stdout: &out, stderr: testkit.LogWriter(t), lookupEnv: c.lookupEnv}
+		args := append([]string{"reset", "--type", "bank", "--nats-port", "-1"}, step.args...)
+		if code := rc.main(context.Background(), args); code != 0 || !strings.Contains(out.String(), step.want) {
+			t.Fatalf("node %v exited with %d:\n%s\nwant %q", args, code, out.String(), step.want)
+		}
+	}
 }
 
 func TestBenchTiny(t *testing.T) {

@@ -1,0 +1,75 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/eddyrt/eddy"
+)
+
+// reset resets an actor type (eddy.Node.Reset): it deletes the type's
+// changelog streams, so that the next node to run the type processes its
+// input from the first event, and prints what it deleted and what it left.
+// It refuses while any node runs the type. Without --nats it opens the
+// embedded NATS server of --data-dir, which must not be running.
+func (c *cli) reset(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("node reset", flag.ContinueOnError)
+	cfg := eddy.DefaultConfig()
+	cfg.NodeID = "reset"
+	nf := addNodeFlags(fs, &cfg)
+	lf := addLogFlags(fs, slog.LevelWarn)
+	typ := fs.String("type", "", "the actor `type` to reset (required)")
+	dryRun := fs.Bool("dry-run", false, "list what the reset would delete, and delete nothing")
+	if err := c.parse(fs, args); err != nil {
+		return err
+	}
+	if *typ == "" {
+		return errors.New("--type is required")
+	}
+	log, err := lf.logger(c.stderr)
+	if err != nil {
+		return err
+	}
+	cfg.Logger = log
+	cfg.HTTPAddr = "" // a tool, not a node: it serves nothing
+	if cfg.NATSOptions, err = nf.natsOptions(); err != nil {
+		return err
+	}
+	node, err := eddy.NewNode(cfg)
+	if err != nil {
+		return err
+	}
+	if err := node.Start(ctx); err != nil {
+		if cfg.NATSURL == "" {
+			return fmt.Errorf("%w (is a node with the embedded NATS server of %s running? stop it first)", err, cfg.DataDir)
+		}
+		return err
+	}
+	defer func() { _ = node.Stop(context.Background()) }()
+	r, err := node.Reset(ctx, *typ, *dryRun)
+	if err != nil {
+		return err
+	}
+	verb := "deleted"
+	if r.DryRun {
+		verb = "would delete (dry run)"
+	}
+	if len(r.Deleted) == 0 {
+		fmt.Fprintf(c.stdout, "reset %s: no changelog stream to delete\n", r.Type)
+	} else {
+		fmt.Fprintf(c.stdout, "reset %s: %s %d changelog streams: %s\n", r.Type, verb, len(r.Deleted), strings.Join(r.Deleted, " "))
+	}
+	left := "none"
+	if len(r.Left) > 0 {
+		left = strings.Join(r.Left, " ")
+	}
+	fmt.Fprintf(c.stdout, "left as they are: %s, and the streams %s emitted to\n", left, r.Type)
+	if !r.DryRun && len(r.Deleted) > 0 {
+		fmt.Fprintf(c.stdout, "the next node to run %s discards its local stores and processes the input from its first event\n", r.Type)
+	}
+	return nil
+}

@@ -1,0 +1,111 @@
+package eddy_test
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/eddyrt/eddy"
+	"github.com/eddyrt/eddy/examples/apps"
+	"github.com/eddyrt/eddy/internal/natstest"
+	"github.com/eddyrt/eddy/internal/testkit"
+)
+
+// Resetting an actor type refuses while a node runs it; then it deletes the
+// type's changelogs (a dry run only lists them), leaves its input and
+// dead-letter streams, and can run twice. The next node to run the type
+// discards its local stores, tied to the deleted changelogs, processes the
+// input again from its first event, and ends with the same state.
+func TestResetReprocessesTheInputFromTheStart(t *testing.T) {
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	dataDir := t.TempDir()
+	config := func(id, dir string) eddy.Config {
+		cfg := eddy.DefaultConfig()
+		cfg.NodeID, cfg.DataDir, cfg.NATSURL, cfg.HTTPAddr = id, dir, srv.URL(), ""
+		cfg.Logger = testkit.Logger(t)
+		return cfg
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	node := runNode(t, config("n1", dataDir), apps.Bank(2))
+	deposits := map[string]int64{"alice": 40, "bob": 2, "carol": 7}
+	for who, amount := range deposits {
+		if err := node.Client().Ask(ctx, apps.BankType, who, apps.Op{Kind: "deposit", Amount: amount}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	tool := runNode(t, config("tool", t.TempDir()))
+	if _, err := tool.Reset(ctx, apps.BankType, false); !errors.Is(err, eddy.ErrTypeRunning) || !strings.Contains(err.Error(), "n1") {
+		t.Fatalf("reset while n1 runs the bank: %v, want ErrTypeRunning naming n1", err)
+	}
+	if _, err := node.Reset(ctx, apps.BankType, true); !errors.Is(err, eddy.ErrTypeRunning) {
+		t.Fatalf("reset from the node that runs the bank: %v, want ErrTypeRunning", err)
+	}
+	if err := node.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	changelogs := []string{"EDDY_CL_bank_0", "EDDY_CL_bank_1"}
+	left := []string{"bank", "bank_dlq"}
+	dry, err := tool.Reset(ctx, apps.BankType, true)
+	if err != nil || !dry.DryRun || !slices.Equal(dry.Deleted, changelogs) || !slices.Equal(dry.Left, left) {
+		t.Fatalf("dry run: %+v, %v; want to delete %v and leave %v", dry, err, changelogs, left)
+	}
+	if _, err := js.Stream(ctx, changelogs[0]); err != nil {
+		t.Fatalf("a dry run deleted %s: %v", changelogs[0], err)
+	}
+	done, err := tool.Reset(ctx, apps.BankType, false)
+	if err != nil || done.DryRun || !slices.Equal(done.Deleted, changelogs) {
+		t.Fatalf("reset: %+v, %v; want %v deleted", done, err, changelogs)
+	}
+	for _, name := range changelogs {
+		if _, err := js.Stream(ctx, name); err == nil {
+			t.Fatalf("%s is still there after the reset", name)
+		}
+	}
+	again, err := tool.Reset(ctx, apps.BankType, false)
+	if err != nil || len(again.Deleted) != 0 || !slices.Equal(again.Left, left) {
+		t.Fatalf("second reset: %+v, %v; want nothing deleted", again, err)
+	}
+
+	reg := prometheus.NewRegistry()
+	cfg := config("n1", dataDir)
+	cfg.Registerer = reg
+	restarted := runNode(t, cfg, apps.Bank(2))
+	for who, amount := range deposits {
+		testkit.WaitFor(t, 20*time.Second, who+"'s deposit processed again", func() bool {
+			var acc apps.Account
+			err := restarted.Query(ctx, apps.BankType, who, &acc)
+			return err == nil && acc.Deposited == amount && acc.Balance == amount
+		})
+	}
+	if n := counterSum(t, reg, "eddy_partition_store_discards_total"); n < 1 {
+		t.Errorf("%v local stores discarded; want the stores of the deleted changelogs gone", n)
+	}
+}
+
+// counterSum is the sum of a counter family of reg (0 when it has none).
+func counterSum(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
+}
