@@ -190,3 +190,57 @@ func TestHTTPFieldNamesAreLowerCase(t *testing.T) {
 		}
 	}
 }
+
+// An emit to a stream that no one created goes to the dead-letter stream at
+// once, naming the stream, and the partition goes on; an emit to a stream
+// the handler did not declare, but that exists, is forwarded.
+func TestEmitToAStreamThatDoesNotExist(t *testing.T) {
+	typ := eddy.ActorType{Name: "router", Partitions: 1, Handler: func(c *eddy.Context) error {
+		var to string
+		if err := c.Decode(&to); err != nil {
+			return err
+		}
+		if err := c.Emit(to, c.Key(), "hello"); err != nil {
+			return err
+		}
+		var n int
+		if _, err := c.Get(&n); err != nil {
+			return err
+		}
+		return c.Set(n + 1)
+	}}
+	node, client, js := startNode(t, typ)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "elsewhere", Subjects: []string{"elsewhere.*"}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, to := range []string{"nowhere", "elsewhere"} {
+		if err := client.Send(ctx, "router", "k", to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testkit.WaitFor(t, 10*time.Second, "both events processed", func() bool {
+		var n int
+		return node.Query(ctx, "router", "k", &n) == nil && n == 1
+	})
+	dl, err := js.OrderedConsumer(ctx, partition.DLQStream("router"), jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := dl.Next(jetstream.FetchMaxWait(10 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reason := m.Headers().Get("Eddy-Error"); !strings.Contains(reason, "no stream for the subject") || !strings.Contains(reason, `"nowhere"`) {
+		t.Fatalf("Eddy-Error %q: want it to name the missing stream", reason)
+	}
+	out, err := js.Stream(ctx, "elsewhere")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 10*time.Second, "the emit to elsewhere forwarded", func() bool {
+		info, err := out.Info(ctx)
+		return err == nil && info.State.Msgs == 1
+	})
+}

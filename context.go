@@ -90,7 +90,9 @@ func (c *Context) Store(name string) Store { return Store{tx: c.tx, name: name} 
 
 // Emit publishes v under key to a stream, once: an output stream
 // (ActorType.Outputs), or the input stream of an actor type, which then
-// receives v as an event for key.
+// receives v as an event for key. An emit to a stream that does not exist
+// fails with ErrUnknownStream, which sends the event to the dead-letter
+// stream.
 func (c *Context) Emit(stream, key string, v any) error {
 	b, err := encode(v)
 	if err != nil {

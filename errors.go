@@ -24,6 +24,10 @@ var (
 	ErrInvalidConfig = errors.New("eddy: invalid config")
 	// ErrNotClustered means the node runs alone (Config.GossipAddr is empty).
 	ErrNotClustered = errors.New("eddy: node is not a cluster member")
+	// ErrUnknownStream means a handler emitted to a stream that does not
+	// exist (not among ActorType.Outputs, not an actor type): the event goes
+	// to the dead-letter stream, saying which.
+	ErrUnknownStream = partition.ErrUnknownStream
 	// ErrUnknownType means no actor type of that name is registered.
 	ErrUnknownType = errors.New("eddy: unknown actor type")
 	// ErrStarted means the node has been started already: actor types are

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -586,6 +587,7 @@ func (n *Node) partitionConfig(t *ActorType, p int, epoch uint64) partition.Conf
 	c.MaxBatchRecords, c.MaxAttempts = n.cfg.MaxBatchRecords, n.cfg.MaxAttempts
 	c.MaxValueSize, c.MaxEventSize = n.cfg.MaxValueSize, n.cfg.MaxEventSize
 	c.DLQSubject = partition.DLQSubject(t.Name)
+	c.KnownStreams = append(slices.Clone(n.order), t.Outputs...)
 	c.Changelog.Replicas = n.cfg.StreamReplicas
 	c.Hooks = n.cfg.hooks
 	c.Logger = n.log

@@ -221,7 +221,9 @@ type partitionActor struct {
 	stopping <-chan struct{}
 	// ctx is the incarnation's context (actor.Context.Context): handlers
 	// see it as Txn.Context.
-	ctx       context.Context
+	ctx context.Context
+	// targets are the streams publishes were found to reach (checkTarget).
+	targets   map[string]bool
 	reconnect atomic.Pointer[chan struct{}] // closed and replaced at each reconnect to NATS
 	abandoned bool
 	started   bool // restored and fenced: commits show it running

@@ -91,6 +91,10 @@ type Config struct {
 	MaxEventSize int
 	// DLQSubject receives events whose handler keeps failing.
 	DLQSubject string
+	// KnownStreams are streams the node made sure exist (the actor types'
+	// input and output streams): a publish to them needs no lookup. A
+	// publish to any other stream is checked once (checkTarget).
+	KnownStreams []string
 	// MarkDelay is how soon an idle partition commits its outbox "forwarded" mark,
 	// so that a failover never re-forwards outside the targets' duplicate window.
 	MarkDelay time.Duration

@@ -139,6 +139,9 @@ func (tx *Txn) Publish(subject string, header map[string]string, data []byte) er
 	if len(data) > tx.a.cfg.MaxValueSize {
 		return fmt.Errorf("publish to %s: %d bytes, limit %d: %w", subject, len(data), tx.a.cfg.MaxValueSize, ErrValueTooLarge)
 	}
+	if err := tx.a.checkTarget(subject); err != nil {
+		return err
+	}
 	n := len(tx.outbox)
 	tx.outbox = append(tx.outbox, changelog.Outbox{
 		Offset:  tx.ev.Offset,
