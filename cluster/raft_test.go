@@ -277,7 +277,12 @@ func raftTestFollowers(leader *raftTestNode, nodes []*raftTestNode) []*raftTestN
 func TestRaftBootstrapExpectFormsOneCluster(t *testing.T) {
 	c := raftTestNewCluster(t)
 	start := time.Now()
-	leader, all := c.formThree(nil)
+	// raft's own timings: the test needs one leader throughout, and the
+	// tuned 300 ms lets a busy machine (the race detector, other packages'
+	// tests) lose a leader in the middle of its applies.
+	leader, all := c.formThree(func(cfg *RaftConfig) {
+		cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = time.Second, time.Second, 500*time.Millisecond
+	})
 	t.Logf("3 nodes formed a cluster with leader %s in %s", leader.id, time.Since(start).Round(time.Millisecond))
 	for _, n := range all {
 		c.waitServers(n, 3*time.Second, "n1:voter", "n2:voter", "n3:voter")
