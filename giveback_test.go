@@ -278,3 +278,59 @@ func TestClusterGivesBackAPartitionThatKeepsFailing(t *testing.T) {
 	transfers(50)
 	waitBankHolds(t, ctx, n1, accounts, 100)
 }
+
+// A node whose hot replicas keep failing (a broken disk) gives them back:
+// the assignor moves them to other nodes, cancels the warm-up moves towards
+// the node (which would wait for those replicas forever), and does not
+// place the partitions there again until the node restarts.
+func TestClusterGivesBackAReplicaThatKeepsFailing(t *testing.T) {
+	srv := natstest.Start(t)
+	const partitions = 4
+	bank := apps.Bank(partitions)
+	fast := func(c *eddy.Config) { c.GiveBackAfter = time.Second }
+	n1 := startMember(t, srv.URL(), "n1", "", fast, bank)
+	n3 := startMember(t, srv.URL(), "n3", n1.GossipAddr(), fast, bank)
+	waitSettled(t, []*eddy.Node{n1, n3}, partitions)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	accounts, transfers := fundBank(t, ctx, srv, 12, 11)
+	transfers(50)
+	waitBankHolds(t, ctx, n1, accounts, 50)
+
+	// n2 joins; its replicas (warm-up ones included) cannot open their stores.
+	broken := func(c *eddy.Config) {
+		fast(c)
+		eddy.SetHooks(c, partition.Hooks{ReplicaStarting: func() error { return errors.New("disk broken") }})
+	}
+	startMember(t, srv.URL(), "n2", n1.GossipAddr(), broken, bank)
+	joined := time.Now()
+	var last eddy.ClusterStatus
+	testkit.WaitFor(t, 30*time.Second, "the partitions placed on n2 avoiding it, every partition running on n1 or n3 with no replica or move on n2", func() bool {
+		st, err := n1.Cluster(ctx)
+		if err != nil {
+			return false
+		}
+		avoided := 0
+		for _, p := range st.Partitions {
+			if slices.Contains(p.Avoid, "n2") {
+				avoided++
+			}
+			if p.Active == "n2" || p.MovingTo != "" || p.State != string(partition.StateRunning) || len(p.Replicas) == 0 {
+				return false
+			}
+			for _, r := range p.Replicas {
+				if r.Node == "n2" {
+					return false
+				}
+			}
+		}
+		last = st
+		return avoided > 0
+	})
+	t.Logf("n2's replicas given back and placed elsewhere %s after it joined", time.Since(joined).Round(time.Millisecond))
+	for _, p := range last.Partitions {
+		t.Logf("bank/%d: %s at epoch %d, replicas %v, avoids %v", p.Partition, p.Active, p.Epoch, p.Replicas, p.Avoid)
+	}
+	transfers(50)
+	waitBankHolds(t, ctx, n1, accounts, 100)
+}

@@ -68,6 +68,8 @@ type activeSlot struct {
 type replicaSlot struct {
 	r   *partition.Replica
 	sub *nats.Subscription
+	// givenBack is set once the replica was given back to the assignor.
+	givenBack bool
 }
 
 // closing is a partition actor or hot replica that is stopping and may

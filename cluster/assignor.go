@@ -142,7 +142,8 @@ func (c Change) String() string {
 // restores on one), balance never moves an active or starts a move to one,
 // a move in progress to one is cancelled, and an active on one (placed
 // there while every alive node was avoided) is recovered as if its node
-// were gone as soon as another alive node may take it. A replica goes to a
+// were gone as soon as another alive node may take it; a replica warm-up
+// to a node the partition avoids is cancelled. A replica goes to a
 // node its partition avoids only when no other node can take one (or, for
 // zone spread, when no other node of another zone can), is the first
 // dropped when there are too many, and is moved to a node the partition
@@ -760,6 +761,14 @@ func (pl *planner) zoneRuleApplies(tp *typePlan) bool {
 // one), and starts a replica move if all of them share the active's zone,
 // else one off a node it avoids to one it does not (leaveAvoided).
 func (pl *planner) placeReplicas(tp *typePlan, p *partPlan, budget *int) {
+	for _, r := range slices.Clone(p.cur.Replicas) {
+		if r.Replaces != "" && p.avoid[r.Node] && !pl.oneZoneWith(tp, p, r.Node, "") {
+			// A replica may never warm up there (the node gave the partition
+			// back); only zone spread, when no other node can, goes there.
+			pl.mutate(p, func(*PartitionAssignment) { p.dropReplica(r.Node) })
+			p.note("replica: cancel the warm-up of %s to replace %s: %s", r.Node, r.Replaces, avoidedWhy(r.Node))
+		}
+	}
 	want := pl.wantReplicas(tp)
 	for p.countEffective() > want {
 		drop := pl.worstReplica(tp, p, p.effective())
@@ -853,12 +862,16 @@ func (pl *planner) leaveAvoided(tp *typePlan, p *partPlan, budget *int) {
 }
 
 // oneZoneWith reports whether the zone rule applies to p and moving its
-// replica on src to dst would put its active and replicas in one zone.
+// replica on src to dst (dropping it, with dst "") would put its active and
+// replicas in one zone.
 func (pl *planner) oneZoneWith(tp *typePlan, p *partPlan, src, dst string) bool {
 	if !pl.zoneRuleApplies(tp) {
 		return false
 	}
-	rest := []string{dst}
+	var rest []string
+	if dst != "" {
+		rest = append(rest, dst)
+	}
 	for _, r := range p.cur.Replicas {
 		if r.Node != src {
 			rest = append(rest, r.Node)

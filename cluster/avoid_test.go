@@ -513,3 +513,76 @@ func TestClusterBrokenNodeIsAvoided(t *testing.T) {
 		t.Fatalf("restarted %s holds no active: %v", id, clusterTestActives(m))
 	}
 }
+
+// A node that gives back its hot replica of a partition is avoided by that
+// partition: the assignor moves the replica to another node, and cancels a
+// move towards the node, until the node restarts. A give-back from a node
+// that holds no replica of the partition is stale.
+func TestFSMGiveBackReplica(t *testing.T) {
+	g := GiveBackReplica{Node: "n1", Type: "orders", Partition: 3, Reason: "tail keeps failing"}
+	b, err := EncodeCommand(g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := DecodeCommand(b); err != nil || !reflect.DeepEqual(got, g) {
+		t.Fatalf("decoded %+v, %v; want %+v", got, err, g)
+	}
+
+	a := incTestCluster(t)
+	giveBackTestPlan(t, a)
+	var p PartitionAssignment
+	var holder string
+	// A partition active in zone b, with its replica in zone a: the other
+	// node of zone a can take the replica without putting the partition in
+	// one zone.
+	for _, q := range a.f.Assignment().Partitions() {
+		if q.Type == "orders" && q.Active == "n3" && len(q.Replicas) > 0 {
+			p, holder = q, q.Replicas[0].Node
+			break
+		}
+	}
+	if holder == "" {
+		t.Fatal("no orders partition is active on n3 with a replica")
+	}
+	if err := a.apply(GiveBackReplica{Node: p.Active, Type: "orders", Partition: p.Partition}); !errors.Is(err, ErrStale) {
+		t.Fatalf("the active giving back a replica it does not hold: %v, want ErrStale", err)
+	}
+	a.must(GiveBackReplica{Node: holder, Type: "orders", Partition: p.Partition, Reason: "disk"})
+	n, _ := a.f.Assignment().Node(holder)
+	q := avoidTestPartition(a, p.Partition)
+	if !q.Avoids(holder, n.Incarnation) || q.Version != p.Version+1 {
+		t.Fatalf("after the give-back: %+v; want %s avoided at version %d", q, holder, p.Version+1)
+	}
+	mid := a.f.Assignment()
+	a.must(GiveBackReplica{Node: holder, Type: "orders", Partition: p.Partition, Reason: "disk"})
+	giveBackTestSameExceptIndex(t, mid, a.f.Assignment(), "a repeated replica give-back")
+
+	// The assignor moves the replica off the node (three nodes: another can take it).
+	assignTestSettle(t, a, DefaultAssignorConfig())
+	q = avoidTestPartition(a, p.Partition)
+	if slices.ContainsFunc(q.Replicas, func(r Replica) bool { return r.Node == holder }) || q.Active == holder || len(q.Replicas) == 0 {
+		t.Fatalf("after planning: %s active %s, replicas %+v, avoid %v; want a replica on a node other than %s", q, q.Active, q.Replicas, q.Avoid, holder)
+	}
+}
+
+// A replica warm-up towards a node that then gives its replica back is
+// cancelled: the replica it was to replace stays, and the warm-up no
+// longer holds a move budget.
+func TestPlanCancelsReplicaWarmUpToAGivenBackNode(t *testing.T) {
+	a := giveBackTestOne(t, []string{"n1", "n2", "n3"}, 1)
+	p, _ := a.f.Assignment().Partition("orders", 0)
+	old := p.Replicas[0].Node
+	to := "n2"
+	if old == "n2" {
+		to = "n3"
+	}
+	a.must(Assign{Changes: []Change{{Type: "orders", Partition: 0, ExpectEpoch: p.Epoch, ExpectVersion: p.Version,
+		Active: p.Active, Epoch: p.Epoch, ActiveIncarnation: p.ActiveIncarnation,
+		Replicas: []ReplicaPlacement{{Node: old}, {Node: to, Replaces: old}}, Reason: "test: warm up " + to}}})
+	a.must(GiveBackReplica{Node: to, Type: "orders", Partition: 0, Reason: "disk"})
+	giveBackTestPlan(t, a)
+	q, _ := a.f.Assignment().Partition("orders", 0)
+	if len(q.Replicas) != 1 || q.Replicas[0].Node != old || q.Replicas[0].Replaces != "" || q.MovesInProgress() != 0 {
+		t.Fatalf("after planning: replicas %+v, %d moves in progress; want only %s, no move", q.Replicas, q.MovesInProgress(), old)
+	}
+}

@@ -312,6 +312,26 @@ func (c *Cluster) GiveBack(ctx context.Context, g GiveBack) error {
 	return nil
 }
 
+// GiveBackReplica tells the assignor that this node cannot keep its hot
+// replica of a partition (GiveBackReplica; g.Node empty or this node's id):
+// the partition avoids this node until it restarts, and the assignor moves
+// the replica elsewhere (and cancels a move here). A give-back of a replica
+// this node does not hold fails with ErrStale when this node leads (a
+// forwarded one with the leader's error text) and changes nothing.
+func (c *Cluster) GiveBackReplica(ctx context.Context, g GiveBackReplica) error {
+	if g.Node == "" {
+		g.Node = c.cfg.NodeID
+	}
+	if g.Node != c.cfg.NodeID {
+		return fmt.Errorf("%w: %s cannot give back a replica for %s", ErrInvalidCommand, c.cfg.NodeID, g.Node)
+	}
+	if err := c.applyOrForward(ctx, g); err != nil {
+		return fmt.Errorf("cluster: give back the replica of %s/%d: %w", g.Type, g.Partition, err)
+	}
+	c.log.Info("replica given back", "give_back", g.String())
+	return nil
+}
+
 // applyOrForward applies cmd when this node leads, else forwards it to the
 // leader through Config.Forward (ErrNotLeader when no leader is known or no
 // Forward is set).
@@ -341,7 +361,7 @@ func (c *Cluster) ApplyForwarded(b []byte) error {
 		return err
 	}
 	switch cmd.(type) {
-	case ReportLag, GiveBack:
+	case ReportLag, GiveBack, GiveBackReplica:
 	default:
 		return fmt.Errorf("cluster: forwarded %T refused: only lag reports and give-backs are forwarded", cmd)
 	}

@@ -130,6 +130,8 @@ func (f *FSM) apply(index uint64, data []byte) (bool, error) {
 		return f.reportLag(c), nil
 	case GiveBack:
 		return f.giveBack(c)
+	case GiveBackReplica:
+		return f.giveBackReplica(c)
 	}
 	return false, fmt.Errorf("%w: %T", ErrMalformedCommand, cmd)
 }
@@ -399,6 +401,37 @@ func (f *FSM) giveBack(c GiveBack) (bool, error) {
 		// Not there yet: an entry always names its node's current incarnation.
 		j, _ := p.avoidIndex(c.Node)
 		p.Avoid = slices.Insert(p.Avoid, j, AvoidNode{Node: c.Node, Incarnation: inc})
+	}
+	p.Version++
+	return true, nil
+}
+
+// giveBackReplica records the giving node's current process among the
+// partition's avoided nodes, if the node holds a replica of it or is its
+// move target; otherwise the give-back is stale.
+func (f *FSM) giveBackReplica(c GiveBackReplica) (bool, error) {
+	ti, ok := f.m.typeIndex(c.Type)
+	if !ok {
+		return false, fmt.Errorf("%w: give back a replica of %s/%d: actor type not registered", ErrInvalidCommand, c.Type, c.Partition)
+	}
+	ps := f.m.Types[ti].Partitions
+	if c.Partition >= len(ps) {
+		return false, fmt.Errorf("%w: give back a replica of %s/%d: no such partition", ErrInvalidCommand, c.Type, c.Partition)
+	}
+	p := &ps[c.Partition]
+	held := p.MovingTo == c.Node || slices.ContainsFunc(p.Replicas, func(r Replica) bool { return r.Node == c.Node })
+	n, known := f.m.Node(c.Node)
+	if !held || !known {
+		return false, fmt.Errorf("%w: %s gives back its replica of %s, which it does not hold", ErrStale, c.Node, p)
+	}
+	if p.Avoids(c.Node, n.Incarnation) {
+		return false, nil // repeated
+	}
+	j, found := p.avoidIndex(c.Node)
+	if found {
+		p.Avoid[j].Incarnation = n.Incarnation // an older process of the node was avoided
+	} else {
+		p.Avoid = slices.Insert(p.Avoid, j, AvoidNode{Node: c.Node, Incarnation: n.Incarnation})
 	}
 	p.Version++
 	return true, nil

@@ -29,6 +29,9 @@ const (
 	CommandReportLag
 	// CommandGiveBack records that a partition's active owner gave it back (GiveBack).
 	CommandGiveBack
+	// CommandGiveBackReplica records that a node gave back its hot replica
+	// of a partition (GiveBackReplica).
+	CommandGiveBackReplica
 )
 
 func (t CommandType) String() string {
@@ -49,6 +52,8 @@ func (t CommandType) String() string {
 		return "ReportLag"
 	case CommandGiveBack:
 		return "GiveBack"
+	case CommandGiveBackReplica:
+		return "GiveBackReplica"
 	}
 	return "CommandType(" + strconv.Itoa(int(t)) + ")"
 }
@@ -183,6 +188,32 @@ func (g GiveBack) String() string {
 	return s
 }
 
+// GiveBackReplica records that a node cannot keep its hot replica of a
+// partition (a warm-up replica included): it keeps failing there while NATS
+// answers, a fault of the node's own. It applies only while Node holds a
+// replica of the partition or is its move target (else ErrStale, changing
+// nothing). Applied, it records the node's current process in the
+// partition's PartitionAssignment.Avoid, once, and bumps its Version: the
+// assignor then cancels a move to the node and moves the replica to a node
+// the partition does not avoid (see Plan), until the node restarts.
+type GiveBackReplica struct {
+	// Node is the node giving its replica back.
+	Node      string `msgpack:"n"`
+	Type      string `msgpack:"ty"`
+	Partition int    `msgpack:"p"`
+	// Reason says why, for the logs: "failing for 1m0s with NATS connected: ...".
+	Reason string `msgpack:"why,omitempty"`
+}
+
+// String describes the give-back for logs.
+func (g GiveBackReplica) String() string {
+	s := fmt.Sprintf("%s gives back its replica of %s/%d (avoid %s until it restarts)", g.Node, g.Type, g.Partition, g.Node)
+	if g.Reason != "" {
+		s += ": " + g.Reason
+	}
+	return s
+}
+
 func (RegisterType) commandType() CommandType { return CommandRegisterType }
 func (NodeUp) commandType() CommandType       { return CommandNodeUp }
 func (NodeDown) commandType() CommandType     { return CommandNodeDown }
@@ -191,6 +222,9 @@ func (ForgetNode) commandType() CommandType   { return CommandForgetNode }
 func (Assign) commandType() CommandType       { return CommandAssign }
 func (ReportLag) commandType() CommandType    { return CommandReportLag }
 func (GiveBack) commandType() CommandType     { return CommandGiveBack }
+func (GiveBackReplica) commandType() CommandType {
+	return CommandGiveBackReplica
+}
 
 func (c RegisterType) validate() error {
 	switch {
@@ -229,6 +263,19 @@ func (c ReportLag) validate() error {
 	}
 	if c.At.IsZero() {
 		return fmt.Errorf("%w: report lag from %s: no time", ErrInvalidCommand, c.Node)
+	}
+	return nil
+}
+
+func (c GiveBackReplica) validate() error {
+	if err := checkNodeID("give back a replica", c.Node); err != nil {
+		return err
+	}
+	switch {
+	case c.Type == "":
+		return fmt.Errorf("%w: give back a replica from %s: no actor type", ErrInvalidCommand, c.Node)
+	case c.Partition < 0:
+		return fmt.Errorf("%w: give back a replica from %s: partition %d", ErrInvalidCommand, c.Node, c.Partition)
 	}
 	return nil
 }
@@ -288,6 +335,8 @@ func DecodeCommand(b []byte) (Command, error) {
 		cmd, err = decodeAs[ReportLag](b[1:])
 	case CommandGiveBack:
 		cmd, err = decodeAs[GiveBack](b[1:])
+	case CommandGiveBackReplica:
+		cmd, err = decodeAs[GiveBackReplica](b[1:])
 	default:
 		return nil, fmt.Errorf("%w: unknown command type %d", ErrMalformedCommand, b[0])
 	}

@@ -127,6 +127,9 @@ type Hooks struct {
 	// and read back through, instead of Config.Conn: tests wrap the real one
 	// to lose acknowledgements or hold batches back.
 	Conn changelog.Conn
+	// ReplicaStarting runs when a hot replica starts; an error fails the
+	// start, as a broken disk would.
+	ReplicaStarting func() error
 }
 
 // DefaultConfig returns a config with the tuning defaults; the caller fills in

@@ -64,6 +64,9 @@ func (r *Replica) Get(ctx context.Context, store string, key []byte) ([]byte, La
 type Replica struct {
 	ref *actor.Ref
 	lag atomic.Pointer[Lag]
+	// failing is the replica's current series of failures, nil while it
+	// applies the changelog.
+	failing atomic.Pointer[replicaFailure]
 	// applied gets a signal (dropped when one is pending) each time the
 	// replica publishes its lag, for Handoff to wait on.
 	applied chan struct{}
@@ -89,9 +92,17 @@ func StartReplica(sys *actor.System, cfg Config, sup actor.SupervisorConfig) (*R
 		Supervisor:  sup,
 		Logger:      log,
 		OnRestart:   func(error) { m.restarts.Inc() },
+		OnFailure: func(err error, _ actor.Directive) {
+			f := replicaFailure{since: time.Now(), err: err.Error()}
+			if old := r.failing.Load(); old != nil {
+				f.since = old.since
+			}
+			r.failing.Store(&f)
+		},
 		New: func() actor.Receiver {
 			c := cfg
-			return &replicaActor{cfg: &c, lag: &r.lag, applied: r.applied, log: log, m: m, subjects: changelog.NewSubjects(cfg.Type, cfg.Partition)}
+			return &replicaActor{cfg: &c, lag: &r.lag, failing: &r.failing, applied: r.applied, log: log, m: m,
+				subjects: changelog.NewSubjects(cfg.Type, cfg.Partition)}
 		},
 	})
 	if err != nil {
@@ -99,6 +110,23 @@ func StartReplica(sys *actor.System, cfg Config, sup actor.SupervisorConfig) (*R
 	}
 	r.ref = ref
 	return r, nil
+}
+
+// replicaFailure is a series of failures of a hot replica.
+type replicaFailure struct {
+	since time.Time // the first failure of the series
+	err   string    // the last
+}
+
+// Failing reports whether the replica is failing (restarting after errors
+// without applying the changelog in between), since when, and the last
+// error.
+func (r *Replica) Failing() (since time.Time, err string, failing bool) {
+	f := r.failing.Load()
+	if f == nil {
+		return time.Time{}, "", false
+	}
+	return f.since, f.err, true
 }
 
 // Lag returns the replica's lag as last measured.
@@ -174,6 +202,7 @@ type tailFailed struct{ err error }
 type replicaActor struct {
 	cfg      *Config
 	lag      *atomic.Pointer[Lag]
+	failing  *atomic.Pointer[replicaFailure]
 	applied  chan struct{}
 	log      *slog.Logger
 	m        *partitionMetrics
@@ -191,6 +220,11 @@ type replicaActor struct {
 // starts the tail.
 func (r *replicaActor) Started(c *actor.Context) error {
 	ctx := c.Context()
+	if h := r.cfg.Hooks.ReplicaStarting; h != nil {
+		if err := h(); err != nil {
+			return err
+		}
+	}
 	st, err := openStore(r.cfg)
 	if err != nil {
 		return err
@@ -512,6 +546,7 @@ func (r *replicaActor) tail(ctx context.Context, it jetstream.MessagesContext, m
 
 func (r *replicaActor) publish(l Lag) {
 	r.lag.Store(&l)
+	r.failing.Store(nil) // it applies the changelog: a failure series is over
 	select {
 	case r.applied <- struct{}{}:
 	default:
