@@ -68,6 +68,26 @@ func Open(ctx context.Context, js jetstream.JetStream, typ string, cfg Config) (
 	return &Store{typ: typ, obs: obs, cfg: cfg, log: log}, nil
 }
 
+// Lookup returns the existing bucket of actor type typ, or ErrNoSnapshot
+// when there is none: a restore that finds no bucket creates none.
+func Lookup(ctx context.Context, js jetstream.JetStream, typ string, cfg Config) (*Store, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	obs, err := js.ObjectStore(ctx, Bucket(typ))
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, fmt.Errorf("%w: no bucket %s", ErrNoSnapshot, Bucket(typ))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("snapshot: look up bucket %s: %w", Bucket(typ), err)
+	}
+	return &Store{typ: typ, obs: obs, cfg: cfg, log: log}, nil
+}
+
 // UploadStats says what an upload did.
 type UploadStats struct {
 	// Files and Bytes are the checkpoint's; Uploaded and UploadedBytes what
