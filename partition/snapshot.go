@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -83,6 +85,7 @@ func (a *partitionActor) snapshotsOn() bool {
 // startSnapshots arms the snapshot schedule once the actor runs: counting
 // from the changelog sequence it restored to.
 func (a *partitionActor) startSnapshots() {
+	a.removeCheckpoints()
 	if !a.snapshotsOn() {
 		return
 	}
@@ -144,6 +147,24 @@ func (a *partitionActor) maybeSnapshot() {
 // seq is written: beside the store, on its file system (hard links).
 func (a *partitionActor) checkpointDir(seq uint64) string {
 	return a.cfg.StoreDir + ".snapshot-" + strconv.FormatUint(seq, 10)
+}
+
+// removeCheckpoints deletes the checkpoints a crash left beside the store
+// (uploads that never finished); the incarnation before this one waited
+// for its upload in Stopped.
+func (a *partitionActor) removeCheckpoints() {
+	dir, base := filepath.Split(a.cfg.StoreDir)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), base+".snapshot-") {
+			if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+				a.log.Warn("remove a leftover checkpoint", "err", err)
+			}
+		}
+	}
 }
 
 // takeSnapshot checkpoints the store and starts its upload.

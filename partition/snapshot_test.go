@@ -138,11 +138,18 @@ func TestRestoreFromSnapshotAndTail(t *testing.T) {
 	if err := os.RemoveAll(cfg.StoreDir); err != nil {
 		t.Fatal(err)
 	}
+	leftover := cfg.StoreDir + ".snapshot-3" // a checkpoint a crash left
+	if err := os.MkdirAll(leftover, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	reg := prometheus.NewRegistry()
 	cfg.Metrics = NewMetrics(reg)
 	c := h.start(cfg)
 	h.waitRunning(c)
 	h.checkCounts(c, model)
+	if _, err := os.Stat(leftover); !os.IsNotExist(err) {
+		t.Fatalf("a leftover checkpoint is still there: %v", err)
+	}
 	if got := restoresBy(t, reg, restoreSnapshot); got != 1 {
 		t.Fatalf("restores from a snapshot = %v, want 1", got)
 	}
