@@ -233,7 +233,7 @@ func (a *partitionActor) upload(ctx context.Context, dir string, m snapshot.Mani
 	}
 	a.m.snapshots.Inc()
 	a.m.snapshotBytes.Add(float64(st.UploadedBytes))
-	if _, err := b.Prune(ctx, a.cfg.Partition); err != nil && ctx.Err() == nil {
+	if _, err := b.Prune(ctx, m.Partition, m.ChangelogID); err != nil && ctx.Err() == nil {
 		a.log.Warn("prune snapshots", "err", err)
 	}
 	return SnapshotStatus{ChangelogSeq: m.ChangelogSeq, Offset: m.Offset, Created: m.Created,
@@ -312,7 +312,7 @@ func (a *partitionActor) restoreSnapshot(ctx context.Context) (bool, error) {
 	if err := os.RemoveAll(dl); err != nil {
 		return false, err
 	}
-	d, err := b.Download(ctx, a.cfg.Partition, dl, accept)
+	d, err := b.Download(ctx, a.cfg.Partition, a.changelogID, dl, accept)
 	if errors.Is(err, snapshot.ErrNoSnapshot) {
 		if len(d.Skipped) > 0 {
 			a.log.Warn("no usable snapshot; restoring from the whole changelog", "err", err)

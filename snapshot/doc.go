@@ -6,8 +6,13 @@
 // A snapshot is a pebble checkpoint directory (statestore.Pebble.Checkpoint)
 // uploaded to the bucket of its actor type, EDDY_SNAP_<type>:
 //
-//	files/<partition>/<sha256>                     one object per file, named by its content
-//	manifests/<partition>/<changelog seq>-<nanos>  one JSON Manifest per snapshot
+//	files/<partition>/<sha256>                                 one object per file, named by its content
+//	manifests/<partition>/<changelog id>/<changelog seq>-<nanos>  one JSON Manifest per snapshot
+//
+// A snapshot belongs to one changelog stream (its identity, the stream's
+// creation time): a stream deleted and created again restarts its
+// sequences, so its snapshots are told apart, never restored for the new
+// one, and pruned once the new one has its own.
 //
 // Uploads are incremental: a checkpoint's table files are immutable, so a file
 // whose sha256 the partition's prefix holds already is not uploaded again. The

@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -62,14 +63,50 @@ func filePrefix(p int) string             { return filesPrefix + strconv.Itoa(p)
 func fileObject(p int, sum string) string { return filePrefix(p) + sum }
 func manifestPrefix(p int) string         { return manifestsPrefix + strconv.Itoa(p) + "/" }
 
-// manifestObject names a manifest so that names sort by changelog sequence,
-// then creation time: the newest snapshot has the greatest name.
-func manifestObject(p int, seq uint64, created time.Time) string {
-	return fmt.Sprintf("%s%020d-%020d", manifestPrefix(p), seq, created.UnixNano())
+// manifestObject names a manifest by its changelog identity (hex), then
+// changelog sequence and creation time, so that the manifests of one
+// changelog sort by sequence.
+func manifestObject(p int, changelogID []byte, seq uint64, created time.Time) string {
+	return fmt.Sprintf("%s%s/%020d-%020d", manifestPrefix(p), lineage(changelogID), seq, created.UnixNano())
 }
 
-// isManifestOf says whether name is a manifest of partition p.
-func isManifestOf(name string, p int) bool { return strings.HasPrefix(name, manifestPrefix(p)) }
+// lineage is the name token of a changelog identity.
+func lineage(changelogID []byte) string {
+	if len(changelogID) == 0 {
+		return "none"
+	}
+	return hex.EncodeToString(changelogID)
+}
+
+// manifestRef is what a manifest's object name says of it.
+type manifestRef struct {
+	name    string
+	lineage string
+	seq     uint64
+	created int64 // Unix nanoseconds
+}
+
+// parseManifestName reads a manifest object name of partition p.
+func parseManifestName(name string, p int) (manifestRef, bool) {
+	rest, ok := strings.CutPrefix(name, manifestPrefix(p))
+	if !ok {
+		return manifestRef{}, false
+	}
+	lin, rest, ok := strings.Cut(rest, "/")
+	if !ok {
+		return manifestRef{}, false
+	}
+	seqs, nanos, ok := strings.Cut(rest, "-")
+	if !ok {
+		return manifestRef{}, false
+	}
+	seq, err1 := strconv.ParseUint(seqs, 10, 64)
+	created, err2 := strconv.ParseInt(nanos, 10, 64)
+	if err1 != nil || err2 != nil {
+		return manifestRef{}, false
+	}
+	return manifestRef{name: name, lineage: lin, seq: seq, created: created}, true
+}
 
 func encodeManifest(m *Manifest) ([]byte, error) { return json.Marshal(m) }
 

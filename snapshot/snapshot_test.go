@@ -18,6 +18,9 @@ import (
 	"github.com/eddyrt/eddy/statestore"
 )
 
+// cl1 is the changelog identity of the snapshots env.upload makes.
+var cl1 = []byte("cl-1")
+
 // env is a snapshot bucket on a real embedded NATS server.
 type env struct {
 	t   *testing.T
@@ -53,7 +56,7 @@ func writeDir(t *testing.T, files map[string]string) string {
 
 func (e *env) upload(dir string, p int, seq uint64) (Manifest, UploadStats) {
 	e.t.Helper()
-	m, st, err := e.s.Upload(e.ctx, dir, Manifest{Partition: p, ChangelogSeq: seq, ChangelogID: []byte("cl-1"), Offset: seq / 2, Epoch: 1})
+	m, st, err := e.s.Upload(e.ctx, dir, Manifest{Partition: p, ChangelogSeq: seq, ChangelogID: cl1, Offset: seq / 2, Epoch: 1})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -119,7 +122,7 @@ func TestSecondSnapshotUploadsOnlyNewFiles(t *testing.T) {
 		t.Fatalf("manifest %+v", got)
 	}
 	dir := filepath.Join(t.TempDir(), "restored")
-	d, err := e.s.Download(e.ctx, 0, dir, nil)
+	d, err := e.s.Download(e.ctx, 0, cl1, dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +170,7 @@ func TestPebbleCheckpointRoundTrip(t *testing.T) {
 	e.upload(cp, 3, 5001)
 
 	dl := filepath.Join(t.TempDir(), "dl")
-	if _, err := e.s.Download(e.ctx, 3, dl, nil); err != nil {
+	if _, err := e.s.Download(e.ctx, 3, cl1, dl, nil); err != nil {
 		t.Fatal(err)
 	}
 	dir := filepath.Join(t.TempDir(), "stores", "3")
@@ -205,7 +208,7 @@ func TestFailedUploadLeavesNoManifestAndPruneRemovesItsFiles(t *testing.T) {
 	ctx, cancel := context.WithCancel(e.ctx)
 	afterFile = cancel
 	t.Cleanup(func() { afterFile = nil })
-	_, st, err := e.s.Upload(ctx, writeDir(t, map[string]string{"a": "kept", "b": "orphan 1", "c": "orphan 2", "d": "orphan 3"}), Manifest{Partition: 0, ChangelogSeq: 9})
+	_, st, err := e.s.Upload(ctx, writeDir(t, map[string]string{"a": "kept", "b": "orphan 1", "c": "orphan 2", "d": "orphan 3"}), Manifest{Partition: 0, ChangelogSeq: 9, ChangelogID: cl1})
 	afterFile = nil
 	if err == nil {
 		t.Fatal("upload with a cancelled context succeeded")
@@ -225,11 +228,11 @@ func TestFailedUploadLeavesNoManifestAndPruneRemovesItsFiles(t *testing.T) {
 	}
 
 	// Within the grace period the orphan may be an upload under way: kept.
-	if st, err := e.s.Prune(e.ctx, 0); err != nil || st.Files != 0 {
+	if st, err := e.s.Prune(e.ctx, 0, cl1); err != nil || st.Files != 0 {
 		t.Fatalf("prune within the grace period: %+v, %v", st, err)
 	}
 	e.s.cfg.GCGrace = 0
-	st2, err := e.s.Prune(e.ctx, 0)
+	st2, err := e.s.Prune(e.ctx, 0, cl1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,7 +242,7 @@ func TestFailedUploadLeavesNoManifestAndPruneRemovesItsFiles(t *testing.T) {
 	if got := len(e.fileObjects(0)); got != 2 {
 		t.Fatalf("%d files after prune, want the kept snapshot's 2", got)
 	}
-	if _, err := e.s.Download(e.ctx, 0, filepath.Join(t.TempDir(), "r"), nil); err != nil {
+	if _, err := e.s.Download(e.ctx, 0, cl1, filepath.Join(t.TempDir(), "r"), nil); err != nil {
 		t.Fatalf("the kept snapshot after prune: %v", err)
 	}
 }
@@ -264,7 +267,7 @@ func TestDownloadFallsBackToThePreviousSnapshot(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := filepath.Join(t.TempDir(), "r")
-	d, err := e.s.Download(e.ctx, 1, dir, nil)
+	d, err := e.s.Download(e.ctx, 1, cl1, dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -279,7 +282,7 @@ func TestDownloadFallsBackToThePreviousSnapshot(t *testing.T) {
 	if err := e.s.obs.Delete(e.ctx, fileObject(1, t2.SHA256)); err != nil {
 		t.Fatal(err)
 	}
-	d, err = e.s.Download(e.ctx, 1, filepath.Join(t.TempDir(), "r2"), nil)
+	d, err = e.s.Download(e.ctx, 1, cl1, filepath.Join(t.TempDir(), "r2"), nil)
 	if err != nil || d.Manifest.Name != old.Name {
 		t.Fatalf("with a missing file: downloaded %s, %v", d.Manifest.Name, err)
 	}
@@ -287,7 +290,7 @@ func TestDownloadFallsBackToThePreviousSnapshot(t *testing.T) {
 	// Not accepted (another changelog's), then nothing left.
 	errOther := errors.New("another changelog")
 	dir3 := filepath.Join(t.TempDir(), "r3")
-	_, err = e.s.Download(e.ctx, 1, dir3, func(m Manifest) error {
+	_, err = e.s.Download(e.ctx, 1, cl1, dir3, func(m Manifest) error {
 		if m.Name == old.Name {
 			return errOther
 		}
@@ -299,7 +302,7 @@ func TestDownloadFallsBackToThePreviousSnapshot(t *testing.T) {
 	if _, err := os.Stat(dir3); !os.IsNotExist(err) {
 		t.Fatalf("a failed download left its directory: %v", err)
 	}
-	if _, err := e.s.Download(e.ctx, 7, filepath.Join(t.TempDir(), "r4"), nil); !errors.Is(err, ErrNoSnapshot) {
+	if _, err := e.s.Download(e.ctx, 7, cl1, filepath.Join(t.TempDir(), "r4"), nil); !errors.Is(err, ErrNoSnapshot) {
 		t.Fatalf("partition without snapshots: %v", err)
 	}
 }
@@ -319,7 +322,7 @@ func TestPruneKeepsTheNewestManifests(t *testing.T) {
 	if got := len(e.fileObjects(0)); got != 5 {
 		t.Fatalf("%d files before prune, want 5", got)
 	}
-	st, err := e.s.Prune(e.ctx, 0)
+	st, err := e.s.Prune(e.ctx, 0, cl1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -337,7 +340,7 @@ func TestPruneKeepsTheNewestManifests(t *testing.T) {
 		t.Fatalf("%d files after prune, want 3 (shared, t2, t3)", got)
 	}
 	for _, m := range left {
-		if _, err := e.s.Download(e.ctx, 0, filepath.Join(t.TempDir(), "r"), func(x Manifest) error {
+		if _, err := e.s.Download(e.ctx, 0, cl1, filepath.Join(t.TempDir(), "r"), func(x Manifest) error {
 			if x.Name != m.Name {
 				return errors.New("not this one")
 			}
@@ -348,6 +351,45 @@ func TestPruneKeepsTheNewestManifests(t *testing.T) {
 	}
 	if o, err := e.s.Manifests(e.ctx, 1); err != nil || len(o) != 1 || o[0].Name != other.Name || len(e.fileObjects(1)) != 2 {
 		t.Fatalf("partition 1 was touched: %v %v", o, err)
+	}
+}
+
+// Snapshots of an earlier changelog of the same name (deleted and created
+// again, so its sequences restart) are never downloaded for the new one,
+// however high their sequence, and Prune deletes them once the new
+// changelog has a newer snapshot.
+func TestSnapshotsOfAnotherChangelog(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.GCGrace = 0
+	e := newEnv(t, cfg)
+	old := []byte("cl-old")
+	up := func(id []byte, seq uint64, content string) Manifest {
+		m, _, err := e.s.Upload(e.ctx, writeDir(t, map[string]string{"f": content}), Manifest{Partition: 0, ChangelogSeq: seq, ChangelogID: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	up(old, 5000, "old")
+	if _, err := e.s.Download(e.ctx, 0, cl1, filepath.Join(t.TempDir(), "r"), nil); !errors.Is(err, ErrNoSnapshot) {
+		t.Fatalf("download for a changelog without snapshots: %v", err)
+	}
+	up(cl1, 10, "new 10")
+	want := up(cl1, 20, "new 20")
+	d, err := e.s.Download(e.ctx, 0, cl1, filepath.Join(t.TempDir(), "r2"), nil)
+	if err != nil || d.Manifest.Name != want.Name {
+		t.Fatalf("downloaded %s, %v; want %s", d.Manifest.Name, err, want.Name)
+	}
+	st, err := e.s.Prune(e.ctx, 0, cl1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Manifests != 1 || st.Files != 1 {
+		t.Fatalf("prune %+v, want the old changelog's manifest and file removed", st)
+	}
+	ms, err := e.s.Manifests(e.ctx, 0)
+	if err != nil || len(ms) != 2 || ms[0].Name != want.Name {
+		t.Fatalf("manifests %v, %v", ms, err)
 	}
 }
 

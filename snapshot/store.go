@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -143,7 +144,7 @@ func (s *Store) Upload(ctx context.Context, dir string, m Manifest) (Manifest, U
 		}
 	}
 	m.Created = time.Now().UTC()
-	m.Name = manifestObject(m.Partition, m.ChangelogSeq, m.Created)
+	m.Name = manifestObject(m.Partition, m.ChangelogID, m.ChangelogSeq, m.Created)
 	data, err := encodeManifest(&m)
 	if err != nil {
 		return m, st, err
@@ -199,32 +200,52 @@ func (s *Store) objects(ctx context.Context, prefix string) (map[string]*jetstre
 	return out, nil
 }
 
-// manifestNames returns the names of partition p's manifests, newest first.
-func (s *Store) manifestNames(ctx context.Context, p int) ([]string, error) {
+// manifestRefs returns partition p's manifests, newest first (by creation
+// time, then sequence).
+func (s *Store) manifestRefs(ctx context.Context, p int) ([]manifestRef, error) {
 	objs, err := s.objects(ctx, manifestPrefix(p))
 	if err != nil {
 		return nil, err
 	}
-	names := make([]string, 0, len(objs))
+	refs := make([]manifestRef, 0, len(objs))
 	for name := range objs {
-		if isManifestOf(name, p) {
-			names = append(names, name)
+		if r, ok := parseManifestName(name, p); ok {
+			refs = append(refs, r)
 		}
 	}
-	slices.Sort(names)
-	slices.Reverse(names)
-	return names, nil
+	slices.SortFunc(refs, func(a, b manifestRef) int {
+		if c := cmp.Compare(b.created, a.created); c != 0 {
+			return c
+		}
+		return cmp.Compare(b.seq, a.seq)
+	})
+	return refs, nil
 }
 
-// Manifests returns the manifests of partition p, newest first.
+// ofChangelog returns the refs of the changelog changelogID, newest (by
+// sequence) first.
+func ofChangelog(refs []manifestRef, changelogID []byte) []manifestRef {
+	lin := lineage(changelogID)
+	var out []manifestRef
+	for _, r := range refs {
+		if r.lineage == lin {
+			out = append(out, r)
+		}
+	}
+	slices.SortStableFunc(out, func(a, b manifestRef) int { return cmp.Compare(b.seq, a.seq) })
+	return out
+}
+
+// Manifests returns the manifests of partition p, of every changelog,
+// newest (by creation time) first.
 func (s *Store) Manifests(ctx context.Context, p int) ([]Manifest, error) {
-	names, err := s.manifestNames(ctx, p)
+	refs, err := s.manifestRefs(ctx, p)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]Manifest, 0, len(names))
-	for _, name := range names {
-		m, err := s.readManifest(ctx, name)
+	out := make([]Manifest, 0, len(refs))
+	for _, r := range refs {
+		m, err := s.readManifest(ctx, r.name)
 		if err != nil {
 			return nil, err
 		}
@@ -250,23 +271,26 @@ type Downloaded struct {
 	Skipped []error
 }
 
-// Download restores partition p's newest snapshot that accept accepts
+// Download restores partition p's newest snapshot of the changelog whose
+// identity is changelogID (by changelog sequence) that accept accepts
 // (nil: any) into dir, which must not exist: it fetches every file of the
 // manifest and verifies its size and sha256. When a file is missing or
 // corrupt (ErrCorrupt), or accept returns an error, it tries the previous
 // manifest, and so on; dir is removed before each next try. With none
 // left it returns ErrNoSnapshot (with the reasons) and no dir. Errors of
 // NATS itself (listing, or ctx ending) are returned as they are.
-func (s *Store) Download(ctx context.Context, p int, dir string, accept func(Manifest) error) (Downloaded, error) {
+func (s *Store) Download(ctx context.Context, p int, changelogID []byte, dir string, accept func(Manifest) error) (Downloaded, error) {
 	var d Downloaded
 	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
 		return d, fmt.Errorf("snapshot: download into %s: it exists", dir)
 	}
-	names, err := s.manifestNames(ctx, p)
+	refs, err := s.manifestRefs(ctx, p)
 	if err != nil {
 		return d, err
 	}
-	for _, name := range names {
+	refs = ofChangelog(refs, changelogID)
+	for _, r := range refs {
+		name := r.name
 		m, err := s.readManifest(ctx, name)
 		if err == nil && accept != nil {
 			err = accept(m)
@@ -287,7 +311,7 @@ func (s *Store) Download(ctx context.Context, p int, dir string, accept func(Man
 		d.Manifest = m
 		return d, nil
 	}
-	return d, fmt.Errorf("%w of %s partition %d (%d manifests): %w", ErrNoSnapshot, s.typ, p, len(names), errors.Join(d.Skipped...))
+	return d, fmt.Errorf("%w of %s partition %d (%d manifests of its changelog): %w", ErrNoSnapshot, s.typ, p, len(refs), errors.Join(d.Skipped...))
 }
 
 // fetch downloads m's files into dir, verifying each.
@@ -349,26 +373,40 @@ type PruneStats struct {
 	Bytes            int64
 }
 
-// Prune keeps the newest Config.Keep manifests of partition p and deletes
-// the older ones, then deletes the files of p that no kept manifest
+// Prune keeps the newest Config.Keep manifests of partition p of the
+// changelog whose identity is changelogID and deletes its older ones, and
+// the manifests of other changelogs (a stream of the same name deleted and
+// created again: they can never be restored) created before the newest
+// kept one. Then it deletes the files of p that no remaining manifest
 // references and that are older than Config.GCGrace (the leftovers of
-// failed uploads, and files only pruned manifests used).
-func (s *Store) Prune(ctx context.Context, p int) (PruneStats, error) {
+// failed uploads, and files only deleted manifests used).
+func (s *Store) Prune(ctx context.Context, p int, changelogID []byte) (PruneStats, error) {
 	var st PruneStats
-	names, err := s.manifestNames(ctx, p)
+	refs, err := s.manifestRefs(ctx, p)
 	if err != nil {
 		return st, err
 	}
-	keep := names[:min(len(names), s.cfg.Keep)]
-	for _, name := range names[len(keep):] {
-		if err := s.obs.Delete(ctx, name); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
-			return st, fmt.Errorf("snapshot: delete manifest %s: %w", name, err)
+	mine := ofChangelog(refs, changelogID)
+	keep := mine[:min(len(mine), s.cfg.Keep)]
+	drop := map[string]bool{}
+	for _, r := range mine[len(keep):] {
+		drop[r.name] = true
+	}
+	if len(keep) > 0 {
+		newest := slices.MaxFunc(keep, func(a, b manifestRef) int { return cmp.Compare(a.created, b.created) }).created
+		lin := lineage(changelogID)
+		for _, r := range refs {
+			if r.lineage != lin && r.created < newest {
+				drop[r.name] = true
+			}
 		}
-		st.Manifests++
 	}
 	used := make(map[string]bool)
-	for _, name := range keep {
-		m, err := s.readManifest(ctx, name)
+	for _, r := range refs {
+		if drop[r.name] {
+			continue
+		}
+		m, err := s.readManifest(ctx, r.name)
 		if err != nil {
 			// A manifest that cannot be read keeps nothing alive, but it
 			// must not make Prune delete what it may still reference.
@@ -377,6 +415,15 @@ func (s *Store) Prune(ctx context.Context, p int) (PruneStats, error) {
 		for _, f := range m.Files {
 			used[fileObject(p, f.SHA256)] = true
 		}
+	}
+	for _, r := range refs {
+		if !drop[r.name] {
+			continue
+		}
+		if err := s.obs.Delete(ctx, r.name); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+			return st, fmt.Errorf("snapshot: delete manifest %s: %w", r.name, err)
+		}
+		st.Manifests++
 	}
 	files, err := s.objects(ctx, filePrefix(p))
 	if err != nil {
