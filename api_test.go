@@ -159,34 +159,51 @@ func TestQueryOptions(t *testing.T) {
 }
 
 // The HTTP API names its JSON fields one way: lower case, words joined by
-// an underscore, in /v1/status as in /v1/state and /v1/cluster.
+// an underscore, in /v1/status as in /v1/state and /v1/cluster. A node that
+// takes snapshots (Config.SnapshotEvery) shows the newest in /v1/status.
 func TestHTTPFieldNamesAreLowerCase(t *testing.T) {
-	node, _, _ := startNode(t, apps.Bank(1))
+	cfg := eddy.DefaultConfig()
+	cfg.DataDir, cfg.EmbeddedNATSPort, cfg.HTTPAddr = t.TempDir(), -1, "127.0.0.1:0"
+	cfg.SnapshotEvery = 1
+	node := runNode(t, cfg, apps.Bank(1))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := node.Client().Ask(ctx, apps.BankType, "alice", apps.Op{Kind: "deposit", Amount: 1}, nil); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.Get("http://" + node.HTTPAddr() + "/v1/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var body struct {
-		Partitions []map[string]any `json:"partitions"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil || len(body.Partitions) != 1 {
-		t.Fatalf("/v1/status: %+v, %v", body, err)
-	}
-	p := body.Partitions[0]
-	for _, k := range []string{"type", "partition", "state", "epoch", "offset", "changelog_seq", "input_lag", "last_commit"} {
+	var p map[string]any
+	testkit.WaitFor(t, 10*time.Second, "a snapshot in /v1/status", func() bool {
+		resp, err := http.Get("http://" + node.HTTPAddr() + "/v1/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body struct {
+			Partitions []map[string]any `json:"partitions"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&body); err != nil || len(body.Partitions) != 1 {
+			t.Fatalf("/v1/status: %+v, %v", body, err)
+		}
+		p = body.Partitions[0]
+		_, ok := p["snapshot"]
+		return ok
+	})
+	for _, k := range []string{"type", "partition", "state", "epoch", "offset", "changelog_seq", "input_lag", "last_commit", "snapshot"} {
 		if _, ok := p[k]; !ok {
 			t.Errorf("/v1/status partition has no %q: %v", k, p)
 		}
 	}
-	for k := range p {
-		if k != strings.ToLower(k) {
-			t.Errorf("/v1/status field %q is not lower case", k)
+	snap, _ := p["snapshot"].(map[string]any)
+	for _, k := range []string{"changelog_seq", "offset", "created", "files", "bytes", "uploaded_bytes"} {
+		if _, ok := snap[k]; !ok {
+			t.Errorf("/v1/status snapshot has no %q: %v", k, snap)
+		}
+	}
+	for _, m := range []map[string]any{p, snap} {
+		for k := range m {
+			if k != strings.ToLower(k) {
+				t.Errorf("/v1/status field %q is not lower case", k)
+			}
 		}
 	}
 }

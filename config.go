@@ -64,6 +64,19 @@ type Config struct {
 	// DuplicateWindow is the deduplication window of the streams eddy creates;
 	// it must cover the longest outage after which an outbox is re-forwarded.
 	DuplicateWindow time.Duration
+	// SnapshotEvery makes each active partition snapshot its store to the
+	// JetStream Object Store (bucket EDDY_SNAP_<type>) once its changelog
+	// grew this many records past the last snapshot; 0: not by count. A node
+	// without a partition's store or hot replica then restores from the
+	// newest snapshot plus the changelog tail past it, instead of the whole
+	// changelog (docs/restore-paths.md).
+	SnapshotEvery uint64
+	// SnapshotInterval snapshots an active partition this long after its last
+	// snapshot if its changelog grew since; 0: not by time.
+	SnapshotInterval time.Duration
+	// SnapshotsKept is how many snapshots of each partition are kept, the
+	// newest; a restore falls back to an older one when the newest is damaged.
+	SnapshotsKept int
 
 	// GossipAddr, when set, makes the node a cluster member: the host:port
 	// its gossip (memberlist, UDP and TCP) binds. Empty runs a single node
@@ -132,9 +145,12 @@ func DefaultConfig() Config {
 		MaxEventSize:       p.MaxEventSize,
 		MaxBatchRecords:    p.MaxBatchRecords,
 		StoreSync:          p.StoreSync,
-		CacheSize:          256 << 20,        // hot keys of every partition stay in memory (~3x faster gets than 8 MiB)
-		StreamReplicas:     1,                // a single NATS server; use 3 on a NATS cluster
-		DuplicateWindow:    10 * time.Minute, // covers restarts and failovers by a wide margin
+		CacheSize:          256 << 20,          // hot keys of every partition stay in memory (~3x faster gets than 8 MiB)
+		StreamReplicas:     1,                  // a single NATS server; use 3 on a NATS cluster
+		DuplicateWindow:    10 * time.Minute,   // covers restarts and failovers by a wide margin
+		SnapshotEvery:      p.SnapshotEvery,    // off: restores replay the changelog unless set
+		SnapshotInterval:   p.SnapshotInterval, // off
+		SnapshotsKept:      p.Snapshot.Keep,    // the newest and one to fall back to
 		GossipProfile:      cl.GossipProfile,
 		MaxVoters:          cl.MaxVoters,
 		MaxLagForMove:      cl.Assignor.MaxLagForMove,
@@ -166,6 +182,10 @@ func (c *Config) Validate() error {
 		return bad("duplicate window %v: must cover a failover (at least 1m)", c.DuplicateWindow)
 	case c.CacheSize < 1<<20:
 		return bad("cache size %d: at least 1 MiB", c.CacheSize)
+	case c.SnapshotInterval < 0:
+		return bad("snapshot interval %v", c.SnapshotInterval)
+	case c.SnapshotsKept < 1:
+		return bad("snapshots kept %d: at least 1", c.SnapshotsKept)
 	}
 	if !c.clustered() {
 		if c.Bootstrap || c.BootstrapExpect > 0 || len(c.Join) > 0 {

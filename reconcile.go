@@ -591,6 +591,8 @@ func (n *Node) partitionConfig(t *ActorType, p int, epoch uint64) partition.Conf
 	c.DLQSubject = partition.DLQSubject(t.Name)
 	c.KnownStreams = append(slices.Clone(n.order), t.Outputs...)
 	c.Changelog.Replicas = n.cfg.StreamReplicas
+	c.SnapshotEvery, c.SnapshotInterval = n.cfg.SnapshotEvery, n.cfg.SnapshotInterval
+	c.Snapshot.Replicas, c.Snapshot.Keep = n.cfg.StreamReplicas, n.cfg.SnapshotsKept
 	c.Hooks = n.cfg.hooks
 	c.Logger = n.log
 	c.Metrics = n.metrics

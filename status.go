@@ -19,9 +19,13 @@ import (
 // PartitionStatus is the progress and health of one partition actor.
 type PartitionStatus = partition.Status
 
+// SnapshotStatus is the newest snapshot of a partition's store that its
+// actor uploaded or restored from (Config.SnapshotEvery).
+type SnapshotStatus = partition.SnapshotStatus
+
 // Status returns the progress of every partition actor on this node, by
 // type and partition: its state (and why, when it is not running), epoch,
-// committed offset and changelog sequence, input lag and last commit.
+// committed offset and changelog sequence, input lag, last commit and newest snapshot.
 func (n *Node) Status() ([]PartitionStatus, error) {
 	n.mu.Lock()
 	running, r := n.running, n.rec

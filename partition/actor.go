@@ -91,6 +91,9 @@ type Status struct {
 	LastCommit time.Time `json:"last_commit,omitzero"`
 	// Restarts counts supervised restarts after failures.
 	Restarts int `json:"restarts"`
+	// Snapshot is the newest snapshot this actor uploaded or restored
+	// from (nil: none yet; Config.SnapshotEvery, SnapshotInterval).
+	Snapshot *SnapshotStatus `json:"snapshot,omitempty"`
 }
 
 // statusBoard is a partition's Status: written on the actor's goroutine
@@ -236,6 +239,10 @@ type partitionActor struct {
 	// (Config.NoChangelog); commits go to the local store only, with rebuilt.
 	rebuilding bool
 	rebuilt    statestore.Meta
+
+	// restorePath is how the store was restored (restoreLocal, ...).
+	restorePath string
+	snap        snapshots
 }
 
 type reply struct {
@@ -292,17 +299,34 @@ func (a *partitionActor) Started(c *actor.Context) error {
 	a.lastPurge = ensured
 	// A promoted replica's store is as current as the replica was: fence at
 	// its sequence at once, and replay the tail only if that fails.
+	if err := a.chooseRestore(ctx, h != nil); err != nil {
+		return err
+	}
 	err := a.restoreAndFence(ctx, h != nil && a.cfg.Epoch != 0)
 	if errors.Is(err, errStoreAhead) {
 		// The changelog was reset (NATS's data was wiped), or lost records
 		// the store holds (a server crash lost acknowledged writes): the
-		// changelog is the truth, so the local store starts over from it.
+		// changelog is the truth, so the local store starts over from it
+		// (from a snapshot of this changelog, if there is one).
 		a.log.Warn("local store is ahead of the changelog; discarding it and restoring from the changelog", "err", err)
 		a.m.storeDiscards.Inc()
 		if err := a.reopenEmpty(); err != nil {
 			return err
 		}
+		tried := a.restorePath == restoreSnapshot
+		if err := a.chooseRestore(ctx, false); err != nil {
+			return err
+		}
 		err = a.restoreAndFence(ctx, false)
+		if errors.Is(err, errStoreAhead) && !tried && a.restorePath == restoreSnapshot {
+			a.log.Warn("the snapshot's store is ahead of the changelog; discarding it and restoring from the whole changelog", "err", err)
+			a.m.storeDiscards.Inc()
+			if err := a.reopenEmpty(); err != nil {
+				return err
+			}
+			a.restorePath = restoreChangelog
+			err = a.restoreAndFence(ctx, false)
+		}
 	}
 	if errors.Is(err, errAbandoned) {
 		a.abandoned = true // asked to stop while fencing: nothing to process
@@ -313,7 +337,9 @@ func (a *partitionActor) Started(c *actor.Context) error {
 	}
 	a.started = true
 	a.publishStatus(StateRunning)
-	a.log.Info("partition started", "epoch", a.epoch, "offset", a.offset,
+	a.m.restores(a.restorePath).Inc()
+	a.startSnapshots()
+	a.log.Info("partition started", "restore_path", a.restorePath, "epoch", a.epoch, "offset", a.offset,
 		"changelog_seq", a.writer.Last(), "took", time.Since(start).Round(time.Millisecond),
 		"open", opened.Sub(start).Round(time.Millisecond), "stream", ensured.Sub(opened).Round(time.Millisecond),
 		"restore_fence", time.Since(ensured).Round(time.Millisecond))
@@ -337,6 +363,37 @@ func (a *partitionActor) Started(c *actor.Context) error {
 	}
 	a.pendingOut = nil
 	return a.startReader(c)
+}
+
+// chooseRestore sets restorePath to the path the restore takes: a promoted
+// replica's store, the local store's tail, or, for a store without a
+// changelog position (new, lost, discarded), the newest usable snapshot,
+// which it installs in the store's place, else the whole changelog.
+func (a *partitionActor) chooseRestore(ctx context.Context, handoff bool) error {
+	if handoff {
+		a.restorePath = restoreReplica
+		return nil
+	}
+	meta, err := a.store.Meta()
+	if err != nil {
+		return err
+	}
+	switch {
+	case meta.ChangelogSeq > 0:
+		a.restorePath = restoreLocal
+	case a.cfg.NoChangelog:
+		a.restorePath = restoreChangelog // the meta records; restore says if it rebuilds
+	default:
+		a.restorePath = restoreChangelog
+		ok, err := a.restoreSnapshot(ctx)
+		if err != nil {
+			return fmt.Errorf("restore snapshot: %w", err)
+		}
+		if ok {
+			a.restorePath = restoreSnapshot
+		}
+	}
+	return nil
 }
 
 // errStoreAhead means the local store was built from another changelog than
@@ -591,6 +648,7 @@ func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 		return meta, err
 	}
 	if a.cfg.NoChangelog && last.Offset > meta.Offset {
+		a.restorePath = restoreInput
 		if err := a.rebuild(ctx, meta, last.Offset); err != nil {
 			return meta, err
 		}
@@ -688,6 +746,7 @@ func (a *partitionActor) Stopped(c *actor.Context) {
 		a.quiesce() // its last commit is in Status: the new owner need not wait for the store to close
 	}
 	a.stopReader()
+	a.stopSnapshots()
 	a.early.discard() // Started failed after fencing
 	if a.markTimer != nil {
 		a.markTimer.Stop()
@@ -744,6 +803,17 @@ func (a *partitionActor) receive(c *actor.Context, msg any) error {
 			return nil
 		}
 		return a.commit(c.Context())
+	case snapshotTick:
+		if m.from == a {
+			a.maybeSnapshot()
+			a.armSnapshotTimer() // ticks on while idle, or while an upload runs
+		}
+		return nil
+	case snapshotDone:
+		if m.from == a {
+			a.snapshotFinished(m)
+		}
+		return nil
 	case queryReq:
 		v, err := a.store.Get([]byte(storeKey(m.store, m.key)))
 		if err != nil {
@@ -1013,7 +1083,11 @@ func (a *partitionActor) commit(ctx context.Context) error {
 		}
 	}
 	a.replies = a.replies[:0]
-	return a.maybePurge(ctx)
+	if err := a.maybePurge(ctx); err != nil {
+		return err
+	}
+	a.maybeSnapshot()
+	return nil
 }
 
 // forward publishes outbox entries with their message ids and waits for every

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/eddyrt/eddy/changelog"
+	"github.com/eddyrt/eddy/snapshot"
 	"github.com/eddyrt/eddy/statestore"
 )
 
@@ -73,6 +74,22 @@ type Config struct {
 	// recent commits and, for a small store, restores from the whole changelog
 	// instead of the local store plus the tail.
 	StoreSync bool
+
+	// SnapshotEvery takes a snapshot of the store (a pebble checkpoint,
+	// uploaded to the type's JetStream Object Store bucket) once the
+	// changelog has grown this many records past the last one; 0: not by
+	// count. A node without the partition's store restores from the newest
+	// snapshot plus the changelog past it, instead of the whole changelog.
+	// Only the active owner snapshots, one upload at a time, in the
+	// background; types without a changelog never do.
+	SnapshotEvery uint64
+	// SnapshotInterval takes a snapshot this long after the last one if the
+	// changelog grew since; 0: not by time. With both 0 there are no
+	// snapshots (restores still use those other nodes took).
+	SnapshotInterval time.Duration
+	// Snapshot says how the snapshot bucket is created and pruned (its
+	// replicas, the snapshots kept per partition, the grace of unreferenced files).
+	Snapshot snapshot.Config
 
 	// BatchSize is the most events processed per batch: larger batches amortise
 	// the commit round trip.
@@ -149,6 +166,7 @@ func DefaultConfig() Config {
 		StoreCacheSize:  32 << 20,
 		StoreSync:       true, // one fsync per commit (~0.2 ms here) against a multi-ms changelog round trip
 		Changelog:       changelog.DefaultStreamConfig(),
+		Snapshot:        snapshot.DefaultConfig(), // snapshots off: SnapshotEvery and SnapshotInterval are 0
 	}
 }
 
@@ -185,6 +203,10 @@ func (c *Config) Validate() error {
 		return bad("max value/event size must be positive")
 	case c.CommitTimeout <= 0 || c.MarkDelay <= 0:
 		return bad("commit timeout and mark delay must be positive")
+	case c.SnapshotInterval < 0:
+		return bad("snapshot interval %v", c.SnapshotInterval)
+	case c.Snapshot.Validate() != nil:
+		return bad("snapshot: %v", c.Snapshot.Validate())
 	}
 	for _, s := range c.Stores {
 		if !changelog.ValidName(s) {

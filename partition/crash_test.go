@@ -22,6 +22,7 @@ import (
 	"github.com/eddyrt/eddy/actor"
 	"github.com/eddyrt/eddy/changelog"
 	"github.com/eddyrt/eddy/internal/natstest"
+	"github.com/eddyrt/eddy/snapshot"
 	"github.com/eddyrt/eddy/statestore"
 )
 
@@ -34,6 +35,7 @@ const (
 	envHook     = "EDDY_CRASH_HOOK"  // AfterChangelog, AfterLocal, MidForward, or empty: no crash
 	envAt       = "EDDY_CRASH_AT"    // crash on this call of the hook
 	envNoCL     = "EDDY_CRASH_NOCL"  // "1": the stores have no changelog (Config.NoChangelog)
+	envSnap     = "EDDY_CRASH_SNAP"  // "true": the actor takes snapshots (Config.SnapshotEvery)
 )
 
 // crashExit is the exit code of a child that crashed at its hook.
@@ -45,8 +47,9 @@ const crashOutputs = 2
 
 // TestCrashBetweenCommitSteps crashes a child process running a partition actor
 // at each step of a commit (os.Exit in a hook: no cleanup runs, as after a
-// SIGKILL), restarts it on the same local store or on none, and compares state
-// and outputs with a sequential run of the same input.
+// SIGKILL), restarts it on the same local store or on none (then from a
+// snapshot, when the child took snapshots and one finished before the crash),
+// and compares state and outputs with a sequential run of the same input.
 func TestCrashBetweenCommitSteps(t *testing.T) {
 	srv := natstest.Start(t)
 	_, js := srv.Connect(t)
@@ -61,21 +64,26 @@ func TestCrashBetweenCommitSteps(t *testing.T) {
 		if noChangelog {
 			hooks, prefix, typPrefix = hooks[:2], "NoChangelog/", "crash_nocl_"
 		}
+		modes := []string{"", "StoreLost", "StoreLostSnapshot"}
+		if noChangelog {
+			modes = modes[:2] // no snapshots without a changelog
+		}
 		for _, hook := range hooks {
-			for _, storeLost := range []bool{false, true} {
+			for _, mode := range modes {
 				name, typ := prefix+hook, typPrefix+strings.ToLower(hook)
-				if storeLost {
-					name, typ = name+"/StoreLost", typ+"_lost"
+				if mode != "" {
+					name, typ = name+"/"+mode, typ+"_"+strings.ToLower(mode)
 				}
+				storeLost, snapshots := mode != "", mode == "StoreLostSnapshot"
 				t.Run(name, func(t *testing.T) {
-					crashScenario(t, ctx, srv.URL(), js, typ, hook, storeLost, noChangelog)
+					crashScenario(t, ctx, srv.URL(), js, typ, hook, storeLost, noChangelog, snapshots)
 				})
 			}
 		}
 	}
 }
 
-func crashScenario(t *testing.T, ctx context.Context, url string, js jetstream.JetStream, typ, hook string, storeLost, noChangelog bool) {
+func crashScenario(t *testing.T, ctx context.Context, url string, js jetstream.JetStream, typ, hook string, storeLost, noChangelog, snapshots bool) {
 	const events, keys = 300, 10
 	opt := StreamOptions{Replicas: 1, Duplicates: 2 * time.Minute}
 	if err := EnsureInputStream(ctx, js, typ, 1, opt); err != nil {
@@ -112,7 +120,7 @@ func crashScenario(t *testing.T, ctx context.Context, url string, js jetstream.J
 		last = ack.Sequence
 	}
 
-	child := crashChild{t: t, url: url, typ: typ, storeDir: filepath.Join(t.TempDir(), "store"), noChangelog: noChangelog}
+	child := crashChild{t: t, url: url, typ: typ, storeDir: filepath.Join(t.TempDir(), "store"), noChangelog: noChangelog, snapshots: snapshots}
 	if code, _ := child.run(ctx, hook, 4); code != crashExit {
 		t.Fatalf("child exited with %d, want %d: it did not crash at %s", code, crashExit, hook)
 	}
@@ -132,13 +140,31 @@ func crashScenario(t *testing.T, ctx context.Context, url string, js jetstream.J
 			t.Fatal(err)
 		}
 	}
+	// A snapshot is restored if one finished before the crash (uploads run
+	// in the background: the crash may have cut the latest short).
+	fromSnapshot := false
+	if snapshots {
+		if b, err := snapshot.Lookup(ctx, js, typ, snapshot.DefaultConfig()); err == nil {
+			ms, err := b.Manifests(ctx, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fromSnapshot = len(ms) > 0
+		}
+		if !fromSnapshot {
+			t.Log("no snapshot finished before the crash")
+		}
+	}
 	code, logs := child.run(ctx, "", 0)
 	if code != 0 {
 		t.Fatalf("restarted child exited with %d", code)
 	}
 	// The restart took the restore path this case is about.
-	if full := strings.Contains(logs, "restoring from the whole changelog"); full != storeLost {
-		t.Errorf("restart restored from the whole changelog: %v, want %v", full, storeLost)
+	if full := strings.Contains(logs, "restoring from the whole changelog"); full != (storeLost && !fromSnapshot) {
+		t.Errorf("restart restored from the whole changelog: %v, want %v", full, storeLost && !fromSnapshot)
+	}
+	if restored := strings.Contains(logs, "restored from snapshot"); restored != fromSnapshot {
+		t.Errorf("restart restored from a snapshot: %v, want %v", restored, fromSnapshot)
 	}
 	// Without a changelog, a store that missed a commit or was lost is
 	// rebuilt from the input; one that has every commit is not.
@@ -231,6 +257,7 @@ type crashChild struct {
 	typ         string
 	storeDir    string
 	noChangelog bool
+	snapshots   bool
 }
 
 // run runs the child until it exits and returns its exit code and output. With
@@ -244,7 +271,7 @@ func (c crashChild) run(ctx context.Context, hook string, at int) (int, string) 
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1", "-test.v", "-test.timeout=60s")
 	cmd.Env = append(os.Environ(),
 		envChild+"=1", envNATS+"="+c.url, envType+"="+c.typ, envStoreDir+"="+c.storeDir,
-		envHook+"="+hook, envAt+"="+strconv.Itoa(at), envNoCL+"="+strconv.FormatBool(c.noChangelog),
+		envHook+"="+hook, envAt+"="+strconv.Itoa(at), envNoCL+"="+strconv.FormatBool(c.noChangelog), envSnap+"="+strconv.FormatBool(c.snapshots),
 		// Under -race a clean exit otherwise sleeps 1 s for late race reports.
 		"GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	var logs bytes.Buffer
@@ -304,6 +331,9 @@ func TestCrashChild(t *testing.T) {
 	cfg.StoreDir = os.Getenv(envStoreDir)
 	cfg.DLQSubject = DLQSubject(typ)
 	cfg.NoChangelog = os.Getenv(envNoCL) == "true"
+	if os.Getenv(envSnap) == "true" {
+		cfg.SnapshotEvery = 20 // about every commit of 25 events
+	}
 	cfg.Logger = log
 	cfg.BatchSize = 25 // a dozen commits
 	// The local commit a hook crashes after must be on disk, as it would be

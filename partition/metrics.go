@@ -11,6 +11,7 @@ type Metrics struct {
 	events, handlerFailures, deadLetters, commits, changelogRecords *prometheus.CounterVec
 	forwarded, fenced, restoreRecords, inputGaps, restarts          *prometheus.CounterVec
 	rebuildEvents, storeDiscards, outboxFound                       *prometheus.CounterVec
+	snapshots, snapshotFailures, snapshotBytes, restores            *prometheus.CounterVec
 	commitSeconds                                                   *prometheus.HistogramVec
 	offset, replicaLag, inputLag, lastCommit                        *prometheus.GaugeVec
 	replicaRecords                                                  *prometheus.CounterVec
@@ -53,6 +54,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "input_lag_events", Help: "Input events of the partition not processed yet, as of the last commit."}, l),
 		lastCommit: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "eddy", Subsystem: "partition",
 			Name: "last_commit_timestamp_seconds", Help: "When the partition last committed (Unix time); time() minus it is the time since."}, l),
+		snapshots:        c("snapshots_total", "Snapshots of the store uploaded to the snapshot bucket."),
+		snapshotFailures: c("snapshot_failures_total", "Snapshots that failed (checkpoint or upload)."),
+		snapshotBytes:    c("snapshot_uploaded_bytes_total", "Bytes uploaded by snapshots (files the bucket did not hold yet)."),
+		restores: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "eddy", Subsystem: "partition", Name: "restores_total",
+			Help: "Restores of partition actors by path: local (store + changelog tail), replica (promoted hot replica), snapshot (snapshot + changelog tail), changelog (whole changelog), input (rebuilt from the input stream)."},
+			[]string{"type", "partition", "path"}),
 		state: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "eddy", Subsystem: "partition",
 			Name: "state", Help: "1 for the partition actor's state (starting, running, retrying, fenced, stopped), 0 for the others."},
 			[]string{"type", "partition", "state"}),
@@ -60,7 +67,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	if reg != nil {
 		for _, col := range []prometheus.Collector{m.events, m.handlerFailures, m.deadLetters, m.commits, m.changelogRecords,
 			m.forwarded, m.fenced, m.restoreRecords, m.rebuildEvents, m.inputGaps, m.restarts, m.commitSeconds, m.offset, m.replicaLag, m.replicaRecords,
-			m.storeDiscards, m.outboxFound, m.inputLag, m.lastCommit, m.state} {
+			m.storeDiscards, m.outboxFound, m.inputLag, m.lastCommit, m.state,
+			m.snapshots, m.snapshotFailures, m.snapshotBytes, m.restores} {
 			reg.MustRegister(col)
 		}
 	}
@@ -71,6 +79,8 @@ type partitionMetrics struct {
 	events, handlerFailures, deadLetters, commits, changelogRecords prometheus.Counter
 	forwarded, fenced, restoreRecords, inputGaps, restarts          prometheus.Counter
 	rebuildEvents, replicaRecords, storeDiscards, outboxFound       prometheus.Counter
+	snapshots, snapshotFailures, snapshotBytes                      prometheus.Counter
+	restores                                                        func(path string) prometheus.Counter
 	commitSeconds                                                   prometheus.Observer
 	offset, replicaLag, inputLag, lastCommit                        prometheus.Gauge
 	state                                                           map[State]prometheus.Gauge
@@ -99,7 +109,9 @@ func (m *Metrics) forPartition(typ string, p int) *partitionMetrics {
 		restarts: m.restarts.With(l), commitSeconds: m.commitSeconds.With(l), offset: m.offset.With(l),
 		replicaLag: m.replicaLag.With(l), replicaRecords: m.replicaRecords.With(l),
 		storeDiscards: m.storeDiscards.With(l), outboxFound: m.outboxFound.With(l), inputLag: m.inputLag.With(l), lastCommit: m.lastCommit.With(l),
-		state: map[State]prometheus.Gauge{},
+		snapshots: m.snapshots.With(l), snapshotFailures: m.snapshotFailures.With(l), snapshotBytes: m.snapshotBytes.With(l),
+		restores: func(path string) prometheus.Counter { return m.restores.WithLabelValues(typ, strconv.Itoa(p), path) },
+		state:    map[State]prometheus.Gauge{},
 	}
 	for _, st := range states {
 		pm.state[st] = m.state.WithLabelValues(typ, strconv.Itoa(p), string(st))

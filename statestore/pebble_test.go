@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -210,5 +211,86 @@ func TestPebbleManyKeysStayOnDisk(t *testing.T) {
 		gets, float64(gets)/getTime.Seconds()/1e3, before>>20, after>>20, afterGets>>20)
 	if limit := before + 64<<20; after > limit || afterGets > limit {
 		t.Fatalf("Go heap grew with the data: %d MiB -> %d MiB -> %d MiB", before>>20, after>>20, afterGets>>20)
+	}
+}
+
+// A checkpoint holds every committed batch, even one not synced to the WAL
+// (Config.Sync off): the checkpoint flushes the WAL first.
+func TestPebbleCheckpointHoldsUnsyncedWrites(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Sync = false
+	s := openTestPebble(t, cfg)
+	for i := range 100 {
+		b := s.NewBatch()
+		b.Set(fmt.Appendf(nil, "k%03d", i), []byte("v"))
+		b.SetMeta(Meta{Offset: uint64(i + 1), ChangelogSeq: uint64(2 * (i + 1))})
+		if err := b.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dest := filepath.Join(t.TempDir(), "checkpoint")
+	if err := s.Checkpoint(dest); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Checkpoint(dest); err == nil {
+		t.Fatal("a checkpoint into an existing directory succeeded")
+	}
+	ccfg := testConfig(t)
+	ccfg.Dir = dest
+	c := openTestPebble(t, ccfg)
+	if got := len(collect(t, c, "k")); got != 100 {
+		t.Fatalf("checkpoint holds %d keys, want 100", got)
+	}
+	if m, _ := c.Meta(); m.Offset != 100 || m.ChangelogSeq != 200 {
+		t.Fatalf("checkpoint meta = %+v", m)
+	}
+}
+
+// Install puts a checkpoint in the place of a store directory, which then
+// opens with the checkpoint's data and Meta and nothing of what was there.
+func TestInstallCheckpoint(t *testing.T) {
+	s := openTestPebble(t, testConfig(t))
+	b := s.NewBatch()
+	b.Set([]byte("a"), []byte("1"))
+	b.SetMeta(Meta{Offset: 3, ChangelogSeq: 4, Epoch: 2})
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	src := filepath.Join(t.TempDir(), "restored")
+	if err := s.Checkpoint(src); err != nil {
+		t.Fatal(err)
+	}
+
+	// The store it replaces holds other data.
+	dir := filepath.Join(t.TempDir(), "stores", "t", "0")
+	old, err := OpenPebble(DefaultConfig(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustSet(t, old, "stale", "x")
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := Install(t.TempDir(), dir); !errors.Is(err, ErrNotCheckpoint) {
+		t.Fatalf("install of an empty dir: %v, want ErrNotCheckpoint", err)
+	}
+	if err := Install(src, dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(src); !os.IsNotExist(err) {
+		t.Fatalf("source still there after install: %v", err)
+	}
+	cfg := testConfig(t)
+	cfg.Dir = dir
+	r := openTestPebble(t, cfg)
+	if got := mustGet(t, r, "a"); got != "1" {
+		t.Fatalf("a = %q", got)
+	}
+	if _, err := r.Get([]byte("stale")); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("the replaced store's key survived: %v", err)
+	}
+	if m, _ := r.Meta(); m != (Meta{Offset: 3, ChangelogSeq: 4, Epoch: 2}) {
+		t.Fatalf("meta = %+v", m)
 	}
 }

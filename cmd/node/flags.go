@@ -110,6 +110,9 @@ func addTuningFlags(fs *flag.FlagSet, cfg *eddy.Config) {
 	fs.Var(sizeFlag[int64]{&cfg.CacheSize}, "cache-size", "block cache shared by the node's state stores, in `bytes` (or with KiB, MiB, GiB)")
 	fs.IntVar(&cfg.StreamReplicas, "stream-replicas", cfg.StreamReplicas, "JetStream replicas of the streams eddy creates (3 on a NATS cluster)")
 	fs.DurationVar(&cfg.DuplicateWindow, "duplicate-window", cfg.DuplicateWindow, "deduplication window of the streams eddy creates; must cover the longest failover")
+	fs.Uint64Var(&cfg.SnapshotEvery, "snapshot-every", cfg.SnapshotEvery, "snapshot each active partition's store to the JetStream Object Store every this many changelog `records` (0: not by count)")
+	fs.DurationVar(&cfg.SnapshotInterval, "snapshot-interval", cfg.SnapshotInterval, "snapshot each active partition's store this long after the last snapshot, if it changed (0: not by time)")
+	fs.IntVar(&cfg.SnapshotsKept, "snapshots-kept", cfg.SnapshotsKept, "snapshots kept per partition, the newest; a restore falls back to an older one if the newest is damaged")
 }
 
 // addClusterFlags binds the flags of the eddy.Config fields that make a node

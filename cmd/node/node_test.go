@@ -95,6 +95,7 @@ func TestEveryConfigFieldHasAFlag(t *testing.T) {
 		"BatchSize": "batch-size", "Linger": "linger", "MaxAttempts": "max-attempts",
 		"MaxValueSize": "max-value-size", "MaxEventSize": "max-event-size", "MaxBatchRecords": "max-batch-records",
 		"CacheSize": "cache-size", "StoreSync": "store-sync", "StreamReplicas": "stream-replicas", "DuplicateWindow": "duplicate-window",
+		"SnapshotEvery": "snapshot-every", "SnapshotInterval": "snapshot-interval", "SnapshotsKept": "snapshots-kept",
 		"Logger":     "log-format",
 		"GossipAddr": "gossip", "RaftAddr": "raft", "Join": "join", "Bootstrap": "bootstrap", "BootstrapExpect": "expect",
 		"Zone": "zone", "GossipKey": "gossip-key", "GossipProfile": "gossip-profile", "MaxLagForMove": "max-lag-for-move", "MaxVoters": "max-voters",

@@ -52,12 +52,12 @@ func (c *cli) status(ctx context.Context, args []string) error {
 		fmt.Fprintf(c.stdout, "partition actors on node %s\n", body.Node)
 	}
 	tw := tabwriter.NewWriter(c.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "TYPE\tPARTITION\tSTATE\tEPOCH\tOFFSET\tINPUT LAG\tLAST COMMIT\tCHANGELOG SEQ")
+	fmt.Fprintln(tw, "TYPE\tPARTITION\tSTATE\tEPOCH\tOFFSET\tINPUT LAG\tLAST COMMIT\tCHANGELOG SEQ\tSNAPSHOT")
 	now := time.Now()
 	var troubled []eddy.PartitionStatus
 	for _, p := range body.Partitions {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\t%d\t%s\t%d\n", p.Type, p.Partition, stateSince(string(p.State), p.Since, now),
-			p.Epoch, p.Offset, p.InputLag, ago(p.LastCommit, now), p.ChangelogSeq)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\t%d\t%s\t%d\t%s\n", p.Type, p.Partition, stateSince(string(p.State), p.Since, now),
+			p.Epoch, p.Offset, p.InputLag, ago(p.LastCommit, now), p.ChangelogSeq, snapshotCell(p.Snapshot, now))
 		if p.Err != "" {
 			troubled = append(troubled, p)
 		}
@@ -171,4 +171,17 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// snapshotCell shows a partition's newest snapshot: its changelog sequence
+// and age, "restored" if the actor restored from it; "-" for none.
+func snapshotCell(s *eddy.SnapshotStatus, now time.Time) string {
+	if s == nil {
+		return "-"
+	}
+	cell := fmt.Sprintf("%d (%s)", s.ChangelogSeq, ago(s.Created, now))
+	if s.Restored {
+		cell += " restored"
+	}
+	return cell
 }

@@ -1,0 +1,350 @@
+package partition
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/eddyrt/eddy/actor"
+	"github.com/eddyrt/eddy/snapshot"
+	"github.com/eddyrt/eddy/statestore"
+)
+
+// Restore paths, the values of the path label of eddy_partition_restores_total
+// and of the restore_path of the "partition started" log line.
+const (
+	restoreLocal     = "local"     // the local store + the changelog tail
+	restoreReplica   = "replica"   // a promoted hot replica's store
+	restoreSnapshot  = "snapshot"  // a snapshot + the changelog tail past it
+	restoreChangelog = "changelog" // the whole changelog
+	restoreInput     = "input"     // stores without a changelog, rebuilt from the input stream
+)
+
+// SnapshotStatus is the newest snapshot a partition actor uploaded, or
+// restored from.
+type SnapshotStatus struct {
+	// ChangelogSeq and Offset are where the snapshot's store stood.
+	ChangelogSeq uint64 `json:"changelog_seq"`
+	Offset       uint64 `json:"offset"`
+	// Created is when it was uploaded.
+	Created time.Time `json:"created"`
+	// Files and Bytes are the snapshot's; Uploaded the bytes this upload
+	// stored (the rest were in the bucket already).
+	Files    int   `json:"files"`
+	Bytes    int64 `json:"bytes"`
+	Uploaded int64 `json:"uploaded_bytes"`
+	// Restored says the actor restored from this snapshot rather than
+	// uploading it.
+	Restored bool `json:"restored,omitempty"`
+}
+
+// checkpointer is a store that can write a checkpoint of itself
+// (statestore.Pebble).
+type checkpointer interface {
+	Checkpoint(dir string) error
+}
+
+// snapshots is the partition actor's side of snapshotting: what triggers
+// the next snapshot, and the one upload that may run, in a goroutine the
+// actor owns (stopped and waited for in Stopped).
+type snapshots struct {
+	lastSeq  uint64    // changelog sequence of the last snapshot taken (or restored, or of the start)
+	lastAt   time.Time // when it was taken
+	timer    *time.Timer
+	busy     atomic.Bool // an upload runs
+	wg       sync.WaitGroup
+	cancel   context.CancelFunc
+	bucket   *snapshot.Store // opened by the first upload
+	bucketMu sync.Mutex      // bucket: uploads run one at a time, but on different goroutines
+}
+
+// snapshotTick asks the actor to check whether a snapshot is due
+// (Config.SnapshotInterval).
+type snapshotTick struct{ from *partitionActor }
+
+// snapshotDone reports an upload's outcome to the actor.
+type snapshotDone struct {
+	from *partitionActor
+	st   SnapshotStatus
+	err  error
+}
+
+// snapshotsOn says whether the actor takes snapshots.
+func (a *partitionActor) snapshotsOn() bool {
+	return !a.cfg.NoChangelog && (a.cfg.SnapshotEvery > 0 || a.cfg.SnapshotInterval > 0)
+}
+
+// startSnapshots arms the snapshot schedule once the actor runs: counting
+// from the changelog sequence it restored to.
+func (a *partitionActor) startSnapshots() {
+	a.removeCheckpoints()
+	if !a.snapshotsOn() {
+		return
+	}
+	if a.snap.lastSeq == 0 {
+		a.snap.lastSeq = a.writer.Last()
+	}
+	a.snap.lastAt = time.Now()
+	a.armSnapshotTimer()
+}
+
+func (a *partitionActor) armSnapshotTimer() {
+	if a.cfg.SnapshotInterval <= 0 || a.self == nil {
+		return
+	}
+	if a.snap.timer == nil {
+		self, from, d := a.self, a, a.cfg.SnapshotInterval
+		var t *time.Timer
+		t = time.AfterFunc(d, func() {
+			if errors.Is(self.TrySend(snapshotTick{from: from}), actor.ErrMailboxFull) {
+				t.Reset(d) // a full mailbox: tick again later
+			}
+		})
+		a.snap.timer = t
+		return
+	}
+	a.snap.timer.Reset(a.cfg.SnapshotInterval)
+}
+
+// maybeSnapshot takes a snapshot if one is due: SnapshotEvery changelog
+// records or SnapshotInterval since the last, whichever comes first, and
+// no upload running. It runs on the actor's goroutine between commits, so
+// the checkpoint holds exactly the committed store; the checkpoint is hard
+// links and a flushed WAL, and the upload runs in the background while the
+// actor goes on committing.
+func (a *partitionActor) maybeSnapshot() {
+	if !a.snapshotsOn() || !a.started || a.abandoned || a.released.Load() || a.snap.busy.Load() {
+		return
+	}
+	last := a.writer.Last()
+	if last <= a.snap.lastSeq {
+		return
+	}
+	byCount := a.cfg.SnapshotEvery > 0 && last-a.snap.lastSeq >= a.cfg.SnapshotEvery
+	byTime := a.cfg.SnapshotInterval > 0 && time.Since(a.snap.lastAt) >= a.cfg.SnapshotInterval
+	if !byCount && !byTime {
+		return
+	}
+	if err := a.takeSnapshot(); err != nil {
+		// Snapshots are an optimisation of the restore: a failure is
+		// logged and counted, never a failure of the partition.
+		a.m.snapshotFailures.Inc()
+		a.log.Warn("snapshot failed", "changelog_seq", last, "err", err)
+	}
+	a.snap.lastSeq, a.snap.lastAt = last, time.Now()
+	a.armSnapshotTimer()
+}
+
+// checkpointDir is where the checkpoint of the store at changelog sequence
+// seq is written: beside the store, on its file system (hard links).
+func (a *partitionActor) checkpointDir(seq uint64) string {
+	return a.cfg.StoreDir + ".snapshot-" + strconv.FormatUint(seq, 10)
+}
+
+// removeCheckpoints deletes the checkpoints a crash left beside the store
+// (uploads that never finished); the incarnation before this one waited
+// for its upload in Stopped.
+func (a *partitionActor) removeCheckpoints() {
+	dir, base := filepath.Split(a.cfg.StoreDir)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), base+".snapshot-") {
+			if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+				a.log.Warn("remove a leftover checkpoint", "err", err)
+			}
+		}
+	}
+}
+
+// takeSnapshot checkpoints the store and starts its upload.
+func (a *partitionActor) takeSnapshot() error {
+	cp, ok := a.store.(checkpointer)
+	if !ok {
+		return fmt.Errorf("store %T cannot checkpoint", a.store)
+	}
+	meta, err := a.store.Meta()
+	if err != nil {
+		return err
+	}
+	dir := a.checkpointDir(meta.ChangelogSeq)
+	if err := os.RemoveAll(dir); err != nil { // a crashed upload's
+		return err
+	}
+	start := time.Now()
+	if err := cp.Checkpoint(dir); err != nil {
+		_ = os.RemoveAll(dir)
+		return err
+	}
+	took := time.Since(start)
+	m := snapshot.Manifest{Type: a.cfg.Type, Partition: a.cfg.Partition, ChangelogSeq: meta.ChangelogSeq,
+		ChangelogID: a.changelogID, Offset: meta.Offset, Epoch: meta.Epoch}
+	ctx, cancel := context.WithCancel(a.ctx)
+	a.snap.cancel = cancel
+	a.snap.busy.Store(true)
+	a.snap.wg.Add(1)
+	self, from := a.self, a
+	go func() {
+		defer a.snap.wg.Done()
+		defer a.snap.busy.Store(false)
+		defer cancel()
+		defer os.RemoveAll(dir)
+		st, err := a.upload(ctx, dir, m)
+		if err == nil {
+			a.log.Info("snapshot uploaded", "changelog_seq", st.ChangelogSeq, "offset", st.Offset, "files", st.Files,
+				"bytes", st.Bytes, "uploaded_bytes", st.Uploaded, "checkpoint", took.Round(time.Microsecond),
+				"took", time.Since(start).Round(time.Millisecond))
+		}
+		if self != nil {
+			_ = self.TrySend(snapshotDone{from: from, st: st, err: err})
+		}
+	}()
+	return nil
+}
+
+// upload runs on the upload goroutine: it stores the checkpoint in dir,
+// then prunes the partition's old snapshots.
+func (a *partitionActor) upload(ctx context.Context, dir string, m snapshot.Manifest) (SnapshotStatus, error) {
+	a.snap.bucketMu.Lock()
+	b := a.snap.bucket
+	a.snap.bucketMu.Unlock()
+	if b == nil {
+		var err error
+		if b, err = snapshot.Open(ctx, a.cfg.JS, a.cfg.Type, a.snapshotConfig()); err != nil {
+			return SnapshotStatus{}, err
+		}
+		a.snap.bucketMu.Lock()
+		a.snap.bucket = b
+		a.snap.bucketMu.Unlock()
+	}
+	m, st, err := b.Upload(ctx, dir, m)
+	if err != nil {
+		return SnapshotStatus{}, err
+	}
+	a.m.snapshots.Inc()
+	a.m.snapshotBytes.Add(float64(st.UploadedBytes))
+	if _, err := b.Prune(ctx, m.Partition, m.ChangelogID); err != nil && ctx.Err() == nil {
+		a.log.Warn("prune snapshots", "err", err)
+	}
+	return SnapshotStatus{ChangelogSeq: m.ChangelogSeq, Offset: m.Offset, Created: m.Created,
+		Files: st.Files, Bytes: st.Bytes, Uploaded: st.UploadedBytes}, nil
+}
+
+func (a *partitionActor) snapshotConfig() snapshot.Config {
+	c := a.cfg.Snapshot
+	c.Logger = a.log
+	return c
+}
+
+// snapshotFinished handles an upload's outcome on the actor's goroutine.
+func (a *partitionActor) snapshotFinished(m snapshotDone) {
+	if m.err != nil {
+		if a.ctx.Err() == nil {
+			a.m.snapshotFailures.Inc()
+			a.log.Warn("snapshot upload failed; the next one is taken as scheduled", "err", m.err)
+		}
+		return
+	}
+	st := m.st
+	a.status.update(func(s *Status) { s.Snapshot = &st })
+}
+
+// stopSnapshots cancels a running upload and waits for it (Stopped): its
+// manifest is not written, and Prune removes its files later.
+func (a *partitionActor) stopSnapshots() {
+	if a.snap.timer != nil {
+		a.snap.timer.Stop()
+	}
+	if a.snap.cancel != nil {
+		a.snap.cancel()
+	}
+	a.snap.wg.Wait()
+}
+
+// restoreSnapshot puts the newest usable snapshot of the partition in the
+// place of the local store, which must be empty (no changelog position):
+// one of this changelog stream (its identity), of a sequence the
+// changelog has reached, and of this state version. It reports whether it
+// did. No snapshot, or none usable, leaves the store as it was: restore
+// then replays the whole changelog. Errors other than the actor stopping
+// are logged and also leave the store to the full replay.
+func (a *partitionActor) restoreSnapshot(ctx context.Context) (bool, error) {
+	b, err := snapshot.Lookup(ctx, a.cfg.JS, a.cfg.Type, a.snapshotConfig())
+	if errors.Is(err, snapshot.ErrNoSnapshot) {
+		return false, nil
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return false, ctx.Err()
+		}
+		a.log.Warn("cannot look up snapshots; restoring from the whole changelog", "err", err)
+		return false, nil
+	}
+	a.snap.bucketMu.Lock()
+	a.snap.bucket = b
+	a.snap.bucketMu.Unlock()
+	end := a.cl.CachedInfo().State.LastSeq // as of the look-up at the start
+	accept := func(m snapshot.Manifest) error {
+		switch {
+		case m.Type != a.cfg.Type || m.Partition != a.cfg.Partition:
+			return fmt.Errorf("snapshot of %s/%d", m.Type, m.Partition)
+		case !bytes.Equal(m.ChangelogID, a.changelogID):
+			return errors.New("snapshot of an earlier changelog stream of the same name")
+		case m.ChangelogSeq > end:
+			return fmt.Errorf("snapshot at changelog sequence %d, the changelog ends at %d", m.ChangelogSeq, end)
+		case m.StateVersion != 0:
+			return fmt.Errorf("snapshot of state version %d", m.StateVersion)
+		}
+		return nil
+	}
+	start := time.Now()
+	dl := a.cfg.StoreDir + ".restore"
+	if err := os.RemoveAll(dl); err != nil {
+		return false, err
+	}
+	d, err := b.Download(ctx, a.cfg.Partition, a.changelogID, dl, accept)
+	if errors.Is(err, snapshot.ErrNoSnapshot) {
+		if len(d.Skipped) > 0 {
+			a.log.Warn("no usable snapshot; restoring from the whole changelog", "err", err)
+		}
+		return false, nil
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return false, ctx.Err()
+		}
+		a.log.Warn("snapshot download failed; restoring from the whole changelog", "err", err)
+		return false, nil
+	}
+	if err := a.store.Close(); err != nil {
+		return false, err
+	}
+	a.store = nil
+	if err := statestore.Install(dl, a.cfg.StoreDir); err != nil {
+		return false, err
+	}
+	st, err := openStore(a.cfg)
+	if err != nil {
+		return false, err
+	}
+	a.store = st
+	m := d.Manifest
+	a.snap.lastSeq = m.ChangelogSeq
+	a.status.update(func(s *Status) {
+		s.Snapshot = &SnapshotStatus{ChangelogSeq: m.ChangelogSeq, Offset: m.Offset, Created: m.Created,
+			Files: len(m.Files), Bytes: m.Size(), Restored: true}
+	})
+	a.log.Info("restored from snapshot", "changelog_seq", m.ChangelogSeq, "offset", m.Offset, "files", len(m.Files),
+		"bytes", m.Size(), "skipped", len(d.Skipped), "took", time.Since(start).Round(time.Millisecond))
+	return true, nil
+}
