@@ -12,6 +12,7 @@ import (
 
 	"github.com/eddyrt/eddy/changelog"
 	"github.com/eddyrt/eddy/partition"
+	"github.com/eddyrt/eddy/snapshot"
 )
 
 // Resetting an actor type (the application reset tool, `node reset`) makes
@@ -36,7 +37,8 @@ type ResetReport struct {
 	Type string
 	// DryRun is set when nothing was deleted.
 	DryRun bool
-	// Deleted are the streams deleted: the type's changelogs.
+	// Deleted are the streams deleted: the type's changelogs, and the
+	// stream of its snapshot bucket (OBJ_EDDY_SNAP_<type>).
 	Deleted []string
 	// Left are the type's streams that stay: its input stream and its
 	// dead-letter stream, when they exist. The streams its handler emitted
@@ -87,10 +89,11 @@ func (n *Node) Reset(ctx context.Context, typ string, dryRun bool) (ResetReport,
 		return ResetReport{}, fmt.Errorf("%w: %s runs on %v; stop them first", ErrTypeRunning, typ, nodes)
 	}
 	r := ResetReport{Type: typ, DryRun: dryRun}
+	snapshotStream := "OBJ_" + snapshot.Bucket(typ) // an object store is a stream
 	names := js.StreamNames(ctx)
 	for name := range names.Name() {
 		switch _, isChangelog := changelog.StreamPartition(name, typ); {
-		case isChangelog:
+		case isChangelog, name == snapshotStream:
 			r.Deleted = append(r.Deleted, name)
 		case name == typ || name == partition.DLQStream(typ):
 			r.Left = append(r.Left, name)

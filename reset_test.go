@@ -17,7 +17,7 @@ import (
 )
 
 // Resetting an actor type refuses while a node runs it; then it deletes the
-// type's changelogs (a dry run only lists them), leaves its input and
+// type's changelogs and snapshots (a dry run only lists them), leaves its input and
 // dead-letter streams, and can run twice. The next node to run the type
 // discards its local stores, tied to the deleted changelogs, processes the
 // input again from its first event, and ends with the same state.
@@ -28,6 +28,7 @@ func TestResetReprocessesTheInputFromTheStart(t *testing.T) {
 	config := func(id, dir string) eddy.Config {
 		cfg := eddy.DefaultConfig()
 		cfg.NodeID, cfg.DataDir, cfg.NATSURL, cfg.HTTPAddr = id, dir, srv.URL(), ""
+		cfg.SnapshotEvery = 1 // a snapshot bucket to delete too
 		cfg.Logger = testkit.Logger(t)
 		return cfg
 	}
@@ -53,7 +54,11 @@ func TestResetReprocessesTheInputFromTheStart(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	changelogs := []string{"EDDY_CL_bank_0", "EDDY_CL_bank_1"}
+	testkit.WaitFor(t, 10*time.Second, "a snapshot of the bank", func() bool {
+		_, err := js.Stream(ctx, "OBJ_EDDY_SNAP_bank")
+		return err == nil
+	})
+	changelogs := []string{"EDDY_CL_bank_0", "EDDY_CL_bank_1", "OBJ_EDDY_SNAP_bank"}
 	left := []string{"bank", "bank_dlq"}
 	dry, err := tool.Reset(ctx, apps.BankType, true)
 	if err != nil || !dry.DryRun || !slices.Equal(dry.Deleted, changelogs) || !slices.Equal(dry.Left, left) {

@@ -232,9 +232,9 @@ func TestRunAndStatus(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--dry-run"}, "would delete (dry run) 2 changelog streams: EDDY_CL_bank_0 EDDY_CL_bank_1"},
-		{nil, "deleted 2 changelog streams: EDDY_CL_bank_0 EDDY_CL_bank_1"},
-		{nil, "no changelog stream to delete"},
+		{[]string{"--dry-run"}, "would delete (dry run) 2 streams (changelogs, snapshots): EDDY_CL_bank_0 EDDY_CL_bank_1"},
+		{nil, "deleted 2 streams (changelogs, snapshots): EDDY_CL_bank_0 EDDY_CL_bank_1"},
+		{nil, "no changelog or snapshot stream to delete"},
 	} {
 		var out bytes.Buffer
 		rc := &cli{stdout: &out, stderr: testkit.LogWriter(t), lookupEnv: c.lookupEnv}

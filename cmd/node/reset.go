@@ -12,7 +12,7 @@ import (
 )
 
 // reset resets an actor type (eddy.Node.Reset): it deletes the type's
-// changelog streams, so that the next node to run the type processes its
+// changelog streams and snapshots, so that the next node to run the type processes its
 // input from the first event, and prints what it deleted and what it left.
 // It refuses while any node runs the type. Without --nats it opens the
 // embedded NATS server of --data-dir, which must not be running.
@@ -59,9 +59,9 @@ func (c *cli) reset(ctx context.Context, args []string) error {
 		verb = "would delete (dry run)"
 	}
 	if len(r.Deleted) == 0 {
-		fmt.Fprintf(c.stdout, "reset %s: no changelog stream to delete\n", r.Type)
+		fmt.Fprintf(c.stdout, "reset %s: no changelog or snapshot stream to delete\n", r.Type)
 	} else {
-		fmt.Fprintf(c.stdout, "reset %s: %s %d changelog streams: %s\n", r.Type, verb, len(r.Deleted), strings.Join(r.Deleted, " "))
+		fmt.Fprintf(c.stdout, "reset %s: %s %d streams (changelogs, snapshots): %s\n", r.Type, verb, len(r.Deleted), strings.Join(r.Deleted, " "))
 	}
 	left := "none"
 	if len(r.Left) > 0 {
