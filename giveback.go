@@ -34,7 +34,10 @@ func (r *reconciler) partitionDown(k pkey, s *activeSlot) {
 	if fe := (*partition.FenceError)(nil); errors.As(err, &fe) {
 		minEpoch, why = fe.By.Epoch, fe.Error()
 	}
-	r.giveBack(k, s, minEpoch, false, why) // the changelog's doing, not this node's
+	// State of a newer version than this node's: only a node that runs the
+	// newer version can take it, so the assignor keeps it off this one.
+	avoid := errors.Is(err, partition.ErrStateVersion)
+	r.giveBack(k, s, minEpoch, avoid, why) // else the changelog's doing, not this node's
 }
 
 // checkHealth gives back the partitions that have been retrying for

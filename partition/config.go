@@ -47,6 +47,18 @@ type Config struct {
 	NoChangelog bool
 	// Handler processes one event.
 	Handler Handler
+	// StateVersion is the version of the stores' values that Handler reads
+	// and writes (0 and 1 are the same: version 1). It is recorded in every
+	// meta record and with the local store. An actor whose changelog holds
+	// state of a newer version refuses to run (*VersionError, for good); one
+	// that finds an older version upgrades the state before it takes input
+	// (see Migrate).
+	StateVersion int
+	// Migrate, when set, upgrades the stores' values from an older state
+	// version: before processing input, the actor rewrites every value
+	// (see MigrateFunc) and commits them to the changelog in batches. Nil
+	// keeps the values as they are: the new version reads the old ones.
+	Migrate MigrateFunc
 
 	// Conn is the NATS connection; it should not buffer while reconnecting
 	// (nats.ReconnectBufSize(-1)) so that a commit fails fast when NATS is away.
@@ -119,6 +131,10 @@ type Hooks struct {
 	AfterLocal func()
 	// MidForward runs after the first outbox entry of a commit is forwarded, when there are more.
 	MidForward func()
+	// AfterMigrateBatch runs after each batch of a migration is committed,
+	// with the last local store key migrated; an error fails the actor
+	// (supervision restarts it and the migration resumes after that key).
+	AfterMigrateBatch func(through []byte) error
 	// Conn, when set, is the connection changelog batches are published on
 	// and read back through, instead of Config.Conn: tests wrap the real one
 	// to lose acknowledgements or hold batches back.
@@ -178,6 +194,10 @@ func (c *Config) Validate() error {
 		return bad("max value/event size must be positive")
 	case c.CommitTimeout <= 0 || c.MarkDelay <= 0:
 		return bad("commit timeout and mark delay must be positive")
+	case c.StateVersion < 0:
+		return bad("state version %d", c.StateVersion)
+	case c.Migrate != nil && c.NoChangelog:
+		return bad("Migrate needs a changelog: stores without one are rebuilt by the handler")
 	}
 	for _, s := range c.Stores {
 		if !changelog.ValidName(s) {

@@ -35,6 +35,14 @@ type Meta struct {
 	// record: where the store's history can be checked against the changelog's.
 	MetaSeq uint64 `msgpack:"meta_seq,omitempty"`
 	Batch   uint64 `msgpack:"batch,omitempty"`
+	// Version is the state version of the store's values (0: version 1,
+	// stores written before versions were recorded). Migrating and
+	// MigratedThrough describe a migration in progress, as the changelog's
+	// meta record does: keys up to MigratedThrough hold values of version
+	// Migrating.
+	Version         int    `msgpack:"version,omitempty"`
+	Migrating       int    `msgpack:"migrating,omitempty"`
+	MigratedThrough string `msgpack:"migrated_through,omitempty"`
 }
 
 // KV is the read/write surface shared by stores and write sets; Typed works
