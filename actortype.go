@@ -58,6 +58,16 @@ type ActorType struct {
 	// An error fails the partition, which retries. Not for types without a
 	// changelog.
 	Migrate func(store string, key []byte, from int, value []byte) ([]byte, error)
+	// RebuildOnNewVersion, instead of Migrate, rebuilds a partition's state
+	// of an older version from its input stream: the old state is purged
+	// from the changelog and the local store, and the input runs again
+	// through the handler from the first event, with its emits, sends,
+	// replies and dead letters suppressed up to the offset committed
+	// before; then input goes on as usual. It is slow (every event runs
+	// again), resumes after a crash, and needs the input stream to still
+	// hold its first event, else the partition fails with ErrInputGone and
+	// keeps its old state. Not for types without a changelog.
+	RebuildOnNewVersion bool
 }
 
 // DefaultStore is the store of each key's own state (Context.Get and
@@ -93,8 +103,10 @@ func (t *ActorType) Validate() error {
 		return bad("hot replicas tail a changelog; a type without one has none")
 	case t.StateVersion < 0:
 		return bad("state version %d", t.StateVersion)
-	case t.Migrate != nil && t.NoChangelog:
-		return bad("Migrate needs a changelog: stores without one are rebuilt by the handler")
+	case (t.Migrate != nil || t.RebuildOnNewVersion) && t.NoChangelog:
+		return bad("Migrate and RebuildOnNewVersion need a changelog")
+	case t.Migrate != nil && t.RebuildOnNewVersion:
+		return bad("Migrate or RebuildOnNewVersion, not both")
 	}
 	for _, s := range t.Stores {
 		if !changelog.ValidName(s) || s == partition.DefaultStore {

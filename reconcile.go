@@ -576,7 +576,7 @@ func (n *Node) partitionConfig(t *ActorType, p int, epoch uint64) partition.Conf
 	c.Epoch, c.Owner = epoch, n.owner
 	c.Stores = t.Stores
 	c.NoChangelog = t.NoChangelog
-	c.StateVersion, c.Migrate = t.StateVersion, t.Migrate
+	c.StateVersion, c.Migrate, c.RebuildOnNewVersion = t.StateVersion, t.Migrate, t.RebuildOnNewVersion
 	h := t.Handler
 	c.Handler = func(tx *partition.Txn) error { return h(&Context{tx: tx}) }
 	c.Conn, c.JS = n.nc, n.js

@@ -74,6 +74,14 @@ type Meta struct {
 	// the others values of Version.
 	Migrating       int    `msgpack:"mv,omitempty"`
 	MigratedThrough string `msgpack:"mt,omitempty"`
+	// RebuiltAt, when not 0, is the changelog sequence where the state was
+	// last rebuilt from the input stream for a new version: no state record
+	// before it belongs to the state. Rebuilding says that rebuild is in
+	// progress; it has replayed the input through RebuiltThrough (Offset
+	// stays the offset committed before it).
+	RebuiltAt      uint64 `msgpack:"ra,omitempty"`
+	Rebuilding     bool   `msgpack:"rb,omitempty"`
+	RebuiltThrough uint64 `msgpack:"rt,omitempty"`
 }
 
 // Continues reports whether m, the first meta record a reader meets after

@@ -518,6 +518,9 @@ func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 	}
 	apply := func(seq uint64, r changelog.Record) error {
 		if r.Kind == changelog.KindMeta {
+			if err := checkRebuiltAt(meta.ChangelogSeq > 0, meta, r.Meta, seq); err != nil {
+				return err
+			}
 			if !haveMeta && !r.Meta.Continues(meta.MetaSeq, meta.Batch) {
 				return fmt.Errorf("%w: the batch ending at changelog sequence %d follows %d, inside what the local store holds (to %d): the changelog lost records and was written again",
 					errStoreAhead, seq, r.Meta.Prev, meta.ChangelogSeq)
@@ -577,12 +580,11 @@ func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 			return meta, fmt.Errorf("%w: the changelog's newest meta record (sequence %d, batch %x) is not the one the local store holds (sequence %d, batch %x)",
 				errStoreAhead, m.Seq, m.Batch, meta.MetaSeq, meta.Batch)
 		}
-		last = changelog.Meta{Offset: meta.Offset, Epoch: meta.Epoch, Owner: meta.Owner, Batch: meta.Batch,
-			Version: meta.Version, Migrating: meta.Migrating, MigratedThrough: meta.MigratedThrough}
+		last = metaVersion(changelog.Meta{Offset: meta.Offset, Epoch: meta.Epoch, Owner: meta.Owner, Batch: meta.Batch}, meta)
 		lastSeq = meta.MetaSeq
 		if ok {
 			last.Forwarded, last.Owner, last.Epoch, last.Batch, lastSeq = m.Forwarded, m.Owner, m.Epoch, m.Batch, m.Seq
-			last.Version, last.Migrating, last.MigratedThrough = m.Version, m.Migrating, m.MigratedThrough
+			last = metaVersion(last, storeVersion(statestore.Meta{}, m.Meta))
 			if a.cfg.NoChangelog {
 				last.Offset = m.Offset
 			}
@@ -593,9 +595,8 @@ func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 	if a.cfg.NoChangelog {
 		offset = meta.Offset // the store's own: rebuilt up to last.Offset below
 	}
-	meta = statestore.Meta{Offset: offset, ChangelogSeq: max(end, meta.ChangelogSeq), Epoch: last.Epoch,
-		Forwarded: last.Forwarded, Owner: last.Owner, MetaSeq: lastSeq, Batch: last.Batch,
-		Version: last.Version, Migrating: last.Migrating, MigratedThrough: last.MigratedThrough}
+	meta = storeVersion(statestore.Meta{Offset: offset, ChangelogSeq: max(end, meta.ChangelogSeq), Epoch: last.Epoch,
+		Forwarded: last.Forwarded, Owner: last.Owner, MetaSeq: lastSeq, Batch: last.Batch}, last)
 	b.SetMeta(meta)
 	if err := b.Commit(); err != nil {
 		return meta, err
@@ -936,7 +937,7 @@ func (a *partitionActor) commit(ctx context.Context) error {
 		a.offset == a.committedOffset && a.forwarded <= a.markCommitted && !a.ver.dirty {
 		return nil
 	}
-	if a.rebuilding {
+	if a.rebuilding && a.cfg.NoChangelog { // a version rebuild commits to the changelog
 		return a.commitRebuilt()
 	}
 	start := time.Now()

@@ -59,6 +59,14 @@ type Config struct {
 	// (see MigrateFunc) and commits them to the changelog in batches. Nil
 	// keeps the values as they are: the new version reads the old ones.
 	Migrate MigrateFunc
+	// RebuildOnNewVersion, instead of migrating, rebuilds the state of an
+	// older version from the input stream's first event with this handler
+	// (versionrebuild.go): the old state records are purged from the
+	// changelog and the local store is discarded; the handler's emits,
+	// sends, replies and dead letters are suppressed up to the offset
+	// committed before. The input stream must still hold its first event
+	// (else ErrInputGone).
+	RebuildOnNewVersion bool
 
 	// Conn is the NATS connection; it should not buffer while reconnecting
 	// (nats.ReconnectBufSize(-1)) so that a commit fails fast when NATS is away.
@@ -196,8 +204,10 @@ func (c *Config) Validate() error {
 		return bad("commit timeout and mark delay must be positive")
 	case c.StateVersion < 0:
 		return bad("state version %d", c.StateVersion)
-	case c.Migrate != nil && c.NoChangelog:
-		return bad("Migrate needs a changelog: stores without one are rebuilt by the handler")
+	case (c.Migrate != nil || c.RebuildOnNewVersion) && c.NoChangelog:
+		return bad("Migrate and RebuildOnNewVersion need a changelog")
+	case c.Migrate != nil && c.RebuildOnNewVersion:
+		return bad("Migrate or RebuildOnNewVersion, not both")
 	}
 	for _, s := range c.Stores {
 		if !changelog.ValidName(s) {

@@ -54,8 +54,17 @@ type kv struct{ key, value []byte }
 // actor's, as described above. It is called with the epoch record written.
 func (a *partitionActor) upgrade(ctx context.Context) error {
 	want := a.cfg.stateVersion()
-	if a.ver.version >= want && a.ver.migrating == 0 {
+	if a.ver.version >= want && a.ver.migrating == 0 && !a.ver.rebuilding {
 		return nil
+	}
+	if a.cfg.RebuildOnNewVersion || a.ver.rebuilding {
+		if a.ver.rebuilding && a.ver.version != want && !a.cfg.RebuildOnNewVersion {
+			return &VersionError{Type: a.cfg.Type, Partition: a.cfg.Partition, Version: want, Found: a.ver.version,
+				Pending: true, FromVersion: a.ver.version, Epoch: a.epoch, Owner: a.cfg.Owner}
+		}
+		a.early.discard() // the rebuild reads the input itself; startReader opens a consumer after it
+		a.early = nil
+		return a.rebuildVersion(ctx)
 	}
 	if a.ver.migrating != 0 && a.ver.migrating != want {
 		return &VersionError{Type: a.cfg.Type, Partition: a.cfg.Partition, Version: want, Found: a.ver.migrating,

@@ -474,6 +474,14 @@ func (r *replicaActor) tail(ctx context.Context, it jetstream.MessagesContext, m
 		seq := md.Sequence.Stream
 		switch rec.Kind {
 		case changelog.KindMeta:
+			if err := checkRebuiltAt(meta.MetaSeq > 0, meta, rec.Meta, seq); err != nil {
+				return err // the store holds state from before a rebuild: start over
+			}
+			if rec.Meta.Rebuilding {
+				// Old state records may still be in the changelog: a replica
+				// holds nothing until the rebuild is done (versionrebuild.go).
+				return fmt.Errorf("%w: the state is being rebuilt from the input stream (changelog sequence %d)", errStoreAhead, seq)
+			}
 			if err := r.refuses(rec.Meta, seq); err != nil {
 				// Not applied: the batch in hand (this record's batch) is
 				// dropped, and the replica stops with the error.
@@ -487,7 +495,7 @@ func (r *replicaActor) tail(ctx context.Context, it jetstream.MessagesContext, m
 			meta.Offset, meta.Epoch = rec.Meta.Offset, max(meta.Epoch, rec.Meta.Epoch)
 			meta.Forwarded = max(meta.Forwarded, rec.Meta.Forwarded)
 			meta.Owner, meta.MetaSeq, meta.Batch = rec.Meta.Owner, seq, rec.Meta.Batch
-			meta.Version, meta.Migrating, meta.MigratedThrough = rec.Meta.Version, rec.Meta.Migrating, rec.Meta.MigratedThrough
+			meta = storeVersion(meta, rec.Meta)
 		case changelog.KindOutbox:
 			r.pending = append(r.pending, seq)
 		}

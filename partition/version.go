@@ -81,6 +81,11 @@ type versionState struct {
 	version   int    // the version of the values (of those above through, while migrating)
 	migrating int    // a migration's target version, or 0
 	through   string // the last local store key migrated
+	// A rebuild from the input stream (versionrebuild.go): where it began
+	// in the changelog, whether it is in progress, and how far it got.
+	rebuiltAt      uint64
+	rebuilding     bool
+	rebuiltThrough uint64
 	// dirty: changed since the last commit, which must write a meta record
 	// even with nothing else to commit.
 	dirty bool
@@ -89,6 +94,7 @@ type versionState struct {
 // stamp records s in a meta record about to be committed.
 func (s *versionState) stamp(m changelog.Meta) changelog.Meta {
 	m.Version, m.Migrating, m.MigratedThrough = s.version, s.migrating, s.through
+	m.RebuiltAt, m.Rebuilding, m.RebuiltThrough = s.rebuiltAt, s.rebuilding, s.rebuiltThrough
 	s.dirty = false
 	return m
 }
@@ -96,7 +102,34 @@ func (s *versionState) stamp(m changelog.Meta) changelog.Meta {
 // stampStore records s in the local store's Meta.
 func (s *versionState) stampStore(m statestore.Meta) statestore.Meta {
 	m.Version, m.Migrating, m.MigratedThrough = s.version, s.migrating, s.through
+	m.RebuiltAt, m.Rebuilding, m.RebuiltThrough = s.rebuiltAt, s.rebuilding, s.rebuiltThrough
 	return m
+}
+
+// storeVersion copies the version fields of meta record src into dst.
+func storeVersion(dst statestore.Meta, src changelog.Meta) statestore.Meta {
+	dst.Version, dst.Migrating, dst.MigratedThrough = src.Version, src.Migrating, src.MigratedThrough
+	dst.RebuiltAt, dst.Rebuilding, dst.RebuiltThrough = src.RebuiltAt, src.Rebuilding, src.RebuiltThrough
+	return dst
+}
+
+// metaVersion copies the version fields of a store's Meta src into dst.
+func metaVersion(dst changelog.Meta, src statestore.Meta) changelog.Meta {
+	dst.Version, dst.Migrating, dst.MigratedThrough = src.Version, src.Migrating, src.MigratedThrough
+	dst.RebuiltAt, dst.Rebuilding, dst.RebuiltThrough = src.RebuiltAt, src.Rebuilding, src.RebuiltThrough
+	return dst
+}
+
+// checkRebuiltAt returns errStoreAhead when a store holding state (holds;
+// held is its Meta) meets a meta record m (at seq) of another rebuild than
+// its own: the store holds records from before that rebuild, which are not
+// part of the state any more.
+func checkRebuiltAt(holds bool, held statestore.Meta, m changelog.Meta, seq uint64) error {
+	if holds && m.RebuiltAt != held.RebuiltAt {
+		return fmt.Errorf("%w: the meta record at changelog sequence %d is of the state rebuilt at %d, the local store of the state rebuilt at %d",
+			errStoreAhead, seq, m.RebuiltAt, held.RebuiltAt)
+	}
+	return nil
 }
 
 // found is the newest version state recorded in meta holds.
@@ -114,7 +147,8 @@ func (a *partitionActor) checkVersion(meta statestore.Meta) error {
 			Epoch: meta.Epoch, Owner: meta.Owner, Seq: meta.MetaSeq}
 	}
 	a.ver = versionState{version: normVersion(meta.Version), migrating: meta.Migrating,
-		through: meta.MigratedThrough}
+		through: meta.MigratedThrough, rebuiltAt: meta.RebuiltAt, rebuilding: meta.Rebuilding,
+		rebuiltThrough: meta.RebuiltThrough}
 	return nil
 }
 

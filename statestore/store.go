@@ -43,6 +43,12 @@ type Meta struct {
 	Version         int    `msgpack:"version,omitempty"`
 	Migrating       int    `msgpack:"migrating,omitempty"`
 	MigratedThrough string `msgpack:"migrated_through,omitempty"`
+	// RebuiltAt, Rebuilding and RebuiltThrough describe a rebuild of the
+	// state from the input stream for a new version, as the changelog's meta
+	// record does.
+	RebuiltAt      uint64 `msgpack:"rebuilt_at,omitempty"`
+	Rebuilding     bool   `msgpack:"rebuilding,omitempty"`
+	RebuiltThrough uint64 `msgpack:"rebuilt_through,omitempty"`
 }
 
 // KV is the read/write surface shared by stores and write sets; Typed works
