@@ -2,6 +2,7 @@ package eddy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strconv"
@@ -103,6 +104,11 @@ const (
 	// commits (node bench failover on 2 shared cores: handover pause p50
 	// ~66 ms with the replica opened at once, ~45 ms with this rest).
 	replicaAfterRelease = 200 * time.Millisecond
+	// replicaAfterNewerVersion is how long a hot replica that stopped at a
+	// newer state version than this node's waits before it is started
+	// again (partition.ErrStateVersion): one attempt, and one ERROR log, a
+	// minute per partition while an upgrade is rolling out.
+	replicaAfterNewerVersion = time.Minute
 	// releaseTimeout bounds how long a new owner waits for the old owner to
 	// commit and stop before it starts anyway: fencing keeps the old owner
 	// from committing after that, so the wait only saves the old owner's work.
@@ -302,6 +308,11 @@ func (r *reconciler) stopUnwanted() (changed bool) {
 			case <-s.r.Done():
 			default:
 				continue
+			}
+			if errors.Is(s.r.Err(), partition.ErrStateVersion) {
+				// Its changelog holds a newer state version than this node
+				// runs: starting it again at once would only stop again.
+				r.replicaAfter[k] = time.Now().Add(replicaAfterNewerVersion)
 			}
 		}
 		r.forgetReplica(k)
