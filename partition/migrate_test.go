@@ -263,3 +263,77 @@ func TestMigrationResumesExactlyOnce(t *testing.T) {
 		t.Fatalf("a restore of migrated state ran Migrate again: %d values", len(mc.calls))
 	}
 }
+
+// A failover in the middle of a migration: the old owner stalls after a
+// migration batch, its hot replica (which applied the batches like any
+// others) is promoted at a newer epoch and resumes the migration after the
+// last key committed; the old owner, woken up, is fenced at its next
+// commit. Every value in the state is migrated exactly once.
+func TestMigrationResumesOnPromotedReplica(t *testing.T) {
+	h := newHarness(t, "ver_failover", 1)
+	cl := changelog.NewSubjects("ver_failover", 0)
+	const keys = 30
+	v1 := h.config(0, accountHandler(1))
+	v1.Stores = []string{"aux"}
+	v1.MaxBatchRecords = 6
+	model := seedVersion1(t, h, v1, keys, 60)
+
+	mc := &migrationCounter{calls: map[string]int{}}
+	v2 := v1
+	v2.Handler, v2.StateVersion, v2.Migrate = accountHandler(2), 2, mc.migrate
+	rcfg := v2
+	rcfg.StoreDir += "-replica"
+	r, err := StartReplica(h.sys, rcfg, testSupervisor())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stalled, wake := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	old := v2
+	old.Owner = "old-owner"
+	old.Hooks.AfterMigrateBatch = func([]byte) error {
+		once.Do(func() { close(stalled); <-wake })
+		return nil
+	}
+	a := h.start(old)
+	<-stalled // one migration batch committed, the owner is stuck
+	m, _, err := lastMeta(h.ctx, h.js, cl)
+	if err != nil || m.Migrating != 2 || m.MigratedThrough == "" {
+		t.Fatalf("newest meta record %+v (%v): want a migration to 2 in progress", m, err)
+	}
+	last := lastSeq(t, h, cl)
+	testkit.WaitFor(t, waitTimeout, "replica to apply the migration batch", func() bool { return r.Lag().Applied >= last })
+
+	hand, err := r.Handoff(h.ctx, last)
+	if err != nil {
+		t.Fatal(err)
+	}
+	promoted := v2
+	promoted.Owner, promoted.Epoch, promoted.Handoff = "new-owner", 10, hand
+	b := h.start(promoted)
+	h.waitRunning(b)
+	close(wake)
+	testkit.WaitFor(t, waitTimeout, "the old owner to be fenced", func() bool {
+		select {
+		case <-a.Done():
+			return true
+		default:
+			return false
+		}
+	})
+	if !errors.Is(a.Err(), ErrFenced) {
+		t.Fatalf("old owner stopped with %v, want ErrFenced", a.Err())
+	}
+	for i := range 10 {
+		k := "k" + strconv.Itoa(i%keys)
+		h.publish(k, nil)
+		model[k]++
+	}
+	h.waitOffset(b, 0)
+	// The old owner migrated the batch after its stall again, but could not
+	// commit it: the values say how often a committed migration touched them.
+	checkAccounts(t, h, func(store, key string) ([]byte, error) { return b.Get(h.ctx, store, []byte(key)) }, model)
+	if m, _, err := lastMeta(h.ctx, h.js, cl); err != nil || m.Version != 2 || m.Migrating != 0 || m.Owner != "new-owner" {
+		t.Fatalf("newest meta record %+v (%v): want version 2 by new-owner", m, err)
+	}
+}
