@@ -584,7 +584,7 @@ func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 		lastSeq = meta.MetaSeq
 		if ok {
 			last.Forwarded, last.Owner, last.Epoch, last.Batch, lastSeq = m.Forwarded, m.Owner, m.Epoch, m.Batch, m.Seq
-			last = metaVersion(last, storeVersion(statestore.Meta{}, m.Meta))
+			last = withVersionOf(last, m.Meta)
 			if a.cfg.NoChangelog {
 				last.Offset = m.Offset
 			}

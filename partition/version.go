@@ -120,6 +120,13 @@ func metaVersion(dst changelog.Meta, src statestore.Meta) changelog.Meta {
 	return dst
 }
 
+// withVersionOf copies the version fields of meta record src into dst.
+func withVersionOf(dst, src changelog.Meta) changelog.Meta {
+	dst.Version, dst.Migrating, dst.MigratedThrough = src.Version, src.Migrating, src.MigratedThrough
+	dst.RebuiltAt, dst.Rebuilding, dst.RebuiltThrough = src.RebuiltAt, src.Rebuilding, src.RebuiltThrough
+	return dst
+}
+
 // checkRebuiltAt returns errStoreAhead when a store holding state (holds;
 // held is its Meta) meets a meta record m (at seq) of another rebuild than
 // its own: the store holds records from before that rebuild, which are not
