@@ -36,7 +36,43 @@ type ActorType struct {
 	// dead letters are suppressed, as they took effect the first time. Such a
 	// type has no hot replicas: there is no changelog to tail.
 	NoChangelog bool
+	// StateVersion is the version of the values the handler keeps in the
+	// type's stores; 0 and 1 both mean version 1 (state recorded before
+	// versions were is version 1). Raise it when the handler changes what
+	// it stores. Each partition records the version of its state in its
+	// changelog and store. A node whose type has an older version than a
+	// partition's state refuses to run it (ErrStateVersion, naming both
+	// versions and the owner that wrote the newer state), and in a cluster
+	// gives the partition back to the assignor, which places it on another
+	// node, so that during a rolling upgrade partitions end on upgraded
+	// nodes. A node of a newer version upgrades the state before it
+	// processes input: through Migrate if set; without Migrate the values
+	// are kept as they are (the new handler reads the old ones).
+	StateVersion int
+	// Migrate upgrades a value of store (DefaultStore for the per-key
+	// state) from state version from to StateVersion: the new value, or nil
+	// to delete the key. It runs over every value of a partition, eagerly,
+	// before the partition processes input; the upgraded values are
+	// committed to the changelog in batches that record the progress, so a
+	// crash resumes the migration and each value's migration commits once.
+	// An error fails the partition, which retries. Not for types without a
+	// changelog.
+	Migrate func(store string, key []byte, from int, value []byte) ([]byte, error)
+	// RebuildOnNewVersion, instead of Migrate, rebuilds a partition's state
+	// of an older version from its input stream: the old state is purged
+	// from the changelog and the local store, and the input runs again
+	// through the handler from the first event, with its emits, sends,
+	// replies and dead letters suppressed up to the offset committed
+	// before; then input goes on as usual. It is slow (every event runs
+	// again), resumes after a crash, and needs the input stream to still
+	// hold its first event, else the partition fails with ErrInputGone and
+	// keeps its old state. Not for types without a changelog.
+	RebuildOnNewVersion bool
 }
+
+// DefaultStore is the store of each key's own state (Context.Get and
+// Context.Set), as Migrate names it.
+const DefaultStore = partition.DefaultStore
 
 // DefaultReplicationFactor is the hot replicas per partition of an actor type
 // that does not say.
@@ -65,6 +101,12 @@ func (t *ActorType) Validate() error {
 		return bad("replication factor %d (0 to 5, or NoReplicas)", t.ReplicationFactor)
 	case t.NoChangelog && t.ReplicationFactor > 0:
 		return bad("hot replicas tail a changelog; a type without one has none")
+	case t.StateVersion < 0:
+		return bad("state version %d", t.StateVersion)
+	case (t.Migrate != nil || t.RebuildOnNewVersion) && t.NoChangelog:
+		return bad("Migrate and RebuildOnNewVersion need a changelog")
+	case t.Migrate != nil && t.RebuildOnNewVersion:
+		return bad("Migrate or RebuildOnNewVersion, not both")
 	}
 	for _, s := range t.Stores {
 		if !changelog.ValidName(s) || s == partition.DefaultStore {

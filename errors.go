@@ -45,6 +45,12 @@ var (
 	// (ActorType.NoChangelog) cannot be rebuilt: its input stream no longer
 	// holds the events it needs. The partition stops and says so.
 	ErrInputGone = partition.ErrInputGone
+	// ErrStateVersion means a partition's state is of a newer version than
+	// the actor type's (ActorType.StateVersion) on this node: the partition
+	// stops here, says which versions and which owner wrote the newer state
+	// (a *partition.VersionError), and in a cluster is given back to the
+	// assignor, which keeps it off this node.
+	ErrStateVersion = partition.ErrStateVersion
 )
 
 // ErrNATSUnavailable is returned by Start when it gave up waiting for NATS:

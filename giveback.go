@@ -37,7 +37,10 @@ func (r *reconciler) partitionDown(k pkey, s *activeSlot) {
 	if fe := (*partition.FenceError)(nil); errors.As(err, &fe) {
 		minEpoch, why = fe.By.Epoch, fe.Error()
 	}
-	r.giveBack(k, s, minEpoch, false, why) // the changelog's doing, not this node's
+	// State of a newer version than this node's: only a node that runs the
+	// newer version can take it, so the assignor keeps it off this one.
+	avoid := errors.Is(err, partition.ErrStateVersion)
+	r.giveBack(k, s, minEpoch, avoid, why) // else the changelog's doing, not this node's
 }
 
 // checkHealth gives back the partitions and hot replicas that have been
@@ -56,14 +59,23 @@ func (r *reconciler) checkHealth() {
 		}
 	}
 	for k, s := range r.replicas {
-		if since, err, ok := s.r.Failing(); ok && !s.givenBack && time.Since(since) >= r.n.cfg.GiveBackAfter {
-			s.givenBack = true
-			why := failing(since, err)
-			r.n.log.Warn("giving the hot replica back to the assignor", "partition", k.String(), "why", why)
-			g := cluster.GiveBackReplica{Node: r.n.cfg.NodeID, Type: k.typ, Partition: k.p, Reason: why}
-			r.tellAssignor(k, func(ctx context.Context) error { return r.cl.GiveBackReplica(ctx, g) })
+		if since, err, ok := s.r.Failing(); ok && time.Since(since) >= r.n.cfg.GiveBackAfter {
+			r.giveBackReplica(k, s, failing(since, err))
 		}
 	}
+}
+
+// giveBackReplica tells the assignor, once per replica slot, that this node
+// cannot keep its hot replica of partition k: the partition avoids this
+// node until it restarts.
+func (r *reconciler) giveBackReplica(k pkey, s *replicaSlot, why string) {
+	if s.givenBack || r.cl == nil {
+		return
+	}
+	s.givenBack = true
+	r.n.log.Warn("giving the hot replica back to the assignor", "partition", k.String(), "why", why)
+	g := cluster.GiveBackReplica{Node: r.n.cfg.NodeID, Type: k.typ, Partition: k.p, Reason: why}
+	r.tellAssignor(k, func(ctx context.Context) error { return r.cl.GiveBackReplica(ctx, g) })
 }
 
 // giveBack tells the assignor, once per slot, that this node cannot run

@@ -2,6 +2,7 @@ package eddy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -106,6 +107,11 @@ const (
 	// commits (node bench failover on 2 shared cores: handover pause p50
 	// ~66 ms with the replica opened at once, ~45 ms with this rest).
 	replicaAfterRelease = 200 * time.Millisecond
+	// replicaAfterNewerVersion is how long a hot replica that stopped at a
+	// newer state version than this node's waits before it is started
+	// again (partition.ErrStateVersion): one attempt, and one ERROR log, a
+	// minute per partition while an upgrade is rolling out.
+	replicaAfterNewerVersion = time.Minute
 	// releaseTimeout bounds how long a new owner waits for the old owner to
 	// commit and stop before it starts anyway: fencing keeps the old owner
 	// from committing after that, so the wait only saves the old owner's work.
@@ -305,6 +311,14 @@ func (r *reconciler) stopUnwanted() (changed bool) {
 			case <-s.r.Done():
 			default:
 				continue
+			}
+			if err := s.r.Err(); errors.Is(err, partition.ErrStateVersion) {
+				// Its changelog holds a newer state version than this node
+				// runs: starting it again at once would only stop again, and
+				// the assignor should place the replica (and any move of the
+				// partition) on a node that runs the newer version.
+				r.replicaAfter[k] = time.Now().Add(replicaAfterNewerVersion)
+				r.giveBackReplica(k, s, err.Error())
 			}
 		}
 		r.forgetReplica(k)
@@ -579,6 +593,7 @@ func (n *Node) partitionConfig(t *ActorType, p int, epoch uint64) partition.Conf
 	c.Epoch, c.Owner = epoch, n.owner
 	c.Stores = t.Stores
 	c.NoChangelog = t.NoChangelog
+	c.StateVersion, c.Migrate, c.RebuildOnNewVersion = t.StateVersion, t.Migrate, t.RebuildOnNewVersion
 	h := t.Handler
 	c.Handler = func(tx *partition.Txn) error { return h(&Context{tx: tx}) }
 	c.Conn, c.JS = n.nc, n.js

@@ -64,6 +64,24 @@ type Meta struct {
 	Prev uint64 `msgpack:"p,omitempty"`
 	// PrevBatch is the Batch of the meta record at Prev; 0 when there is none.
 	PrevBatch uint64 `msgpack:"pb,omitempty"`
+	// Version is the state version of the partition's stores (the actor
+	// type's StateVersion) after the batch; 0 in records written before
+	// versions were recorded, which means version 1.
+	Version int `msgpack:"v,omitempty"`
+	// Migrating, when not 0, is the version a migration in progress moves
+	// the stores to: the keys up to MigratedThrough (local store keys,
+	// store + 0x00 + key, in bytewise order) hold values of that version,
+	// the others values of Version.
+	Migrating       int    `msgpack:"mv,omitempty"`
+	MigratedThrough string `msgpack:"mt,omitempty"`
+	// RebuiltAt, when not 0, is the changelog sequence where the state was
+	// last rebuilt from the input stream for a new version: no state record
+	// before it belongs to the state. Rebuilding says that rebuild is in
+	// progress; it has replayed the input through RebuiltThrough (Offset
+	// stays the offset committed before it).
+	RebuiltAt      uint64 `msgpack:"ra,omitempty"`
+	Rebuilding     bool   `msgpack:"rb,omitempty"`
+	RebuiltThrough uint64 `msgpack:"rt,omitempty"`
 }
 
 // Continues reports whether m, the first meta record a reader meets after

@@ -243,6 +243,8 @@ type partitionActor struct {
 	// restorePath is how the store was restored (restoreLocal, ...).
 	restorePath string
 	snap        snapshots
+	// ver is the state version the stores hold (version.go, migrate.go).
+	ver versionState
 }
 
 type reply struct {
@@ -476,6 +478,9 @@ func (a *partitionActor) restoreAndFence(ctx context.Context, resume bool) error
 		if err != nil {
 			return fmt.Errorf("restore: %w", err)
 		}
+		if err := a.checkVersion(meta); err != nil {
+			return err // before the epoch record: it would fence the newer owner
+		}
 		epoch := a.cfg.Epoch
 		if epoch == 0 {
 			epoch = meta.Epoch + 1
@@ -496,6 +501,9 @@ func (a *partitionActor) restoreAndFence(ctx context.Context, resume bool) error
 			a.early = a.openInput(ctx, a.offset)
 		}
 		err = a.commit(ctx)
+		if err == nil {
+			err = a.upgrade(ctx) // an older state version: migrate before any input
+		}
 		if err != nil {
 			a.early.discard()
 			a.early = nil
@@ -568,6 +576,9 @@ func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 	}
 	apply := func(seq uint64, r changelog.Record) error {
 		if r.Kind == changelog.KindMeta {
+			if err := checkRebuiltAt(meta.ChangelogSeq > 0, meta, r.Meta, seq); err != nil {
+				return err
+			}
 			if !haveMeta && !r.Meta.Continues(meta.MetaSeq, meta.Batch) {
 				return fmt.Errorf("%w: the batch ending at changelog sequence %d follows %d, inside what the local store holds (to %d): the changelog lost records and was written again",
 					errStoreAhead, seq, r.Meta.Prev, meta.ChangelogSeq)
@@ -627,10 +638,11 @@ func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 			return meta, fmt.Errorf("%w: the changelog's newest meta record (sequence %d, batch %x) is not the one the local store holds (sequence %d, batch %x)",
 				errStoreAhead, m.Seq, m.Batch, meta.MetaSeq, meta.Batch)
 		}
-		last = changelog.Meta{Offset: meta.Offset, Epoch: meta.Epoch, Owner: meta.Owner, Batch: meta.Batch}
+		last = metaVersion(changelog.Meta{Offset: meta.Offset, Epoch: meta.Epoch, Owner: meta.Owner, Batch: meta.Batch}, meta)
 		lastSeq = meta.MetaSeq
 		if ok {
 			last.Forwarded, last.Owner, last.Epoch, last.Batch, lastSeq = m.Forwarded, m.Owner, m.Epoch, m.Batch, m.Seq
+			last = withVersionOf(last, m.Meta)
 			if a.cfg.NoChangelog {
 				last.Offset = m.Offset
 			}
@@ -641,11 +653,14 @@ func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 	if a.cfg.NoChangelog {
 		offset = meta.Offset // the store's own: rebuilt up to last.Offset below
 	}
-	meta = statestore.Meta{Offset: offset, ChangelogSeq: max(end, meta.ChangelogSeq), Epoch: last.Epoch,
-		Forwarded: last.Forwarded, Owner: last.Owner, MetaSeq: lastSeq, Batch: last.Batch}
+	meta = storeVersion(statestore.Meta{Offset: offset, ChangelogSeq: max(end, meta.ChangelogSeq), Epoch: last.Epoch,
+		Forwarded: last.Forwarded, Owner: last.Owner, MetaSeq: lastSeq, Batch: last.Batch}, last)
 	b.SetMeta(meta)
 	if err := b.Commit(); err != nil {
 		return meta, err
+	}
+	if err := a.checkVersion(meta); err != nil {
+		return meta, err // before a rebuild runs this handler over newer state
 	}
 	if a.cfg.NoChangelog && last.Offset > meta.Offset {
 		a.restorePath = restoreInput
@@ -990,10 +1005,10 @@ func (a *partitionActor) toDeadLetter(ev Event, cause error, attempts int) {
 // batch; (3) forwards the outbox; then sends the replies.
 func (a *partitionActor) commit(ctx context.Context) error {
 	if len(a.writes) == 0 && len(a.outbox) == 0 && a.epochWritten &&
-		a.offset == a.committedOffset && a.forwarded <= a.markCommitted {
+		a.offset == a.committedOffset && a.forwarded <= a.markCommitted && !a.ver.dirty {
 		return nil
 	}
-	if a.rebuilding {
+	if a.rebuilding && a.cfg.NoChangelog { // a version rebuild commits to the changelog
 		return a.commitRebuilt()
 	}
 	start := time.Now()
@@ -1015,7 +1030,7 @@ func (a *partitionActor) commit(ctx context.Context) error {
 	}
 	mark := a.forwarded
 	recs = append(recs, changelog.Record{Kind: changelog.KindMeta,
-		Meta: changelog.Meta{Offset: a.offset, Epoch: a.epoch, Forwarded: mark, Owner: a.cfg.Owner}})
+		Meta: a.ver.stamp(changelog.Meta{Offset: a.offset, Epoch: a.epoch, Forwarded: mark, Owner: a.cfg.Owner})})
 	a.recs = recs[:0]
 
 	first, last, err := a.commitChangelog(ctx, recs)
@@ -1047,8 +1062,8 @@ func (a *partitionActor) commit(ctx context.Context) error {
 		b.Set(pendingKey(seq), v)
 		outs[i] = pending{seq: seq, out: a.outbox[i], at: now}
 	}
-	b.SetMeta(statestore.Meta{Offset: a.offset, ChangelogSeq: last, Epoch: a.epoch, Forwarded: mark,
-		Owner: a.cfg.Owner, MetaSeq: last, Batch: recs[len(recs)-1].Meta.Batch})
+	b.SetMeta(a.ver.stampStore(statestore.Meta{Offset: a.offset, ChangelogSeq: last, Epoch: a.epoch, Forwarded: mark,
+		Owner: a.cfg.Owner, MetaSeq: last, Batch: recs[len(recs)-1].Meta.Batch}))
 	err = b.Commit()
 	b.Close()
 	if err != nil {

@@ -48,6 +48,26 @@ type Config struct {
 	NoChangelog bool
 	// Handler processes one event.
 	Handler Handler
+	// StateVersion is the version of the stores' values that Handler reads
+	// and writes (0 and 1 are the same: version 1). It is recorded in every
+	// meta record and with the local store. An actor whose changelog holds
+	// state of a newer version refuses to run (*VersionError, for good); one
+	// that finds an older version upgrades the state before it takes input
+	// (see Migrate).
+	StateVersion int
+	// Migrate, when set, upgrades the stores' values from an older state
+	// version: before processing input, the actor rewrites every value
+	// (see MigrateFunc) and commits them to the changelog in batches. Nil
+	// keeps the values as they are: the new version reads the old ones.
+	Migrate MigrateFunc
+	// RebuildOnNewVersion, instead of migrating, rebuilds the state of an
+	// older version from the input stream's first event with this handler
+	// (versionrebuild.go): the old state records are purged from the
+	// changelog and the local store is discarded; the handler's emits,
+	// sends, replies and dead letters are suppressed up to the offset
+	// committed before. The input stream must still hold its first event
+	// (else ErrInputGone).
+	RebuildOnNewVersion bool
 
 	// Conn is the NATS connection; it should not buffer while reconnecting
 	// (nats.ReconnectBufSize(-1)) so that a commit fails fast when NATS is away.
@@ -140,6 +160,10 @@ type Hooks struct {
 	AfterLocal func()
 	// MidForward runs after the first outbox entry of a commit is forwarded, when there are more.
 	MidForward func()
+	// AfterMigrateBatch runs after each batch of a migration is committed,
+	// with the last local store key migrated; an error fails the actor
+	// (supervision restarts it and the migration resumes after that key).
+	AfterMigrateBatch func(through []byte) error
 	// Conn, when set, is the connection changelog batches are published on
 	// and read back through, instead of Config.Conn: tests wrap the real one
 	// to lose acknowledgements or hold batches back.
@@ -207,6 +231,12 @@ func (c *Config) Validate() error {
 		return bad("snapshot interval %v", c.SnapshotInterval)
 	case c.Snapshot.Validate() != nil:
 		return bad("snapshot: %v", c.Snapshot.Validate())
+	case c.StateVersion < 0:
+		return bad("state version %d", c.StateVersion)
+	case (c.Migrate != nil || c.RebuildOnNewVersion) && c.NoChangelog:
+		return bad("Migrate and RebuildOnNewVersion need a changelog")
+	case c.Migrate != nil && c.RebuildOnNewVersion:
+		return bad("Migrate or RebuildOnNewVersion, not both")
 	}
 	for _, s := range c.Stores {
 		if !changelog.ValidName(s) {

@@ -41,7 +41,8 @@ type Actor struct {
 }
 
 // Start spawns the partition actor in sys. It restores and starts reading in
-// its own goroutine; failures restart it with backoff, and ErrFenced stops it for good.
+// its own goroutine; failures restart it with backoff, and ErrFenced or
+// ErrStateVersion stops it for good.
 func Start(sys *actor.System, cfg Config, sup actor.SupervisorConfig) (*Actor, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -60,7 +61,7 @@ func Start(sys *actor.System, cfg Config, sup actor.SupervisorConfig) (*Actor, e
 		cfg.Owner = nuid.Next()
 	}
 	sup.Decide = func(err error) actor.Directive {
-		if errors.Is(err, ErrFenced) {
+		if stopsForGood(err) { // fenced, or state of a newer version
 			return actor.Stop
 		}
 		return actor.Restart

@@ -84,6 +84,12 @@ func StartReplica(sys *actor.System, cfg Config, sup actor.SupervisorConfig) (*R
 	}
 	log := cfg.Logger.With("type", cfg.Type, "partition", cfg.Partition, "role", "replica")
 	m := cfg.Metrics.forPartition(cfg.Type, cfg.Partition)
+	sup.Decide = func(err error) actor.Directive {
+		if errors.Is(err, ErrStateVersion) {
+			return actor.Stop // the changelog holds a newer state version: see Err
+		}
+		return actor.Restart
+	}
 	r := &Replica{applied: make(chan struct{}, 1)}
 	r.lag.Store(&Lag{})
 	ref, err := sys.Spawn(actor.Props{
@@ -248,6 +254,9 @@ func (r *replicaActor) Started(c *actor.Context) error {
 		meta, err = r.checkStore(ctx, cl)
 	}
 	if err != nil {
+		return err
+	}
+	if err := r.refuses(changelog.Meta{Version: meta.Version, Migrating: meta.Migrating, Epoch: meta.Epoch, Owner: meta.Owner}, meta.MetaSeq); err != nil {
 		return err
 	}
 	if err := r.loadPending(); err != nil {
@@ -499,6 +508,20 @@ func (r *replicaActor) tail(ctx context.Context, it jetstream.MessagesContext, m
 		seq := md.Sequence.Stream
 		switch rec.Kind {
 		case changelog.KindMeta:
+			if err := checkRebuiltAt(meta.MetaSeq > 0, meta, rec.Meta, seq); err != nil {
+				return err // the store holds state from before a rebuild: start over
+			}
+			if rec.Meta.Rebuilding {
+				// Old state records may still be in the changelog: a replica
+				// holds nothing until the rebuild is done (versionrebuild.go).
+				return fmt.Errorf("%w: the state is being rebuilt from the input stream (changelog sequence %d)", errStoreAhead, seq)
+			}
+			if err := r.refuses(rec.Meta, seq); err != nil {
+				// Not applied: the batch in hand (this record's batch) is
+				// dropped, and the replica stops with the error.
+				r.log.Error("the changelog holds state of a newer version than this replica's: stopped tailing", "err", err)
+				return err
+			}
 			if !rec.Meta.Continues(meta.MetaSeq, meta.Batch) {
 				return fmt.Errorf("%w: the batch ending at changelog sequence %d follows %d, but this replica applied a batch ending at %d: the changelog lost records and was written again",
 					errStoreAhead, seq, rec.Meta.Prev, meta.MetaSeq)
@@ -506,6 +529,7 @@ func (r *replicaActor) tail(ctx context.Context, it jetstream.MessagesContext, m
 			meta.Offset, meta.Epoch = rec.Meta.Offset, max(meta.Epoch, rec.Meta.Epoch)
 			meta.Forwarded = max(meta.Forwarded, rec.Meta.Forwarded)
 			meta.Owner, meta.MetaSeq, meta.Batch = rec.Meta.Owner, seq, rec.Meta.Batch
+			meta = storeVersion(meta, rec.Meta)
 		case changelog.KindOutbox:
 			r.pending = append(r.pending, seq)
 		}

@@ -188,7 +188,8 @@ func (a *partitionActor) takeSnapshot() error {
 	}
 	took := time.Since(start)
 	m := snapshot.Manifest{Type: a.cfg.Type, Partition: a.cfg.Partition, ChangelogSeq: meta.ChangelogSeq,
-		ChangelogID: a.changelogID, Offset: meta.Offset, Epoch: meta.Epoch}
+		ChangelogID: a.changelogID, Offset: meta.Offset, Epoch: meta.Epoch,
+		StateVersion: found(meta.Version, meta.Migrating)}
 	ctx, cancel := context.WithCancel(a.ctx)
 	a.snap.cancel = cancel
 	a.snap.busy.Store(true)
@@ -302,8 +303,9 @@ func (a *partitionActor) restoreSnapshot(ctx context.Context) (bool, error) {
 			return errors.New("snapshot of an earlier changelog stream of the same name")
 		case m.ChangelogSeq > end:
 			return fmt.Errorf("snapshot at changelog sequence %d, the changelog ends at %d", m.ChangelogSeq, end)
-		case m.StateVersion != 0:
-			return fmt.Errorf("snapshot of state version %d", m.StateVersion)
+		case m.StateVersion > a.cfg.stateVersion():
+			// A newer version's state: the restore would refuse it anyway.
+			return fmt.Errorf("snapshot of state version %d, newer than %d", m.StateVersion, a.cfg.stateVersion())
 		}
 		return nil
 	}

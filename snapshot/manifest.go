@@ -26,7 +26,9 @@ type Manifest struct {
 	// Offset and Epoch are the store's input offset and owner epoch.
 	Offset uint64 `json:"offset"`
 	Epoch  uint64 `json:"epoch"`
-	// StateVersion is the schema version of the stores' values (0 for now).
+	// StateVersion is the state version of the stores' values (at least 1;
+	// 0 in snapshots taken before versions were recorded, read as 1); during
+	// a migration, the version it migrates to.
 	StateVersion int `json:"state_version"`
 	// Files are the checkpoint's files.
 	Files []File `json:"files"`

@@ -35,6 +35,20 @@ type Meta struct {
 	// record: where the store's history can be checked against the changelog's.
 	MetaSeq uint64 `msgpack:"meta_seq,omitempty"`
 	Batch   uint64 `msgpack:"batch,omitempty"`
+	// Version is the state version of the store's values (0: version 1,
+	// stores written before versions were recorded). Migrating and
+	// MigratedThrough describe a migration in progress, as the changelog's
+	// meta record does: keys up to MigratedThrough hold values of version
+	// Migrating.
+	Version         int    `msgpack:"version,omitempty"`
+	Migrating       int    `msgpack:"migrating,omitempty"`
+	MigratedThrough string `msgpack:"migrated_through,omitempty"`
+	// RebuiltAt, Rebuilding and RebuiltThrough describe a rebuild of the
+	// state from the input stream for a new version, as the changelog's meta
+	// record does.
+	RebuiltAt      uint64 `msgpack:"rebuilt_at,omitempty"`
+	Rebuilding     bool   `msgpack:"rebuilding,omitempty"`
+	RebuiltThrough uint64 `msgpack:"rebuilt_through,omitempty"`
 }
 
 // KV is the read/write surface shared by stores and write sets; Typed works

@@ -64,6 +64,11 @@ type bench struct {
 	lastSeq []uint64 // last input sequence per partition
 
 	replayTook atomic.Int64 // nanoseconds the partition's own replay took, from its log
+	// From the partition's log: the last snapshot upload (its duration in
+	// nanoseconds and the bytes it stored), and whether a restore came from a
+	// snapshot.
+	uploadTook, uploadBytes atomic.Int64
+	fromSnapshot            atomic.Bool
 }
 
 // bench measures, on this machine and in one run, eddy against the raw
@@ -162,6 +167,7 @@ func (b *bench) run(ctx context.Context) (err error) {
 		return fmt.Errorf("build changelog: %w", err)
 	}
 	var rawR, edR []float64
+	var edD []time.Duration
 	for run := range o.runs {
 		var n uint64
 		d, err := b.phase(ctx, "restore-raw", func(ctx context.Context) (d time.Duration, err error) {
@@ -177,13 +183,13 @@ func (b *bench) run(ctx context.Context) (err error) {
 		if err != nil {
 			return fmt.Errorf("eddy restore: %w", err)
 		}
-		edR = append(edR, rate(int(n), d))
+		edR, edD = append(edR, rate(int(n), d)), append(edD, d)
 		b.printf("  (c.ii) eddy restore, run %d: %d records in %v = %.0f rec/s (the changelog replay itself: %v)",
 			run+1, n, d.Round(time.Millisecond), rate(int(n), d), time.Duration(b.replayTook.Load()).Round(time.Millisecond))
 	}
 	rawRestore, eddyRestore := medianF(rawR), medianF(edR)
 	b.printf("bench: restore ratio=%.2f eddy=%d raw=%d", eddyRestore/rawRestore, int64(eddyRestore), int64(rawRestore))
-	return nil
+	return b.snapshotRestore(ctx, median(edD))
 }
 
 // phase runs one measured phase under the phase timeout and, with
@@ -413,12 +419,16 @@ func countEvent(c *eddy.Context) error {
 
 type eddyStats struct{ commits, records, commitSeconds float64 }
 
-// node starts an eddy node on the bench's NATS server with one actor type.
-func (b *bench) node(ctx context.Context, dir string, t eddy.ActorType) (*eddy.Node, *prometheus.Registry, error) {
+// node starts an eddy node on the bench's NATS server with one actor type
+// (and the bench's tuning, changed by mutate when not nil).
+func (b *bench) node(ctx context.Context, dir string, t eddy.ActorType, mutate ...func(*eddy.Config)) (*eddy.Node, *prometheus.Registry, error) {
 	reg := prometheus.NewRegistry()
 	cfg := b.cfg
 	cfg.NodeID, cfg.DataDir, cfg.NATSURL, cfg.HTTPAddr = "bench", dir, b.srv.ClientURL(), ""
 	cfg.Logger, cfg.Registerer = b.log, reg
+	for _, m := range mutate {
+		m(&cfg)
+	}
 	node, err := eddy.NewNode(cfg)
 	if err != nil {
 		return nil, nil, err
@@ -616,18 +626,31 @@ func (b *bench) eddyRestore(ctx context.Context, run int) (time.Duration, error)
 	return took, errors.Join(err, stopNode(node))
 }
 
-// observe picks the partition's own restore time out of its log.
+// observe picks the partition's own restore time, its snapshot uploads and
+// snapshot restores out of its log.
 func (b *bench) observe(r slog.Record) {
-	if r.Message != "restored from changelog" {
-		return
+	switch r.Message {
+	case "restored from changelog":
+		r.Attrs(func(a slog.Attr) bool {
+			if a.Key == "took" && a.Value.Kind() == slog.KindDuration {
+				b.replayTook.Store(int64(a.Value.Duration()))
+				return false
+			}
+			return true
+		})
+	case "snapshot uploaded":
+		r.Attrs(func(a slog.Attr) bool {
+			switch {
+			case a.Key == "took" && a.Value.Kind() == slog.KindDuration:
+				b.uploadTook.Store(int64(a.Value.Duration()))
+			case a.Key == "uploaded_bytes" && a.Value.Kind() == slog.KindInt64:
+				b.uploadBytes.Store(a.Value.Int64())
+			}
+			return true
+		})
+	case "restored from snapshot":
+		b.fromSnapshot.Store(true)
 	}
-	r.Attrs(func(a slog.Attr) bool {
-		if a.Key == "took" && a.Value.Kind() == slog.KindDuration {
-			b.replayTook.Store(int64(a.Value.Duration()))
-			return false
-		}
-		return true
-	})
 }
 
 // captureHandler shows every record to onRecord and passes on those its

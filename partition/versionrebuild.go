@@ -1,0 +1,193 @@
+package partition
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/eddyrt/eddy/changelog"
+	"github.com/eddyrt/eddy/statestore"
+)
+
+// Rebuild on a new version (Config.RebuildOnNewVersion).
+//
+// A partition actor whose state is of an older version, instead of migrating
+// it, throws it away and runs its input stream again from the first event
+// through the new handler, up to the offset committed before; the handler's
+// emits, sends, replies and dead letters are suppressed on the way, as they
+// took effect the first time. Input past that offset is then processed as
+// usual. The steps, each safe to crash after:
+//
+//  1. check that the input stream still holds its first event (else
+//     ErrInputGone, and nothing has changed);
+//  2. commit a meta record that starts the rebuild: Version = the new
+//     version (older nodes refuse the partition from here on),
+//     Rebuilding, and RebuiltAt = its own changelog sequence R; the offset
+//     stays the one committed before;
+//  3. purge the state records below R from the changelog (the stream, its
+//     meta record and its unforwarded outbox entries stay), discard the
+//     local store and restore it from the changelog; the local store
+//     records that it is clean for R (rebuildCleanKey);
+//  4. replay the input, committing the writes to the changelog with the
+//     progress (RebuiltThrough) in each meta record, so a crash resumes
+//     after the last event committed; a store that is not clean for R (an
+//     older one, a hot replica's) is discarded again first;
+//  5. commit a meta record without Rebuilding.
+//
+// Every later meta record keeps RebuiltAt: a local store or hot replica
+// holding state from before the rebuild sees another RebuiltAt and is
+// discarded and restored from the changelog. A hot replica starts over at
+// any meta record of a rebuild in progress, until it is done.
+
+// rebuildCleanKey holds, in a local store's internal key space, the
+// RebuiltAt of the rebuild the store was emptied for.
+const rebuildCleanKey = "\x00rebuild-clean"
+
+// rebuildCommitEvery is the most events between two commits of a rebuild,
+// which record its progress.
+const rebuildCommitEvery = 1000
+
+// rebuildVersion runs the rebuild above; the epoch record is written.
+func (a *partitionActor) rebuildVersion(ctx context.Context) error {
+	want := a.cfg.stateVersion()
+	target := a.offset // committed before the rebuild: effects up to here took place
+	if !a.ver.rebuilding || a.ver.version != want {
+		if err := a.checkInputFrom(ctx, 1); err != nil {
+			return err
+		}
+		a.log.Info("rebuilding the state from the input stream for a new version (slow: every event runs again)",
+			"from_version", a.ver.version, "to_version", want, "to_offset", target)
+		a.ver = versionState{version: want, rebuilding: true, rebuiltAt: a.writer.Last() + 1, dirty: true}
+		if err := a.commit(ctx); err != nil {
+			return err
+		}
+	}
+	if err := a.cleanForRebuild(ctx); err != nil {
+		return err
+	}
+	if a.ver.rebuiltThrough < target {
+		if err := a.replayForVersion(ctx, target); err != nil {
+			return err
+		}
+	}
+	a.ver = versionState{version: want, rebuiltAt: a.ver.rebuiltAt, dirty: true}
+	if err := a.commit(ctx); err != nil {
+		return err
+	}
+	a.log.Info("rebuilt the state for the new version", "version", want, "offset", a.offset)
+	return nil
+}
+
+// cleanForRebuild makes sure the local store holds nothing from before the
+// rebuild that began at changelog sequence a.ver.rebuiltAt: unless it
+// records that it is clean for it, the old state records are purged from the
+// changelog, the store is discarded and restored from the changelog, which
+// then holds the rebuild's records only.
+func (a *partitionActor) cleanForRebuild(ctx context.Context) error {
+	at := a.ver.rebuiltAt
+	v, err := a.store.Get([]byte(rebuildCleanKey))
+	switch {
+	case err == nil && len(v) == 8 && binary.BigEndian.Uint64(v) == at:
+		return nil
+	case err != nil && !errors.Is(err, statestore.ErrNotFound):
+		return err
+	}
+	if err := changelog.PurgeState(ctx, a.cfg.JS, a.subjects, at); err != nil {
+		return err
+	}
+	last := a.writer.Last()
+	a.m.storeDiscards.Inc()
+	if err := a.reopenEmpty(); err != nil {
+		return err
+	}
+	meta, err := a.restore(ctx)
+	if err != nil {
+		return fmt.Errorf("rebuild: restore the purged changelog: %w", err)
+	}
+	if meta.ChangelogSeq != last {
+		return fmt.Errorf("%w: the changelog ends at %d after the purge, this owner wrote up to %d", errChangelogMoved, meta.ChangelogSeq, last)
+	}
+	if err := a.checkVersion(meta); err != nil {
+		return err
+	}
+	if err := a.store.Set([]byte(rebuildCleanKey), binary.BigEndian.AppendUint64(nil, at)); err != nil {
+		return err
+	}
+	a.log.Info("purged the old state from the changelog and discarded the local store", "rebuilt_at", at)
+	return nil
+}
+
+// checkInputFrom fails with ErrInputGone unless the input stream still
+// holds every event from sequence from on.
+func (a *partitionActor) checkInputFrom(ctx context.Context, from uint64) error {
+	st, err := a.cfg.JS.Stream(ctx, a.cfg.Type)
+	if err != nil {
+		return fmt.Errorf("rebuild: input stream %s: %w", a.cfg.Type, err)
+	}
+	s := st.CachedInfo().State
+	if s.FirstSeq > from && a.offset >= from {
+		return fmt.Errorf("%w: rebuilding the state of %s/%d for a new version needs the input stream %s from sequence %d, and its first sequence is %d",
+			ErrInputGone, a.cfg.Type, a.cfg.Partition, a.cfg.Type, from, s.FirstSeq)
+	}
+	return nil
+}
+
+// replayForVersion runs the input partition from a.ver.rebuiltThrough+1 to
+// target through the handler, with its outbox, replies and dead letters
+// suppressed, committing the writes with the progress.
+func (a *partitionActor) replayForVersion(ctx context.Context, target uint64) error {
+	from := a.ver.rebuiltThrough + 1
+	if err := a.checkInputFrom(ctx, from); err != nil {
+		return err
+	}
+	it, err := a.consumeInput(ctx, from-1)
+	if err != nil {
+		return fmt.Errorf("rebuild: input consumer: %w", err)
+	}
+	defer it.Stop()
+	a.rebuilding = true // suppresses dead letters; commits still go to the changelog
+	defer func() { a.rebuilding = false }()
+	start, lastReport := time.Now(), time.Now()
+	events := 0
+	for a.ver.rebuiltThrough < target {
+		msg, err := it.Next(jetstream.NextContext(ctx))
+		if err != nil {
+			return fmt.Errorf("rebuild: %w", err)
+		}
+		md, err := msg.Metadata()
+		if err != nil {
+			return fmt.Errorf("rebuild: input metadata: %w", err)
+		}
+		seq := md.Sequence.Stream
+		if seq > target {
+			return fmt.Errorf("%w: the event at committed offset %d is missing from %s", ErrInputGone, target, a.cfg.Type)
+		}
+		if err := a.runEvent(ctx, msg, seq); err != nil { // may commit the batch so far
+			return err
+		}
+		a.outbox, a.replies = a.outbox[:0], a.replies[:0]
+		a.ver.rebuiltThrough = seq
+		a.m.rebuildEvents.Inc()
+		events++
+		if events%rebuildCommitEvery == 0 {
+			a.ver.dirty = true
+			if err := a.commit(ctx); err != nil {
+				return err
+			}
+		}
+		if md.NumPending == 0 && seq < target {
+			return fmt.Errorf("%w: %s ends at %d, before the committed offset %d", ErrInputGone, a.cfg.Type, seq, target)
+		}
+		if now := time.Now(); now.Sub(lastReport) >= a.cfg.ProgressEvery {
+			lastReport = now
+			a.log.Info("rebuild progress", "events", events, "offset", seq, "to_offset", target,
+				"rate", fmt.Sprintf("%.0f/s", float64(events)/now.Sub(start).Seconds()))
+		}
+	}
+	a.ver.dirty = true
+	return a.commit(ctx) // the last events' writes; the next commit ends the rebuild
+}
