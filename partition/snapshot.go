@@ -89,7 +89,11 @@ func (a *partitionActor) startSnapshots() {
 	if !a.snapshotsOn() {
 		return
 	}
-	if a.snap.lastSeq == 0 {
+	if a.snap.lastSeq == 0 && a.restorePath != restoreChangelog {
+		// What the store holds came from a snapshot, or from a store that
+		// a snapshot may cover already: the next one waits for new records.
+		// A store replayed from the whole changelog had no snapshot to use:
+		// the first one is due at once.
 		a.snap.lastSeq = a.writer.Last()
 	}
 	a.snap.lastAt = time.Now()

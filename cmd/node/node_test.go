@@ -256,6 +256,8 @@ func TestBenchTiny(t *testing.T) {
 	for _, re := range []string{
 		`(?m)^bench: throughput ratio=\d+\.\d\d eddy=\d+ raw=\d+$`,
 		`(?m)^bench: restore ratio=\d+\.\d\d eddy=\d+ raw=\d+$`,
+		`(?m)^bench: snapshot upload ratio=\d+\.\d\d eddy=[\d.]+MiB/s raw=[\d.]+MiB/s$`,
+		`(?m)^bench: snapshot restore speedup=\d+\.\d\d snapshot=\S+ changelog=\S+$`,
 	} {
 		if !regexp.MustCompile(re).MatchString(out.String()) {
 			t.Errorf("output lacks a line matching %s:\n%s", re, out.String())
