@@ -18,6 +18,8 @@ import (
 //	eddy.rquery.<type>.<p>.<node>  bounded-staleness reads of partition p, by the
 //	                         hot replica of p on node (staleread.go)
 //	eddy.type.<type>         every node that registered the type answers with its id (reset.go)
+//	eddy.snapshot.<type>     every node that registered the type snapshots the partitions of it
+//	                         it runs, one answer each (snapshots.go)
 //
 // A request's failure travels in reply headers: headerError, or one of the
 // query answers (headerNotFound, headerUnavailable, headerTooStale).

@@ -214,6 +214,7 @@ func (n *Node) shutdown(ctx context.Context) error {
 		errs = append(errs, n.sys.Stop(ctx))
 		n.sys = nil
 	}
+	n.wg.Wait() // request handlers: with the actors stopped, none waits long
 	if n.cache != nil {
 		n.cache.Close()
 		n.cache = nil

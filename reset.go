@@ -54,12 +54,15 @@ func typeSubject(typ string) string { return "eddy.type." + typ }
 // type: one round trip over a LAN, with room for a busy node.
 const whoRunsWait = 500 * time.Millisecond
 
-// serveTypes answers typeSubject for every registered actor type, as long
-// as nc is open.
+// serveTypes answers typeSubject, and snapshot requests (snapshots.go),
+// for every registered actor type, as long as nc is open.
 func (n *Node) serveTypes(nc *nats.Conn) error {
 	for _, name := range n.order {
 		if _, err := nc.Subscribe(typeSubject(name), func(m *nats.Msg) { _ = m.Respond([]byte(n.cfg.NodeID)) }); err != nil {
 			return fmt.Errorf("subscribe %s: %w", typeSubject(name), err)
+		}
+		if err := n.serveSnapshots(nc, name); err != nil {
+			return fmt.Errorf("subscribe %s: %w", snapshotSubject(name), err)
 		}
 	}
 	return nil

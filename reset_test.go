@@ -114,3 +114,44 @@ func counterSum(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	}
 	return sum
 }
+
+// Node.Snapshot asks the nodes running a type for a snapshot of each
+// partition now, with periodic snapshots off, from any node.
+func TestSnapshotOnDemand(t *testing.T) {
+	srv := natstest.Start(t)
+	config := func(id string) eddy.Config {
+		cfg := eddy.DefaultConfig()
+		cfg.NodeID, cfg.DataDir, cfg.NATSURL, cfg.HTTPAddr = id, t.TempDir(), srv.URL(), ""
+		cfg.Logger = testkit.Logger(t)
+		return cfg
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	node := runNode(t, config("n1"), apps.Bank(2))
+	for _, who := range []string{"alice", "bob", "carol", "dave"} {
+		if err := node.Client().Ask(ctx, apps.BankType, who, apps.Op{Kind: "deposit", Amount: 5}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tool := runNode(t, config("tool"))
+	all, err := tool.Snapshot(ctx, apps.BankType, -1)
+	if err != nil || len(all) != 2 {
+		t.Fatalf("snapshot of every partition: %+v, %v; want 2", all, err)
+	}
+	status, err := node.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range all {
+		if r.Partition != i || r.Node != "n1" || r.Err != "" || r.Snapshot.ChangelogSeq != status[i].ChangelogSeq || r.Snapshot.Files == 0 {
+			t.Errorf("partition %d: %+v; want a snapshot at changelog sequence %d by n1", i, r, status[i].ChangelogSeq)
+		}
+	}
+	one, err := node.Snapshot(ctx, apps.BankType, 1)
+	if err != nil || len(one) != 1 || one[0].Partition != 1 || !one[0].Snapshot.Created.Equal(all[1].Snapshot.Created) {
+		t.Fatalf("snapshot of partition 1 with nothing new: %+v, %v; want the same one", one, err)
+	}
+	if _, err := tool.Snapshot(ctx, "nothing", -1); !errors.Is(err, eddy.ErrNotFound) {
+		t.Fatalf("snapshot of a type without partitions: %v, want ErrNotFound", err)
+	}
+}

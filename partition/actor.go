@@ -829,6 +829,14 @@ func (a *partitionActor) receive(c *actor.Context, msg any) error {
 			a.snapshotFinished(m)
 		}
 		return nil
+	case snapshotNow:
+		up, err := a.snapshotRequested()
+		if err != nil {
+			c.RespondError(err)
+			return nil
+		}
+		c.Respond(up)
+		return nil
 	case queryReq:
 		v, err := a.store.Get([]byte(storeKey(m.store, m.key)))
 		if err != nil {

@@ -135,6 +135,31 @@ func (a *Actor) Get(ctx context.Context, store string, key []byte) ([]byte, erro
 	return v.([]byte), nil
 }
 
+// Snapshot takes a snapshot of the partition's store now (or waits for the
+// upload in progress), whether or not periodic snapshots are configured,
+// and returns it once uploaded. A store with nothing new since the last
+// snapshot returns that one. It fails with ErrUnavailable when the actor
+// does not run.
+func (a *Actor) Snapshot(ctx context.Context) (SnapshotStatus, error) {
+	v, err := a.ref.Ask(ctx, snapshotNow{})
+	if err != nil {
+		return SnapshotStatus{}, err
+	}
+	up := v.(*uploadDone)
+	if up == nil {
+		if s := a.Status().Snapshot; s != nil {
+			return *s, nil
+		}
+		return SnapshotStatus{}, fmt.Errorf("%w: no snapshot", ErrUnavailable)
+	}
+	select {
+	case <-up.done:
+		return up.res.st, up.res.err
+	case <-ctx.Done():
+		return SnapshotStatus{}, ctx.Err()
+	}
+}
+
 // Status returns the actor's progress as of its last commit. It does not wait
 // for the actor: a partition still restoring reports Running false.
 func (a *Actor) Status() Status {

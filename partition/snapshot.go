@@ -62,6 +62,7 @@ type snapshots struct {
 	busy     atomic.Bool // an upload runs
 	wg       sync.WaitGroup
 	cancel   context.CancelFunc
+	cur      *uploadDone     // the upload running, or the last one
 	bucket   *snapshot.Store // opened by the first upload
 	bucketMu sync.Mutex      // bucket: uploads run one at a time, but on different goroutines
 }
@@ -69,6 +70,15 @@ type snapshots struct {
 // snapshotTick asks the actor to check whether a snapshot is due
 // (Config.SnapshotInterval).
 type snapshotTick struct{ from *partitionActor }
+
+// snapshotNow asks the actor for a snapshot now (Actor.Snapshot).
+type snapshotNow struct{}
+
+// uploadDone is one upload's outcome: done is closed once res is set.
+type uploadDone struct {
+	done chan struct{}
+	res  snapshotDone
+}
 
 // snapshotDone reports an upload's outcome to the actor.
 type snapshotDone struct {
@@ -199,6 +209,8 @@ func (a *partitionActor) takeSnapshot() error {
 	a.snap.busy.Store(true)
 	a.snap.wg.Add(1)
 	self, from := a.self, a
+	up := &uploadDone{done: make(chan struct{})}
+	a.snap.cur = up
 	go func() {
 		defer a.snap.wg.Done()
 		defer a.snap.busy.Store(false)
@@ -210,8 +222,10 @@ func (a *partitionActor) takeSnapshot() error {
 				"bytes", st.Bytes, "uploaded_bytes", st.Uploaded, "checkpoint", took.Round(time.Microsecond),
 				"took", time.Since(start).Round(time.Millisecond))
 		}
+		up.res = snapshotDone{from: from, st: st, err: err}
+		close(up.done)
 		if self != nil {
-			_ = self.TrySend(snapshotDone{from: from, st: st, err: err})
+			_ = self.TrySend(up.res)
 		}
 	}()
 	return nil
@@ -249,6 +263,31 @@ func (a *partitionActor) snapshotConfig() snapshot.Config {
 	c := a.cfg.Snapshot
 	c.Logger = a.log
 	return c
+}
+
+// snapshotRequested takes a snapshot now (snapshotNow), unless one is
+// uploading (its outcome answers) or the store holds nothing new since the
+// last (nil: Status.Snapshot is current). It works whether or not periodic
+// snapshots are configured.
+func (a *partitionActor) snapshotRequested() (*uploadDone, error) {
+	switch {
+	case a.cfg.NoChangelog:
+		return nil, errors.New("partition: a type without a changelog has no snapshots")
+	case !a.started || a.abandoned || a.released.Load():
+		return nil, fmt.Errorf("%w: not running", ErrUnavailable)
+	case a.snap.busy.Load():
+		return a.snap.cur, nil
+	case a.writer.Last() <= a.snap.lastSeq && a.status.p.Load().Snapshot != nil:
+		return nil, nil
+	}
+	last := a.writer.Last()
+	if err := a.takeSnapshot(); err != nil {
+		a.m.snapshotFailures.Inc()
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	a.snap.lastSeq, a.snap.lastAt = last, time.Now()
+	a.armSnapshotTimer()
+	return a.snap.cur, nil
 }
 
 // snapshotFinished handles an upload's outcome on the actor's goroutine.

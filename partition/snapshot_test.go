@@ -254,3 +254,36 @@ func TestSnapshotOfAnEarlierChangelogIsNotUsed(t *testing.T) {
 		t.Fatalf("restores from the changelog = %v, want 1 (snapshot: %v)", got, restoresBy(t, reg, restoreSnapshot))
 	}
 }
+
+// Actor.Snapshot takes one now, with periodic snapshots off: it returns once
+// uploaded, the bucket holds it, and asked again with nothing new it returns
+// the same snapshot instead of taking another.
+func TestSnapshotNow(t *testing.T) {
+	h := newHarness(t, "snapnow", 1)
+	a := h.start(h.config(0, counter))
+	for i := range 20 {
+		h.publish("k"+strconv.Itoa(i%5), nil)
+	}
+	h.waitOffset(a, 0)
+	st, err := a.Snapshot(h.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.ChangelogSeq != a.Status().ChangelogSeq || st.Files == 0 || st.Uploaded == 0 {
+		t.Fatalf("snapshot %+v; want one of everything committed (changelog sequence %d)", st, a.Status().ChangelogSeq)
+	}
+	b, err := snapshot.Lookup(h.ctx, h.js, h.typ, snapshot.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ms, err := b.Manifests(h.ctx, 0); err != nil || len(ms) != 1 || ms[0].ChangelogSeq != st.ChangelogSeq {
+		t.Fatalf("manifests %+v, %v; want the one snapshot", ms, err)
+	}
+	again, err := a.Snapshot(h.ctx)
+	if err != nil || again.ChangelogSeq != st.ChangelogSeq || !again.Created.Equal(st.Created) {
+		t.Fatalf("asked again with nothing new: %+v, %v; want %+v", again, err, st)
+	}
+	if ms, _ := b.Manifests(h.ctx, 0); len(ms) != 1 {
+		t.Fatalf("%d manifests after asking twice with nothing new; want 1", len(ms))
+	}
+}

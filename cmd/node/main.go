@@ -5,6 +5,7 @@
 //	node demo   [flags]   start NATS and 3 node processes, run the bank under load, kill a node, print what happened
 //	node bench  [flags]   measure eddy against the raw JetStream limit on this machine
 //	node bench failover   measure failover (with and without hot replicas) and handover pauses on a 3-process cluster
+//	node snapshot [flags] snapshot an actor type's partitions now (the nodes that run them take them)
 //	node reset  [flags]   delete an actor type's changelogs, so that it processes its input again from the start
 //
 // Every flag has an environment variable mirror: --data-dir is EDDY_DATA_DIR,
@@ -50,6 +51,7 @@ commands:
   demo     a local 3-node cluster under bank load; kills a node and shows the failover: node demo [--kills 1]
   bench    measure eddy against raw JetStream on this machine: node bench [--events 1000000]
            node bench failover [--kills 20]: failover and handover pauses on a 3-process cluster
+  snapshot snapshot an actor type's partition stores now: node snapshot --nats URL --type bank [--partition 0]
   reset    make an actor type process its input again from the first event: node reset --type bank [--dry-run]
            (refused while a node runs the type; deletes its changelogs, leaves its input and outputs)
 
@@ -75,6 +77,8 @@ func (c *cli) main(ctx context.Context, args []string) int {
 		err = c.demo(ctx, args[1:])
 	case "reset":
 		err = c.reset(ctx, args[1:])
+	case "snapshot":
+		err = c.snapshot(ctx, args[1:])
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(c.stdout, usage)
 		return 0

@@ -208,6 +208,14 @@ func TestRunAndStatus(t *testing.T) {
 		t.Fatalf("want a node line, a header and 6 partitions:\n%s", out.String())
 	}
 
+	// node snapshot has the node snapshot each partition now.
+	var snap bytes.Buffer
+	snc := &cli{stdout: &snap, stderr: testkit.LogWriter(t), lookupEnv: env(nil)}
+	if code := snc.main(ctx, []string{"snapshot", "--type", "bank", "--nats", natsURL}); code != 0 ||
+		!strings.Contains(snap.String(), "bank/0 on node-1: changelog seq") || !strings.Contains(snap.String(), "bank/1 on node-1: changelog seq") {
+		t.Fatalf("node snapshot exited with %d:\n%s", code, snap.String())
+	}
+
 	// node reset refuses while the node runs the type.
 	var refused bytes.Buffer
 	rc := &cli{stdout: &refused, stderr: &refused, lookupEnv: env(nil)}
@@ -227,13 +235,14 @@ func TestRunAndStatus(t *testing.T) {
 	pw.Close()
 
 	// Stopped, its embedded NATS server is the reset's: a dry run lists the
-	// bank's changelogs, the reset deletes them, a second finds none.
+	// bank's changelogs and snapshot bucket, the reset deletes them, a
+	// second finds none.
 	for _, step := range []struct {
 		args []string
 		want string
 	}{
-		{[]string{"--dry-run"}, "would delete (dry run) 2 streams (changelogs, snapshots): EDDY_CL_bank_0 EDDY_CL_bank_1"},
-		{nil, "deleted 2 streams (changelogs, snapshots): EDDY_CL_bank_0 EDDY_CL_bank_1"},
+		{[]string{"--dry-run"}, "would delete (dry run) 3 streams (changelogs, snapshots): EDDY_CL_bank_0 EDDY_CL_bank_1 OBJ_EDDY_SNAP_bank"},
+		{nil, "deleted 3 streams (changelogs, snapshots): EDDY_CL_bank_0 EDDY_CL_bank_1 OBJ_EDDY_SNAP_bank"},
 		{nil, "no changelog or snapshot stream to delete"},
 	} {
 		var out bytes.Buffer
