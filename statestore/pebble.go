@@ -135,12 +135,12 @@ func (p *Pebble) Delete(key []byte) error {
 // Iterate calls fn for each key with the prefix, in ascending order, over a
 // consistent snapshot of the store taken when Iterate starts.
 func (p *Pebble) Iterate(prefix []byte, fn func(key, value []byte) error) error {
-	if !p.gate.enter() {
-		return ErrClosed
-	}
-	defer p.gate.leave()
+	return p.IterateAfter(prefix, nil, fn)
+}
 
-	lower, upper := userBounds(prefix)
+// iterate calls fn for each user key in [lower, upper), in ascending order,
+// over a consistent snapshot of the store; the gate is entered.
+func (p *Pebble) iterate(lower, upper []byte, fn func(key, value []byte) error) error {
 	it, err := p.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
 	if err != nil {
 		return fmt.Errorf("statestore: iterate: %w", err)

@@ -1,11 +1,6 @@
 package statestore
 
-import (
-	"bytes"
-	"fmt"
-
-	"github.com/cockroachdb/pebble/v2"
-)
+import "bytes"
 
 // IterateAfter is Iterate over the keys with the prefix that sort strictly
 // after the key after (all of them when after is nil), in ascending order,
@@ -28,23 +23,5 @@ func (p *Pebble) IterateAfter(prefix, after []byte, fn func(key, value []byte) e
 	if bytes.Compare(lower, upper) >= 0 {
 		return nil
 	}
-	it, err := p.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
-	if err != nil {
-		return fmt.Errorf("statestore: iterate: %w", err)
-	}
-	for valid := it.First(); valid; valid = it.Next() {
-		v, err := it.ValueAndErr()
-		if err != nil {
-			_ = it.Close()
-			return fmt.Errorf("statestore: iterate: %w", err)
-		}
-		if err := fn(it.Key()[1:], v); err != nil {
-			_ = it.Close()
-			return err
-		}
-	}
-	if err := it.Close(); err != nil {
-		return fmt.Errorf("statestore: iterate: %w", err)
-	}
-	return nil
+	return p.iterate(lower, upper, fn)
 }

@@ -30,20 +30,8 @@ func (c *cli) reset(ctx context.Context, args []string) error {
 	if *typ == "" {
 		return errors.New("--type is required")
 	}
-	log, err := lf.logger(c.stderr)
+	node, err := c.startTool(ctx, &cfg, nf, lf)
 	if err != nil {
-		return err
-	}
-	cfg.Logger = log
-	cfg.HTTPAddr = "" // a tool, not a node: it serves nothing
-	if cfg.NATSOptions, err = nf.natsOptions(); err != nil {
-		return err
-	}
-	node, err := eddy.NewNode(cfg)
-	if err != nil {
-		return err
-	}
-	if err := node.Start(ctx); err != nil {
 		if cfg.NATSURL == "" {
 			return fmt.Errorf("%w (is a node with the embedded NATS server of %s running? stop it first)", err, cfg.DataDir)
 		}
@@ -72,4 +60,23 @@ func (c *cli) reset(ctx context.Context, args []string) error {
 		fmt.Fprintf(c.stdout, "the next node to run %s discards its local stores and processes the input from its first event\n", r.Type)
 	}
 	return nil
+}
+
+// startTool starts a node without actor types for a command that talks to
+// the nodes over NATS (reset, snapshot): it serves no HTTP and runs nothing.
+func (c *cli) startTool(ctx context.Context, cfg *eddy.Config, nf *nodeFlags, lf *logFlags) (*eddy.Node, error) {
+	log, err := lf.logger(c.stderr)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Logger = log
+	cfg.HTTPAddr = ""
+	if cfg.NATSOptions, err = nf.natsOptions(); err != nil {
+		return nil, err
+	}
+	node, err := eddy.NewNode(*cfg)
+	if err != nil {
+		return nil, err
+	}
+	return node, node.Start(ctx)
 }

@@ -29,20 +29,8 @@ func (c *cli) snapshot(ctx context.Context, args []string) error {
 	if cfg.NATSURL == "" {
 		return errors.New("--nats is required: the nodes that run the type take the snapshots")
 	}
-	log, err := lf.logger(c.stderr)
+	node, err := c.startTool(ctx, &cfg, nf, lf)
 	if err != nil {
-		return err
-	}
-	cfg.Logger = log
-	cfg.HTTPAddr = "" // a tool, not a node: it serves nothing
-	if cfg.NATSOptions, err = nf.natsOptions(); err != nil {
-		return err
-	}
-	node, err := eddy.NewNode(cfg)
-	if err != nil {
-		return err
-	}
-	if err := node.Start(ctx); err != nil {
 		return err
 	}
 	defer func() { _ = node.Stop(context.Background()) }()
