@@ -54,17 +54,9 @@ func (a *partitionActor) rebuild(ctx context.Context, meta statestore.Meta, targ
 	lastReport := start
 	events := 0
 	for a.offset < target {
-		msg, err := it.Next(jetstream.NextContext(ctx))
+		msg, seq, pending, err := a.nextRebuildEvent(ctx, it, target)
 		if err != nil {
-			return fmt.Errorf("rebuild: %w", err)
-		}
-		md, err := msg.Metadata()
-		if err != nil {
-			return fmt.Errorf("rebuild: input metadata: %w", err)
-		}
-		seq := md.Sequence.Stream
-		if seq > target {
-			return fmt.Errorf("%w: the event at committed offset %d is missing from %s", ErrInputGone, target, a.cfg.Type)
+			return err
 		}
 		if err := a.runEvent(ctx, msg, seq); err != nil {
 			return err
@@ -78,7 +70,7 @@ func (a *partitionActor) rebuild(ctx context.Context, meta statestore.Meta, targ
 				return err
 			}
 		}
-		if md.NumPending == 0 && seq < target {
+		if pending == 0 && seq < target {
 			return fmt.Errorf("%w: %s ends at %d, before the committed offset %d", ErrInputGone, a.cfg.Type, seq, target)
 		}
 		if now := time.Now(); now.Sub(lastReport) >= a.cfg.ProgressEvery {
@@ -120,4 +112,22 @@ func (a *partitionActor) commitRebuilt() error {
 	a.writes = a.writes[:0]
 	a.outbox, a.replies = a.outbox[:0], a.replies[:0]
 	return nil
+}
+
+// nextRebuildEvent reads the next event of a rebuild from the input, with
+// its sequence and how many events the input holds past it. The sequence
+// must not pass target (the offset committed before): past it, the event at
+// target is gone from the input stream (ErrInputGone).
+func (a *partitionActor) nextRebuildEvent(ctx context.Context, it jetstream.MessagesContext, target uint64) (msg jetstream.Msg, seq, pending uint64, err error) {
+	if msg, err = it.Next(jetstream.NextContext(ctx)); err != nil {
+		return nil, 0, 0, fmt.Errorf("rebuild: %w", err)
+	}
+	md, err := msg.Metadata()
+	if err != nil {
+		return nil, 0, 0, fmt.Errorf("rebuild: input metadata: %w", err)
+	}
+	if seq = md.Sequence.Stream; seq > target {
+		return nil, 0, 0, fmt.Errorf("%w: the event at committed offset %d is missing from %s", ErrInputGone, target, a.cfg.Type)
+	}
+	return msg, seq, md.NumPending, nil
 }

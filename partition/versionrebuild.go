@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/eddyrt/eddy/changelog"
 	"github.com/eddyrt/eddy/statestore"
 )
@@ -154,17 +152,9 @@ func (a *partitionActor) replayForVersion(ctx context.Context, target uint64) er
 	start, lastReport := time.Now(), time.Now()
 	events := 0
 	for a.ver.rebuiltThrough < target {
-		msg, err := it.Next(jetstream.NextContext(ctx))
+		msg, seq, pending, err := a.nextRebuildEvent(ctx, it, target)
 		if err != nil {
-			return fmt.Errorf("rebuild: %w", err)
-		}
-		md, err := msg.Metadata()
-		if err != nil {
-			return fmt.Errorf("rebuild: input metadata: %w", err)
-		}
-		seq := md.Sequence.Stream
-		if seq > target {
-			return fmt.Errorf("%w: the event at committed offset %d is missing from %s", ErrInputGone, target, a.cfg.Type)
+			return err
 		}
 		if err := a.runEvent(ctx, msg, seq); err != nil { // may commit the batch so far
 			return err
@@ -179,7 +169,7 @@ func (a *partitionActor) replayForVersion(ctx context.Context, target uint64) er
 				return err
 			}
 		}
-		if md.NumPending == 0 && seq < target {
+		if pending == 0 && seq < target {
 			return fmt.Errorf("%w: %s ends at %d, before the committed offset %d", ErrInputGone, a.cfg.Type, seq, target)
 		}
 		if now := time.Now(); now.Sub(lastReport) >= a.cfg.ProgressEvery {
