@@ -139,6 +139,7 @@ func (b *bench) run(ctx context.Context) (err error) {
 		return fmt.Errorf("preload: %w", err)
 	}
 	var raw, ed []time.Duration
+	var records float64 // changelog records eddy wrote in its last run
 	for run := range o.runs {
 		d, err := b.phase(ctx, "raw", func(ctx context.Context) (time.Duration, error) { return b.rawPipeline(ctx) })
 		if err != nil {
@@ -154,12 +155,20 @@ func (b *bench) run(ctx context.Context) (err error) {
 		if err != nil {
 			return fmt.Errorf("eddy: %w", err)
 		}
-		ed = append(ed, d)
+		ed, records = append(ed, d), st.records
 		b.printf("  (b) eddy, run %d: %d events in %v = %.0f ev/s (%.0f commits of %.0f events, %.0f changelog records, %.1f ms each on average)",
 			run+1, o.events, d.Round(time.Millisecond), rate(o.events, d), st.commits, float64(o.events)/max(st.commits, 1),
 			st.records/max(st.commits, 1), 1000*st.commitSeconds/max(st.commits, 1))
 	}
 	rawRate, eddyRate := rate(o.events, median(raw)), rate(o.events, median(ed))
+	lim, err := b.limitPipeline(ctx, int(records))
+	if err != nil {
+		return fmt.Errorf("limit pipeline: %w", err)
+	}
+	b.printf("  (a') limit: one unfiltered ordered consumer reads the input at %.0f ev/s; async publish of %d changelog records at %.0f rec/s; "+
+		"eddy wrote %.2f records per event: limit 1/(1/read + %.2f/publish) = %.0f ev/s",
+		lim.read, int(records), lim.publish, lim.perEvent, lim.perEvent, lim.rate())
+	b.printf("bench: limit ratio=%.2f eddy=%d limit=%d", eddyRate/lim.rate(), int64(eddyRate), int64(lim.rate()))
 	b.printf("bench: throughput ratio=%.2f eddy=%d raw=%d", eddyRate/rawRate, int64(eddyRate), int64(rawRate))
 
 	s, err := b.buildChangelog(ctx)

@@ -264,6 +264,7 @@ func TestBenchTiny(t *testing.T) {
 	t.Log(out.String())
 	for _, re := range []string{
 		`(?m)^bench: throughput ratio=\d+\.\d\d eddy=\d+ raw=\d+$`,
+		`(?m)^bench: limit ratio=\d+\.\d\d eddy=\d+ limit=\d+$`,
 		`(?m)^bench: restore ratio=\d+\.\d\d eddy=\d+ raw=\d+$`,
 		`(?m)^bench: snapshot upload ratio=\d+\.\d\d eddy=[\d.]+MiB/s raw=[\d.]+MiB/s$`,
 		`(?m)^bench: snapshot restore speedup=\d+\.\d\d snapshot=\S+ changelog=\S+$`,
