@@ -187,18 +187,9 @@ func (c commitsFail) RequestMsgWithContext(context.Context, *nats.Msg) (*nats.Ms
 // time, and n2 gives each back once; then n2 holds no active for good,
 // every partition runs on n1 or n3, and the bank loses nothing.
 func TestClusterGivesBackAPartitionThatKeepsFailing(t *testing.T) {
-	srv := natstest.Start(t)
 	const partitions = 4
-	bank := apps.Bank(partitions)
-	fast := func(c *eddy.Config) { c.GiveBackAfter = time.Second }
-	n1 := startMember(t, srv.URL(), "n1", "", fast, bank)
-	n3 := startMember(t, srv.URL(), "n3", n1.GossipAddr(), fast, bank)
-	waitSettled(t, []*eddy.Node{n1, n3}, partitions)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	accounts, transfers := fundBank(t, ctx, srv, 12, 9)
-	transfers(50)
-	waitBankHolds(t, ctx, n1, accounts, 50)
+	g := startGiveBackCluster(t, partitions, 9)
+	srv, n1, fast, bank, ctx, accounts, transfers := g.srv, g.n1, g.fast, g.bank, g.ctx, g.accounts, g.transfers
 
 	// n2 joins; the balancer hands it its share, which it cannot commit.
 	nc, _ := srv.Connect(t)
@@ -284,18 +275,9 @@ func TestClusterGivesBackAPartitionThatKeepsFailing(t *testing.T) {
 // the node (which would wait for those replicas forever), and does not
 // place the partitions there again until the node restarts.
 func TestClusterGivesBackAReplicaThatKeepsFailing(t *testing.T) {
-	srv := natstest.Start(t)
 	const partitions = 4
-	bank := apps.Bank(partitions)
-	fast := func(c *eddy.Config) { c.GiveBackAfter = time.Second }
-	n1 := startMember(t, srv.URL(), "n1", "", fast, bank)
-	n3 := startMember(t, srv.URL(), "n3", n1.GossipAddr(), fast, bank)
-	waitSettled(t, []*eddy.Node{n1, n3}, partitions)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	accounts, transfers := fundBank(t, ctx, srv, 12, 11)
-	transfers(50)
-	waitBankHolds(t, ctx, n1, accounts, 50)
+	g := startGiveBackCluster(t, partitions, 11)
+	srv, n1, fast, bank, ctx, accounts, transfers := g.srv, g.n1, g.fast, g.bank, g.ctx, g.accounts, g.transfers
 
 	// n2 joins; its replicas (warm-up ones included) cannot open their stores.
 	broken := func(c *eddy.Config) {
@@ -333,4 +315,32 @@ func TestClusterGivesBackAReplicaThatKeepsFailing(t *testing.T) {
 	}
 	transfers(50)
 	waitBankHolds(t, ctx, n1, accounts, 100)
+}
+
+// giveBackCluster is n1 and n3 running the bank with a give-back after 1 s,
+// funded and past 50 transfers, for a broken n2 to join.
+type giveBackCluster struct {
+	srv       *natstest.Server
+	n1        *eddy.Node
+	fast      func(*eddy.Config)
+	bank      eddy.ActorType
+	ctx       context.Context
+	accounts  []string
+	transfers func(n int)
+}
+
+func startGiveBackCluster(t *testing.T, partitions int, seed uint64) giveBackCluster {
+	t.Helper()
+	g := giveBackCluster{srv: natstest.Start(t), bank: apps.Bank(partitions),
+		fast: func(c *eddy.Config) { c.GiveBackAfter = time.Second }}
+	g.n1 = startMember(t, g.srv.URL(), "n1", "", g.fast, g.bank)
+	n3 := startMember(t, g.srv.URL(), "n3", g.n1.GossipAddr(), g.fast, g.bank)
+	waitSettled(t, []*eddy.Node{g.n1, n3}, partitions)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	g.ctx = ctx
+	g.accounts, g.transfers = fundBank(t, ctx, g.srv, 12, seed)
+	g.transfers(50)
+	waitBankHolds(t, ctx, g.n1, g.accounts, 50)
+	return g
 }

@@ -376,15 +376,10 @@ func (f *FSM) reportLag(c ReportLag) bool {
 // partition is placed again raises the floor (and takes the new reason, and
 // an avoidance not recorded yet), and changes nothing if all are the same.
 func (f *FSM) giveBack(c GiveBack) (bool, error) {
-	ti, ok := f.m.typeIndex(c.Type)
-	if !ok {
-		return false, fmt.Errorf("%w: give back %s/%d: actor type not registered", ErrInvalidCommand, c.Type, c.Partition)
+	p, err := f.partition("give back", c.Type, c.Partition)
+	if err != nil {
+		return false, err
 	}
-	ps := f.m.Types[ti].Partitions
-	if c.Partition >= len(ps) {
-		return false, fmt.Errorf("%w: give back %s/%d: no such partition", ErrInvalidCommand, c.Type, c.Partition)
-	}
-	p := &ps[c.Partition]
 	if p.Active != c.Node || p.Epoch != c.Epoch {
 		return false, fmt.Errorf("%w: %s gives back %s at epoch %d, which is active on %q at epoch %d",
 			ErrStale, c.Node, p, c.Epoch, p.Active, p.Epoch)
@@ -406,19 +401,28 @@ func (f *FSM) giveBack(c GiveBack) (bool, error) {
 	return true, nil
 }
 
+// partition is the assignment of partition p of typ, to change in place;
+// an unknown type or partition is ErrInvalidCommand (what names the command).
+func (f *FSM) partition(what, typ string, p int) (*PartitionAssignment, error) {
+	ti, ok := f.m.typeIndex(typ)
+	if !ok {
+		return nil, fmt.Errorf("%w: %s %s/%d: actor type not registered", ErrInvalidCommand, what, typ, p)
+	}
+	ps := f.m.Types[ti].Partitions
+	if p >= len(ps) {
+		return nil, fmt.Errorf("%w: %s %s/%d: no such partition", ErrInvalidCommand, what, typ, p)
+	}
+	return &ps[p], nil
+}
+
 // giveBackReplica records the giving node's current process among the
 // partition's avoided nodes, if the node holds a replica of it or is its
 // move target; otherwise the give-back is stale.
 func (f *FSM) giveBackReplica(c GiveBackReplica) (bool, error) {
-	ti, ok := f.m.typeIndex(c.Type)
-	if !ok {
-		return false, fmt.Errorf("%w: give back a replica of %s/%d: actor type not registered", ErrInvalidCommand, c.Type, c.Partition)
+	p, err := f.partition("give back a replica of", c.Type, c.Partition)
+	if err != nil {
+		return false, err
 	}
-	ps := f.m.Types[ti].Partitions
-	if c.Partition >= len(ps) {
-		return false, fmt.Errorf("%w: give back a replica of %s/%d: no such partition", ErrInvalidCommand, c.Type, c.Partition)
-	}
-	p := &ps[c.Partition]
 	held := p.MovingTo == c.Node || slices.ContainsFunc(p.Replicas, func(r Replica) bool { return r.Node == c.Node })
 	n, known := f.m.Node(c.Node)
 	if !held || !known {
