@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/eddyrt/eddy/changelog"
@@ -24,6 +25,22 @@ func Of(key string, n int) int {
 
 // InputSubject is the subject a client publishes an event for key to.
 func InputSubject(typ, key string) string { return typ + "." + changelog.EncodeKey(key) }
+
+// Input addresses the events of one actor type's input stream: what a
+// producer needs to publish an event for a key.
+type Input struct {
+	// Type is the actor type, which names its input stream.
+	Type string
+	// Partitions is the type's partition count.
+	Partitions int
+	// KeyedSubjects is the input layout with one subject per key.
+	KeyedSubjects bool
+}
+
+// Msg returns the message that carries data as an event for key.
+func (in Input) Msg(key string, data []byte) *nats.Msg {
+	return &nats.Msg{Subject: InputSubject(in.Type, key), Data: data, Header: nats.Header{}}
+}
 
 // DLQStream is the name of the dead-letter stream of an actor type.
 func DLQStream(typ string) string { return typ + "_dlq" }
