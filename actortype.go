@@ -14,6 +14,15 @@ type ActorType struct {
 	Name string
 	// Partitions is how many partitions the input stream has; it cannot change later.
 	Partitions int
+	// KeyedSubjects gives the input stream one subject per key, <name>.<key>,
+	// placed in its partition by the server (a subject transform), so that
+	// any NATS client can publish an event for a key without computing its
+	// partition. The NATS server then holds state for every key (about 200
+	// bytes each, in memory, and again at each restart): use it for small
+	// keyspaces. By default the stream has one subject per partition,
+	// <name>.<p>, with the key in the Eddy-Key header (see partition.Input
+	// and partition.Of); Client does that itself. It cannot change later.
+	KeyedSubjects bool
 	// Handler processes one event.
 	Handler func(c *Context) error
 	// Stores are named stores besides the per-key state, for cross-key state.
@@ -132,4 +141,9 @@ func (t *ActorType) replicationFactor() int {
 		return 0
 	}
 	return t.ReplicationFactor
+}
+
+// input is the addressing of the type's input stream.
+func (t *ActorType) input() partition.Input {
+	return partition.Input{Type: t.Name, Partitions: t.Partitions, KeyedSubjects: t.KeyedSubjects}
 }

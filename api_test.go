@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/eddyrt/eddy"
@@ -68,7 +67,7 @@ func TestMalformedEventIsDeadLetteredWithOneLineReason(t *testing.T) {
 	_, _, js := startNode(t, apps.Bank(1))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := js.PublishMsg(ctx, &nats.Msg{Subject: "bank.alice", Data: []byte("not an event")}); err != nil {
+	if _, err := js.PublishMsg(ctx, partition.Input{Type: apps.BankType, Partitions: 1}.Msg("alice", []byte("not an event"))); err != nil {
 		t.Fatal(err)
 	}
 	sub, err := js.OrderedConsumer(ctx, partition.DLQStream(apps.BankType), jetstream.OrderedConsumerConfig{})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -17,6 +18,9 @@ import (
 type Client struct {
 	nc *nats.Conn
 	js jetstream.JetStream
+
+	mu     sync.Mutex
+	inputs map[string]partition.Input // by actor type, read from the input streams
 }
 
 // NewClient returns a client over nc.
@@ -38,7 +42,7 @@ func (c *Client) Send(ctx context.Context, actorType, key string, v any) error {
 // same id only once within the stream's duplicate window, so a retried Send
 // is not processed twice.
 func (c *Client) SendWithID(ctx context.Context, actorType, key, msgID string, v any) error {
-	m, err := eventMsg(actorType, key, v)
+	m, err := c.eventMsg(ctx, actorType, key, v)
 	if err != nil {
 		return err
 	}
@@ -55,7 +59,7 @@ func (c *Client) SendWithID(ctx context.Context, actorType, key, msgID string, v
 // The reply arrives only after the event's effects are committed. If ctx ends
 // first the event may still be processed; use a message id to retry safely.
 func (c *Client) Ask(ctx context.Context, actorType, key string, v, reply any) error {
-	m, err := eventMsg(actorType, key, v)
+	m, err := c.eventMsg(ctx, actorType, key, v)
 	if err != nil {
 		return err
 	}
@@ -79,7 +83,7 @@ func (c *Client) Ask(ctx context.Context, actorType, key string, v, reply any) e
 	return msgpack.Unmarshal(resp.Data, reply)
 }
 
-func eventMsg(actorType, key string, v any) (*nats.Msg, error) {
+func (c *Client) eventMsg(ctx context.Context, actorType, key string, v any) (*nats.Msg, error) {
 	if actorType == "" {
 		return nil, errors.New("eddy: no actor type")
 	}
@@ -87,5 +91,36 @@ func eventMsg(actorType, key string, v any) (*nats.Msg, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &nats.Msg{Subject: partition.InputSubject(actorType, key), Data: b, Header: nats.Header{}}, nil
+	in, err := c.input(ctx, actorType)
+	if err != nil {
+		return nil, err
+	}
+	return in.Msg(key, b), nil
+}
+
+// input returns the addressing of actorType's input stream, read from the
+// stream's metadata once per client. A stream without eddy's metadata
+// (made by an earlier eddy) takes one subject per key.
+func (c *Client) input(ctx context.Context, actorType string) (partition.Input, error) {
+	c.mu.Lock()
+	in, ok := c.inputs[actorType]
+	c.mu.Unlock()
+	if ok {
+		return in, nil
+	}
+	st, err := c.js.Stream(ctx, actorType)
+	if err != nil {
+		return partition.Input{}, fmt.Errorf("eddy: input stream of %s: %w", actorType, err)
+	}
+	in, ok = partition.InputOf(st.CachedInfo().Config)
+	if !ok {
+		in = partition.Input{Type: actorType, KeyedSubjects: true}
+	}
+	c.mu.Lock()
+	if c.inputs == nil {
+		c.inputs = make(map[string]partition.Input)
+	}
+	c.inputs[actorType] = in
+	c.mu.Unlock()
+	return in, nil
 }

@@ -98,7 +98,7 @@ func (c *Context) Emit(stream, key string, v any) error {
 	if err != nil {
 		return err
 	}
-	return c.tx.Publish(partition.InputSubject(stream, key), nil, b)
+	return c.tx.Emit(stream, key, b)
 }
 
 // Reply answers a client's Ask, after the event's effects are committed.

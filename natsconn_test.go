@@ -332,12 +332,15 @@ func TestStartRefusesIncompatibleStreams(t *testing.T) {
 		says   []string
 	}{
 		{"input stream with 8 partitions", jetstream.StreamConfig{
+			Name: "visits", Subjects: []string{"visits.*"}, Metadata: map[string]string{"eddy.partitions": "8"},
+		}, []string{"input stream visits", "Metadata[eddy.partitions] 8", "needs 4", "partition count"}},
+		{"input stream with one subject per key", jetstream.StreamConfig{
 			Name: "visits", Subjects: []string{"visits.*"},
-			SubjectTransform: &jetstream.SubjectTransformConfig{Source: "visits.*", Destination: "visits.{{partition(8,1)}}.{{wildcard(1)}}"},
-		}, []string{"input stream visits", "SubjectTransform", "partition(8,1)", "partition(4,1)", "partition count"}},
+			SubjectTransform: &jetstream.SubjectTransformConfig{Source: "visits.*", Destination: "visits.{{partition(4,1)}}.{{wildcard(1)}}"},
+		}, []string{"input stream visits", "SubjectTransform", "partition(4,1)", "needs none", "one subject per key"}},
 		{"input stream with other subjects", jetstream.StreamConfig{
 			Name: "visits", Subjects: []string{"visit.*"},
-		}, []string{"input stream visits", "Subjects", "[visit.*]", "[visits.*]"}},
+		}, []string{"input stream visits", "Subjects", "[visit.*]", "[visits.0 visits.1 visits.2 visits.3]"}},
 		{"changelog without compaction", jetstream.StreamConfig{
 			Name: "EDDY_CL_visits_2", Subjects: []string{"eddy.cl.visits.2.>"}, AllowAtomicPublish: true,
 		}, []string{"changelog EDDY_CL_visits_2", "MaxMsgsPerSubject -1", "needs 1"}},
@@ -377,8 +380,7 @@ func TestStartRefusesIncompatibleStreams(t *testing.T) {
 		_, js := srv.Connect(t)
 		cl := jetstream.StreamConfig{Name: "EDDY_CL_visits_3", Subjects: []string{"eddy.cl.visits.3.>"},
 			MaxMsgsPerSubject: 1, AllowAtomicPublish: true}
-		in := jetstream.StreamConfig{Name: "visits", Subjects: []string{"visits.*"}, Duplicates: time.Minute,
-			SubjectTransform: &jetstream.SubjectTransformConfig{Source: "visits.*", Destination: "visits.{{partition(4,1)}}.{{wildcard(1)}}"}}
+		in := jetstream.StreamConfig{Name: "visits", Subjects: []string{"visits.*"}, Duplicates: time.Minute}
 		for _, c := range []jetstream.StreamConfig{cl, in} {
 			if _, err := js.CreateStream(ctx, c); err != nil {
 				t.Fatal(err)

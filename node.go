@@ -31,6 +31,9 @@ type Node struct {
 	log   *slog.Logger
 	types map[string]*ActorType
 	order []string
+	// inputs are the input streams of the registered types (written by
+	// Register, read-only once started).
+	inputs map[string]partition.Input
 
 	reg      prometheus.Registerer
 	gatherer prometheus.Gatherer
@@ -103,6 +106,10 @@ func (n *Node) Register(t ActorType) error {
 	}
 	n.types[t.Name] = &t
 	n.order = append(n.order, t.Name)
+	if n.inputs == nil {
+		n.inputs = make(map[string]partition.Input)
+	}
+	n.inputs[t.Name] = t.input()
 	return nil
 }
 

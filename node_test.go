@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"hash/fnv"
 	"io"
 	"maps"
 	"net/http"
@@ -117,7 +119,7 @@ func TestNodeServesBankThroughClientQueryAndHTTP(t *testing.T) {
 
 	// Any NATS client can publish; a malformed event goes to the dead-letter
 	// stream and the partition goes on.
-	if _, err := js.Publish(ctx, "bank.carol", []byte{0xc1}); err != nil {
+	if _, err := js.PublishMsg(ctx, partition.Input{Type: apps.BankType, Partitions: 4}.Msg("carol", []byte{0xc1})); err != nil {
 		t.Fatal(err)
 	}
 	if err := client.Ask(ctx, apps.BankType, "carol", apps.Op{Kind: "deposit", Amount: 5}, &bal); err != nil || bal != 5 {
@@ -268,10 +270,15 @@ func TestPlainJSONEventsFromAnyClient(t *testing.T) {
 	node, _, js := startNode(t, apps.Bank(2))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	// What a client in any language sends: the partition is FNV-1a of the
+	// key mod 2, the key goes in the Eddy-Key header.
+	h := fnv.New32a()
+	h.Write([]byte("alice"))
+	subject := fmt.Sprintf("bank.%d", h.Sum32()%2)
 	for _, m := range []*nats.Msg{
-		{Subject: "bank.alice", Data: []byte(`{"kind":"deposit","amount":40}`)},
-		{Subject: "bank.alice", Data: []byte(` {"kind":"deposit","amount":2}`), Header: nats.Header{"Content-Type": []string{"application/json"}}},
-		{Subject: "bank.alice", Data: []byte(`deposit 1000`)},
+		{Subject: subject, Header: nats.Header{"Eddy-Key": {"alice"}}, Data: []byte(`{"kind":"deposit","amount":40}`)},
+		{Subject: subject, Header: nats.Header{"Eddy-Key": {"alice"}, "Content-Type": {"application/json"}}, Data: []byte(` {"kind":"deposit","amount":2}`)},
+		{Subject: subject, Header: nats.Header{"Eddy-Key": {"alice"}}, Data: []byte(`deposit 1000`)},
 	} {
 		if _, err := js.PublishMsg(ctx, m); err != nil {
 			t.Fatal(err)

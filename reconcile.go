@@ -590,6 +590,8 @@ func (n *Node) startActive(ctx context.Context, t *ActorType, k pkey, w placemen
 func (n *Node) partitionConfig(t *ActorType, p int, epoch uint64) partition.Config {
 	c := partition.DefaultConfig()
 	c.Type, c.Partition, c.Partitions = t.Name, p, t.Partitions
+	c.KeyedSubjects = t.KeyedSubjects
+	c.Inputs = n.inputs
 	c.Epoch, c.Owner = epoch, n.owner
 	c.Stores = t.Stores
 	c.NoChangelog = t.NoChangelog

@@ -32,7 +32,7 @@ func (n *Node) ensureStreams(ctx context.Context, w *natsWait, nc *nats.Conn, js
 	for _, name := range n.order {
 		t := n.types[name]
 		err := ensure("JetStream to create input stream "+t.Name, func(ctx context.Context) error {
-			return partition.EnsureInputStream(ctx, js, t.Name, t.Partitions, sopt)
+			return partition.EnsureInputStream(ctx, js, t.input(), sopt)
 		})
 		if err != nil {
 			return err

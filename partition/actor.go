@@ -226,7 +226,7 @@ type partitionActor struct {
 	// see it as Txn.Context.
 	ctx context.Context
 	// targets are the streams publishes were found to reach (checkTarget).
-	targets   map[string]bool
+	targets   map[string]target
 	reconnect atomic.Pointer[chan struct{}] // closed and replaced at each reconnect to NATS
 	abandoned bool
 	started   bool // restored and fenced: commits show it running
@@ -878,7 +878,7 @@ func (a *partitionActor) runEvent(ctx context.Context, msg jetstream.Msg, seq ui
 	attempts := 0
 	if len(ev.Data) > a.cfg.MaxEventSize {
 		err = fmt.Errorf("event of %d bytes, limit %d: %w", len(ev.Data), a.cfg.MaxEventSize, ErrPermanent)
-	} else if ev.Key, err = keyOf(ev.Subject); err == nil {
+	} else if ev.Key, err = a.cfg.input().Key(a.cfg.Partition, ev.Subject, ev.Header); err == nil {
 		for attempts < a.cfg.MaxAttempts {
 			attempts++
 			a.tx.reset(ev)

@@ -172,7 +172,7 @@ func TestAmbiguousCommitNeverFencesItself(t *testing.T) {
 			outputs := map[uint64]string{}
 			for i := range events {
 				key := "k" + strconv.Itoa(i%keys)
-				ack, err := h.js.Publish(h.ctx, InputSubject(h.typ, key), nil)
+				ack, err := h.js.PublishMsg(h.ctx, h.msg(key, nil))
 				if err != nil {
 					t.Fatal(err)
 				}

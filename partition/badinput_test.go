@@ -104,7 +104,7 @@ func TestBadInputGoesToDeadLetters(t *testing.T) {
 	// Good events with bad ones in between, so that batches mix them.
 	good := map[string]uint64{}
 	pub := func(key string, data []byte) uint64 {
-		return h.publishMsg(&nats.Msg{Subject: InputSubject(h.typ, key), Data: data})
+		return h.publishMsg(h.msg(key, data))
 	}
 	for i := range 60 {
 		key := "k" + strconv.Itoa(i%6)
@@ -113,7 +113,8 @@ func TestBadInputGoesToDeadLetters(t *testing.T) {
 	}
 	boom := pub("boom", []byte("x"))
 	flaky := pub("flaky", []byte("x"))
-	malformed := h.publishMsg(&nats.Msg{Subject: h.typ + ".~!!!", Data: []byte("x")})
+	malformed := h.publishMsg(&nats.Msg{Subject: h.input().PartitionSubject(0), Header: nats.Header{HeaderKey: []string{"~!!!"}}, Data: []byte("x")})
+	keyless := h.publishMsg(&nats.Msg{Subject: h.input().PartitionSubject(0), Data: []byte("x")})
 	oversized := pub("k0", bytes.Repeat([]byte("x"), 2<<10))
 	for i := range 60 {
 		key := "k" + strconv.Itoa(i%6)
@@ -122,19 +123,20 @@ func TestBadInputGoesToDeadLetters(t *testing.T) {
 	}
 	h.waitOffset(a, 0)
 
-	dl := h.waitDeadLetters(3)
-	if len(dl) != 3 {
-		t.Errorf("dead-letter stream holds %d events, want 3 (boom, malformed, oversized)", len(dl))
+	dl := h.waitDeadLetters(4)
+	if len(dl) != 4 {
+		t.Errorf("dead-letter stream holds %d events, want 4 (boom, malformed, keyless, oversized)", len(dl))
 	}
 	checkDeadLetter(t, dl[boom], 3, "handler panic: boom")
 	// Events rejected before the handler runs report 0 attempts.
 	checkDeadLetter(t, dl[malformed], 0, "malformed key token")
+	checkDeadLetter(t, dl[keyless], 0, "event on bad.0 has no Eddy-Key header")
 	checkDeadLetter(t, dl[oversized], 0, "event of 2048 bytes, limit 1024")
 	if m := dl[oversized]; m != nil && (m.Header.Get("Eddy-Truncated") != "2048" || len(m.Data) != 0) {
 		t.Errorf("oversized dead letter: Eddy-Truncated %q and %d data bytes; want 2048 and none (the event stays in the input stream)",
 			m.Header.Get("Eddy-Truncated"), len(m.Data))
 	}
-	if m := dl[boom]; m != nil && (string(m.Data) != "x" || m.Header.Get("Eddy-Subject") != "bad.0.boom") {
+	if m := dl[boom]; m != nil && (string(m.Data) != "x" || m.Header.Get("Eddy-Subject") != "bad.0") {
 		t.Errorf("boom dead letter: data %q subject %q, want the event", m.Data, m.Header.Get("Eddy-Subject"))
 	}
 	if _, ok := dl[flaky]; ok {
@@ -142,9 +144,9 @@ func TestBadInputGoesToDeadLetters(t *testing.T) {
 	}
 
 	mu.Lock()
-	if runs[boom] != 3 || runs[flaky] != 3 || runs[malformed] != 0 || runs[oversized] != 0 {
-		t.Errorf("handler runs: boom %d flaky %d malformed %d oversized %d, want 3 3 0 0",
-			runs[boom], runs[flaky], runs[malformed], runs[oversized])
+	if runs[boom] != 3 || runs[flaky] != 3 || runs[malformed] != 0 || runs[keyless] != 0 || runs[oversized] != 0 {
+		t.Errorf("handler runs: boom %d flaky %d malformed %d keyless %d oversized %d, want 3 3 0 0 0",
+			runs[boom], runs[flaky], runs[malformed], runs[keyless], runs[oversized])
 	}
 	mu.Unlock()
 	if got := count(h.ctx, a, "flaky"); got != 1 {
@@ -188,7 +190,7 @@ func TestValueTooLarge(t *testing.T) {
 	cfg.MaxValueSize = 1 << 10
 	a := h.start(cfg)
 	h.publish("a", nil)
-	huge := h.publishMsg(&nats.Msg{Subject: InputSubject(h.typ, "huge")})
+	huge := h.publishMsg(h.msg("huge", nil))
 	h.publish("a", nil)
 	h.waitOffset(a, 0)
 
@@ -254,7 +256,7 @@ func TestRecordLimitCutsBatches(t *testing.T) {
 	cfg.BatchSize, cfg.Linger = len(keys), 10*time.Second
 	offsets := map[string]uint64{}
 	for _, k := range keys {
-		offsets[k] = h.publishMsg(&nats.Msg{Subject: InputSubject(h.typ, k)})
+		offsets[k] = h.publishMsg(h.msg(k, nil))
 	}
 	a := h.start(cfg)
 	h.waitOffset(a, 0)

@@ -25,6 +25,13 @@ type Config struct {
 	Partition int
 	// Partitions is the number of partitions of the input stream.
 	Partitions int
+	// KeyedSubjects says the input stream has one subject per key (see
+	// Input), not one per partition.
+	KeyedSubjects bool
+	// Inputs are the input streams of the actor types the node knows, by
+	// name: Txn.Emit addresses events to them in their layout. Other input
+	// streams are looked up in JetStream.
+	Inputs map[string]Input
 	// Epoch is the owner epoch to fence with. 0 means "one more than the
 	// newest epoch in the changelog", which is what a single node wants.
 	Epoch uint64
@@ -244,4 +251,9 @@ func (c *Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// input is the addressing of the actor's input stream.
+func (c Config) input() Input {
+	return Input{Type: c.Type, Partitions: c.Partitions, KeyedSubjects: c.KeyedSubjects}
 }

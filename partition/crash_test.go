@@ -86,7 +86,7 @@ func TestCrashBetweenCommitSteps(t *testing.T) {
 func crashScenario(t *testing.T, ctx context.Context, url string, js jetstream.JetStream, typ, hook string, storeLost, noChangelog, snapshots bool) {
 	const events, keys = 300, 10
 	opt := StreamOptions{Replicas: 1, Duplicates: 2 * time.Minute}
-	if err := EnsureInputStream(ctx, js, typ, 1, opt); err != nil {
+	if err := EnsureInputStream(ctx, js, Input{Type: typ, Partitions: 1}, opt); err != nil {
 		t.Fatal(err)
 	}
 	if err := EnsureStream(ctx, js, DLQStream(typ), []string{DLQSubject(typ)}, opt); err != nil {
@@ -111,7 +111,7 @@ func crashScenario(t *testing.T, ctx context.Context, url string, js jetstream.J
 	var last uint64
 	for range events {
 		key := "k" + strconv.Itoa(rng.IntN(keys))
-		ack, err := js.Publish(ctx, InputSubject(typ, key), nil)
+		ack, err := js.PublishMsg(ctx, Input{Type: typ, Partitions: 1}.Msg(key, nil))
 		if err != nil {
 			t.Fatal(err)
 		}

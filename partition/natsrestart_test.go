@@ -22,7 +22,7 @@ import (
 func (h *harness) publishUntilStored(js jetstream.JetStream, key, id string) error {
 	for {
 		ctx, cancel := context.WithTimeout(h.ctx, 2*time.Second)
-		_, err := js.Publish(ctx, InputSubject(h.typ, key), nil, jetstream.WithMsgID(id))
+		_, err := js.PublishMsg(ctx, h.msg(key, nil), jetstream.WithMsgID(id))
 		cancel()
 		if err == nil {
 			return nil

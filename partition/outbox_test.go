@@ -35,14 +35,14 @@ func TestOutboxForwardedOnceAndReply(t *testing.T) {
 	want := map[uint64]string{} // input offset -> the output a sequential run emits
 	counts := map[string]int{}
 	pub := func(m *nats.Msg) uint64 {
-		key := m.Subject[len(h.typ)+1:]
+		key := m.Header.Get(HeaderKey)
 		off := h.publishMsg(m)
 		counts[key]++
 		want[off] = fmt.Sprintf("%s=%d", key, counts[key])
 		return off
 	}
 	for i := range 20 {
-		pub(&nats.Msg{Subject: InputSubject(h.typ, "k"+strconv.Itoa(i%3))})
+		pub(h.msg("k"+strconv.Itoa(i%3), nil))
 	}
 
 	// A client asks with an event and waits for the reply on its inbox.
@@ -51,7 +51,7 @@ func TestOutboxForwardedOnceAndReply(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	req := &nats.Msg{Subject: InputSubject(h.typ, "k1"), Header: nats.Header{}}
+	req := h.msg("k1", nil)
 	req.Header.Set(HeaderReply, inbox)
 	off := pub(req)
 	reply, err := sub.NextMsg(10 * time.Second)
@@ -99,7 +99,7 @@ func TestOutboxForwardedOnceAndReply(t *testing.T) {
 		t.Fatal(err)
 	}
 	a = h.start(cfg)
-	pub(&nats.Msg{Subject: InputSubject(h.typ, "k2")})
+	pub(h.msg("k2", nil))
 	h.waitOffset(a, 0)
 	checkOutputs("after a full restore")
 }

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,22 +14,6 @@ import (
 	"github.com/eddyrt/eddy/actor"
 	"github.com/eddyrt/eddy/changelog"
 )
-
-// keyOf returns the event key of an input subject "<type>.<partition>.<token>".
-func keyOf(subject string) (string, error) {
-	i := strings.LastIndexByte(subject, '.')
-	if i < 0 {
-		return "", fmt.Errorf("input subject %q has no key: %w", subject, ErrPermanent)
-	}
-	k, err := changelog.DecodeKey(subject[i+1:])
-	if err != nil {
-		return "", fmt.Errorf("%w: %w", err, ErrPermanent)
-	}
-	return k, nil
-}
-
-// InputFilter is the subject filter of partition p of input stream typ.
-func InputFilter(typ string, p int) string { return typ + "." + strconv.Itoa(p) + ".*" }
 
 // startReader starts the incarnation's input reader: an ordered consumer of
 // the partition from offset+1, batching up to BatchSize events or Linger. It
@@ -133,7 +115,7 @@ func (a *partitionActor) checkStall(ctx context.Context, p *readerProgress) erro
 		}
 		a.input = st
 	}
-	msg, err := a.input.GetLastMsgForSubject(rctx, InputFilter(a.cfg.Type, a.cfg.Partition))
+	msg, err := a.input.GetLastMsgForSubject(rctx, a.cfg.input().Filter(a.cfg.Partition))
 	if err != nil || msg.Sequence <= p.pos.Load() {
 		return nil // nothing to read, or NATS cannot tell now
 	}
@@ -221,7 +203,7 @@ func (a *partitionActor) consumeInput(ctx context.Context, offset uint64) (jetst
 	// Straight to the consumer, without looking the stream up first: one
 	// round trip less before a promoted or moved partition reads again.
 	cons, err := a.cfg.JS.OrderedConsumer(ctx, a.cfg.Type, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{InputFilter(a.cfg.Type, a.cfg.Partition)},
+		FilterSubjects: []string{a.cfg.input().Filter(a.cfg.Partition)},
 		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:    offset + 1,
 		// A killed node's consumer goes once its pull requests lose interest.

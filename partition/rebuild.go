@@ -32,7 +32,7 @@ func (a *partitionActor) rebuild(ctx context.Context, meta statestore.Meta, targ
 			ErrInputGone, from, target, a.cfg.Type, first)
 	}
 	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects:    []string{InputFilter(a.cfg.Type, a.cfg.Partition)},
+		FilterSubjects:    []string{a.cfg.input().Filter(a.cfg.Partition)},
 		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:       from,
 		InactiveThreshold: changelog.ConsumerInactiveThreshold,

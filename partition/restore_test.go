@@ -57,7 +57,7 @@ func TestStoreOfARecreatedChangelogIsDiscarded(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := EnsureInputStream(h.ctx, h.js, "recreated", 1, StreamOptions{Replicas: 1, Duplicates: time.Minute}); err != nil {
+	if err := EnsureInputStream(h.ctx, h.js, Input{Type: "recreated", Partitions: 1}, StreamOptions{Replicas: 1, Duplicates: time.Minute}); err != nil {
 		t.Fatal(err)
 	}
 	other := cfg

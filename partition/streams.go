@@ -3,44 +3,14 @@ package partition
 import (
 	"context"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
+	"strconv"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/eddyrt/eddy/changelog"
 	"github.com/eddyrt/eddy/internal/streams"
 )
-
-// Of returns the partition of a key among n partitions: FNV-1a of its subject
-// token, mod n — the same function as the input stream's subject transform
-// {{partition(n,1)}}, so clients and the server agree.
-func Of(key string, n int) int {
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(changelog.EncodeKey(key)))
-	return int(h.Sum32() % uint32(n))
-}
-
-// InputSubject is the subject a client publishes an event for key to.
-func InputSubject(typ, key string) string { return typ + "." + changelog.EncodeKey(key) }
-
-// Input addresses the events of one actor type's input stream: what a
-// producer needs to publish an event for a key.
-type Input struct {
-	// Type is the actor type, which names its input stream.
-	Type string
-	// Partitions is the type's partition count.
-	Partitions int
-	// KeyedSubjects is the input layout with one subject per key.
-	KeyedSubjects bool
-}
-
-// Msg returns the message that carries data as an event for key.
-func (in Input) Msg(key string, data []byte) *nats.Msg {
-	return &nats.Msg{Subject: InputSubject(in.Type, key), Data: data, Header: nats.Header{}}
-}
 
 // DLQStream is the name of the dead-letter stream of an actor type.
 func DLQStream(typ string) string { return typ + "_dlq" }
@@ -62,30 +32,53 @@ type StreamOptions struct {
 	Log *slog.Logger
 }
 
-// EnsureInputStream makes the input stream typ exist, in one attempt, with
-// subjects typ.* transformed to typ.<partition>.<key>, so that a publish to
-// typ.<key> from any NATS client lands in the key's partition. An existing
-// stream with another partition count (subject transform), subjects that do
-// not cover typ.*, other storage or a retention other than limits is an
-// error wrapping ErrIncompatibleStream; one with fewer replicas or a shorter
-// duplicate window is updated. Timeouts, 10008 "temporarily unavailable"
-// and 10023 "insufficient resources" (a JetStream cluster electing its
-// leaders, a member down) are worth retrying; Node.Start does.
-func EnsureInputStream(ctx context.Context, js jetstream.JetStream, typ string, partitions int, opt StreamOptions) error {
-	dest := fmt.Sprintf("%s.{{partition(%d,1)}}.{{wildcard(1)}}", typ, partitions)
-	return ensure(ctx, js, opt, streams.Spec{
-		Role: "input stream",
-		Config: jetstream.StreamConfig{
-			Name:             typ,
-			Description:      fmt.Sprintf("eddy input stream of actor type %s, %d partitions", typ, partitions),
-			Subjects:         []string{typ + ".*"},
-			SubjectTransform: &jetstream.SubjectTransformConfig{Source: typ + ".*", Destination: dest},
-			Storage:          jetstream.FileStorage,
-			Replicas:         opt.Replicas,
-			Duplicates:       opt.Duplicates,
-		},
-		Replayed: true,
-	})
+// Input stream metadata: what a producer that is not a node (eddy's
+// Client, another actor type's emit) reads to address events.
+const (
+	// MetaPartitions holds the partition count.
+	MetaPartitions = "eddy.partitions"
+	// MetaSubjects holds the layout: "partition" (one subject per
+	// partition, the key in a header) or "key" (one subject per key).
+	MetaSubjects = "eddy.subjects"
+)
+
+// EnsureInputStream makes the input stream of in exist, in one attempt,
+// with the subjects of its layout (Input.Subjects) and, for keyed subjects,
+// the transform of typ.<key> to typ.<partition>.<key>. Its metadata records
+// the partition count and the layout (MetaPartitions, MetaSubjects). An
+// existing stream with another partition count or layout, subjects that do
+// not cover the layout's, other storage or a retention other than limits is
+// an error wrapping ErrIncompatibleStream; one with fewer replicas or a
+// shorter duplicate window is updated. Timeouts, 10008 "temporarily
+// unavailable" and 10023 "insufficient resources" (a JetStream cluster
+// electing its leaders, a member down) are worth retrying; Node.Start does.
+func EnsureInputStream(ctx context.Context, js jetstream.JetStream, in Input, opt StreamOptions) error {
+	cfg := jetstream.StreamConfig{
+		Name:        in.Type,
+		Description: fmt.Sprintf("eddy input stream of actor type %s, %d partitions", in.Type, in.Partitions),
+		Subjects:    in.Subjects(),
+		Storage:     jetstream.FileStorage,
+		Replicas:    opt.Replicas,
+		Duplicates:  opt.Duplicates,
+		Metadata:    map[string]string{MetaPartitions: strconv.Itoa(in.Partitions), MetaSubjects: "partition"},
+	}
+	if in.KeyedSubjects {
+		dest := fmt.Sprintf("%s.{{partition(%d,1)}}.{{wildcard(1)}}", in.Type, in.Partitions)
+		cfg.SubjectTransform = &jetstream.SubjectTransformConfig{Source: in.Type + ".*", Destination: dest}
+		cfg.Metadata[MetaSubjects] = "key"
+	}
+	return ensure(ctx, js, opt, streams.Spec{Role: "input stream", Config: cfg, Replayed: true})
+}
+
+// InputOf reads the addressing of an eddy input stream from its config
+// (its metadata, written by EnsureInputStream); ok is false for a stream
+// that is not one.
+func InputOf(cfg jetstream.StreamConfig) (in Input, ok bool) {
+	n, err := strconv.Atoi(cfg.Metadata[MetaPartitions])
+	if err != nil || n < 1 {
+		return Input{}, false
+	}
+	return Input{Type: cfg.Name, Partitions: n, KeyedSubjects: cfg.Metadata[MetaSubjects] == "key"}, true
 }
 
 // EnsureStream makes a plain stream (outputs, dead letters) exist, in one

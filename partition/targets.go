@@ -21,42 +21,60 @@ var ErrUnknownStream = fmt.Errorf("eddy: no stream for the subject: %w", ErrPerm
 // the truth.
 const targetRecheck = 500 * time.Millisecond
 
+// target is what the actor knows of a stream it publishes to.
+type target struct {
+	// input is set when the stream is an actor type's input stream.
+	input *Input
+}
+
 // checkTarget makes sure a stream captures subject before the handler's
 // publish joins the outbox: an outbox entry that no stream takes would be
-// retried without end and hold the partition up. The streams named in
-// Config.KnownStreams pass at once; any other stream, named by the
-// subject's first token, is looked up in JetStream once per incarnation. A
-// lookup that fails (NATS away, a timeout) lets the publish through, and
-// the forward retries as for any NATS fault; only JetStream answering twice
-// that no stream captures the subject refuses it, with ErrUnknownStream.
-func (a *partitionActor) checkTarget(subject string) error {
+// retried without end and hold the partition up. It returns what it knows
+// of the stream named by the subject's first token. The streams named in
+// Config.KnownStreams and Config.Inputs pass at once; any other stream is
+// looked up in JetStream once per incarnation. A lookup that fails (NATS
+// away, a timeout) lets the publish through, and the forward retries as for
+// any NATS fault; only JetStream answering twice that no stream captures the
+// subject refuses it, with ErrUnknownStream.
+func (a *partitionActor) checkTarget(subject string) (target, error) {
 	stream, _, _ := strings.Cut(subject, ".")
 	if a.targets == nil {
-		a.targets = make(map[string]bool, len(a.cfg.KnownStreams))
+		a.targets = make(map[string]target, len(a.cfg.KnownStreams)+len(a.cfg.Inputs))
 		for _, s := range a.cfg.KnownStreams {
-			a.targets[s] = true
+			a.targets[s] = target{}
+		}
+		for name, in := range a.cfg.Inputs {
+			a.targets[name] = target{input: &in}
 		}
 	}
-	if a.targets[stream] || a.cfg.JS == nil {
-		return nil
+	if t, ok := a.targets[stream]; ok || a.cfg.JS == nil {
+		return t, nil
 	}
 	for attempt := range 2 {
 		if attempt > 0 {
 			select {
 			case <-time.After(targetRecheck):
 			case <-a.ctx.Done():
-				return nil // stopping: the batch is not committed anyway
+				return target{}, nil // stopping: the batch is not committed anyway
 			}
 		}
 		ctx, cancel := context.WithTimeout(a.ctx, a.cfg.CommitTimeout)
-		_, err := a.cfg.JS.StreamNameBySubject(ctx, subject)
+		name, err := a.cfg.JS.StreamNameBySubject(ctx, subject)
+		var st jetstream.Stream
+		if err == nil {
+			st, err = a.cfg.JS.Stream(ctx, name)
+		}
 		cancel()
 		if !errors.Is(err, jetstream.ErrStreamNotFound) {
+			var t target
 			if err == nil {
-				a.targets[stream] = true
+				if in, ok := InputOf(st.CachedInfo().Config); ok {
+					t.input = &in
+				}
+				a.targets[stream] = t
 			}
-			return nil
+			return t, nil
 		}
 	}
-	return fmt.Errorf("%w: %s: declare the stream %q in the actor type's Outputs, or register an actor type of that name", ErrUnknownStream, subject, stream)
+	return target{}, fmt.Errorf("%w: %s: declare the stream %q in the actor type's Outputs, or register an actor type of that name", ErrUnknownStream, subject, stream)
 }

@@ -75,7 +75,7 @@ func newHarnessOn(t *testing.T, ctx context.Context, url, typ string, partitions
 func (h *harness) createStreams() {
 	t, ctx, js, typ, partitions := h.t, h.ctx, h.js, h.typ, h.np
 	opt := StreamOptions{Replicas: 1, Duplicates: 2 * time.Minute}
-	if err := EnsureInputStream(ctx, js, typ, partitions, opt); err != nil {
+	if err := EnsureInputStream(ctx, js, Input{Type: typ, Partitions: partitions}, opt); err != nil {
 		t.Fatal(err)
 	}
 	if err := EnsureStream(ctx, js, DLQStream(typ), []string{DLQSubject(typ)}, opt); err != nil {
@@ -110,9 +110,15 @@ func (h *harness) start(cfg Config) *Actor {
 	return a
 }
 
+// input addresses h's input stream.
+func (h *harness) input() Input { return Input{Type: h.typ, Partitions: h.np} }
+
+// msg is an input event for key.
+func (h *harness) msg(key string, data []byte) *nats.Msg { return h.input().Msg(key, data) }
+
 func (h *harness) publish(key string, data []byte) {
 	h.t.Helper()
-	if _, err := h.js.Publish(h.ctx, InputSubject(h.typ, key), data); err != nil {
+	if _, err := h.js.PublishMsg(h.ctx, h.msg(key, data)); err != nil {
 		h.t.Fatal(err)
 	}
 }
@@ -239,7 +245,7 @@ func (h *harness) waitOffset(a *Actor, p int) {
 			if err != nil {
 				return false
 			}
-			msg, err := st.GetLastMsgForSubject(h.ctx, InputFilter(h.typ, p))
+			msg, err := st.GetLastMsgForSubject(h.ctx, h.input().Filter(p))
 			if err != nil {
 				return false
 			}

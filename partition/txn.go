@@ -139,9 +139,32 @@ func (tx *Txn) Publish(subject string, header map[string]string, data []byte) er
 	if len(data) > tx.a.cfg.MaxValueSize {
 		return fmt.Errorf("publish to %s: %d bytes, limit %d: %w", subject, len(data), tx.a.cfg.MaxValueSize, ErrValueTooLarge)
 	}
-	if err := tx.a.checkTarget(subject); err != nil {
+	if _, err := tx.a.checkTarget(subject); err != nil {
 		return err
 	}
+	return tx.publish(subject, header, data)
+}
+
+// Emit queues data for key on stream, as Publish does: as an event for key
+// when stream is an actor type's input stream (in its layout, see Input),
+// else on the subject <stream>.<key>.
+func (tx *Txn) Emit(stream, key string, data []byte) error {
+	if len(data) > tx.a.cfg.MaxValueSize {
+		return fmt.Errorf("emit to %s: %d bytes, limit %d: %w", stream, len(data), tx.a.cfg.MaxValueSize, ErrValueTooLarge)
+	}
+	subject := InputSubject(stream, key)
+	t, err := tx.a.checkTarget(subject)
+	if err != nil || t.input == nil || t.input.KeyedSubjects {
+		if err != nil {
+			return err
+		}
+		return tx.publish(subject, nil, data)
+	}
+	m := t.input.Msg(key, data)
+	return tx.publish(m.Subject, map[string]string{HeaderKey: m.Header.Get(HeaderKey)}, data)
+}
+
+func (tx *Txn) publish(subject string, header map[string]string, data []byte) error {
 	n := len(tx.outbox)
 	tx.outbox = append(tx.outbox, changelog.Outbox{
 		Offset:  tx.ev.Offset,

@@ -13,7 +13,6 @@ import (
 	"runtime/pprof"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,6 +43,7 @@ type benchOptions struct {
 	eventSize                                      int
 	inFlight                                       int
 	dir, cpuProfile                                string
+	keyedSubjects                                  bool
 	phaseTimeout                                   time.Duration
 }
 
@@ -91,6 +91,7 @@ func (c *cli) bench(ctx context.Context, args []string) error {
 	fs.IntVar(&o.eventSize, "event-size", 32, "`bytes` of each input event")
 	fs.IntVar(&o.restoreRecords, "restore-records", 500_000, "`records` (distinct keys) in the changelog that is restored")
 	fs.IntVar(&o.runs, "runs", 1, "measure each side this many `times` and report medians")
+	fs.BoolVar(&o.keyedSubjects, "keyed-subjects", false, "give the input stream one subject per key (ActorType.KeyedSubjects), as eddy did before 0.12")
 	fs.IntVar(&o.inFlight, "in-flight", 4096, "most async publishes in flight in the raw pipeline")
 	fs.StringVar(&o.dir, "dir", "", "`directory` for NATS and store data (default: a temporary one, removed afterwards)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of each measured phase to `file`.<phase>")
@@ -258,11 +259,16 @@ func (b *bench) stopNATS() {
 	b.srv.WaitForShutdown()
 }
 
+// input addresses the bench's input stream.
+func (b *bench) input() partition.Input {
+	return partition.Input{Type: benchType, Partitions: b.opts.partitions, KeyedSubjects: b.opts.keyedSubjects}
+}
+
 // preload publishes the input events (keys uniformly random, fixed seed) and
 // records each partition's event count and last sequence. It is not timed.
 func (b *bench) preload(ctx context.Context) error {
 	o := b.opts
-	err := partition.EnsureInputStream(ctx, b.js, benchType, o.partitions,
+	err := partition.EnsureInputStream(ctx, b.js, b.input(),
 		partition.StreamOptions{Replicas: 1, Duplicates: b.cfg.DuplicateWindow})
 	if err != nil {
 		return err
@@ -286,7 +292,7 @@ func (b *bench) preload(ctx context.Context) error {
 	for range o.events {
 		k := rng.IntN(o.keys)
 		b.counts[part[k]]++
-		if _, err := js.PublishAsync(benchType+"."+keys[k], payload, jetstream.WithStallWait(time.Minute)); err != nil {
+		if _, err := js.PublishMsgAsync(b.input().Msg(keys[k], payload), jetstream.WithStallWait(time.Minute)); err != nil {
 			return err
 		}
 	}
@@ -313,7 +319,7 @@ func (b *bench) preload(ctx context.Context) error {
 		if n == 0 {
 			continue
 		}
-		m, err := st.GetLastMsgForSubject(ctx, partition.InputFilter(benchType, p))
+		m, err := st.GetLastMsgForSubject(ctx, b.input().Filter(p))
 		if err != nil {
 			return fmt.Errorf("last event of partition %d: %w", p, err)
 		}
@@ -385,7 +391,7 @@ func (b *bench) rawPartition(ctx context.Context, js jetstream.JetStream, p int)
 		return err
 	}
 	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{partition.InputFilter(benchType, p)},
+		FilterSubjects: []string{b.input().Filter(p)},
 	})
 	if err != nil {
 		return err
@@ -400,8 +406,10 @@ func (b *bench) rawPartition(ctx context.Context, js jetstream.JetStream, p int)
 		if err != nil {
 			return err
 		}
-		subj := msg.Subject()
-		key := subj[strings.LastIndexByte(subj, '.')+1:]
+		key, err := b.input().Key(p, msg.Subject(), msg.Headers())
+		if err != nil {
+			return err
+		}
 		value, err := msgpack.Marshal(int64(i)) // a count, as eddy's handler stores
 		if err != nil {
 			return err
@@ -461,7 +469,7 @@ func (b *bench) eddyThroughput(ctx context.Context, run int) (time.Duration, edd
 	dir := filepath.Join(b.dir, "eddy-"+strconv.Itoa(run))
 	defer os.RemoveAll(dir)
 	start := time.Now()
-	node, reg, err := b.node(ctx, dir, eddy.ActorType{Name: benchType, Partitions: b.opts.partitions, Handler: countEvent})
+	node, reg, err := b.node(ctx, dir, eddy.ActorType{Name: benchType, Partitions: b.opts.partitions, KeyedSubjects: b.opts.keyedSubjects, Handler: countEvent})
 	if err != nil {
 		return 0, eddyStats{}, err
 	}

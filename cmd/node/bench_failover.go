@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmihailenco/msgpack/v5"
 
@@ -225,7 +224,7 @@ func fundAsync(ctx context.Context, pc *procCluster, load *bankLoad) error {
 		if err != nil {
 			return err
 		}
-		m := &nats.Msg{Subject: partition.InputSubject(apps.BankType, a), Data: b, Header: nats.Header{}}
+		m := partition.Input{Type: apps.BankType, Partitions: pc.Partitions}.Msg(a, b)
 		m.Header.Set(jetstream.MsgIDHeader, "deposit-"+a)
 		if _, err := js.PublishMsgAsync(m, jetstream.WithStallWait(time.Minute)); err != nil {
 			return err
@@ -253,7 +252,7 @@ func (fb *failoverBench) waitProcessed(ctx context.Context, ids []string, timeou
 	}
 	want := map[int]uint64{}
 	for p := range fb.partitions {
-		m, err := st.GetLastMsgForSubject(ctx, partition.InputFilter(apps.BankType, p))
+		m, err := st.GetLastMsgForSubject(ctx, partition.Input{Type: apps.BankType, Partitions: fb.partitions}.Filter(p))
 		if err != nil {
 			return err
 		}

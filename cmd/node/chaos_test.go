@@ -201,7 +201,7 @@ func startChaos(t *testing.T, name string, servers int, seed uint64, wordcount b
 		lineRate = chaosLineRate
 	}
 	var err error
-	if c.prod, err = newChaosProducer(pc.natsURL, seed, chaosBankRate, lineRate); err != nil {
+	if c.prod, err = newChaosProducer(pc.natsURL, pc.Partitions, seed, chaosBankRate, lineRate); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.prod.fund(ctx); err != nil {

@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"maps"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -61,13 +63,16 @@ func (m *chaosModel) events() int64 { return m.deposits + m.transfers + m.lines 
 // event enters the model only once acknowledged, so the model is exact
 // whatever fails meanwhile.
 type chaosProducer struct {
-	nc        *nats.Conn
-	js        jetstream.JetStream
-	accounts  []string
-	bankRate  float64 // bank events per second, over bankWorkers goroutines
-	lineRate  float64 // lines per second, over chaosLineWorkers goroutines
-	seed      uint64
-	publishTO time.Duration // one publish attempt
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	accounts []string
+	// partitions of each input stream: the producer computes an event's
+	// partition itself, as any client can (see partition.Of).
+	partitions int
+	bankRate   float64 // bank events per second, over bankWorkers goroutines
+	lineRate   float64 // lines per second, over chaosLineWorkers goroutines
+	seed       uint64
+	publishTO  time.Duration // one publish attempt
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -93,7 +98,7 @@ const (
 // buffering them, and reconnects every 100 ms, so that an event is
 // published again as soon as NATS is back rather than when an attempt
 // buffered meanwhile times out.
-func newChaosProducer(url string, seed uint64, bankRate, lineRate float64) (*chaosProducer, error) {
+func newChaosProducer(url string, partitions int, seed uint64, bankRate, lineRate float64) (*chaosProducer, error) {
 	nc, err := nats.Connect(url, nats.Name("eddy chaos producer"), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond),
 		nats.ReconnectBufSize(-1), nats.RetryOnFailedConnect(true))
 	if err != nil {
@@ -104,7 +109,7 @@ func newChaosProducer(url string, seed uint64, bankRate, lineRate float64) (*cha
 		nc.Close()
 		return nil, err
 	}
-	p := &chaosProducer{nc: nc, js: js, bankRate: bankRate, lineRate: lineRate, seed: seed, publishTO: 2 * time.Second,
+	p := &chaosProducer{nc: nc, js: js, partitions: partitions, bankRate: bankRate, lineRate: lineRate, seed: seed, publishTO: 2 * time.Second,
 		stop:  make(chan struct{}),
 		model: chaosModel{deposited: map[string]int64{}, transfersFrom: map[string]int64{}, words: map[string]int64{}}}
 	for i := range chaosAccounts {
@@ -116,7 +121,7 @@ func newChaosProducer(url string, seed uint64, bankRate, lineRate float64) (*cha
 // fund deposits chaosFunding into every account.
 func (p *chaosProducer) fund(ctx context.Context) error {
 	for _, a := range p.accounts {
-		if err := p.publish(ctx, apps.BankType+"."+a, "fund-"+a, apps.Op{Kind: "deposit", Amount: chaosFunding}); err != nil {
+		if err := p.publish(ctx, apps.BankType, a, "fund-"+a, apps.Op{Kind: "deposit", Amount: chaosFunding}); err != nil {
 			return err
 		}
 		p.mu.Lock()
@@ -208,7 +213,7 @@ func (p *chaosProducer) bankEvent(ctx context.Context, rng *rand.Rand, id string
 	from := p.accounts[rng.IntN(len(p.accounts))]
 	amount := 1 + rng.Int64N(chaosMaxAmount)
 	if rng.IntN(100) < chaosDepositPct {
-		if err := p.publish(ctx, apps.BankType+"."+from, id, apps.Op{Kind: "deposit", Amount: amount}); err != nil {
+		if err := p.publish(ctx, apps.BankType, from, id, apps.Op{Kind: "deposit", Amount: amount}); err != nil {
 			return err
 		}
 		p.mu.Lock()
@@ -221,7 +226,7 @@ func (p *chaosProducer) bankEvent(ctx context.Context, rng *rand.Rand, id string
 	for to == from {
 		to = p.accounts[rng.IntN(len(p.accounts))]
 	}
-	if err := p.publish(ctx, apps.BankType+"."+from, id, apps.Op{Kind: "transfer", Amount: amount, To: to}); err != nil {
+	if err := p.publish(ctx, apps.BankType, from, id, apps.Op{Kind: "transfer", Amount: amount, To: to}); err != nil {
 		return err
 	}
 	p.mu.Lock()
@@ -238,7 +243,7 @@ func (p *chaosProducer) lineEvent(ctx context.Context, rng *rand.Rand, id string
 	for i := range words {
 		words[i] = chaosVocabulary[rng.IntN(len(chaosVocabulary))]
 	}
-	if err := p.publish(ctx, apps.LinesType+".line-"+id, "line-"+id, strings.Join(words, " ")); err != nil {
+	if err := p.publish(ctx, apps.LinesType, "line-"+id, "line-"+id, strings.Join(words, " ")); err != nil {
 		return err
 	}
 	p.mu.Lock()
@@ -253,15 +258,20 @@ func (p *chaosProducer) lineEvent(ctx context.Context, rng *rand.Rand, id string
 
 // publish publishes v as JSON with message id id, retrying with the same id
 // until JetStream acknowledges it, ctx ends or chaosPublishGiveUp passes.
-func (p *chaosProducer) publish(ctx context.Context, subject, id string, v any) error {
+func (p *chaosProducer) publish(ctx context.Context, typ, key, id string, v any) error {
 	data, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
+	// The documented addressing, without eddy's code: FNV-1a of the key
+	// (plain keys are their own token) mod the partition count.
+	h := fnv.New32a()
+	h.Write([]byte(key))
+	subject := typ + "." + strconv.Itoa(int(h.Sum32()%uint32(p.partitions)))
 	began := time.Now()
 	for attempt := 1; ; attempt++ {
 		actx, cancel := context.WithTimeout(ctx, p.publishTO)
-		ack, err := p.js.PublishMsg(actx, &nats.Msg{Subject: subject, Data: data, Header: nats.Header{jetstream.MsgIDHeader: []string{id}}})
+		ack, err := p.js.PublishMsg(actx, &nats.Msg{Subject: subject, Data: data, Header: nats.Header{jetstream.MsgIDHeader: {id}, "Eddy-Key": {key}}})
 		cancel()
 		if err == nil {
 			if ack.Duplicate {
