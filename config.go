@@ -69,10 +69,14 @@ type Config struct {
 	// grew this many records past the last snapshot; 0: not by count. A node
 	// without a partition's store or hot replica then restores from the
 	// newest snapshot plus the changelog tail past it, instead of the whole
-	// changelog (docs/restore-paths.md).
+	// changelog (docs/restore-paths.md). After each snapshot the changelog
+	// is trimmed below the oldest kept one: snapshots bound the changelog's
+	// size on the NATS servers' disks. Fewer records between snapshots mean
+	// less disk and shorter restores, for more upload work.
 	SnapshotEvery uint64
 	// SnapshotInterval snapshots an active partition this long after its last
-	// snapshot if its changelog grew since; 0: not by time.
+	// snapshot if its changelog grew since; 0: not by time. With both 0
+	// there are no snapshots and the changelogs grow without bound.
 	SnapshotInterval time.Duration
 	// SnapshotsKept is how many snapshots of each partition are kept, the
 	// newest; a restore falls back to an older one when the newest is damaged.
@@ -148,8 +152,8 @@ func DefaultConfig() Config {
 		CacheSize:          256 << 20,          // hot keys of every partition stay in memory (~3x faster gets than 8 MiB)
 		StreamReplicas:     1,                  // a single NATS server; use 3 on a NATS cluster
 		DuplicateWindow:    10 * time.Minute,   // covers restarts and failovers by a wide margin
-		SnapshotEvery:      p.SnapshotEvery,    // off: restores replay the changelog unless set
-		SnapshotInterval:   p.SnapshotInterval, // off
+		SnapshotEvery:      p.SnapshotEvery,    // a restore replays at most this after a snapshot
+		SnapshotInterval:   p.SnapshotInterval, // a slow partition's changelog is trimmed too
 		SnapshotsKept:      p.Snapshot.Keep,    // the newest and one to fall back to
 		GossipProfile:      cl.GossipProfile,
 		MaxVoters:          cl.MaxVoters,

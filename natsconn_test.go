@@ -341,14 +341,14 @@ func TestStartRefusesIncompatibleStreams(t *testing.T) {
 		{"input stream with other subjects", jetstream.StreamConfig{
 			Name: "visits", Subjects: []string{"visit.*"},
 		}, []string{"input stream visits", "Subjects", "[visit.*]", "[visits.0 visits.1 visits.2 visits.3]"}},
-		{"changelog without compaction", jetstream.StreamConfig{
-			Name: "EDDY_CL_visits_2", Subjects: []string{"eddy.cl.visits.2.>"}, AllowAtomicPublish: true,
-		}, []string{"changelog EDDY_CL_visits_2", "MaxMsgsPerSubject -1", "needs 1"}},
+		{"changelog of an earlier eddy, compacted", jetstream.StreamConfig{
+			Name: "EDDY_CL_visits_2", Subjects: []string{"eddy.cl.visits.2.>"}, MaxMsgsPerSubject: 1, AllowAtomicPublish: true,
+		}, []string{"changelog EDDY_CL_visits_2", "MaxMsgsPerSubject 1", "needs -1", "node reset"}},
 		{"changelog without atomic publish", jetstream.StreamConfig{
-			Name: "EDDY_CL_visits_0", Subjects: []string{"eddy.cl.visits.0.>"}, MaxMsgsPerSubject: 1,
+			Name: "EDDY_CL_visits_0", Subjects: []string{"eddy.cl.visits.0.>"},
 		}, []string{"changelog EDDY_CL_visits_0", "AllowAtomicPublish false", "needs true"}},
 		{"changelog in memory", jetstream.StreamConfig{
-			Name: "EDDY_CL_visits_1", Subjects: []string{"eddy.cl.visits.1.>"}, MaxMsgsPerSubject: 1, AllowAtomicPublish: true,
+			Name: "EDDY_CL_visits_1", Subjects: []string{"eddy.cl.visits.1.>"}, AllowAtomicPublish: true,
 			Storage: jetstream.MemoryStorage,
 		}, []string{"changelog EDDY_CL_visits_1", "Storage Memory", "needs File"}},
 	} {
@@ -379,7 +379,7 @@ func TestStartRefusesIncompatibleStreams(t *testing.T) {
 		srv := natstest.Start(t)
 		_, js := srv.Connect(t)
 		cl := jetstream.StreamConfig{Name: "EDDY_CL_visits_3", Subjects: []string{"eddy.cl.visits.3.>"},
-			MaxMsgsPerSubject: 1, AllowAtomicPublish: true}
+			AllowAtomicPublish: true}
 		in := jetstream.StreamConfig{Name: "visits", Subjects: []string{"visits.*"}, Duplicates: time.Minute}
 		for _, c := range []jetstream.StreamConfig{cl, in} {
 			if _, err := js.CreateStream(ctx, c); err != nil {

@@ -1,6 +1,8 @@
 package changelog
 
 import (
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -84,27 +86,26 @@ type Meta struct {
 	RebuiltThrough uint64 `msgpack:"rt,omitempty"`
 }
 
-// Continues reports whether m, the first meta record a reader meets after
+// Continues reports whether m, the next meta record a reader meets after
 // the changelog position it holds (a store or replica that has applied the
-// changelog up to a meta record at heldSeq with batch id heldBatch), can
-// follow that position in one history. It returns false when the batch of m
-// starts before heldSeq, or right after it but after another batch: the
-// changelog the reader holds was lost after heldSeq (a server crash lost
-// acknowledged writes, say) and then written again differently. A reader
-// that has met no meta record yet (heldSeq 0) accepts anything; so does one
-// whose held batch id is unknown (0, older stores) when Prev equals heldSeq.
-// A true result does not prove one history when meta records between were
-// compacted away.
+// changelog up to the meta record at heldSeq, of batch heldBatch; 0 and 0
+// for one that holds nothing), follows that position in one history. Every
+// batch ends with its meta record and names the sequence it follows
+// (Prev), and only Trim removes meta records, so the batches form a chain
+// from the first (Prev 0). It returns false when m's batch follows another
+// sequence: the records after heldSeq were trimmed (the reader must restore
+// from a snapshot), or lost and written again (a server crash lost
+// acknowledged writes); or when it follows heldSeq but another batch than
+// heldBatch. A meta record without a batch id (written before batches were
+// linked) or a held batch id of 0 is not compared.
 func (m Meta) Continues(heldSeq, heldBatch uint64) bool {
 	switch {
-	case heldSeq == 0 || m.Batch == 0:
-		return true // nothing to compare with, or a batch written before batches were linked
-	case m.Prev < heldSeq:
+	case m.Batch == 0:
+		return true // a batch written before batches were linked
+	case m.Prev != heldSeq:
 		return false
-	case m.Prev == heldSeq:
-		return heldBatch == 0 || m.PrevBatch == heldBatch
 	}
-	return true
+	return heldBatch == 0 || m.PrevBatch == heldBatch
 }
 
 // Outbox is a message to publish to another stream once its batch is committed.
@@ -118,11 +119,21 @@ type Outbox struct {
 	Data    []byte            `msgpack:"d"`
 }
 
+// outboxRecord is an outbox entry as the changelog holds it: with the
+// input offset and index that name it.
+type outboxRecord struct {
+	Outbox `msgpack:",inline"`
+	Offset uint64 `msgpack:"o"`
+	Index  int    `msgpack:"n"`
+}
+
+// The subjects of a changelog, under eddy.cl.<type>.<p>: one for state
+// records, one for meta records, one for outbox entries. The NATS server
+// keeps state for three subjects per changelog, whatever the number of keys.
 const (
-	hdrOp     = "Eddy-Op"
-	opDelete  = "del"
-	metaToken = "_meta"
-	outToken  = "_out"
+	stateToken = "kv"
+	metaToken  = "_meta"
+	outToken   = "_out"
 )
 
 // Subjects names the changelog of one (actor type, partition).
@@ -162,24 +173,30 @@ func (s Subjects) All() string { return s.prefix + ">" }
 // Meta is the subject of the meta records.
 func (s Subjects) Meta() string { return s.prefix + metaToken }
 
-// Outboxes is the filter matching every outbox entry.
-func (s Subjects) Outboxes() string { return s.prefix + outToken + ".>" }
+// Outboxes is the subject of the outbox entries.
+func (s Subjects) Outboxes() string { return s.prefix + outToken }
 
-// Msg encodes r as a NATS message for this changelog.
+// State is the subject of the state records (values and tombstones).
+func (s Subjects) State() string { return s.prefix + stateToken }
+
+// Msg encodes r as a NATS message for this changelog. A state record's
+// data is its kind (1 byte: 1 set, 2 delete), the store name and the key
+// (each an unsigned varint length, then the bytes), then the value.
 func (s Subjects) Msg(r *Record) (*nats.Msg, error) {
 	m := &nats.Msg{Header: nats.Header{}}
 	switch r.Kind {
 	case KindSet, KindDelete:
-		b := make([]byte, 0, len(s.prefix)+len(r.Store)+1+len(r.Key)*4/3+2)
-		b = append(b, s.prefix...)
+		m.Subject = s.State()
+		b := make([]byte, 0, 1+2*binary.MaxVarintLen32+len(r.Store)+len(r.Key)+len(r.Value))
+		b = append(b, byte(r.Kind))
+		b = binary.AppendUvarint(b, uint64(len(r.Store)))
 		b = append(b, r.Store...)
-		b = append(b, '.')
-		m.Subject = string(AppendKey(b, r.Key))
-		if r.Kind == KindDelete {
-			m.Header[hdrOp] = []string{opDelete}
-		} else {
-			m.Data = r.Value
+		b = binary.AppendUvarint(b, uint64(len(r.Key)))
+		b = append(b, r.Key...)
+		if r.Kind == KindSet {
+			b = append(b, r.Value...)
 		}
+		m.Data = b
 	case KindMeta:
 		m.Subject = s.Meta()
 		data, err := msgpack.Marshal(&r.Meta)
@@ -188,8 +205,8 @@ func (s Subjects) Msg(r *Record) (*nats.Msg, error) {
 		}
 		m.Data = data
 	case KindOutbox:
-		m.Subject = s.prefix + outToken + "." + strconv.FormatUint(r.Outbox.Offset, 10) + "." + strconv.Itoa(r.Outbox.Index)
-		data, err := msgpack.Marshal(&r.Outbox)
+		m.Subject = s.Outboxes()
+		data, err := msgpack.Marshal(&outboxRecord{Outbox: r.Outbox, Offset: r.Outbox.Offset, Index: r.Outbox.Index})
 		if err != nil {
 			return nil, fmt.Errorf("encode outbox entry: %w", err)
 		}
@@ -200,46 +217,67 @@ func (s Subjects) Msg(r *Record) (*nats.Msg, error) {
 	return m, nil
 }
 
-// Decode parses a message of this changelog back into a Record. Key and Value
-// alias subject and data where possible; copy them to keep them past the message.
-func (s Subjects) Decode(subject string, header nats.Header, data []byte) (Record, error) {
+// Decode parses a message of this changelog back into a Record. Store, Key
+// and Value alias data; copy them to keep them past the message.
+func (s Subjects) Decode(subject string, _ nats.Header, data []byte) (Record, error) {
 	rest, ok := strings.CutPrefix(subject, s.prefix)
 	if !ok {
 		return Record{}, fmt.Errorf("changelog: subject %q is not in %s", subject, s.Stream())
 	}
-	switch {
-	case rest == metaToken:
-		var r Record
+	var r Record
+	switch rest {
+	case stateToken:
+		return decodeState(subject, data)
+	case metaToken:
 		r.Kind = KindMeta
 		if err := msgpack.Unmarshal(data, &r.Meta); err != nil {
 			return Record{}, fmt.Errorf("changelog: decode meta: %w", err)
 		}
 		return r, nil
-	case strings.HasPrefix(rest, outToken+"."):
-		var r Record
+	case outToken:
 		r.Kind = KindOutbox
-		if err := msgpack.Unmarshal(data, &r.Outbox); err != nil {
+		var o outboxRecord
+		if err := msgpack.Unmarshal(data, &o); err != nil {
 			return Record{}, fmt.Errorf("changelog: decode outbox entry: %w", err)
 		}
-		parts := strings.Split(rest[len(outToken)+1:], ".")
-		if len(parts) != 2 {
-			return Record{}, fmt.Errorf("changelog: malformed outbox subject %q", subject)
-		}
-		r.Outbox.Offset, _ = strconv.ParseUint(parts[0], 10, 64)
-		r.Outbox.Index, _ = strconv.Atoi(parts[1])
+		r.Outbox = o.Outbox
+		r.Outbox.Offset, r.Outbox.Index = o.Offset, o.Index
 		return r, nil
 	}
-	store, token, ok := strings.Cut(rest, ".")
+	return Record{}, fmt.Errorf("changelog: %w: subject %q (a changelog of an earlier eddy, with one subject per key, must be reset)", ErrBadRecord, subject)
+}
+
+// ErrBadRecord means a changelog message is not a record eddy wrote.
+var ErrBadRecord = errors.New("changelog: malformed record")
+
+func decodeState(subject string, data []byte) (Record, error) {
+	bad := func(what string) (Record, error) {
+		return Record{}, fmt.Errorf("changelog: %w: %s: %s", ErrBadRecord, subject, what)
+	}
+	if len(data) < 1 || (Kind(data[0]) != KindSet && Kind(data[0]) != KindDelete) {
+		return bad("no record kind")
+	}
+	r := Record{Kind: Kind(data[0])}
+	rest := data[1:]
+	field := func() ([]byte, bool) {
+		n, w := binary.Uvarint(rest)
+		if w <= 0 || n > uint64(len(rest)-w) {
+			return nil, false
+		}
+		f := rest[w : w+int(n)]
+		rest = rest[w+int(n):]
+		return f, true
+	}
+	store, ok := field()
 	if !ok {
-		return Record{}, fmt.Errorf("changelog: malformed subject %q", subject)
+		return bad("truncated store name")
 	}
-	key, err := DecodeKey(token)
-	if err != nil {
-		return Record{}, err
+	if r.Key, ok = field(); !ok {
+		return bad("truncated key")
 	}
-	r := Record{Kind: KindSet, Store: store, Key: []byte(key), Value: data}
-	if header.Get(hdrOp) == opDelete {
-		r.Kind, r.Value = KindDelete, nil
+	r.Store = string(store)
+	if r.Kind == KindSet {
+		r.Value = rest
 	}
 	return r, nil
 }

@@ -16,8 +16,9 @@ type StreamConfig struct {
 	// Replicas is the JetStream replication of each changelog stream (1 for a
 	// single NATS server, 3 for a production NATS cluster).
 	Replicas int
-	// MaxBytes caps one changelog stream; -1 is unlimited. Compaction keeps one
-	// record per key, so a stream's size follows the store's size, not its history.
+	// MaxBytes caps one changelog stream; -1 is unlimited. A changelog is
+	// a log trimmed below its partition's snapshots (Trim), so its size
+	// follows the changes since the older kept snapshot.
 	MaxBytes int64
 }
 
@@ -36,7 +37,8 @@ func (c StreamConfig) Validate() error {
 }
 
 // streamSpec is the changelog stream of s as eddy creates it, and what an
-// existing one must keep: MaxMsgsPerSubject=1 (compaction), atomic batch
+// existing one must keep: no limit of messages per subject (a log, not
+// compacted: its subjects are per partition, not per key), atomic batch
 // publish (a commit is one batch), file storage, limits retention (a
 // restore replays it), the subjects of s.
 func streamSpec(s Subjects, cfg StreamConfig) streams.Spec {
@@ -49,7 +51,7 @@ func streamSpec(s Subjects, cfg StreamConfig) streams.Spec {
 			Storage:            jetstream.FileStorage,
 			Replicas:           cfg.Replicas,
 			MaxBytes:           cfg.MaxBytes,
-			MaxMsgsPerSubject:  1,
+			MaxMsgsPerSubject:  -1,
 			Discard:            jetstream.DiscardOld,
 			AllowAtomicPublish: true,
 			AllowDirect:        true,
@@ -60,8 +62,9 @@ func streamSpec(s Subjects, cfg StreamConfig) streams.Spec {
 
 // EnsureStream returns the changelog stream of s, in one attempt: it creates
 // a missing stream; an existing one with fewer replicas than cfg or without
-// direct gets is updated; one that eddy cannot use (another
-// MaxMsgsPerSubject, no atomic publish, other storage or subjects) is an
+// direct gets is updated; one that eddy cannot use (a MaxMsgsPerSubject,
+// such as the 1 of an earlier eddy's compacted changelogs, no atomic
+// publish, other storage or subjects) is an
 // error naming the field and both values, wrapping
 // eddy.ErrIncompatibleStream, that retrying does not cure. A JetStream
 // cluster electing its leaders makes it fail with a timeout or 10008

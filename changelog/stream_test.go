@@ -14,23 +14,24 @@ import (
 )
 
 // The partition actor's path: EnsureStream refuses a changelog that exists
-// without MaxMsgsPerSubject=1, naming the field and both values, and leaves
-// it alone; it turns on direct gets of one that lacks them.
-func TestEnsureStreamRefusesAnUncompactedChangelog(t *testing.T) {
+// with a MaxMsgsPerSubject (an earlier eddy's compacted changelog), naming
+// the field and both values, and leaves it alone; it turns on direct gets
+// of one that lacks them.
+func TestEnsureStreamRefusesACompactedChangelog(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	_, js := natstest.Start(t).Connect(t)
 	bad, good := NewSubjects("orders", 0), NewSubjects("orders", 1)
 	for _, c := range []jetstream.StreamConfig{
-		{Name: bad.Stream(), Subjects: []string{bad.All()}, MaxMsgsPerSubject: 10, AllowAtomicPublish: true},
-		{Name: good.Stream(), Subjects: []string{good.All()}, MaxMsgsPerSubject: 1, AllowAtomicPublish: true},
+		{Name: bad.Stream(), Subjects: []string{bad.All()}, MaxMsgsPerSubject: 1, AllowAtomicPublish: true},
+		{Name: good.Stream(), Subjects: []string{good.All()}, AllowAtomicPublish: true},
 	} {
 		if _, err := js.CreateStream(ctx, c); err != nil {
 			t.Fatal(err)
 		}
 	}
 	_, err := EnsureStream(ctx, js, bad, DefaultStreamConfig())
-	if err == nil || !strings.Contains(err.Error(), "changelog EDDY_CL_orders_0 exists with MaxMsgsPerSubject 10, eddy needs 1") {
+	if err == nil || !strings.Contains(err.Error(), "changelog EDDY_CL_orders_0 exists with MaxMsgsPerSubject 1, eddy needs -1") {
 		t.Fatalf("err %v; want MaxMsgsPerSubject named", err)
 	}
 	if !errors.Is(err, streams.ErrIncompatible) {

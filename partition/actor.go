@@ -310,7 +310,7 @@ func (a *partitionActor) Started(c *actor.Context) error {
 		// the store holds (a server crash lost acknowledged writes): the
 		// changelog is the truth, so the local store starts over from it
 		// (from a snapshot of this changelog, if there is one).
-		a.log.Warn("local store is ahead of the changelog; discarding it and restoring from the changelog", "err", err)
+		a.log.Warn("local store does not fit the changelog; discarding it and restoring", "err", err)
 		a.m.storeDiscards.Inc()
 		if err := a.reopenEmpty(); err != nil {
 			return err
@@ -398,10 +398,23 @@ func (a *partitionActor) chooseRestore(ctx context.Context, handoff bool) error 
 	return nil
 }
 
-// errStoreAhead means the local store was built from another changelog than
-// the current one (it was deleted and created again), or has seen records
-// that the changelog no longer has.
+// errStoreAhead means the local store does not fit the changelog: it was
+// built from another changelog than the current one (deleted and created
+// again), has seen records that the changelog no longer has, or is behind
+// the changelog's trim point. The store is discarded and restored.
 var errStoreAhead = errors.New("local store ahead of changelog")
+
+// discontinuity is the errStoreAhead of a reader that holds the changelog
+// up to the meta record at heldSeq and meets m, at seq, which does not
+// continue it (see changelog.Meta.Continues).
+func discontinuity(seq uint64, m changelog.Meta, heldSeq uint64) error {
+	if m.Prev > heldSeq {
+		return fmt.Errorf("%w: the batch ending at changelog sequence %d follows %d, but the store holds the changelog only to %d: the records between were trimmed (they are in a snapshot)",
+			errStoreAhead, seq, m.Prev, heldSeq)
+	}
+	return fmt.Errorf("%w: the batch ending at changelog sequence %d follows %d, inside what the store holds (to %d): the changelog lost records and was written again",
+		errStoreAhead, seq, m.Prev, heldSeq)
+}
 
 // errChangelogMoved means the changelog holds records after the sequence the
 // actor knew, written by an owner that does not fence it: an earlier
@@ -568,6 +581,7 @@ func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 		b        = a.store.NewBatch()
 		applied  uint64
 		full     = meta.ChangelogSeq == 0
+		rebuilds = newRebuildCheck(meta)
 	)
 	defer func() { b.Close() }()
 	start := time.Now()
@@ -576,16 +590,21 @@ func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 	}
 	apply := func(seq uint64, r changelog.Record) error {
 		if r.Kind == changelog.KindMeta {
-			if err := checkRebuiltAt(meta.ChangelogSeq > 0, meta, r.Meta, seq); err != nil {
+			if err := rebuilds.meta(r.Meta, seq); err != nil {
 				return err
 			}
-			if !haveMeta && !r.Meta.Continues(meta.MetaSeq, meta.Batch) {
-				return fmt.Errorf("%w: the batch ending at changelog sequence %d follows %d, inside what the local store holds (to %d): the changelog lost records and was written again",
-					errStoreAhead, seq, r.Meta.Prev, meta.ChangelogSeq)
+			heldSeq, heldBatch := meta.MetaSeq, meta.Batch
+			if haveMeta {
+				heldSeq, heldBatch = lastSeq, last.Batch
+			}
+			if !r.Meta.Continues(heldSeq, heldBatch) {
+				return discontinuity(seq, r.Meta, heldSeq)
 			}
 			last, lastSeq, haveMeta = r.Meta, seq, true
 		} else if err := applyRecord(b, seq, r); err != nil {
 			return err
+		} else if r.Kind == changelog.KindSet || r.Kind == changelog.KindDelete {
+			rebuilds.record()
 		}
 		applied++
 		if b.Len() >= 16384 {

@@ -108,11 +108,16 @@ type Config struct {
 	// count. A node without the partition's store restores from the newest
 	// snapshot plus the changelog past it, instead of the whole changelog.
 	// Only the active owner snapshots, one upload at a time, in the
-	// background; types without a changelog never do.
+	// background; types without a changelog never do. After each upload
+	// the changelog is trimmed below the oldest kept snapshot (and the
+	// first outbox entry not yet forwarded), so snapshots are also what
+	// bounds the changelog: SnapshotEvery trades NATS disk and restore
+	// time (records replayed after a snapshot) for upload work.
 	SnapshotEvery uint64
 	// SnapshotInterval takes a snapshot this long after the last one if the
 	// changelog grew since; 0: not by time. With both 0 there are no
-	// snapshots (restores still use those other nodes took).
+	// snapshots (restores still use those other nodes took), and the
+	// changelog is never trimmed: it grows with every change.
 	SnapshotInterval time.Duration
 	// Snapshot says how the snapshot bucket is created and pruned (its
 	// replicas, the snapshots kept per partition, the grace of unreferenced files).
@@ -197,7 +202,14 @@ func DefaultConfig() Config {
 		StoreCacheSize:  32 << 20,
 		StoreSync:       true, // one fsync per commit (~0.2 ms here) against a multi-ms changelog round trip
 		Changelog:       changelog.DefaultStreamConfig(),
-		Snapshot:        snapshot.DefaultConfig(), // snapshots off: SnapshotEvery and SnapshotInterval are 0
+		// A snapshot a million records after the last: a restore replays at
+		// most that (about 2 s here), and the changelog keeps about twice
+		// that (the older kept snapshot's tail), ~100 MB of 50-byte records.
+		SnapshotEvery: 1_000_000,
+		// And at least every 10 min while the partition changes, so that a
+		// slow partition's changelog is trimmed too.
+		SnapshotInterval: 10 * time.Minute,
+		Snapshot:         snapshot.DefaultConfig(),
 	}
 }
 

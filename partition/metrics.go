@@ -12,6 +12,7 @@ type Metrics struct {
 	forwarded, fenced, restoreRecords, inputGaps, restarts          *prometheus.CounterVec
 	rebuildEvents, storeDiscards, outboxFound                       *prometheus.CounterVec
 	snapshots, snapshotFailures, snapshotBytes, restores            *prometheus.CounterVec
+	changelogTrims                                                  *prometheus.CounterVec
 	commitSeconds                                                   *prometheus.HistogramVec
 	offset, replicaLag, inputLag, lastCommit                        *prometheus.GaugeVec
 	replicaRecords                                                  *prometheus.CounterVec
@@ -57,6 +58,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		snapshots:        c("snapshots_total", "Snapshots of the store uploaded to the snapshot bucket."),
 		snapshotFailures: c("snapshot_failures_total", "Snapshots that failed (checkpoint or upload)."),
 		snapshotBytes:    c("snapshot_uploaded_bytes_total", "Bytes uploaded by snapshots (files the bucket did not hold yet)."),
+		changelogTrims:   c("changelog_trims_total", "Times the changelog was trimmed below the oldest kept snapshot."),
 		restores: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "eddy", Subsystem: "partition", Name: "restores_total",
 			Help: "Restores of partition actors by path: local (store + changelog tail), replica (promoted hot replica), snapshot (snapshot + changelog tail), changelog (whole changelog), input (rebuilt from the input stream)."},
 			[]string{"type", "partition", "path"}),
@@ -68,7 +70,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		for _, col := range []prometheus.Collector{m.events, m.handlerFailures, m.deadLetters, m.commits, m.changelogRecords,
 			m.forwarded, m.fenced, m.restoreRecords, m.rebuildEvents, m.inputGaps, m.restarts, m.commitSeconds, m.offset, m.replicaLag, m.replicaRecords,
 			m.storeDiscards, m.outboxFound, m.inputLag, m.lastCommit, m.state,
-			m.snapshots, m.snapshotFailures, m.snapshotBytes, m.restores} {
+			m.snapshots, m.snapshotFailures, m.snapshotBytes, m.restores, m.changelogTrims} {
 			reg.MustRegister(col)
 		}
 	}
@@ -79,7 +81,7 @@ type partitionMetrics struct {
 	events, handlerFailures, deadLetters, commits, changelogRecords prometheus.Counter
 	forwarded, fenced, restoreRecords, inputGaps, restarts          prometheus.Counter
 	rebuildEvents, replicaRecords, storeDiscards, outboxFound       prometheus.Counter
-	snapshots, snapshotFailures, snapshotBytes                      prometheus.Counter
+	snapshots, snapshotFailures, snapshotBytes, changelogTrims      prometheus.Counter
 	restores                                                        func(path string) prometheus.Counter
 	commitSeconds                                                   prometheus.Observer
 	offset, replicaLag, inputLag, lastCommit                        prometheus.Gauge
@@ -110,8 +112,9 @@ func (m *Metrics) forPartition(typ string, p int) *partitionMetrics {
 		replicaLag: m.replicaLag.With(l), replicaRecords: m.replicaRecords.With(l),
 		storeDiscards: m.storeDiscards.With(l), outboxFound: m.outboxFound.With(l), inputLag: m.inputLag.With(l), lastCommit: m.lastCommit.With(l),
 		snapshots: m.snapshots.With(l), snapshotFailures: m.snapshotFailures.With(l), snapshotBytes: m.snapshotBytes.With(l),
-		restores: func(path string) prometheus.Counter { return m.restores.WithLabelValues(typ, strconv.Itoa(p), path) },
-		state:    map[State]prometheus.Gauge{},
+		changelogTrims: m.changelogTrims.With(l),
+		restores:       func(path string) prometheus.Counter { return m.restores.WithLabelValues(typ, strconv.Itoa(p), path) },
+		state:          map[State]prometheus.Gauge{},
 	}
 	for _, st := range states {
 		pm.state[st] = m.state.WithLabelValues(typ, strconv.Itoa(p), string(st))

@@ -253,6 +253,9 @@ func (r *replicaActor) Started(c *actor.Context) error {
 		}
 		meta, err = r.checkStore(ctx, cl)
 	}
+	if err == nil && meta.ChangelogSeq == 0 {
+		meta, err = r.restoreSnapshot(ctx, cl)
+	}
 	if err != nil {
 		return err
 	}
@@ -327,6 +330,36 @@ func (r *replicaActor) startTail(self *actor.Ref, meta statestore.Meta) error {
 		close(done)
 	}()
 	return nil
+}
+
+// restoreSnapshot puts the newest usable snapshot in the place of the
+// replica's empty store, so that the replica tails only the records after
+// it: all it can do when the changelog was trimmed, and faster than a
+// replay of the whole changelog otherwise. Without a usable snapshot the
+// store stays empty.
+func (r *replicaActor) restoreSnapshot(ctx context.Context, cl jetstream.Stream) (statestore.Meta, error) {
+	info, err := cl.Info(ctx)
+	if err != nil {
+		return statestore.Meta{}, err
+	}
+	if info.State.LastSeq == 0 {
+		return r.store.Meta()
+	}
+	got, err := fetchSnapshot(ctx, r.cfg, r.log, changelogID(cl), info.State)
+	if err != nil || got == nil {
+		if err != nil {
+			return statestore.Meta{}, err
+		}
+		return r.store.Meta()
+	}
+	if err := r.store.Close(); err != nil {
+		return statestore.Meta{}, err
+	}
+	r.store = nil
+	if r.store, err = got.install(r.cfg); err != nil {
+		return statestore.Meta{}, err
+	}
+	return r.checkStore(ctx, cl)
 }
 
 // checkChangelog asks the replica actor to check, after a reconnect, that
@@ -407,7 +440,7 @@ func (r *replicaActor) Receive(c *actor.Context, msg any) error {
 	case tailFailed:
 		if errors.Is(m.err, errStoreAhead) {
 			// The store holds records the changelog lost: start it over.
-			r.log.Warn("hot replica's store is ahead of the changelog; discarding it", "err", m.err)
+			r.log.Warn("hot replica's store does not fit the changelog; discarding it", "err", m.err)
 			r.m.storeDiscards.Inc()
 			if err := r.discardStore(); err != nil {
 				return err
@@ -475,6 +508,7 @@ func (r *replicaActor) tail(ctx context.Context, it jetstream.MessagesContext, m
 	b := r.store.NewBatch()
 	defer func() { b.Close() }()
 	caughtUp := false
+	rebuilds := newRebuildCheck(meta)
 	for {
 		var msg jetstream.Msg
 		if caughtUp {
@@ -508,12 +542,16 @@ func (r *replicaActor) tail(ctx context.Context, it jetstream.MessagesContext, m
 		seq := md.Sequence.Stream
 		switch rec.Kind {
 		case changelog.KindMeta:
-			if err := checkRebuiltAt(meta.MetaSeq > 0, meta, rec.Meta, seq); err != nil {
+			if err := rebuilds.meta(rec.Meta, seq); err != nil {
 				return err // the store holds state from before a rebuild: start over
 			}
-			if rec.Meta.Rebuilding {
-				// Old state records may still be in the changelog: a replica
-				// holds nothing until the rebuild is done (versionrebuild.go).
+			if rec.Meta.Rebuilding && md.NumPending == 0 {
+				// A rebuild in progress, as far as the changelog goes: old
+				// state records may still be in it, and a replica holds
+				// nothing until the rebuild is done (versionrebuild.go). A
+				// rebuild's meta records with more records after them are
+				// passed: the rebuild check above tells whether the store
+				// holds old state.
 				return fmt.Errorf("%w: the state is being rebuilt from the input stream (changelog sequence %d)", errStoreAhead, seq)
 			}
 			if err := r.refuses(rec.Meta, seq); err != nil {
@@ -523,8 +561,7 @@ func (r *replicaActor) tail(ctx context.Context, it jetstream.MessagesContext, m
 				return err
 			}
 			if !rec.Meta.Continues(meta.MetaSeq, meta.Batch) {
-				return fmt.Errorf("%w: the batch ending at changelog sequence %d follows %d, but this replica applied a batch ending at %d: the changelog lost records and was written again",
-					errStoreAhead, seq, rec.Meta.Prev, meta.MetaSeq)
+				return discontinuity(seq, rec.Meta, meta.MetaSeq)
 			}
 			meta.Offset, meta.Epoch = rec.Meta.Offset, max(meta.Epoch, rec.Meta.Epoch)
 			meta.Forwarded = max(meta.Forwarded, rec.Meta.Forwarded)
@@ -532,6 +569,8 @@ func (r *replicaActor) tail(ctx context.Context, it jetstream.MessagesContext, m
 			meta = storeVersion(meta, rec.Meta)
 		case changelog.KindOutbox:
 			r.pending = append(r.pending, seq)
+		case changelog.KindSet, changelog.KindDelete:
+			rebuilds.record()
 		}
 		if err := applyRecord(b, seq, rec); err != nil {
 			return err

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -13,7 +14,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/eddyrt/eddy/actor"
+	"github.com/eddyrt/eddy/changelog"
 	"github.com/eddyrt/eddy/snapshot"
 	"github.com/eddyrt/eddy/statestore"
 )
@@ -252,8 +256,20 @@ func (a *partitionActor) upload(ctx context.Context, dir string, m snapshot.Mani
 	}
 	a.m.snapshots.Inc()
 	a.m.snapshotBytes.Add(float64(st.UploadedBytes))
-	if _, err := b.Prune(ctx, m.Partition, m.ChangelogID); err != nil && ctx.Err() == nil {
+	ps, err := b.Prune(ctx, m.Partition, m.ChangelogID)
+	if err != nil && ctx.Err() == nil {
 		a.log.Warn("prune snapshots", "err", err)
+	}
+	// Trim the changelog below the oldest kept snapshot. Outbox entries
+	// there that were not forwarded yet are in the snapshots too, as the
+	// store's pending entries (pending.go): a restore forwards them from
+	// there.
+	if upTo := ps.OldestKept; err == nil && upTo > 1 {
+		if err := changelog.Trim(ctx, a.cfg.JS, a.subjects, upTo); err != nil && ctx.Err() == nil {
+			a.log.Warn("trim the changelog", "below", upTo, "err", err)
+		} else if err == nil {
+			a.m.changelogTrims.Inc()
+		}
 	}
 	return SnapshotStatus{ChangelogSeq: m.ChangelogSeq, Offset: m.Offset, Created: m.Created,
 		Files: st.Files, Bytes: st.Bytes, Uploaded: st.UploadedBytes}, nil
@@ -323,73 +339,103 @@ func (a *partitionActor) stopSnapshots() {
 // then replays the whole changelog. Errors other than the actor stopping
 // are logged and also leave the store to the full replay.
 func (a *partitionActor) restoreSnapshot(ctx context.Context) (bool, error) {
-	b, err := snapshot.Lookup(ctx, a.cfg.JS, a.cfg.Type, a.snapshotConfig())
-	if errors.Is(err, snapshot.ErrNoSnapshot) {
-		return false, nil
-	}
-	if err != nil {
-		if ctx.Err() != nil {
-			return false, ctx.Err()
-		}
-		a.log.Warn("cannot look up snapshots; restoring from the whole changelog", "err", err)
-		return false, nil
-	}
-	a.snap.bucketMu.Lock()
-	a.snap.bucket = b
-	a.snap.bucketMu.Unlock()
-	end := a.cl.CachedInfo().State.LastSeq // as of the look-up at the start
-	accept := func(m snapshot.Manifest) error {
-		switch {
-		case m.Type != a.cfg.Type || m.Partition != a.cfg.Partition:
-			return fmt.Errorf("snapshot of %s/%d", m.Type, m.Partition)
-		case !bytes.Equal(m.ChangelogID, a.changelogID):
-			return errors.New("snapshot of an earlier changelog stream of the same name")
-		case m.ChangelogSeq > end:
-			return fmt.Errorf("snapshot at changelog sequence %d, the changelog ends at %d", m.ChangelogSeq, end)
-		case m.StateVersion > a.cfg.stateVersion():
-			// A newer version's state: the restore would refuse it anyway.
-			return fmt.Errorf("snapshot of state version %d, newer than %d", m.StateVersion, a.cfg.stateVersion())
-		}
-		return nil
-	}
-	start := time.Now()
-	dl := a.cfg.StoreDir + ".restore"
-	if err := os.RemoveAll(dl); err != nil {
+	got, err := fetchSnapshot(ctx, a.cfg, a.log, a.changelogID, a.cl.CachedInfo().State)
+	if err != nil || got == nil {
 		return false, err
 	}
-	d, err := b.Download(ctx, a.cfg.Partition, a.changelogID, dl, accept)
-	if errors.Is(err, snapshot.ErrNoSnapshot) {
-		if len(d.Skipped) > 0 {
-			a.log.Warn("no usable snapshot; restoring from the whole changelog", "err", err)
-		}
-		return false, nil
-	}
-	if err != nil {
-		if ctx.Err() != nil {
-			return false, ctx.Err()
-		}
-		a.log.Warn("snapshot download failed; restoring from the whole changelog", "err", err)
-		return false, nil
-	}
+	a.snap.bucketMu.Lock()
+	a.snap.bucket = got.bucket
+	a.snap.bucketMu.Unlock()
 	if err := a.store.Close(); err != nil {
 		return false, err
 	}
 	a.store = nil
-	if err := statestore.Install(dl, a.cfg.StoreDir); err != nil {
+	if a.store, err = got.install(a.cfg); err != nil {
 		return false, err
 	}
-	st, err := openStore(a.cfg)
-	if err != nil {
-		return false, err
-	}
-	a.store = st
-	m := d.Manifest
+	m := got.Manifest
 	a.snap.lastSeq = m.ChangelogSeq
 	a.status.update(func(s *Status) {
 		s.Snapshot = &SnapshotStatus{ChangelogSeq: m.ChangelogSeq, Offset: m.Offset, Created: m.Created,
 			Files: len(m.Files), Bytes: m.Size(), Restored: true}
 	})
-	a.log.Info("restored from snapshot", "changelog_seq", m.ChangelogSeq, "offset", m.Offset, "files", len(m.Files),
-		"bytes", m.Size(), "skipped", len(d.Skipped), "took", time.Since(start).Round(time.Millisecond))
 	return true, nil
+}
+
+// fetchedSnapshot is a snapshot downloaded beside a partition's store.
+type fetchedSnapshot struct {
+	snapshot.Downloaded
+	bucket *snapshot.Store
+	dir    string
+}
+
+// install puts the downloaded store in the place of the partition's store,
+// which its caller has closed, and opens it.
+func (f *fetchedSnapshot) install(cfg *Config) (*statestore.Pebble, error) {
+	if err := statestore.Install(f.dir, cfg.StoreDir); err != nil {
+		return nil, err
+	}
+	return openStore(cfg)
+}
+
+// fetchSnapshot downloads, beside cfg's store, the newest snapshot of
+// cfg's partition that belongs to the changelog whose identity is id and
+// whose state is st: of a sequence the changelog has reached and has not
+// trimmed past (the records after it are all there), of a state version
+// this actor can run. It returns nil when there is no snapshot or none
+// usable; errors other than ctx ending are logged and return nil too, so
+// that the caller goes on with the changelog alone.
+func fetchSnapshot(ctx context.Context, cfg *Config, log *slog.Logger, id []byte, st jetstream.StreamState) (*fetchedSnapshot, error) {
+	sc := cfg.Snapshot
+	sc.Logger = log
+	b, err := snapshot.Lookup(ctx, cfg.JS, cfg.Type, sc)
+	if errors.Is(err, snapshot.ErrNoSnapshot) {
+		return nil, nil
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		log.Warn("cannot look up snapshots; restoring from the changelog alone", "err", err)
+		return nil, nil
+	}
+	accept := func(m snapshot.Manifest) error {
+		switch {
+		case m.Type != cfg.Type || m.Partition != cfg.Partition:
+			return fmt.Errorf("snapshot of %s/%d", m.Type, m.Partition)
+		case !bytes.Equal(m.ChangelogID, id):
+			return errors.New("snapshot of an earlier changelog stream of the same name")
+		case m.ChangelogSeq > st.LastSeq:
+			return fmt.Errorf("snapshot at changelog sequence %d, the changelog ends at %d", m.ChangelogSeq, st.LastSeq)
+		case m.ChangelogSeq+1 < st.FirstSeq:
+			return fmt.Errorf("snapshot at changelog sequence %d, the changelog was trimmed to start at %d", m.ChangelogSeq, st.FirstSeq)
+		case m.StateVersion > cfg.stateVersion():
+			// A newer version's state: the restore would refuse it anyway.
+			return fmt.Errorf("snapshot of state version %d, newer than %d", m.StateVersion, cfg.stateVersion())
+		}
+		return nil
+	}
+	start := time.Now()
+	dl := cfg.StoreDir + ".restore"
+	if err := os.RemoveAll(dl); err != nil {
+		return nil, err
+	}
+	d, err := b.Download(ctx, cfg.Partition, id, dl, accept)
+	if errors.Is(err, snapshot.ErrNoSnapshot) {
+		if len(d.Skipped) > 0 {
+			log.Warn("no usable snapshot; restoring from the changelog alone", "err", err)
+		}
+		return nil, nil
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		log.Warn("snapshot download failed; restoring from the changelog alone", "err", err)
+		return nil, nil
+	}
+	m := d.Manifest
+	log.Info("restored from snapshot", "changelog_seq", m.ChangelogSeq, "offset", m.Offset, "files", len(m.Files),
+		"bytes", m.Size(), "skipped", len(d.Skipped), "took", time.Since(start).Round(time.Millisecond))
+	return &fetchedSnapshot{Downloaded: d, bucket: b, dir: dl}, nil
 }

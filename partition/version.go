@@ -127,15 +127,35 @@ func withVersionOf(dst, src changelog.Meta) changelog.Meta {
 	return dst
 }
 
-// checkRebuiltAt returns errStoreAhead when a store holding state (holds;
-// held is its Meta) meets a meta record m (at seq) of another rebuild than
-// its own: the store holds records from before that rebuild, which are not
-// part of the state any more.
-func checkRebuiltAt(holds bool, held statestore.Meta, m changelog.Meta, seq uint64) error {
-	if holds && m.RebuiltAt != held.RebuiltAt {
-		return fmt.Errorf("%w: the meta record at changelog sequence %d is of the state rebuilt at %d, the local store of the state rebuilt at %d",
-			errStoreAhead, seq, m.RebuiltAt, held.RebuiltAt)
+// rebuildCheck follows the rebuilds a reader of the changelog passes (a
+// restore, a hot replica's tail) to tell when the store it fills holds
+// state from before a rebuild, which is not part of the state any more.
+type rebuildCheck struct {
+	rebuiltAt uint64 // of the state the store holds
+	holds     bool   // the store holds state records of that state
+}
+
+// newRebuildCheck starts a check for a store whose meta is held.
+func newRebuildCheck(held statestore.Meta) rebuildCheck {
+	return rebuildCheck{rebuiltAt: held.RebuiltAt, holds: held.ChangelogSeq > 0}
+}
+
+// record notes a state record applied to the store.
+func (c *rebuildCheck) record() { c.holds = true }
+
+// meta returns errStoreAhead when the store holds state records and meets
+// the meta record m (at seq) of another rebuild than its state's. A store
+// that holds none (a reader that started empty, before records the
+// rebuild purged) takes m's rebuild as its own.
+func (c *rebuildCheck) meta(m changelog.Meta, seq uint64) error {
+	if m.RebuiltAt == c.rebuiltAt {
+		return nil
 	}
+	if c.holds {
+		return fmt.Errorf("%w: the meta record at changelog sequence %d is of the state rebuilt at %d, the local store of the state rebuilt at %d",
+			errStoreAhead, seq, m.RebuiltAt, c.rebuiltAt)
+	}
+	c.rebuiltAt = m.RebuiltAt
 	return nil
 }
 

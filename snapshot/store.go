@@ -371,6 +371,9 @@ func syncDir(dir string) error {
 type PruneStats struct {
 	Manifests, Files int
 	Bytes            int64
+	// OldestKept is the changelog sequence of the oldest manifest kept of
+	// the changelog (0: none): the changelog may be trimmed below it.
+	OldestKept uint64
 }
 
 // Prune keeps the newest Config.Keep manifests of partition p of the
@@ -388,6 +391,11 @@ func (s *Store) Prune(ctx context.Context, p int, changelogID []byte) (PruneStat
 	}
 	mine := ofChangelog(refs, changelogID)
 	keep := mine[:min(len(mine), s.cfg.Keep)]
+	for i, r := range keep {
+		if i == 0 || r.seq < st.OldestKept {
+			st.OldestKept = r.seq
+		}
+	}
 	drop := map[string]bool{}
 	for _, r := range mine[len(keep):] {
 		drop[r.name] = true

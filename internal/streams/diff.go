@@ -9,6 +9,7 @@ package streams
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -102,6 +103,16 @@ func Diff(want Spec, have jetstream.StreamConfig) (Plan, error) {
 		return bad("SubjectTransform", transform(have.SubjectTransform), transform(w.SubjectTransform),
 			"the transform places each key in its partition: a partition count cannot change")
 	}
+	if w.SubjectTransform == nil && have.SubjectTransform != nil && want.Replayed {
+		return bad("SubjectTransform", transform(have.SubjectTransform), "none",
+			"the stream has another subject layout, such as one subject per key")
+	}
+	for _, k := range slices.Sorted(maps.Keys(w.Metadata)) {
+		v := w.Metadata[k]
+		if hv, ok := have.Metadata[k]; ok && hv != v {
+			return bad("Metadata["+k+"]", hv, v, "a stream's partition count and subject layout cannot change")
+		}
+	}
 	if have.Storage != w.Storage {
 		return bad("Storage", have.Storage.String(), w.Storage.String(), "")
 	}
@@ -111,7 +122,7 @@ func Diff(want Spec, have jetstream.StreamConfig) (Plan, error) {
 	}
 	if w.MaxMsgsPerSubject != 0 && have.MaxMsgsPerSubject != w.MaxMsgsPerSubject {
 		return bad("MaxMsgsPerSubject", fmt.Sprint(have.MaxMsgsPerSubject), fmt.Sprint(w.MaxMsgsPerSubject),
-			"a changelog keeps the latest record of each key")
+			"a changelog is a log of every change, trimmed below the snapshots; an earlier eddy's compacted changelog must be reset with `node reset`")
 	}
 	if w.AllowAtomicPublish && !have.AllowAtomicPublish {
 		return bad("AllowAtomicPublish", "false", "true", "a commit is one atomic batch")
@@ -146,6 +157,17 @@ func Diff(want Spec, have jetstream.StreamConfig) (Plan, error) {
 	if w.AllowDirect && !have.AllowDirect {
 		p.Changes = append(p.Changes, Change{"AllowDirect", "false", "true"})
 		up.AllowDirect = true
+	}
+	for _, k := range slices.Sorted(maps.Keys(w.Metadata)) {
+		v := w.Metadata[k]
+		if _, ok := have.Metadata[k]; !ok {
+			p.Changes = append(p.Changes, Change{"Metadata[" + k + "]", "none", v})
+			up.Metadata = maps.Clone(up.Metadata)
+			if up.Metadata == nil {
+				up.Metadata = map[string]string{}
+			}
+			up.Metadata[k] = v
+		}
 	}
 	if len(p.Changes) > 0 {
 		p.Update = &up
