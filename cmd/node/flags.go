@@ -153,6 +153,22 @@ func (l listFlag) Set(v string) error {
 	return nil
 }
 
+// repeatedFlag collects the values of a flag given any number of times, in
+// order: --node-flag=--batch-size=500 --node-flag=--linger=5ms.
+type repeatedFlag struct{ p *[]string }
+
+func (r repeatedFlag) String() string {
+	if r.p == nil {
+		return ""
+	}
+	return strings.Join(*r.p, " ")
+}
+
+func (r repeatedFlag) Set(v string) error {
+	*r.p = append(*r.p, v)
+	return nil
+}
+
 // keyFlag is a key given in standard base64.
 type keyFlag struct{ p *[]byte }
 

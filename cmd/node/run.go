@@ -17,6 +17,11 @@ import (
 	"github.com/eddyrt/eddy/examples/apps"
 )
 
+// defaultPartitions is each example actor type's partition count unless
+// --partitions says otherwise: a few per core of a small node, and room to
+// spread over a cluster of up to 8 nodes.
+const defaultPartitions = 8
+
 // stopTimeout bounds the graceful stop: each partition finishes its batch in hand.
 const stopTimeout = 30 * time.Second
 
@@ -30,7 +35,7 @@ func (c *cli) run(ctx context.Context, args []string) error {
 	addClusterFlags(fs, &cfg)
 	lf := addLogFlags(fs, slog.LevelInfo)
 	appList := fs.String("app", "bank", "example `apps` to run, comma-separated: "+strings.Join(apps.Names, ", "))
-	partitions := fs.Int("partitions", 8, "`partitions` of each actor type's input stream (fixed once the stream exists)")
+	partitions := fs.Int("partitions", defaultPartitions, "`partitions` of each actor type's input stream (fixed once the stream exists)")
 	replicas := fs.Int("replicas", eddy.DefaultReplicationFactor, "hot `replicas` per partition on other nodes of a cluster (0: none, restore from the changelog on failover)")
 	load := fs.Float64("load", 0, "demo load in `events/s`, sent with an eddy.Client (0: off)")
 	if err := c.parse(fs, args); err != nil {
