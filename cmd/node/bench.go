@@ -83,6 +83,8 @@ func (c *cli) bench(ctx context.Context, args []string) error {
 			return c.benchFailover(ctx, args[1:])
 		case "memory":
 			return c.benchMemory(ctx, args[1:])
+		case "input":
+			return c.benchInput(ctx, args[1:])
 		}
 	}
 	fs := flag.NewFlagSet("node bench", flag.ContinueOnError)

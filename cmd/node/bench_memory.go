@@ -454,7 +454,7 @@ func (mb *memoryBench) waitProcessed(ctx context.Context) error {
 	}
 	last := make([]uint64, mb.opts.partitions)
 	for p := range last {
-		m, err := st.GetLastMsgForSubject(ctx, partition.InputFilter(apps.BankType, p))
+		m, err := st.GetLastMsgForSubject(ctx, partition.Input{Type: apps.BankType, Partitions: mb.opts.partitions}.Filter(p))
 		switch {
 		case errors.Is(err, jetstream.ErrMsgNotFound):
 			continue // no deposit in this partition
