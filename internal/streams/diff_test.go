@@ -29,6 +29,14 @@ func inputSpec(partitions int) Spec {
 	}}
 }
 
+// partitionSpec is an input stream with one subject per partition.
+func partitionSpec() Spec {
+	return Spec{Role: "input stream", Replayed: true, Config: jetstream.StreamConfig{
+		Name: "bank", Subjects: []string{"bank.0", "bank.1"}, Storage: jetstream.FileStorage, Replicas: 1,
+		Duplicates: 10 * time.Minute, Metadata: map[string]string{"eddy.partitions": "2", "eddy.subjects": "partition"},
+	}}
+}
+
 // asServed is want's config as a server returns it: defaults filled in.
 func asServed(want Spec) jetstream.StreamConfig {
 	c := want.Config
@@ -43,7 +51,7 @@ func asServed(want Spec) jetstream.StreamConfig {
 }
 
 func TestDiffAcceptsTheStreamEddyCreated(t *testing.T) {
-	for _, want := range []Spec{changelogSpec(), inputSpec(4)} {
+	for _, want := range []Spec{changelogSpec(), inputSpec(4), partitionSpec()} {
 		p, err := Diff(want, asServed(want))
 		if err != nil || p.Update != nil || len(p.Kept) > 0 {
 			t.Errorf("%s: plan %+v, err %v; want nothing to do", want.Role, p, err)
@@ -79,6 +87,13 @@ func TestDiffRefusesIncompatibleFields(t *testing.T) {
 			"MaxMsgsPerSubject", "5", "1"},
 		{"no atomic publish", changelogSpec(), func(c *jetstream.StreamConfig) { c.AllowAtomicPublish = false },
 			"AllowAtomicPublish", "false", "true"},
+		{"other partition count, recorded", partitionSpec(), func(c *jetstream.StreamConfig) {
+			c.Metadata = map[string]string{"eddy.partitions": "4", "eddy.subjects": "partition"}
+		}, "Metadata[eddy.partitions]", "4", "2"},
+		{"a transform where the layout has none", partitionSpec(), func(c *jetstream.StreamConfig) {
+			c.Subjects = []string{"bank.*"}
+			c.SubjectTransform = &jetstream.SubjectTransformConfig{Source: "bank.*", Destination: "bank.{{partition(2,1)}}.{{wildcard(1)}}"}
+		}, "SubjectTransform", "partition(2,1)", "none"},
 		{"sealed", changelogSpec(), func(c *jetstream.StreamConfig) { c.Sealed = true }, "Sealed", "true", "false"},
 		{"mirror", inputSpec(4), func(c *jetstream.StreamConfig) { c.Mirror = &jetstream.StreamSource{Name: "orig"} },
 			"Mirror", "orig", "none"},
@@ -103,6 +118,17 @@ func TestDiffRefusesIncompatibleFields(t *testing.T) {
 		if Transient(err) {
 			t.Errorf("%s: an incompatible stream counts as transient", tc.name)
 		}
+	}
+}
+
+// Metadata eddy records is added to a stream that lacks it.
+func TestDiffAddsMissingMetadata(t *testing.T) {
+	want := partitionSpec()
+	have := asServed(want)
+	have.Metadata = nil
+	p, err := Diff(want, have)
+	if err != nil || p.Update == nil || p.Update.Metadata["eddy.partitions"] != "2" || len(p.Changes) != 2 {
+		t.Fatalf("plan %+v, err %v; want the metadata added", p, err)
 	}
 }
 
