@@ -77,8 +77,13 @@ type bench struct {
 // against (b) eddy counting events per key over the same input; then (c) a raw
 // read of a changelog against eddy restoring a partition from it.
 func (c *cli) bench(ctx context.Context, args []string) error {
-	if len(args) > 0 && args[0] == "failover" {
-		return c.benchFailover(ctx, args[1:])
+	if len(args) > 0 {
+		switch args[0] {
+		case "failover":
+			return c.benchFailover(ctx, args[1:])
+		case "latency":
+			return c.benchLatency(ctx, args[1:])
+		}
 	}
 	fs := flag.NewFlagSet("node bench", flag.ContinueOnError)
 	cfg := eddy.DefaultConfig()
