@@ -184,7 +184,7 @@ func (lb *latencyBench) run(ctx context.Context) (err error) {
 	maxRate, target := 0.0, o.rate
 	if target == 0 {
 		if _, err := lb.phase(ctx, "latency-max", func(ctx context.Context) (time.Duration, error) {
-			maxRate, err = lb.maxRate(ctx)
+			maxRate, err = lb.maxRate(ctx, reg)
 			return 0, err
 		}); err != nil {
 			return fmt.Errorf("max rate: %w", err)
@@ -278,8 +278,9 @@ func (lb *latencyBench) event(id uint64) []byte {
 // second) at the earliest. The producer
 // keeps two batches per partition ahead of the outputs, so every batch the
 // node takes is full, without a backlog that would take long to drain.
-func (lb *latencyBench) maxRate(ctx context.Context) (float64, error) {
+func (lb *latencyBench) maxRate(ctx context.Context, reg prometheus.Gatherer) (float64, error) {
 	o := lb.o
+	before := commitHistogram(reg)
 	var failed atomic.Int64
 	js, err := jetstream.New(lb.nc, jetstream.WithPublishAsyncMaxPending(o.inFlight),
 		jetstream.WithPublishAsyncErrHandler(func(jetstream.JetStream, *nats.Msg, error) { failed.Add(1) }))
@@ -328,7 +329,9 @@ func (lb *latencyBench) maxRate(ctx context.Context) (float64, error) {
 		return 0, fmt.Errorf("outputs of the max-rate phase: %d of %d seen: %w", lb.saturationSeen.Load(), sent, err)
 	}
 	r := rate(int(n), took)
-	lb.printf("  max rate: %v saturated, %d events ahead of the outputs: %.0f ev/s", o.saturate, window, r)
+	h := commitHistogram(reg).minus(before)
+	lb.printf("  max rate: %v saturated, %d events ahead of the outputs: %.0f ev/s (%d events in %.0f commits, %.2f ms each on average)",
+		o.saturate, window, r, sent, h.count, 1000*h.sum/max(h.count, 1))
 	return r, nil
 }
 
