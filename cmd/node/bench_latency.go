@@ -424,8 +424,12 @@ func (lb *latencyBench) report(s *samples, target, maxRate float64, took time.Du
 		slices.Sort(ds)
 	}
 	achieved := rate(n, took)
-	lb.printf("  load: %.0f ev/s (%.2f of the max rate) for %v: %d events, the first %d (%v) left out",
-		achieved, achieved/max(maxRate, 1e-9), o.duration, n, skip, o.warmup)
+	share := "--rate"
+	if maxRate > 0 {
+		share = fmt.Sprintf("%.2f of the max rate", achieved/maxRate)
+	}
+	lb.printf("  load: %.0f ev/s (%s) for %v: %d events, the first %d (%v) left out",
+		achieved, share, o.duration, n, skip, o.warmup)
 	lb.printCommits(s.start, perCommit, h)
 	lb.printf("  where it goes, p50 / p99 / p999 ms: publish -> ack %s; ack -> changelog commit stored %s; -> output stored %s; -> output seen %s",
 		triple(pubAck), triple(toCommit), triple(toStored), triple(toSeen))
