@@ -190,7 +190,7 @@ func (lb *latencyBench) run(ctx context.Context) (err error) {
 			return fmt.Errorf("max rate: %w", err)
 		}
 		target = o.fraction * maxRate
-		time.Sleep(time.Second) // idle partitions commit their outbox marks
+		time.Sleep(time.Second) // the partitions commit their outbox marks (MarkDelay) before the load
 	}
 
 	mnc, err := nats.Connect(lb.srv.ClientURL(), nats.Name("eddy bench latency commits"))
@@ -275,9 +275,9 @@ func (lb *latencyBench) event(id uint64) []byte {
 
 // maxRate saturates the node for the saturate phase and returns the outputs
 // seen per second from when they flow, after its first fifth (at most a
-// second) at the earliest. The producer
-// keeps two batches per partition ahead of the outputs, so every batch the
-// node takes is full, without a backlog that would take long to drain.
+// second) at the earliest. The producer keeps two batches per partition
+// ahead of the outputs, so every batch the node takes is full, without a
+// backlog that would take long to drain.
 func (lb *latencyBench) maxRate(ctx context.Context, reg prometheus.Gatherer) (float64, error) {
 	o := lb.o
 	before := commitHistogram(reg)
