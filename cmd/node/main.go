@@ -6,6 +6,7 @@
 //	node bench  [flags]   measure eddy against the raw JetStream limit on this machine
 //	node bench failover   measure failover (with and without hot replicas) and handover pauses on a 3-process cluster
 //	node bench memory     memory and disk of one node process and its nats-server process for N keys, and nats-server's restart time
+//	node bench latency    measure end-to-end latency (publish ack to emitted output seen) at half the max rate
 //	node snapshot [flags] snapshot an actor type's partitions now (the nodes that run them take them)
 //	node reset  [flags]   delete an actor type's changelogs, so that it processes its input again from the start
 //
@@ -53,6 +54,7 @@ commands:
   bench    measure eddy against raw JetStream on this machine: node bench [--events 1000000]
            node bench failover [--kills 20]: failover and handover pauses on a 3-process cluster
            node bench memory [--keys 10000000]: memory and disk of a node and its nats-server for N keys
+           node bench latency [--fraction 0.5]: publish-ack-to-output latency at a share of the max rate
   snapshot snapshot an actor type's partition stores now: node snapshot --nats URL --type bank [--partition 0]
   reset    make an actor type process its input again from the first event: node reset --type bank [--dry-run]
            (refused while a node runs the type; deletes its changelogs, leaves its input and outputs)
