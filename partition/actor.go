@@ -813,7 +813,11 @@ func (a *partitionActor) receive(c *actor.Context, msg any) error {
 			// the next owner reads it from the committed offset.
 			return nil
 		}
-		return a.process(c.Context(), m.msgs)
+		err := a.process(c.Context(), m.msgs)
+		if err == nil && a.readerProgress != nil {
+			a.readerProgress.batchDone()
+		}
+		return err
 	case readerFailed:
 		if m.from != a {
 			return nil

@@ -43,8 +43,7 @@ func (a *partitionActor) startReader(c *actor.Context) error {
 func (a *partitionActor) runReader(ctx context.Context, it jetstream.MessagesContext) {
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
-	p := &readerProgress{}
-	p.pos.Store(a.offset)
+	p := newReaderProgress(a.offset)
 	a.readerCancel, a.readerDone, a.readerIt, a.readerProgress = cancel, done, it, p
 	var wg sync.WaitGroup
 	wg.Go(func() { a.read(rctx, it, p) })
@@ -61,6 +60,37 @@ func (a *partitionActor) runReader(ctx context.Context, it jetstream.MessagesCon
 type readerProgress struct {
 	pos          atomic.Uint64 // the last input sequence it delivered
 	waitingSince atomic.Int64  // unix ns since when it waits in Next; 0: not waiting
+	// ready holds a token while the actor can take a batch: the reader
+	// takes it to send one, the actor puts it back once it has processed
+	// it (batchDone). One batch is in the actor at a time.
+	ready chan struct{}
+}
+
+// newReaderProgress returns the progress of a reader that starts after
+// offset, with the actor ready for its first batch.
+func newReaderProgress(offset uint64) *readerProgress {
+	p := &readerProgress{ready: make(chan struct{}, 1)}
+	p.pos.Store(offset)
+	p.ready <- struct{}{}
+	return p
+}
+
+// take takes the token if the actor is ready.
+func (p *readerProgress) take() bool {
+	select {
+	case <-p.ready:
+		return true
+	default:
+		return false
+	}
+}
+
+// batchDone gives the token back: the actor is ready for the next batch.
+func (p *readerProgress) batchDone() {
+	select {
+	case p.ready <- struct{}{}:
+	default:
+	}
 }
 
 // readerStallAfter is how long a reader may wait for input, while the input
@@ -299,21 +329,36 @@ func (a *partitionActor) read(ctx context.Context, it jetstream.MessagesContext,
 		}
 		batch := make([]jetstream.Msg, 1, a.cfg.BatchSize)
 		batch[0] = msg
+		// Fill the batch until Linger has passed and the actor is done
+		// with the previous one: while it commits, the events that
+		// arrive join this batch, so that batches grow with the commit
+		// time instead of queueing behind it one commit each.
 		deadline := time.Now().Add(a.cfg.Linger)
+		ready := false
 		for len(batch) < a.cfg.BatchSize {
 			wait := time.Until(deadline)
 			if wait <= 0 {
-				break
+				if ready = p.take(); ready {
+					break
+				}
+				wait = readerBusyPoll
 			}
 			msg, err := it.Next(jetstream.NextMaxWait(wait))
 			if errors.Is(err, nats.ErrTimeout) {
-				break
+				continue
 			}
 			if err != nil {
 				fail(err)
 				return
 			}
 			batch = append(batch, msg)
+		}
+		if !ready {
+			select {
+			case <-p.ready:
+			case <-ctx.Done():
+				return
+			}
 		}
 		if md, err := batch[len(batch)-1].Metadata(); err == nil {
 			p.pos.Store(md.Sequence.Stream)
@@ -323,3 +368,8 @@ func (a *partitionActor) read(ctx context.Context, it jetstream.MessagesContext,
 		}
 	}
 }
+
+// readerBusyPoll is how long the reader waits for one more event while its
+// actor processes the previous batch, before it looks again whether the
+// actor is done: a small fraction of a commit (several ms).
+const readerBusyPoll = time.Millisecond
