@@ -17,7 +17,7 @@ type ActorType struct {
 	// KeyedSubjects gives the input stream one subject per key, <name>.<key>,
 	// placed in its partition by the server (a subject transform), so that
 	// any NATS client can publish an event for a key without computing its
-	// partition. The NATS server then holds state for every key (about 200
+	// partition. The NATS server then holds state for every key (a few hundred
 	// bytes each, in memory, and again at each restart): use it for small
 	// keyspaces. By default the stream has one subject per partition,
 	// <name>.<p>, with the key in the Eddy-Key header (see partition.Input

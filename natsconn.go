@@ -25,6 +25,10 @@ import (
 // waits for JetStream and makes the input, dead-letter and output streams
 // exist. It waits through NATS and JetStream not being up yet, within
 // Config.NATSWait and ctx.
+// outboxInFlight is how many outbox forwards a node keeps in flight: a
+// few full batches of every partition (MaxBatchRecords each).
+const outboxInFlight = 64 << 10
+
 func (n *Node) connect(ctx context.Context) error {
 	if err := os.MkdirAll(n.cfg.DataDir, 0o755); err != nil {
 		return fmt.Errorf("data dir: %w", err)
@@ -56,7 +60,11 @@ func (n *Node) connect(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	js, err := jetstream.New(nc, jetstream.WithDefaultTimeout(jsAPITimeout))
+	// Partitions forward their outboxes with async publishes on this
+	// context, all at once: nats.go's default of 4000 in flight stalled a
+	// node's forwards at saturation (16 partitions of 600-entry batches),
+	// and a stalled forward is retried whole after a backoff.
+	js, err := jetstream.New(nc, jetstream.WithDefaultTimeout(jsAPITimeout), jetstream.WithPublishAsyncMaxPending(outboxInFlight))
 	if err != nil {
 		nc.Close()
 		return err

@@ -9,7 +9,7 @@
 //	eddy.cl.<type>.<p>._out    an outbox entry, purged once forwarded
 //
 // so that the NATS server's memory does not grow with the keys (one subject per
-// key cost about 250 bytes each on every server, and a restart rebuilt that
+// key cost a few hundred bytes each on every server, and a restart rebuilt that
 // state). The log is not compacted: Trim removes what the partition's snapshots
 // hold, so its size follows the changes since the older kept snapshot, and a
 // restore is a snapshot plus the records after it.

@@ -233,8 +233,7 @@ func (w *Writer) Resolve(ctx context.Context, recs []Record) (o Outcome, first, 
 		return Behind, 0, 0, nil
 	}
 	// Something landed after the tail: the batch, if its meta record is at
-	// tail+n with its id. (A newer owner's record after the batch would have
-	// compacted that meta record away; the caller then reads the last meta.)
+	// tail+n with its id.
 	raw, ok, err := getMsg(ctx, w.conn, w.subjects.Stream(), msgGetRequest{Seq: w.tail.Seq + n})
 	if err != nil {
 		return 0, 0, 0, err

@@ -321,7 +321,7 @@ func (a *partitionActor) Started(c *actor.Context) error {
 		}
 		err = a.restoreAndFence(ctx, false)
 		if errors.Is(err, errStoreAhead) && !tried && a.restorePath == restoreSnapshot {
-			a.log.Warn("the snapshot's store is ahead of the changelog; discarding it and restoring from the whole changelog", "err", err)
+			a.log.Warn("the snapshot's store does not fit the changelog; discarding it and restoring from the whole changelog", "err", err)
 			a.m.storeDiscards.Inc()
 			if err := a.reopenEmpty(); err != nil {
 				return err
@@ -643,8 +643,8 @@ func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 		// No meta record in the tail read: either nothing new (the newest
 		// meta record is the one the store holds, with the forwarded mark
 		// and, for stores without a changelog, the committed offset), or
-		// a newer batch compacted every meta record of the tail away while
-		// it was read: read on to it.
+		// a batch landed after the replay's end while it was read: read on
+		// to it.
 		m, ok, err := changelog.ReadLastMeta(ctx, a.conn(), a.subjects)
 		if err != nil {
 			return meta, err
@@ -1184,7 +1184,7 @@ func (a *partitionActor) publishOutbox(ctx context.Context, outs []pending) erro
 			m.Header.Set(k, v)
 		}
 		m.Header.Set(jetstream.MsgIDHeader, p.out.MsgID)
-		f, err := a.cfg.JS.PublishMsgAsync(m)
+		f, err := a.cfg.JS.PublishMsgAsync(m, jetstream.WithStallWait(a.cfg.CommitTimeout))
 		if err != nil {
 			return fmt.Errorf("forward outbox to %s: %w", p.out.Subject, err)
 		}

@@ -109,8 +109,8 @@ type Config struct {
 	// snapshot plus the changelog past it, instead of the whole changelog.
 	// Only the active owner snapshots, one upload at a time, in the
 	// background; types without a changelog never do. After each upload
-	// the changelog is trimmed below the oldest kept snapshot (and the
-	// first outbox entry not yet forwarded), so snapshots are also what
+	// the changelog is trimmed below the oldest kept snapshot (outbox
+	// entries not forwarded yet are in the snapshots), so snapshots are also what
 	// bounds the changelog: SnapshotEvery trades NATS disk and restore
 	// time (records replayed after a snapshot) for upload work.
 	SnapshotEvery uint64

@@ -45,7 +45,7 @@ func InputSubject(typ, key string) string { return typ + "." + changelog.EncodeK
 // has one subject per key, <type>.<key>, placed in its partition by a
 // subject transform, so that any NATS client can publish to <type>.<key>
 // without computing anything; the server then keeps state for every key
-// (about 200 bytes each), which suits small keyspaces only.
+// (a few hundred bytes each, measured), which suits small keyspaces only.
 type Input struct {
 	// Type is the actor type, which names its input stream.
 	Type string

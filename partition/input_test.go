@@ -3,7 +3,9 @@ package partition
 import (
 	"errors"
 	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 )
@@ -36,5 +38,32 @@ func TestInputAddressesKeysInBothLayouts(t *testing.T) {
 	}
 	if _, err := in.Key(0, "bank.0", nats.Header{}); !errors.Is(err, ErrPermanent) {
 		t.Errorf("an event without a key: %v, want a permanent error", err)
+	}
+}
+
+// An emit to the input stream of an actor type the node does not run is
+// addressed by that stream's own layout, read from its metadata.
+func TestEmitAddressesAnotherTypesInput(t *testing.T) {
+	h := newHarness(t, "emitter", 1)
+	other := Input{Type: "faraway", Partitions: 4}
+	if err := EnsureInputStream(h.ctx, h.js, other, StreamOptions{Replicas: 1, Duplicates: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	a := h.start(h.config(0, func(tx *Txn) error {
+		return tx.Emit(other.Type, "to-"+tx.Event().Key, []byte("x"))
+	}))
+	for _, k := range []string{"alice", "bob", "carol"} {
+		h.publish(k, nil)
+	}
+	h.waitOffset(a, 0)
+	msgs := streamMsgs(t, h.ctx, h.js, other.Type)
+	if len(msgs) != 3 {
+		t.Fatalf("%d events in %s, want 3", len(msgs), other.Type)
+	}
+	for _, m := range msgs {
+		key := m.Header.Get(HeaderKey)
+		if want := other.PartitionSubject(Of(key, other.Partitions)); m.Subject != want || !strings.HasPrefix(key, "to-") {
+			t.Errorf("event for %q on %s, want %s", key, m.Subject, want)
+		}
 	}
 }

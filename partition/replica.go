@@ -243,7 +243,7 @@ func (r *replicaActor) Started(c *actor.Context) error {
 	r.cl = cl
 	meta, err := r.checkStore(ctx, cl)
 	if errors.Is(err, errStoreAhead) {
-		r.log.Warn("local store is ahead of the changelog; discarding it", "err", err)
+		r.log.Warn("hot replica's store does not fit the changelog; discarding it", "err", err)
 		r.m.storeDiscards.Inc()
 		if err := r.discardStore(); err != nil {
 			return err

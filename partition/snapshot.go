@@ -139,7 +139,9 @@ func (a *partitionActor) armSnapshotTimer() {
 // links and a flushed WAL, and the upload runs in the background while the
 // actor goes on committing.
 func (a *partitionActor) maybeSnapshot() {
-	if !a.snapshotsOn() || !a.started || a.abandoned || a.released.Load() || a.snap.busy.Load() {
+	// Not while a rebuild for a new version runs: its partial state is no
+	// use to a restore, and the rebuild needs its records untrimmed.
+	if !a.snapshotsOn() || !a.started || a.abandoned || a.released.Load() || a.snap.busy.Load() || a.ver.rebuilding {
 		return
 	}
 	last := a.writer.Last()
@@ -336,8 +338,9 @@ func (a *partitionActor) stopSnapshots() {
 // one of this changelog stream (its identity), of a sequence the
 // changelog has reached, and of this state version. It reports whether it
 // did. No snapshot, or none usable, leaves the store as it was: restore
-// then replays the whole changelog. Errors other than the actor stopping
-// are logged and also leave the store to the full replay.
+// then replays the whole changelog, which works only while it was never
+// trimmed. Errors other than the actor stopping are logged and also leave
+// the store to the full replay.
 func (a *partitionActor) restoreSnapshot(ctx context.Context) (bool, error) {
 	got, err := fetchSnapshot(ctx, a.cfg, a.log, a.changelogID, a.cl.CachedInfo().State)
 	if err != nil || got == nil {

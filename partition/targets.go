@@ -59,9 +59,18 @@ func (a *partitionActor) checkTarget(subject string) (target, error) {
 			}
 		}
 		ctx, cancel := context.WithTimeout(a.ctx, a.cfg.CommitTimeout)
-		name, err := a.cfg.JS.StreamNameBySubject(ctx, subject)
-		var st jetstream.Stream
+		// An actor type's input stream with one subject per partition
+		// does not take <stream>.<key>: it is found by its name.
+		st, err := a.cfg.JS.Stream(ctx, stream)
 		if err == nil {
+			if in, ok := InputOf(st.CachedInfo().Config); ok {
+				cancel()
+				a.targets[stream] = target{input: &in}
+				return a.targets[stream], nil
+			}
+		}
+		var name string
+		if name, err = a.cfg.JS.StreamNameBySubject(ctx, subject); err == nil {
 			st, err = a.cfg.JS.Stream(ctx, name)
 		}
 		cancel()

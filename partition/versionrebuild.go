@@ -83,8 +83,12 @@ func (a *partitionActor) rebuildVersion(ctx context.Context) error {
 // cleanForRebuild makes sure the local store holds nothing from before the
 // rebuild that began at changelog sequence a.ver.rebuiltAt: unless it
 // records that it is clean for it, the old state records are purged from the
-// changelog, the store is discarded and restored from the changelog, which
-// then holds the rebuild's records only.
+// changelog, every value of the stores is deleted from the local store
+// (which the restore brought to the changelog's end: its pending outbox
+// entries and meta stay), and the state records from the rebuild's start
+// on, which an earlier attempt of it wrote, are applied again. The
+// changelog holds them all: no snapshot is taken, so nothing is trimmed,
+// while a rebuild runs; what a trim removed before it is not needed.
 func (a *partitionActor) cleanForRebuild(ctx context.Context) error {
 	at := a.ver.rebuiltAt
 	v, err := a.store.Get([]byte(rebuildCleanKey))
@@ -99,24 +103,56 @@ func (a *partitionActor) cleanForRebuild(ctx context.Context) error {
 	}
 	last := a.writer.Last()
 	a.m.storeDiscards.Inc()
-	if err := a.reopenEmpty(); err != nil {
+	if err := a.dropState(); err != nil {
 		return err
 	}
-	meta, err := a.restore(ctx)
+	b := a.store.NewBatch()
+	defer func() { b.Close() }()
+	end, err := changelog.Replay(ctx, a.cfg.JS, a.subjects, changelog.ReplayConfig{From: at}, func(seq uint64, r changelog.Record) error {
+		if r.Kind != changelog.KindSet && r.Kind != changelog.KindDelete {
+			return nil
+		}
+		return applyRecord(b, seq, r)
+	})
 	if err != nil {
-		return fmt.Errorf("rebuild: restore the purged changelog: %w", err)
+		return fmt.Errorf("rebuild: replay the rebuild's records: %w", err)
 	}
-	if meta.ChangelogSeq != last {
-		return fmt.Errorf("%w: the changelog ends at %d after the purge, this owner wrote up to %d", errChangelogMoved, meta.ChangelogSeq, last)
+	if end != last {
+		return fmt.Errorf("%w: the changelog ends at %d, this owner wrote up to %d", errChangelogMoved, end, last)
 	}
-	if err := a.checkVersion(meta); err != nil {
+	b.Set([]byte(rebuildCleanKey), binary.BigEndian.AppendUint64(nil, at))
+	if err := b.Commit(); err != nil {
 		return err
 	}
-	if err := a.store.Set([]byte(rebuildCleanKey), binary.BigEndian.AppendUint64(nil, at)); err != nil {
-		return err
-	}
-	a.log.Info("purged the old state from the changelog and discarded the local store", "rebuilt_at", at)
+	a.log.Info("purged the old state from the changelog and the local store", "rebuilt_at", at)
 	return nil
+}
+
+// dropState deletes every value of the stores from the local store,
+// keeping eddy's own keys (they start with 0: the changelog identity, the
+// pending outbox entries, the rebuild marker).
+func (a *partitionActor) dropState() error {
+	b := a.store.NewBatch()
+	defer func() { b.Close() }()
+	err := a.store.Iterate(nil, func(k, _ []byte) error {
+		if len(k) == 0 || k[0] == 0 {
+			return nil
+		}
+		b.Delete(k)
+		if b.Len() < 16384 {
+			return nil
+		}
+		if err := b.Commit(); err != nil {
+			return err
+		}
+		b.Close()
+		b = a.store.NewBatch()
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return b.Commit()
 }
 
 // checkInputFrom fails with ErrInputGone unless the input stream still

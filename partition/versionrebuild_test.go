@@ -81,9 +81,14 @@ func TestRebuildOnNewVersion(t *testing.T) {
 
 			v1 := h.config(0, rebuildV1(out))
 			v1.MaxBatchRecords = 4 // a rebuild batch holds 3 keys: many commits
+			v1.SnapshotEvery = 20  // and snapshots trim the changelog before the rebuild
 			a := h.start(v1)
 			publish(60)
 			h.waitOffset(a, 0)
+			testkit.WaitFor(t, waitTimeout, "the changelog trimmed by snapshots", func() bool {
+				st, err := h.js.Stream(h.ctx, cl.Stream())
+				return err == nil && st.CachedInfo().State.FirstSeq > 1
+			})
 			if err := a.Stop(h.ctx); err != nil {
 				t.Fatal(err)
 			}

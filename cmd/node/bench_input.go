@@ -237,7 +237,9 @@ func (b *inputBench) reads(ctx context.Context) ([]inputRead, error) {
 		all[p] = p
 	}
 	half := b.half()
-	keyedFilter := func(p int) string { return partition.Input{Type: "A", Partitions: b.o.partitions, KeyedSubjects: true}.Filter(p) }
+	keyedFilter := func(p int) string {
+		return partition.Input{Type: "A", Partitions: b.o.partitions, KeyedSubjects: true}.Filter(p)
+	}
 	partFilter := func(p int) string { return "B." + strconv.Itoa(p) }
 	filters := func(f func(int) string, ps []int) []string {
 		fs := make([]string, len(ps))
