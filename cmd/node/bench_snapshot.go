@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/eddyrt/eddy"
+	"github.com/eddyrt/eddy/partition"
 )
 
 // snapshotRestore measures restore path 3 against path 4, in one run: a
@@ -88,7 +89,8 @@ func (b *bench) snapshotRestore(ctx context.Context, changelog time.Duration) er
 // has committed them.
 func (b *bench) sendTail(ctx context.Context, node *eddy.Node, n int) error {
 	for i := range n {
-		if _, err := b.js.PublishAsync(restoreType+".t"+strconv.Itoa(i), []byte{0xc0}); err != nil {
+		m := partition.Input{Type: restoreType, Partitions: 1}.Msg("t"+strconv.Itoa(i), []byte{0xc0})
+		if _, err := b.js.PublishMsgAsync(m, jetstream.WithStallWait(time.Minute)); err != nil {
 			return err
 		}
 	}
