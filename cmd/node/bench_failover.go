@@ -14,7 +14,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmihailenco/msgpack/v5"
 
-	"github.com/eddyrt/eddy/changelog"
 	"github.com/eddyrt/eddy/examples/apps"
 	"github.com/eddyrt/eddy/partition"
 )
@@ -87,7 +86,7 @@ type failoverBench struct {
 	rate       float64
 
 	pc  *procCluster
-	mon *commitMonitor
+	mon *commitLog
 }
 
 func (fb *failoverBench) run(ctx context.Context, dir, exe string, replicas, kills int) (failover, handover []time.Duration, err error) {
@@ -120,7 +119,7 @@ func (fb *failoverBench) run(ctx context.Context, dir, exe string, replicas, kil
 		return nil, nil, err
 	}
 	fb.out("  R=%d: %d accounts funded and processed in %v", replicas, len(load.accounts), time.Since(start).Round(time.Second))
-	if fb.mon, err = startCommitMonitor(ctx, pc, fb.partitions); err != nil {
+	if fb.mon, err = startCommitLog(ctx, pc.nc, apps.BankType, fb.partitions); err != nil {
 		return nil, nil, err
 	}
 	defer fb.mon.stop()
@@ -280,80 +279,18 @@ func (fb *failoverBench) waitProcessed(ctx context.Context, ids []string, timeou
 	return fmt.Errorf("input not processed within %v", timeout)
 }
 
-// commitMonitor records every meta record committed to the partitions'
-// changelogs, with the NATS server's timestamp: one per commit.
-type commitMonitor struct {
-	mu      sync.Mutex
-	commits map[int][]commitSeen
-	stops   []func()
-}
-
-type commitSeen struct {
-	at     time.Time
-	epoch  uint64
-	offset uint64
-}
-
-func startCommitMonitor(ctx context.Context, pc *procCluster, partitions int) (*commitMonitor, error) {
-	js, err := jetstream.New(pc.nc)
-	if err != nil {
-		return nil, err
-	}
-	m := &commitMonitor{commits: map[int][]commitSeen{}}
-	for p := range partitions {
-		s := changelog.NewSubjects(apps.BankType, p)
-		st, err := js.Stream(ctx, s.Stream())
-		if err != nil {
-			m.stop()
-			return nil, err
-		}
-		cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-			FilterSubjects: []string{s.Meta()},
-			DeliverPolicy:  jetstream.DeliverNewPolicy,
-		})
-		if err != nil {
-			m.stop()
-			return nil, err
-		}
-		cc, err := cons.Consume(func(msg jetstream.Msg) {
-			md, err := msg.Metadata()
-			if err != nil {
-				return
-			}
-			rec, err := s.Decode(msg.Subject(), msg.Headers(), msg.Data())
-			if err != nil || rec.Kind != changelog.KindMeta {
-				return
-			}
-			m.mu.Lock()
-			m.commits[p] = append(m.commits[p], commitSeen{at: md.Timestamp, epoch: rec.Meta.Epoch, offset: rec.Meta.Offset})
-			m.mu.Unlock()
-		})
-		if err != nil {
-			m.stop()
-			return nil, err
-		}
-		m.stops = append(m.stops, cc.Stop)
-	}
-	return m, nil
-}
-
-func (m *commitMonitor) stop() {
-	for _, s := range m.stops {
-		s()
-	}
-}
-
 // gap is the time from the last commit at epoch to the first commit at a
 // newer epoch that processed input (its offset is past the last at epoch),
 // waiting up to 30 s for that commit; fence is the part of it until the
 // newer owner's epoch record (its first commit).
-func (m *commitMonitor) gap(ctx context.Context, p int, epoch uint64) (gap, fence time.Duration, err error) {
+func (l *commitLog) gap(ctx context.Context, p int, epoch uint64) (gap, fence time.Duration, err error) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		m.mu.Lock()
-		var last, fenced, first *commitSeen
-		for i := range m.commits[p] {
-			c := &m.commits[p][i]
+		pc := &l.commits[p]
+		pc.mu.Lock()
+		var last, fenced, first *commitRecord
+		for i := range pc.list {
+			c := &pc.list[i]
 			switch {
 			case c.epoch == epoch:
 				last = c
@@ -366,7 +303,7 @@ func (m *commitMonitor) gap(ctx context.Context, p int, epoch uint64) (gap, fenc
 				first = c
 			}
 		}
-		m.mu.Unlock()
+		pc.mu.Unlock()
 		if last != nil && first != nil {
 			return first.at.Sub(last.at), fenced.at.Sub(last.at), nil
 		}

@@ -15,7 +15,6 @@ import (
 	"slices"
 	"sort"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -26,7 +25,6 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/eddyrt/eddy"
-	"github.com/eddyrt/eddy/changelog"
 	"github.com/eddyrt/eddy/partition"
 )
 
@@ -198,7 +196,7 @@ func (lb *latencyBench) run(ctx context.Context) (err error) {
 		return err
 	}
 	defer mnc.Close()
-	if lb.commits, err = startCommitLog(ctx, mnc, o.partitions); err != nil {
+	if lb.commits, err = startCommitLog(ctx, mnc, latencyType, o.partitions); err != nil {
 		return err
 	}
 	defer lb.commits.stop()
@@ -499,76 +497,6 @@ func ms(d time.Duration) float64 { return float64(d) / 1e6 }
 // triple formats the p50, p99 and p999 of sorted ds in ms.
 func triple(sorted []time.Duration) string {
 	return fmt.Sprintf("%.2f / %.2f / %.2f", ms(quantile(sorted, 0.5)), ms(quantile(sorted, 0.99)), ms(quantile(sorted, 0.999)))
-}
-
-// commitLog records the meta records committed to the partitions'
-// changelogs, one per commit, with the NATS server's timestamp.
-type commitLog struct {
-	commits []partitionCommits // by partition
-	stops   []func()
-}
-
-// partitionCommits are one partition's commits, appended by its consumer's
-// callback and read after the load.
-type partitionCommits struct {
-	mu   sync.Mutex
-	list []commitRecord
-}
-
-// commitRecord is one commit: its meta record and when the server stored it.
-type commitRecord struct {
-	at        time.Time
-	offset    uint64 // the input sequence of its last event
-	seq, prev uint64 // the meta record's changelog sequence, and the last before the batch
-}
-
-// commitRef names one commit: a partition and its index in the log.
-type commitRef struct{ partition, i int }
-
-func startCommitLog(ctx context.Context, nc *nats.Conn, partitions int) (*commitLog, error) {
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return nil, err
-	}
-	l := &commitLog{commits: make([]partitionCommits, partitions)}
-	for p := range partitions {
-		s := changelog.NewSubjects(latencyType, p)
-		cons, err := js.OrderedConsumer(ctx, s.Stream(), jetstream.OrderedConsumerConfig{
-			FilterSubjects: []string{s.Meta()},
-			DeliverPolicy:  jetstream.DeliverNewPolicy,
-		})
-		if err != nil {
-			l.stop()
-			return nil, err
-		}
-		pc := &l.commits[p]
-		cc, err := cons.Consume(func(msg jetstream.Msg) {
-			md, err := msg.Metadata()
-			if err != nil {
-				return
-			}
-			rec, err := s.Decode(msg.Subject(), msg.Headers(), msg.Data())
-			if err != nil || rec.Kind != changelog.KindMeta {
-				return
-			}
-			pc.mu.Lock()
-			pc.list = append(pc.list, commitRecord{at: md.Timestamp, offset: rec.Meta.Offset, seq: md.Sequence.Stream, prev: rec.Meta.Prev})
-			pc.mu.Unlock()
-		})
-		if err != nil {
-			l.stop()
-			return nil, err
-		}
-		l.stops = append(l.stops, cc.Stop)
-	}
-	return l, nil
-}
-
-func (l *commitLog) stop() {
-	for _, s := range l.stops {
-		s()
-	}
-	l.stops = nil
 }
 
 // of returns the commit of partition p that committed the event at input
