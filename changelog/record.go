@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -247,6 +248,22 @@ func (s Subjects) Decode(subject string, _ nats.Header, data []byte) (Record, er
 	return Record{}, fmt.Errorf("changelog: %w: subject %q (a changelog of an earlier eddy, with one subject per key, must be reset)", ErrBadRecord, subject)
 }
 
+// lastStore is the store name storeName returned last: a replay meets the
+// same few names millions of times, and a string of each would be an
+// allocation per record.
+var lastStore atomic.Pointer[string]
+
+// storeName returns b as a string, without allocating when it is the name
+// returned last.
+func storeName(b []byte) string {
+	if p := lastStore.Load(); p != nil && *p == string(b) {
+		return *p
+	}
+	s := string(b)
+	lastStore.Store(&s)
+	return s
+}
+
 // ErrBadRecord means a changelog message is not a record eddy wrote.
 var ErrBadRecord = errors.New("changelog: malformed record")
 
@@ -275,7 +292,7 @@ func decodeState(subject string, data []byte) (Record, error) {
 	if r.Key, ok = field(); !ok {
 		return bad("truncated key")
 	}
-	r.Store = string(store)
+	r.Store = storeName(store)
 	if r.Kind == KindSet {
 		r.Value = rest
 	}
