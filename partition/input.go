@@ -93,8 +93,9 @@ func (in Input) Subjects() []string {
 
 // Key returns the key of an event that partition p read: from its subject
 // <type>.<p>.<token> with keyed subjects, else from its Eddy-Key header. An
-// event without a key, with a malformed one, or with a key of another
-// partition (a producer that computed the partition wrongly) is an error
+// event without a key, with a malformed one or one not in its token's
+// canonical form, or with a key of another partition (a producer that
+// computed the partition wrongly) is an error
 // wrapping ErrPermanent: it goes to the dead-letter stream.
 func (in Input) Key(p int, subject string, h nats.Header) (string, error) {
 	var token string
@@ -112,6 +113,12 @@ func (in Input) Key(p int, subject string, h nats.Header) (string, error) {
 		return "", fmt.Errorf("%w: %w", err, ErrPermanent)
 	}
 	if !in.KeyedSubjects {
+		// The partition is the hash of the token: a key must have one
+		// token, or its events would be split between partitions.
+		if canon := changelog.EncodeKey(k); canon != token {
+			return "", fmt.Errorf("%s header %q is not the key's token %q (a key with characters other than [A-Za-z0-9_=-] goes as ~ and its unpadded base64url): %w",
+				HeaderKey, token, canon, ErrPermanent)
+		}
 		if q := Of(k, in.Partitions); q != p {
 			return "", fmt.Errorf("event for key %q published to partition %d, the key's partition is %d: %w", k, p, q, ErrPermanent)
 		}

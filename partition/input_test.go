@@ -36,6 +36,10 @@ func TestInputAddressesKeysInBothLayouts(t *testing.T) {
 	if _, err := in.Key(wrong, in.PartitionSubject(wrong), m.Header); !errors.Is(err, ErrPermanent) {
 		t.Errorf("an event of another partition: %v, want a permanent error", err)
 	}
+	raw := nats.Header{HeaderKey: {"a b"}} // not encoded: "~YSBi" is its token
+	if _, err := in.Key(Of("a b", 8), in.PartitionSubject(Of("a b", 8)), raw); !errors.Is(err, ErrPermanent) {
+		t.Errorf("a key sent without its token: %v, want a permanent error", err)
+	}
 	if _, err := in.Key(0, "bank.0", nats.Header{}); !errors.Is(err, ErrPermanent) {
 		t.Errorf("an event without a key: %v, want a permanent error", err)
 	}
