@@ -130,14 +130,12 @@ func (b *bench) printf(format string, a ...any) { fmt.Fprintf(b.out.stdout, form
 
 func (b *bench) run(ctx context.Context) (err error) {
 	o := b.opts
-	if b.dir = o.dir; b.dir == "" {
-		if b.dir, err = os.MkdirTemp("", "eddy-bench-"); err != nil {
-			return err
-		}
-		defer os.RemoveAll(b.dir)
-	} else if entries, err := os.ReadDir(b.dir); err == nil && len(entries) > 0 {
-		return fmt.Errorf("--dir %s is not empty: the bench needs fresh streams", b.dir)
+	b.dir = o.dir
+	cleanup, err := benchDir(&b.dir, "eddy-bench-")
+	if err != nil {
+		return err
 	}
+	defer cleanup()
 	if err := b.startNATS(); err != nil {
 		return err
 	}

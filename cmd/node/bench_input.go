@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -124,12 +123,7 @@ func (c *cli) benchInput(ctx context.Context, args []string) error {
 	if o.events < 1 || o.keys < 1 || o.partitions < 2 || o.size < 0 || o.passes < 1 || o.readFor <= 0 {
 		return errors.New("want --events, --keys, --passes >= 1, --partitions >= 2, --size >= 0, --read-for > 0")
 	}
-	if o.dir != "" {
-		if entries, err := os.ReadDir(o.dir); err == nil && len(entries) > 0 {
-			return fmt.Errorf("--dir %s is not empty: the bench needs fresh streams", o.dir)
-		}
-	}
-	cleanup, err := workDir(&o.dir, "eddy-bench-input-")
+	cleanup, err := benchDir(&o.dir, "eddy-bench-input-")
 	if err != nil {
 		return err
 	}

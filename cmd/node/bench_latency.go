@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -135,14 +134,12 @@ func newSamples(n int) *samples {
 
 func (lb *latencyBench) run(ctx context.Context) (err error) {
 	o := lb.o
-	if lb.dir = lb.opts.dir; lb.dir == "" {
-		if lb.dir, err = os.MkdirTemp("", "eddy-bench-latency-"); err != nil {
-			return err
-		}
-		defer os.RemoveAll(lb.dir)
-	} else if entries, err := os.ReadDir(lb.dir); err == nil && len(entries) > 0 {
-		return fmt.Errorf("--dir %s is not empty: the bench needs fresh streams", lb.dir)
+	lb.dir = lb.opts.dir
+	cleanup, err := benchDir(&lb.dir, "eddy-bench-latency-")
+	if err != nil {
+		return err
 	}
+	defer cleanup()
 	if err := lb.startNATS(); err != nil {
 		return err
 	}

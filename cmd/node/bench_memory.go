@@ -97,14 +97,11 @@ func (c *cli) benchMemory(ctx context.Context, args []string) error {
 	if o.keys < 1 || o.partitions < 1 || o.inFlight < 1 || o.timeout <= 0 {
 		return errors.New("--keys, --partitions, --in-flight and --timeout must be positive")
 	}
-	cleanup, err := workDir(&o.dir, "eddy-bench-memory-")
+	cleanup, err := benchDir(&o.dir, "eddy-bench-memory-")
 	if err != nil {
 		return err
 	}
 	defer cleanup()
-	if entries, err := os.ReadDir(o.dir); err == nil && len(entries) > 0 {
-		return fmt.Errorf("--dir %s is not empty: the bench needs fresh streams", o.dir)
-	}
 	exe, err := os.Executable()
 	if err != nil {
 		return err

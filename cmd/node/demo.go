@@ -236,6 +236,17 @@ func workDir(dir *string, prefix string) (cleanup func(), err error) {
 	return func() { os.RemoveAll(d) }, nil
 }
 
+// benchDir is workDir for a bench, which needs fresh streams: a directory
+// the user named must be empty.
+func benchDir(dir *string, prefix string) (cleanup func(), err error) {
+	if *dir != "" {
+		if entries, err := os.ReadDir(*dir); err == nil && len(entries) > 0 {
+			return nil, fmt.Errorf("--dir %s is not empty: the bench needs fresh streams", *dir)
+		}
+	}
+	return workDir(dir, prefix)
+}
+
 // pickVictim picks a node that owns partitions and is not the Raft leader,
 // a different one each round where it can.
 func pickVictim(st eddy.ClusterStatus, round int) string {
