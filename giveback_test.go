@@ -39,7 +39,7 @@ func intrude(t *testing.T, ctx context.Context, nc *nats.Conn, typ string, p int
 			continue // a commit between the two reads
 		}
 		rec := changelog.Meta{Offset: m.Offset, Forwarded: m.Forwarded, Epoch: epoch, Owner: "intruder"}
-		w := changelog.NewWriter(nc, s, changelog.Tail{Seq: last, Batch: m.Batch}, 0)
+		w := changelog.NewWriter(nc, s, changelog.Tail{Seq: last, Batch: m.Batch}, 0, 0)
 		_, _, err = w.Commit(ctx, []changelog.Record{{Kind: changelog.KindMeta, Meta: rec}})
 		if err == nil {
 			return

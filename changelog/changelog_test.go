@@ -1,13 +1,17 @@
 package changelog
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/eddyrt/eddy/internal/natstest"
+	"github.com/eddyrt/eddy/internal/testkit"
 )
 
 func TestKeyTokensRoundTrip(t *testing.T) {
@@ -41,20 +45,20 @@ func setup(t *testing.T) (context.Context, *natstest.Server, Subjects) {
 	return ctx, natstest.Start(t), NewSubjects("orders", 3)
 }
 
-func TestCommitReplayPurgeAndTrim(t *testing.T) {
+func TestCommitReplayAndTrim(t *testing.T) {
 	ctx, srv, s := setup(t)
 	nc, js := srv.Connect(t)
 	if _, err := EnsureStream(ctx, js, s, DefaultStreamConfig()); err != nil {
 		t.Fatal(err)
 	}
-	w := NewWriter(nc, s, Tail{}, 0)
+	w := NewWriter(nc, s, Tail{}, 0, 0)
 	// Two batches: the second overwrites a, deletes b and adds an outbox entry.
 	first, last, err := w.Commit(ctx, []Record{
 		{Kind: KindSet, Store: "st", Key: []byte("a"), Value: []byte("1")},
 		{Kind: KindSet, Store: "st", Key: []byte("b.b"), Value: []byte("2")},
 		{Kind: KindMeta, Meta: Meta{Offset: 10, Epoch: 1}},
 	})
-	if err != nil || first != 1 || last != 3 {
+	if err != nil || first != 1 || last != 1 {
 		t.Fatalf("commit 1: %d..%d %v", first, last, err)
 	}
 	if _, _, err = w.Commit(ctx, []Record{
@@ -81,42 +85,34 @@ func TestCommitReplayPurgeAndTrim(t *testing.T) {
 		}
 		return nil
 	})
-	if err != nil || end != 7 {
+	if err != nil || end != 2 {
 		t.Fatalf("replay: end %d, %v", end, err)
 	}
 	if fmt.Sprint(state) != "map[st/a:3]" || meta.Offset != 11 || len(outs) != 1 || outs[0].MsgID != "m1" || outs[0].Offset != 11 {
 		t.Fatalf("replayed state %v meta %+v outbox %+v", state, meta, outs)
 	}
-	// A log: every record stays, under three subjects whatever the keys.
+	// A log of commits, one message each, on one subject whatever the keys.
 	st, _ := js.Stream(ctx, s.Stream())
 	info, _ := st.Info(ctx)
-	if info.State.Msgs != 7 || info.State.NumSubjects != 3 {
-		t.Fatalf("want 7 messages on 3 subjects, got %d on %d", info.State.Msgs, info.State.NumSubjects)
-	}
-	// Purging forwarded outbox entries leaves the rest.
-	if err := PurgeOutbox(ctx, js, s, 7); err != nil {
-		t.Fatal(err)
-	}
-	info, _ = st.Info(ctx)
-	if info.State.Msgs != 6 || info.State.LastSeq != 7 {
-		t.Fatalf("after purge: %+v", info.State)
+	if info.State.Msgs != 2 || info.State.NumSubjects != 1 {
+		t.Fatalf("want 2 messages on 1 subject, got %d on %d", info.State.Msgs, info.State.NumSubjects)
 	}
 	// Replay from past the end reads nothing.
 	n := 0
-	end, err = Replay(ctx, js, s, ReplayConfig{From: 8}, func(uint64, Record) error { n++; return nil })
-	if err != nil || n != 0 || end != 7 {
+	end, err = Replay(ctx, js, s, ReplayConfig{From: 3}, func(uint64, Record) error { n++; return nil })
+	if err != nil || n != 0 || end != 2 {
 		t.Fatalf("replay past end: %d records, end %d, %v", n, end, err)
 	}
 	// Trimming below the second batch's meta record (a snapshot there)
 	// leaves it, the newest meta, for fencing.
-	if err := Trim(ctx, js, s, 7); err != nil {
+	if err := Trim(ctx, js, s, 2); err != nil {
 		t.Fatal(err)
 	}
 	info, _ = st.Info(ctx)
-	if info.State.FirstSeq != 7 || info.State.Msgs != 1 {
+	if info.State.FirstSeq != 2 || info.State.Msgs != 1 {
 		t.Fatalf("after trim: %+v", info.State)
 	}
-	if m, ok, err := ReadLastMeta(ctx, nc, s); err != nil || !ok || m.Seq != 7 || m.Offset != 11 {
+	if m, ok, err := ReadLastMeta(ctx, nc, s); err != nil || !ok || m.Seq != 2 || m.Offset != 11 {
 		t.Fatalf("last meta after trim: %+v %v %v", m, ok, err)
 	}
 }
@@ -130,7 +126,7 @@ func TestMetaRecordsChainTheBatches(t *testing.T) {
 	if _, err := EnsureStream(ctx, js, s, DefaultStreamConfig()); err != nil {
 		t.Fatal(err)
 	}
-	w := NewWriter(nc, s, Tail{}, 0)
+	w := NewWriter(nc, s, Tail{}, 0, 0)
 	var metas []Meta
 	var seqs []uint64
 	for i := range 3 {
@@ -169,12 +165,12 @@ func TestStaleWriterIsFenced(t *testing.T) {
 	if _, err := EnsureStream(ctx, js, s, DefaultStreamConfig()); err != nil {
 		t.Fatal(err)
 	}
-	old := NewWriter(nc, s, Tail{}, 0)
+	old := NewWriter(nc, s, Tail{}, 0, 0)
 	if _, _, err := old.Commit(ctx, []Record{{Kind: KindMeta, Meta: Meta{Epoch: 1}}}); err != nil {
 		t.Fatal(err)
 	}
 	// A new owner restored to sequence 1 and writes its epoch.
-	newer := NewWriter(nc, s, old.Tail(), 0)
+	newer := NewWriter(nc, s, old.Tail(), 0, 0)
 	if _, _, err := newer.Commit(ctx, []Record{{Kind: KindMeta, Meta: Meta{Epoch: 2}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -196,21 +192,175 @@ func TestStaleWriterIsFenced(t *testing.T) {
 	}
 }
 
-func TestBatchLimit(t *testing.T) {
+// A commit too large for one message goes as an atomic batch of parts and
+// its commit message: a reader meets its records in order, where the writer
+// says they are, and a stale writer lands none of it.
+func TestLargeCommitTakesParts(t *testing.T) {
 	ctx, srv, s := setup(t)
 	nc, js := srv.Connect(t)
 	if _, err := EnsureStream(ctx, js, s, DefaultStreamConfig()); err != nil {
 		t.Fatal(err)
 	}
-	w := NewWriter(nc, s, Tail{}, 0)
-	recs := make([]Record, MaxBatch)
-	for i := range recs {
-		recs[i] = Record{Kind: KindSet, Store: "st", Key: fmt.Appendf(nil, "k%d", i), Value: []byte("v")}
+	w := NewWriter(nc, s, Tail{}, 5, 256)
+	if _, _, err := w.Commit(ctx, []Record{{Kind: KindMeta, Meta: Meta{Epoch: 1}}}); err != nil {
+		t.Fatal(err)
 	}
-	if _, last, err := w.Commit(ctx, recs); err != nil || last != MaxBatch {
-		t.Fatalf("full batch: %d %v", last, err)
+	stale := NewWriter(nc, s, w.Tail(), 5, 256)
+	var recs []Record
+	for i := range 30 {
+		recs = append(recs, Record{Kind: KindSet, Store: "st", Key: fmt.Appendf(nil, "key-%02d", i), Value: bytes.Repeat([]byte{'v'}, 20)})
 	}
-	if _, _, err := w.Commit(ctx, append(recs, recs[0])); !errors.Is(err, ErrTooLarge) {
-		t.Fatalf("want ErrTooLarge, got %v", err)
+	recs = append(recs, Record{Kind: KindOutbox, Outbox: Outbox{Offset: 7, Index: 1, Subject: "out.x", MsgID: "m", Data: []byte("hi")}},
+		Record{Kind: KindMeta, Meta: Meta{Offset: 7, Epoch: 1}})
+	first, last, err := w.Commit(ctx, recs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first != 2 || last < first+2 || last > first+4 {
+		t.Fatalf("a commit of ~1.3 KB in messages of 256 B landed at %d..%d", first, last)
+	}
+	type pos struct {
+		seq   uint64
+		index int
+	}
+	var got []pos
+	_, err = Replay(ctx, js, s, ReplayConfig{From: first}, func(seq uint64, r Record) error {
+		i := len(got)
+		if r.Kind != recs[i].Kind || string(r.Key) != string(recs[i].Key) || r.Meta != recs[i].Meta || r.Outbox.MsgID != recs[i].Outbox.MsgID {
+			t.Errorf("record %d: got %+v, want %+v", i, r, recs[i])
+		}
+		got = append(got, pos{seq, r.Index})
+		return nil
+	})
+	if err != nil || len(got) != len(recs) {
+		t.Fatalf("replayed %d of %d records: %v", len(got), len(recs), err)
+	}
+	for i, p := range got {
+		if seq, index := w.Position(i); seq != p.seq || index != p.index {
+			t.Errorf("record %d: the writer says %d/%d, the changelog %d/%d", i, seq, index, p.seq, p.index)
+		}
+	}
+	if m, ok, err := ReadLastMeta(ctx, nc, s); err != nil || !ok || m.Seq != last || m.Offset != 7 {
+		t.Fatalf("last meta: %+v %v %v", m, ok, err)
+	}
+	for i := range recs[:len(recs)-1] {
+		recs[i].Key = append(recs[i].Key, 'z')
+	}
+	recs[len(recs)-1].Meta = Meta{Offset: 8, Epoch: 1}
+	if _, _, err := stale.Commit(ctx, recs); !errors.Is(err, ErrFenced) {
+		t.Fatalf("a stale writer's large commit: %v, want ErrFenced", err)
+	}
+	if end, err := LastSequence(ctx, nc, s); err != nil || end != last {
+		t.Fatalf("a fenced large commit left messages: the changelog ends at %d, not %d (%v)", end, last, err)
+	}
+	// What does not fit is refused before anything is published.
+	big := []Record{{Kind: KindSet, Store: "st", Key: []byte("k"), Value: make([]byte, 300)}, {Kind: KindMeta}}
+	if _, _, err := w.Commit(ctx, big); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("a record larger than a message: %v, want ErrTooLarge", err)
+	}
+	many := make([]Record, 0, 61)
+	for i := range 60 {
+		many = append(many, Record{Kind: KindSet, Store: "st", Key: fmt.Appendf(nil, "k%d", i), Value: make([]byte, 100)})
+	}
+	if _, _, err := w.Commit(ctx, append(many, Record{Kind: KindMeta})); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("a commit of more messages than a batch may hold: %v, want ErrTooLarge", err)
+	}
+	if end, err := LastSequence(ctx, nc, s); err != nil || end != last {
+		t.Fatalf("a refused commit left messages: the changelog ends at %d, not %d (%v)", end, last, err)
+	}
+}
+
+// lossyConn loses what a test tells it to of the next commit message: its
+// acknowledgement (the commit landed, the writer does not know), or the
+// message itself (nothing landed).
+type lossyConn struct {
+	*nats.Conn
+	loseAck, loseCommit bool
+}
+
+func (c *lossyConn) RequestMsgWithContext(ctx context.Context, m *nats.Msg) (*nats.Msg, error) {
+	switch {
+	case c.loseCommit:
+		c.loseCommit = false
+		return nil, nats.ErrTimeout
+	case c.loseAck:
+		c.loseAck = false
+		if err := c.Conn.PublishMsg(m); err != nil {
+			return nil, err
+		}
+		if err := c.Conn.FlushWithContext(ctx); err != nil {
+			return nil, err
+		}
+		return nil, nats.ErrTimeout
+	}
+	return c.Conn.RequestMsgWithContext(ctx, m)
+}
+
+// A commit whose outcome is unknown, in one message or in parts, resolves
+// to what the changelog holds: not landed (commit again), landed (at the
+// sequences a plain commit would report), or moved (another writer's).
+func TestResolveTellsWhatLanded(t *testing.T) {
+	ctx, srv, s := setup(t)
+	nc, js := srv.Connect(t)
+	if _, err := EnsureStream(ctx, js, s, DefaultStreamConfig()); err != nil {
+		t.Fatal(err)
+	}
+	conn := &lossyConn{Conn: nc}
+	w := NewWriter(conn, s, Tail{}, 0, 256)
+	batch := func(n int, offset uint64) []Record {
+		var recs []Record
+		for i := range n {
+			recs = append(recs, Record{Kind: KindSet, Store: "st", Key: fmt.Appendf(nil, "key-%02d", i), Value: bytes.Repeat([]byte{'v'}, 20)})
+		}
+		return append(recs, Record{Kind: KindMeta, Meta: Meta{Offset: offset, Epoch: 1}})
+	}
+	for _, n := range []int{1, 30} { // one message, then parts
+		recs := batch(n, uint64(n))
+		before := w.Last()
+		conn.loseCommit = true
+		if _, _, err := w.Commit(ctx, recs); !errors.Is(err, ErrCommitUnknown) {
+			t.Fatalf("%d records: a lost commit: %v, want ErrCommitUnknown", n, err)
+		}
+		if o, _, _, err := w.Resolve(ctx, recs); err != nil || o != NotLanded {
+			t.Fatalf("%d records: a lost commit resolves to %v (%v), want not landed", n, o, err)
+		}
+		conn.loseAck = true
+		if _, _, err := w.Commit(ctx, recs); !errors.Is(err, ErrCommitUnknown) {
+			t.Fatalf("%d records: a lost ack: %v, want ErrCommitUnknown", n, err)
+		}
+		// The server applies an atomic batch after it received the commit
+		// message: until then the commit has not landed.
+		var o Outcome
+		var first, last uint64
+		var err error
+		testkit.WaitFor(t, 5*time.Second, "the commit to land", func() bool {
+			o, first, last, err = w.Resolve(ctx, recs)
+			return err != nil || o != NotLanded
+		})
+		if err != nil || o != Landed || first != before+1 || w.Last() != last {
+			t.Fatalf("%d records: a lost ack resolves to %v %d..%d (%v), want landed after %d", n, o, first, last, err, before)
+		}
+		if n > 1 && last == first {
+			t.Fatalf("%d records of 256 B messages landed in one message", n)
+		}
+		if m, ok, err := ReadLastMeta(ctx, nc, s); err != nil || !ok || m.Seq != last || m.Offset != uint64(n) {
+			t.Fatalf("%d records: last meta %+v %v %v, want offset %d at %d", n, m, ok, err, n, last)
+		}
+		if seq, _ := w.Position(len(recs) - 1); seq != last {
+			t.Fatalf("%d records: the meta record is at %d, want %d", n, seq, last)
+		}
+	}
+	// Another writer's commit where this one expected to write.
+	other := NewWriter(nc, s, w.Tail(), 0, 256)
+	if _, _, err := other.Commit(ctx, batch(30, 100)); err != nil {
+		t.Fatal(err)
+	}
+	recs := batch(30, 101)
+	conn.loseCommit = true
+	if _, _, err := w.Commit(ctx, recs); !errors.Is(err, ErrCommitUnknown) {
+		t.Fatal(err)
+	}
+	if o, _, _, err := w.Resolve(ctx, recs); err != nil || o != Moved {
+		t.Fatalf("resolves to %v (%v), want moved", o, err)
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 // Reads that decide fencing go to the stream leader through the JetStream
@@ -125,8 +124,8 @@ func ReadLastMeta(ctx context.Context, conn Conn, s Subjects) (LastMetaRecord, b
 	if err != nil || !ok {
 		return LastMetaRecord{}, false, err
 	}
-	var m Meta
-	if err := msgpack.Unmarshal(raw.Data, &m); err != nil {
+	m, err := DecodeMeta(raw.Data)
+	if err != nil {
 		return LastMetaRecord{}, false, fmt.Errorf("last meta %s: %w", s.Stream(), err)
 	}
 	return LastMetaRecord{Meta: m, Seq: raw.Seq, Time: raw.Time}, true, nil

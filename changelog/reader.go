@@ -10,8 +10,8 @@ import (
 
 // Progress reports how far a replay has got.
 type Progress struct {
-	Done    uint64        // records applied so far
-	Total   uint64        // records to apply (an estimate: compaction leaves holes)
+	Done    uint64        // messages read so far
+	Total   uint64        // messages to read
 	Rate    float64       // records per second since the start
 	Elapsed time.Duration // time since the start
 	ETA     time.Duration // estimated time left
@@ -56,9 +56,11 @@ type ReplayConfig struct {
 }
 
 // Replay reads the changelog of s from cfg.From up to the last sequence it has
-// when Replay starts, calling apply for each record in order, and returns that
-// last sequence (cfg.From-1, or the stream's last sequence, when there is nothing
-// to read). apply must not keep rec's slices past the call.
+// when Replay starts, calling apply for each record in order with the
+// sequence of its message, and returns that last sequence (cfg.From-1, or
+// the stream's last sequence, when there is nothing to read). cfg.From must
+// be the first sequence of a commit (1, or one past a meta record). apply
+// must not keep rec's slices past the call.
 func Replay(ctx context.Context, js jetstream.JetStream, s Subjects, cfg ReplayConfig,
 	apply func(seq uint64, rec Record) error) (uint64, error) {
 	st, err := js.Stream(ctx, s.Stream())
@@ -105,12 +107,12 @@ func Replay(ctx context.Context, js jetstream.JetStream, s Subjects, cfg ReplayC
 		if err != nil {
 			return 0, fmt.Errorf("replay %s: %w", s.Stream(), err)
 		}
-		rec, err := s.Decode(msg.Subject(), msg.Headers(), msg.Data())
+		seq := md.Sequence.Stream
+		err = s.Records(msg.Subject(), msg.Data(), func(rec Record) error {
+			rec.Time = md.Timestamp
+			return apply(seq, rec)
+		})
 		if err != nil {
-			return 0, err
-		}
-		rec.Time = md.Timestamp
-		if err := apply(md.Sequence.Stream, rec); err != nil {
 			return 0, err
 		}
 		done++
@@ -120,7 +122,7 @@ func Replay(ctx context.Context, js jetstream.JetStream, s Subjects, cfg ReplayC
 			}
 			return md.Sequence.Stream, nil
 		}
-		if cfg.ProgressEvery > 0 && cfg.OnProgress != nil && done%1024 == 0 {
+		if cfg.ProgressEvery > 0 && cfg.OnProgress != nil {
 			if now := time.Now(); now.Sub(lastReport) >= cfg.ProgressEvery {
 				lastReport = now
 				cfg.OnProgress(progress(done, max(done, total), start))
@@ -139,17 +141,4 @@ func progress(done, total uint64, start time.Time) Progress {
 		p.ETA = time.Duration(float64(total-done) / p.Rate * float64(time.Second))
 	}
 	return p
-}
-
-// PurgeOutbox removes the outbox entries below sequence upTo (exclusive): they
-// have been forwarded and a committed meta record says so.
-func PurgeOutbox(ctx context.Context, js jetstream.JetStream, s Subjects, upTo uint64) error {
-	st, err := js.Stream(ctx, s.Stream())
-	if err != nil {
-		return fmt.Errorf("purge outbox %s: %w", s.Stream(), err)
-	}
-	if err := st.Purge(ctx, jetstream.WithPurgeSubject(s.Outboxes()), jetstream.WithPurgeSequence(upTo)); err != nil {
-		return fmt.Errorf("purge outbox %s: %w", s.Stream(), err)
-	}
-	return nil
 }

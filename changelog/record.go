@@ -8,9 +8,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
-
-	"github.com/nats-io/nats.go"
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 // Kind says what a Record holds.
@@ -27,7 +24,9 @@ const (
 	KindOutbox
 )
 
-// Record is one changelog message.
+// Record is one change in a changelog: a value, a tombstone, an outbox
+// entry or a meta record. A commit's records travel in one message, or in a
+// few when they are too large for one (see Writer.Commit).
 type Record struct {
 	Kind  Kind
 	Store string // KindSet, KindDelete
@@ -39,6 +38,9 @@ type Record struct {
 	// Time is when the stream stored the record, as a reader (Replay, a
 	// tail) saw it; zero when writing.
 	Time time.Time
+	// Index is the record's place in its message (0 for the first), as a
+	// reader saw it: with the message's sequence it names the record.
+	Index int
 }
 
 // Meta is the partition's progress marker, committed as the last record of
@@ -128,12 +130,16 @@ type outboxRecord struct {
 	Index  int    `msgpack:"n"`
 }
 
-// The subjects of a changelog, under eddy.cl.<type>.<p>: one for state
-// records, one for meta records, one for outbox entries. The NATS server
-// keeps state for three subjects per changelog, whatever the number of keys.
+// The subjects of a changelog, under eddy.cl.<type>.<p>: one for commits
+// (a meta record and the records before it), one for the leading parts of
+// commits too large for one message. The NATS server keeps state for two
+// subjects per changelog, whatever the number of keys. Changelogs written
+// by eddy 0.x before commits were framed hold one record a message on
+// stateToken, metaToken and outToken; they are read as they are.
 const (
-	stateToken = "kv"
 	metaToken  = "_meta"
+	partToken  = "_part"
+	stateToken = "kv"
 	outToken   = "_out"
 )
 
@@ -171,82 +177,13 @@ func StreamPartition(stream, typ string) (p int, ok bool) {
 // All is the filter that matches every subject of the changelog.
 func (s Subjects) All() string { return s.prefix + ">" }
 
-// Meta is the subject of the meta records.
+// Meta is the subject of the commits: each message holds one meta record
+// and the records committed with it, so the newest message on it holds the
+// newest meta record.
 func (s Subjects) Meta() string { return s.prefix + metaToken }
 
-// Outboxes is the subject of the outbox entries.
-func (s Subjects) Outboxes() string { return s.prefix + outToken }
-
-// State is the subject of the state records (values and tombstones).
-func (s Subjects) State() string { return s.prefix + stateToken }
-
-// Msg encodes r as a NATS message for this changelog. A state record's
-// data is its kind (1 byte: 1 set, 2 delete), the store name and the key
-// (each an unsigned varint length, then the bytes), then the value.
-func (s Subjects) Msg(r *Record) (*nats.Msg, error) {
-	m := &nats.Msg{Header: nats.Header{}}
-	switch r.Kind {
-	case KindSet, KindDelete:
-		m.Subject = s.State()
-		b := make([]byte, 0, 1+2*binary.MaxVarintLen32+len(r.Store)+len(r.Key)+len(r.Value))
-		b = append(b, byte(r.Kind))
-		b = binary.AppendUvarint(b, uint64(len(r.Store)))
-		b = append(b, r.Store...)
-		b = binary.AppendUvarint(b, uint64(len(r.Key)))
-		b = append(b, r.Key...)
-		if r.Kind == KindSet {
-			b = append(b, r.Value...)
-		}
-		m.Data = b
-	case KindMeta:
-		m.Subject = s.Meta()
-		data, err := msgpack.Marshal(&r.Meta)
-		if err != nil {
-			return nil, fmt.Errorf("encode meta: %w", err)
-		}
-		m.Data = data
-	case KindOutbox:
-		m.Subject = s.Outboxes()
-		data, err := msgpack.Marshal(&outboxRecord{Outbox: r.Outbox, Offset: r.Outbox.Offset, Index: r.Outbox.Index})
-		if err != nil {
-			return nil, fmt.Errorf("encode outbox entry: %w", err)
-		}
-		m.Data = data
-	default:
-		return nil, fmt.Errorf("changelog: unknown record kind %d", r.Kind)
-	}
-	return m, nil
-}
-
-// Decode parses a message of this changelog back into a Record. Store, Key
-// and Value alias data; copy them to keep them past the message.
-func (s Subjects) Decode(subject string, _ nats.Header, data []byte) (Record, error) {
-	rest, ok := strings.CutPrefix(subject, s.prefix)
-	if !ok {
-		return Record{}, fmt.Errorf("changelog: subject %q is not in %s", subject, s.Stream())
-	}
-	var r Record
-	switch rest {
-	case stateToken:
-		return decodeState(subject, data)
-	case metaToken:
-		r.Kind = KindMeta
-		if err := msgpack.Unmarshal(data, &r.Meta); err != nil {
-			return Record{}, fmt.Errorf("changelog: decode meta: %w", err)
-		}
-		return r, nil
-	case outToken:
-		r.Kind = KindOutbox
-		var o outboxRecord
-		if err := msgpack.Unmarshal(data, &o); err != nil {
-			return Record{}, fmt.Errorf("changelog: decode outbox entry: %w", err)
-		}
-		r.Outbox = o.Outbox
-		r.Outbox.Offset, r.Outbox.Index = o.Offset, o.Index
-		return r, nil
-	}
-	return Record{}, fmt.Errorf("changelog: %w: subject %q (a changelog of an earlier eddy, with one subject per key, must be reset)", ErrBadRecord, subject)
-}
+// Parts is the subject of the leading parts of commits too large for one message.
+func (s Subjects) Parts() string { return s.prefix + partToken }
 
 // lastStore is the store name storeName returned last: a replay meets the
 // same few names millions of times, and a string of each would be an
@@ -267,6 +204,7 @@ func storeName(b []byte) string {
 // ErrBadRecord means a changelog message is not a record eddy wrote.
 var ErrBadRecord = errors.New("changelog: malformed record")
 
+// decodeState decodes a state record of the unframed layout, one a message.
 func decodeState(subject string, data []byte) (Record, error) {
 	bad := func(what string) (Record, error) {
 		return Record{}, fmt.Errorf("changelog: %w: %s: %s", ErrBadRecord, subject, what)

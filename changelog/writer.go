@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"strconv"
 
 	"github.com/nats-io/nats.go"
@@ -18,7 +19,8 @@ var (
 	// another owner (or an earlier attempt of this one) wrote after the sequence
 	// the writer knew. The batch was not committed.
 	ErrFenced = errors.New("changelog: fenced: wrong last sequence")
-	// ErrTooLarge means a batch holds more records than one atomic batch may.
+	// ErrTooLarge means a commit's records need more messages than one
+	// atomic batch may hold, or one record is larger than a message.
 	ErrTooLarge = errors.New("changelog: batch too large")
 	// ErrCommitUnknown means the outcome of a commit is unknown: the
 	// acknowledgement did not arrive (a timeout, a lost connection, no
@@ -30,8 +32,31 @@ var (
 )
 
 // MaxBatch is the server's default limit of messages in one atomic batch
-// (jetstream { limits { batch { max_msgs } } }).
+// (jetstream { limits { batch { max_msgs } } }): the most messages one
+// commit may take.
 const MaxBatch = 1000
+
+// DefaultMaxMessage is the largest message a Writer publishes unless told
+// otherwise: NATS's default max payload (1 MiB), less room for headers.
+const DefaultMaxMessage = 1<<20 - msgHeadroom
+
+// msgHeadroom is what a writer leaves of the connection's max payload for
+// the headers of a commit's messages (batch id, sequence, expected last
+// sequence: under 200 bytes).
+const msgHeadroom = 1 << 10
+
+// MaxMessage is the largest message data a Writer may publish on a
+// connection whose server takes messages of up to maxPayload bytes
+// (DefaultMaxMessage when unknown: 0).
+func MaxMessage(maxPayload int64) int {
+	switch {
+	case maxPayload <= 0:
+		return DefaultMaxMessage
+	case maxPayload <= 2*msgHeadroom:
+		return int(maxPayload / 2)
+	}
+	return int(maxPayload - msgHeadroom)
+}
 
 // wrongLastSequence is JetStream's error code for a failed
 // Nats-Expected-Last-Sequence check.
@@ -62,17 +87,29 @@ type Writer struct {
 	conn     Conn
 	subjects Subjects
 	tail     Tail
-	maxBatch int
-	msgs     []*nats.Msg
+	maxMsgs  int
+	maxBytes int
+
+	// The messages of the batch being committed, and where its records are.
+	msgs   []*nats.Msg
+	buf    []byte // the framed records, one after the other
+	ends   []int  // ends[i] is where record i ends in buf
+	firsts []int  // firsts[j] is the first record of message j
+	first  uint64 // the sequence of message 0, once the batch landed
 }
 
 // NewWriter returns a writer that expects the changelog to end at tail (the
-// position its owner restored to).
-func NewWriter(conn Conn, s Subjects, tail Tail, maxBatch int) *Writer {
-	if maxBatch <= 0 {
-		maxBatch = MaxBatch
+// position its owner restored to). A commit takes at most maxMsgs messages
+// (MaxBatch when 0) of at most maxBytes bytes each (DefaultMaxMessage when
+// 0; see MaxMessage).
+func NewWriter(conn Conn, s Subjects, tail Tail, maxMsgs, maxBytes int) *Writer {
+	if maxMsgs <= 0 {
+		maxMsgs = MaxBatch
 	}
-	return &Writer{conn: conn, subjects: s, tail: tail, maxBatch: maxBatch}
+	if maxBytes <= 0 {
+		maxBytes = DefaultMaxMessage
+	}
+	return &Writer{conn: conn, subjects: s, tail: tail, maxMsgs: maxMsgs, maxBytes: maxBytes}
 }
 
 // Last is the last changelog sequence this writer knows.
@@ -92,45 +129,31 @@ func NewBatchID() uint64 {
 	}
 }
 
-// Commit publishes recs as one atomic batch (a single record as a plain
-// publish) whose first message expects the changelog's last sequence to be
-// Last(). When the last record is a meta record, Commit stamps it with the
-// batch's identity: Prev and PrevBatch from the writer's tail, and a new
-// Batch id unless it has one — so committing the same records again after
-// ErrCommitUnknown keeps the id, and at most one of the attempts lands (each
-// expects the same last sequence).
+// Commit publishes recs, whose last record must be a meta record, as one
+// commit: one message on Subjects.Meta when they fit in one (a plain
+// publish), else an atomic batch of parts and that message. The first
+// message expects the changelog's last sequence to be Last(). Commit
+// stamps the meta record with the batch's identity: Prev and PrevBatch from
+// the writer's tail, and a new Batch id unless it has one — so committing
+// the same records again after ErrCommitUnknown keeps the id, and at most
+// one of the attempts lands (each expects the same last sequence).
 //
-// On success every record is in the changelog with consecutive sequences
-// first..last, and the writer's tail moves there. On ErrFenced nothing of
-// this attempt is in the changelog (an earlier attempt of the same batch may
-// be). On ErrCommitUnknown it may or may not be: call Resolve.
+// On success every record is in the changelog, in messages with
+// consecutive sequences first..last (Position tells which record is where),
+// and the writer's tail moves to last. On ErrFenced nothing of this attempt
+// is in the changelog (an earlier attempt of the same batch may be). On
+// ErrCommitUnknown it may or may not be: call Resolve. ErrTooLarge means
+// the records need more messages than a commit may take, or one record
+// alone is larger than a message.
 func (w *Writer) Commit(ctx context.Context, recs []Record) (first, last uint64, err error) {
-	n := len(recs)
-	if n == 0 {
-		return 0, w.tail.Seq, nil
+	if err := w.frame(recs); err != nil {
+		return 0, 0, err
 	}
-	if n > w.maxBatch {
-		return 0, 0, fmt.Errorf("%w: %d records, limit %d", ErrTooLarge, n, w.maxBatch)
-	}
-	var batch uint64
-	if m := &recs[n-1]; m.Kind == KindMeta {
-		if m.Meta.Batch == 0 {
-			m.Meta.Batch = NewBatchID()
-		}
-		m.Meta.Prev, m.Meta.PrevBatch = w.tail.Seq, w.tail.Batch
-		batch = m.Meta.Batch
-	}
-	// One record needs no batch: a single publish is atomic, and skips the
-	// server's staging of atomic batches (tens of ms under load, measured),
-	// which matters for the epoch record a new owner writes before it starts.
+	n := len(w.msgs)
 	single := n == 1
 	id := nuid.Next()
-	w.msgs = w.msgs[:0]
-	for i := range recs {
-		m, err := w.subjects.Msg(&recs[i])
-		if err != nil {
-			return 0, 0, err
-		}
+	for i, m := range w.msgs {
+		m.Header = nats.Header{}
 		if !single {
 			m.Header["Nats-Batch-Id"] = []string{id}
 			m.Header["Nats-Batch-Sequence"] = []string{strconv.Itoa(i + 1)}
@@ -138,7 +161,6 @@ func (w *Writer) Commit(ctx context.Context, recs []Record) (first, last uint64,
 		if i == 0 {
 			m.Header["Nats-Expected-Last-Sequence"] = []string{strconv.FormatUint(w.tail.Seq, 10)}
 		}
-		w.msgs = append(w.msgs, m)
 	}
 	for _, m := range w.msgs[:n-1] {
 		if err := w.conn.PublishMsg(m); err != nil {
@@ -170,10 +192,75 @@ func (w *Writer) Commit(ctx context.Context, recs []Record) (first, last uint64,
 		ack.Count = 1 // a plain publish's ack has no count
 	}
 	if ack.Count != n {
-		return 0, 0, fmt.Errorf("%w: ack counts %d of %d records", ErrCommitUnknown, ack.Count, n)
+		return 0, 0, fmt.Errorf("%w: ack counts %d of %d messages", ErrCommitUnknown, ack.Count, n)
 	}
-	w.tail = Tail{Seq: ack.Seq, Batch: batch}
-	return ack.Seq - uint64(n) + 1, ack.Seq, nil
+	w.landed(ack.Seq, recs)
+	return w.first, ack.Seq, nil
+}
+
+// frame stamps recs' meta record and lays recs out in messages (w.msgs),
+// each as large as maxBytes allows, the meta record in the last.
+func (w *Writer) frame(recs []Record) error {
+	n := len(recs)
+	if n == 0 || recs[n-1].Kind != KindMeta {
+		return errors.New("changelog: a commit's last record must be its meta record")
+	}
+	m := &recs[n-1].Meta
+	if m.Batch == 0 {
+		m.Batch = NewBatchID()
+	}
+	m.Prev, m.PrevBatch = w.tail.Seq, w.tail.Batch
+	head, err := appendCommitHead(nil, m)
+	if err != nil {
+		return err
+	}
+	w.buf, w.ends, w.firsts, w.msgs = w.buf[:0], w.ends[:0], w.firsts[:0], w.msgs[:0]
+	for i := range recs[:n-1] {
+		if w.buf, err = appendRecord(w.buf, &recs[i]); err != nil {
+			return err
+		}
+		w.ends = append(w.ends, len(w.buf))
+	}
+	// Parts, each as full as a message allows, while the rest does not fit
+	// in the commit message with the meta record.
+	start, from := 0, 0 // the first record and byte not in a part yet
+	for len(head)+len(w.buf)-from > w.maxBytes {
+		end := start
+		for end < n-1 && 1+w.ends[end]-from <= w.maxBytes {
+			end++
+		}
+		if end == start {
+			if end == n-1 {
+				return fmt.Errorf("%w: a meta record of %d bytes, the limit is %d", ErrTooLarge, len(head), w.maxBytes)
+			}
+			return fmt.Errorf("%w: record %d is %d bytes framed, a message at most %d", ErrTooLarge, start, w.ends[start]-from, w.maxBytes)
+		}
+		data := append(make([]byte, 0, 1+w.ends[end-1]-from), frameMagic)
+		w.msgs = append(w.msgs, &nats.Msg{Subject: w.subjects.Parts(), Data: append(data, w.buf[from:w.ends[end-1]]...)})
+		w.firsts = append(w.firsts, start)
+		start, from = end, w.ends[end-1]
+	}
+	w.msgs = append(w.msgs, &nats.Msg{Subject: w.subjects.Meta(), Data: append(head, w.buf[from:]...)})
+	w.firsts = append(w.firsts, start)
+	if len(w.msgs) > w.maxMsgs {
+		return fmt.Errorf("%w: %d records in %d messages, limit %d", ErrTooLarge, n, len(w.msgs), w.maxMsgs)
+	}
+	return nil
+}
+
+// landed moves the tail to the batch in w.msgs, which landed with its
+// last message at last.
+func (w *Writer) landed(last uint64, recs []Record) {
+	w.first = last - uint64(len(w.msgs)) + 1
+	w.tail = Tail{Seq: last, Batch: recs[len(recs)-1].Meta.Batch}
+}
+
+// Position is where record i of the batch that landed last (by Commit or
+// Resolve) is: the sequence of its message and its place in it (see
+// Record.Index). Together they name the record in the changelog.
+func (w *Writer) Position(i int) (seq uint64, index int) {
+	j := sort.Search(len(w.firsts), func(j int) bool { return w.firsts[j] > i }) - 1
+	return w.first + uint64(j), i - w.firsts[j]
 }
 
 // Outcome is what the changelog holds of a batch whose commit had an
@@ -218,10 +305,10 @@ func (o Outcome) String() string {
 // sequences the batch landed at, and the writer's tail moves there. An error
 // means the changelog could not be read (NATS away): try again later.
 func (w *Writer) Resolve(ctx context.Context, recs []Record) (o Outcome, first, last uint64, err error) {
-	n := uint64(len(recs))
-	if n == 0 || recs[n-1].Kind != KindMeta || recs[n-1].Meta.Batch == 0 {
+	if len(recs) == 0 || recs[len(recs)-1].Kind != KindMeta || recs[len(recs)-1].Meta.Batch == 0 || len(w.msgs) == 0 {
 		return 0, 0, 0, errors.New("changelog: resolve: the batch has no meta record stamped by Commit")
 	}
+	n := uint64(len(w.msgs))
 	end, err := LastSequence(ctx, w.conn, w.subjects)
 	if err != nil {
 		return 0, 0, 0, err
@@ -232,18 +319,17 @@ func (w *Writer) Resolve(ctx context.Context, recs []Record) (o Outcome, first, 
 	case end < w.tail.Seq:
 		return Behind, 0, 0, nil
 	}
-	// Something landed after the tail: the batch, if its meta record is at
-	// tail+n with its id.
+	// Something landed after the tail: the batch, if its commit message
+	// is at tail+n with its id.
 	raw, ok, err := getMsg(ctx, w.conn, w.subjects.Stream(), msgGetRequest{Seq: w.tail.Seq + n})
 	if err != nil {
 		return 0, 0, 0, err
 	}
 	if ok && raw.Subject == w.subjects.Meta() {
-		rec, err := w.subjects.Decode(raw.Subject, nil, raw.Data)
-		if err == nil && rec.Meta.Batch == recs[n-1].Meta.Batch {
-			first = w.tail.Seq + 1
-			w.tail = Tail{Seq: raw.Seq, Batch: rec.Meta.Batch}
-			return Landed, first, raw.Seq, nil
+		m, err := DecodeMeta(raw.Data)
+		if err == nil && m.Batch == recs[len(recs)-1].Meta.Batch {
+			w.landed(raw.Seq, recs)
+			return Landed, w.first, raw.Seq, nil
 		}
 	}
 	return Moved, 0, 0, nil

@@ -194,10 +194,11 @@ type partitionActor struct {
 	// forwarded: every outbox entry at or below this changelog sequence is forwarded.
 	forwarded     uint64
 	markCommitted uint64 // the forwarded mark the changelog holds
-	purged        uint64
-	lastPurge     time.Time
+	trimmed       uint64 // a changelog without state is trimmed below it (maybeTrim)
+	lastTrim      time.Time
 	markTimer     *time.Timer
 	pendingOut    []pending
+	batchBytes    int // the bytes of the batch's records, estimated as its events ran (Txn.size)
 
 	// The batch being built.
 	ws      map[string]int
@@ -296,9 +297,10 @@ func (a *partitionActor) Started(c *actor.Context) error {
 	}
 	a.changelogID = changelogID(a.cl)
 	ensured := time.Now()
-	// The first purge of forwarded outbox entries waits PurgeEvery: it costs
-	// a JetStream API call that a promotion or handover should not wait for.
-	a.lastPurge = ensured
+	// The first trim of a changelog without state waits PurgeEvery: it
+	// costs a JetStream API call that a promotion or handover should not
+	// wait for.
+	a.lastTrim = ensured
 	// A promoted replica's store is as current as the replica was: fence at
 	// its sequence at once, and replay the tail only if that fails.
 	if err := a.chooseRestore(ctx, h != nil); err != nil {
@@ -507,7 +509,7 @@ func (a *partitionActor) restoreAndFence(ctx context.Context, resume bool) error
 		if meta.MetaSeq == meta.ChangelogSeq {
 			tail.Batch = meta.Batch
 		}
-		a.writer = changelog.NewWriter(a.conn(), a.subjects, tail, a.cfg.MaxBatchRecords)
+		a.writer = changelog.NewWriter(a.conn(), a.subjects, tail, changelog.MaxBatch, changelog.MaxMessage(a.cfg.Conn.MaxPayload()))
 		if resume && attempt == 0 {
 			// The offset is known already: open the input consumer while
 			// the epoch record commits (startReader takes it).
@@ -590,14 +592,28 @@ func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 	}
 	apply := func(seq uint64, r changelog.Record) error {
 		if r.Kind == changelog.KindMeta {
-			if err := rebuilds.meta(r.Meta, seq); err != nil {
+			drop, err := rebuilds.meta(r.Meta, seq)
+			if err != nil {
 				return err
+			}
+			if drop { // a rebuild starts: what the store holds is not the state any more
+				if err := b.Commit(); err != nil {
+					return err
+				}
+				b.Close()
+				if err := dropState(a.store); err != nil {
+					return err
+				}
+				b = a.store.NewBatch()
 			}
 			heldSeq, heldBatch := meta.MetaSeq, meta.Batch
 			if haveMeta {
 				heldSeq, heldBatch = lastSeq, last.Batch
 			}
-			if !r.Meta.Continues(heldSeq, heldBatch) {
+			// A changelog without state is trimmed below its forwarded
+			// mark (maybeTrim): what a reader missed there was forwarded.
+			trimmed := a.cfg.NoChangelog && r.Meta.Prev > heldSeq
+			if !r.Meta.Continues(heldSeq, heldBatch) && !trimmed {
 				return discontinuity(seq, r.Meta, heldSeq)
 			}
 			last, lastSeq, haveMeta = r.Meta, seq, true
@@ -733,7 +749,7 @@ func applyRecord(b statestore.Batch, seq uint64, r changelog.Record) error {
 		if err != nil {
 			return err
 		}
-		b.Set(pendingKey(seq), v)
+		b.Set(pendingKey(seq, r.Index), v)
 	}
 	return nil
 }
@@ -758,7 +774,7 @@ func (a *partitionActor) loadPending() error {
 		if err != nil {
 			return fmt.Errorf("pending outbox entry %d: %w", seq, err)
 		}
-		a.pendingOut = append(a.pendingOut, pending{seq: seq, out: out, at: at})
+		a.pendingOut = append(a.pendingOut, pending{seq: seq, key: slices.Clone(k), out: out, at: at})
 		return nil
 	})
 	if err != nil {
@@ -914,11 +930,11 @@ func (a *partitionActor) runEvent(ctx context.Context, msg jetstream.Msg, seq ui
 			}
 		}
 	}
-	need := 1 // a dead-letter entry
+	need, size := 1, len(ev.Data) // a dead-letter entry
 	if err == nil {
-		need = a.newRecords()
+		need, size = a.newRecords(), a.tx.size()
 	}
-	if a.records()+need > a.cfg.MaxBatchRecords && (len(a.writes) > 0 || len(a.outbox) > 0) {
+	if (a.records()+need > a.cfg.MaxBatchRecords || a.batchBytes+size > a.cfg.MaxBatchBytes) && (len(a.writes) > 0 || len(a.outbox) > 0) {
 		// The event does not fit: commit the batch so far first. The event ran
 		// against the batch's writes, which the commit makes the store's.
 		if cerr := a.commit(ctx); cerr != nil {
@@ -928,10 +944,11 @@ func (a *partitionActor) runEvent(ctx context.Context, msg jetstream.Msg, seq ui
 			need = a.newRecords() // keys it shared with the batch are new records now
 		}
 	}
-	if err == nil && a.records()+need > a.cfg.MaxBatchRecords {
+	if err == nil && (a.records()+need > a.cfg.MaxBatchRecords || size > a.cfg.MaxBatchBytes) {
 		// Too many even on its own.
-		err = fmt.Errorf("%d records: %w", need, ErrTooManyWrites)
+		err = fmt.Errorf("%d records of %d bytes (limits %d and %d a batch): %w", need, size, a.cfg.MaxBatchRecords, a.cfg.MaxBatchBytes, ErrTooManyWrites)
 	}
+	a.batchBytes += size
 	if err != nil {
 		a.toDeadLetter(ev, err, attempts)
 		return nil
@@ -1064,7 +1081,7 @@ func (a *partitionActor) commit(ctx context.Context) error {
 		Meta: a.ver.stamp(changelog.Meta{Offset: a.offset, Epoch: a.epoch, Forwarded: mark, Owner: a.cfg.Owner})})
 	a.recs = recs[:0]
 
-	first, last, err := a.commitChangelog(ctx, recs)
+	last, err := a.commitChangelog(ctx, recs)
 	if err != nil {
 		return err
 	}
@@ -1085,13 +1102,14 @@ func (a *partitionActor) commit(ctx context.Context) error {
 	now := time.Now()
 	var v []byte // one value buffer for every entry: Set copies it
 	for i := range a.outbox {
-		seq := first + uint64(len(logged)+i)
+		seq, index := a.writer.Position(len(logged) + i)
 		if v, err = encodePending(v[:0], &a.outbox[i], now); err != nil {
 			b.Close()
 			return err
 		}
-		b.Set(pendingKey(seq), v)
-		outs[i] = pending{seq: seq, out: a.outbox[i], at: now}
+		k := pendingKey(seq, index)
+		b.Set(k, v)
+		outs[i] = pending{seq: seq, key: k, out: a.outbox[i], at: now}
 	}
 	b.SetMeta(a.ver.stampStore(statestore.Meta{Offset: a.offset, ChangelogSeq: last, Epoch: a.epoch, Forwarded: mark,
 		Owner: a.cfg.Owner, MetaSeq: last, Batch: recs[len(recs)-1].Meta.Batch}))
@@ -1117,8 +1135,7 @@ func (a *partitionActor) commit(ctx context.Context) error {
 	}
 
 	clear(a.ws)
-	a.writes = a.writes[:0]
-	a.outbox = a.outbox[:0]
+	a.writes, a.outbox, a.batchBytes = a.writes[:0], a.outbox[:0], 0
 
 	if err := a.forward(ctx, outs); err != nil {
 		return err
@@ -1129,9 +1146,7 @@ func (a *partitionActor) commit(ctx context.Context) error {
 		}
 	}
 	a.replies = a.replies[:0]
-	if err := a.maybePurge(ctx); err != nil {
-		return err
-	}
+	a.maybeTrim(ctx)
 	a.maybeSnapshot()
 	return nil
 }
@@ -1231,7 +1246,7 @@ func (a *partitionActor) markForwarded(outs []pending) error {
 	b := a.store.NewBatch()
 	defer b.Close()
 	for _, p := range outs {
-		b.Delete(pendingKey(p.seq))
+		b.Delete(p.key)
 		a.forwarded = max(a.forwarded, p.seq)
 	}
 	if err := b.Commit(); err != nil {
@@ -1253,22 +1268,25 @@ func (a *partitionActor) armMark() {
 	a.markTimer.Reset(a.cfg.MarkDelay)
 }
 
-// maybePurge drops forwarded outbox entries from the changelog once a committed
-// meta record covers them.
-func (a *partitionActor) maybePurge(ctx context.Context) error {
-	if a.markCommitted <= a.purged || time.Since(a.lastPurge) < a.cfg.PurgeEvery {
-		return nil
+// maybeTrim trims the changelog of stores without one (NoChangelog): it
+// holds meta records and outbox entries only, and those below a committed
+// forwarded mark are needed no more. (A changelog with state is trimmed
+// below its snapshots: snapshot.go.)
+func (a *partitionActor) maybeTrim(ctx context.Context) {
+	if !a.cfg.NoChangelog || a.markCommitted <= a.trimmed || time.Since(a.lastTrim) < a.cfg.PurgeEvery {
+		return
 	}
-	if err := changelog.PurgeOutbox(ctx, a.cfg.JS, a.subjects, a.markCommitted+1); err != nil {
-		a.log.Warn("purge forwarded outbox entries", "err", err)
-		return nil
+	if err := changelog.Trim(ctx, a.cfg.JS, a.subjects, a.markCommitted+1); err != nil {
+		a.log.Warn("trim the changelog below the forwarded mark", "err", err)
+		return
 	}
-	a.purged, a.lastPurge = a.markCommitted, time.Now()
-	return nil
+	a.trimmed, a.lastTrim = a.markCommitted, time.Now()
 }
 
 // commitChangelog is step 1 of the commit: the batch recs, as one fenced
-// atomic batch. An unknown outcome (no acknowledgement: NATS away, a stream
+// commit (one message, or an atomic batch of parts when they do not fit:
+// Writer.Position tells where each record landed), and returns the
+// sequence of its meta record. An unknown outcome (no acknowledgement: NATS away, a stream
 // leader moving, a timeout) is resolved by reading back what the changelog
 // holds, from the stream leader, and the same batch is published again
 // until its outcome is known; at most one of the attempts can land. It ends
@@ -1277,7 +1295,7 @@ func (a *partitionActor) maybePurge(ctx context.Context) error {
 // committed (errStoreAhead: restore); or when the actor is asked to stop
 // (errAbandoned: the batch's outcome is left to whoever restores next).
 // While it retries, Status says retrying, with the last error.
-func (a *partitionActor) commitChangelog(ctx context.Context, recs []changelog.Record) (first, last uint64, err error) {
+func (a *partitionActor) commitChangelog(ctx context.Context, recs []changelog.Record) (last uint64, err error) {
 	var (
 		unknown  error // the first unknown outcome of this batch
 		since    time.Time
@@ -1288,18 +1306,18 @@ func (a *partitionActor) commitChangelog(ctx context.Context, recs []changelog.R
 	for {
 		attempts++
 		cctx, cancel := context.WithTimeout(ctx, a.cfg.CommitTimeout)
-		first, last, err = a.writer.Commit(cctx, recs)
+		_, last, err = a.writer.Commit(cctx, recs)
 		cancel()
 		switch {
 		case err == nil:
 			if unknown != nil {
 				a.log.Info("commit landed after retries", "attempts", attempts, "took", time.Since(since).Round(time.Millisecond))
 			}
-			return first, last, nil
+			return last, nil
 		case errors.Is(err, changelog.ErrTooLarge):
-			return 0, 0, fmt.Errorf("commit changelog: %w", err)
+			return 0, fmt.Errorf("commit changelog: %w", err)
 		case errors.Is(err, changelog.ErrFenced) && unknown == nil:
-			return 0, 0, a.fenced(ctx, err)
+			return 0, a.fenced(ctx, err)
 		}
 		// Unknown, or fenced after an earlier attempt whose outcome is unknown
 		// (that attempt may be what is there).
@@ -1311,6 +1329,7 @@ func (a *partitionActor) commitChangelog(ctx context.Context, recs []changelog.R
 		for {
 			rctx, cancel := context.WithTimeout(ctx, min(a.cfg.CommitTimeout, retryReadTimeout))
 			var o changelog.Outcome
+			var first uint64
 			o, first, last, err = a.writer.Resolve(rctx, recs)
 			cancel()
 			if err == nil {
@@ -1318,11 +1337,11 @@ func (a *partitionActor) commitChangelog(ctx context.Context, recs []changelog.R
 				case changelog.Landed:
 					a.log.Info("commit landed (read back)", "attempts", attempts, "took", time.Since(since).Round(time.Millisecond),
 						"first", first, "last", last)
-					return first, last, nil
+					return last, nil
 				case changelog.Moved:
-					return 0, 0, a.fenced(ctx, unknown)
+					return 0, a.fenced(ctx, unknown)
 				case changelog.Behind:
-					return 0, 0, fmt.Errorf("%w: the changelog ends before sequence %d, which this owner committed (did a NATS server lose acknowledged writes?)",
+					return 0, fmt.Errorf("%w: the changelog ends before sequence %d, which this owner committed (did a NATS server lose acknowledged writes?)",
 						errStoreAhead, a.writer.Last())
 				}
 				// Not landed: the stream answers again, so publish it again
@@ -1337,11 +1356,11 @@ func (a *partitionActor) commitChangelog(ctx context.Context, recs []changelog.R
 					"for", time.Since(since).Round(time.Second))
 			}
 			if !a.sleep(ctx, &wait) {
-				return 0, 0, errAbandoned
+				return 0, errAbandoned
 			}
 		}
 		if !a.sleep(ctx, &wait) {
-			return 0, 0, errAbandoned
+			return 0, errAbandoned
 		}
 	}
 }

@@ -266,7 +266,7 @@ func TestRecordLimitCutsBatches(t *testing.T) {
 		t.Errorf("dead-letter stream holds %d events, want 2 (boom, wide)", len(dl))
 	}
 	checkDeadLetter(t, dl[offsets["boom"]], 2, "handler panic")
-	checkDeadLetter(t, dl[offsets["wide"]], 1, "more records than one commit holds")
+	checkDeadLetter(t, dl[offsets["wide"]], 1, "event writes more than one commit holds")
 	for key, want := range map[string]uint64{"a": 2, "b": 1, "c": 1, "w0": 1, "w1": 1} {
 		if got := count(h.ctx, a, key); got != want {
 			t.Errorf("%s = %d, want %d", key, got, want)

@@ -128,9 +128,15 @@ type Config struct {
 	BatchSize int
 	// Linger is how long the input reader waits to fill a batch once it has one event.
 	Linger time.Duration
-	// MaxBatchRecords is the most changelog records per commit, the server's
-	// atomic batch limit (jetstream { limits { batch { max_msgs } } }, 1000 by default).
+	// MaxBatchRecords is the most changelog records per commit. A commit's
+	// records travel framed in one changelog message, or in an atomic batch
+	// of a few when they pass NATS's max payload.
 	MaxBatchRecords int
+	// MaxBatchBytes bounds the bytes of a commit's records (values, keys and
+	// outbox entries, as estimated while the batch fills): a batch is cut
+	// before it passes it, and an event that passes it alone goes to the
+	// dead-letter stream.
+	MaxBatchBytes int
 	// MaxAttempts is how often a failing or panicking handler runs for one event
 	// before the event goes to the dead-letter stream.
 	MaxAttempts int
@@ -147,7 +153,9 @@ type Config struct {
 	// MarkDelay is how soon an idle partition commits its outbox "forwarded" mark,
 	// so that a failover never re-forwards outside the targets' duplicate window.
 	MarkDelay time.Duration
-	// PurgeEvery is the least time between purges of forwarded outbox entries.
+	// PurgeEvery is the least time between trims of a changelog without
+	// state (NoChangelog): below its committed forwarded mark, it holds
+	// nothing a restore needs.
 	PurgeEvery time.Duration
 	// CommitTimeout bounds one attempt of a changelog commit or forward:
 	// past it the outcome is unknown, and read back from the changelog.
@@ -191,12 +199,13 @@ func DefaultConfig() Config {
 	return Config{
 		BatchSize:       2000,                   // under load a batch fills while the last commits; 2000 (cut at MaxBatchRecords) ran 1.5x the events/s of 1000 (node bench)
 		Linger:          2 * time.Millisecond,   // a batch waits at most this for more events
-		MaxBatchRecords: changelog.MaxBatch,     // the server's atomic batch limit
+		MaxBatchRecords: 4096,                   // a full batch of 2000 events (0.5-2 records each) commits whole, in one message when values are small
+		MaxBatchBytes:   8 << 20,                // a few messages of NATS's 1 MiB default max payload, far under the 1000 of an atomic batch
 		MaxAttempts:     3,                      // a transient failure gets two retries
 		MaxValueSize:    256 << 10,              // leaves room under NATS's 1 MiB max payload
 		MaxEventSize:    256 << 10,              // same
 		MarkDelay:       500 * time.Millisecond, // far inside JetStream's 2 min duplicate window
-		PurgeEvery:      time.Second,            // one purge request a second at most
+		PurgeEvery:      time.Second,            // one trim request a second at most
 		CommitTimeout:   2 * time.Second,        // a commit takes ms; past this its outcome is read back, not waited for (a killed server never answers)
 		ProgressEvery:   3 * time.Second,        // restore progress in the logs
 		StoreCacheSize:  32 << 20,
@@ -240,6 +249,8 @@ func (c *Config) Validate() error {
 		return bad("batch size %d", c.BatchSize)
 	case c.MaxBatchRecords < 2:
 		return bad("max batch records %d: a commit needs room for a record and its meta", c.MaxBatchRecords)
+	case c.MaxBatchBytes < c.MaxValueSize || c.MaxBatchBytes < c.MaxEventSize:
+		return bad("max batch bytes %d: a commit needs room for the largest value (%d) and event (%d)", c.MaxBatchBytes, c.MaxValueSize, c.MaxEventSize)
 	case c.MaxAttempts < 1:
 		return bad("max attempts %d", c.MaxAttempts)
 	case c.MaxValueSize < 1 || c.MaxEventSize < 1:

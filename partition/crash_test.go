@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -53,30 +54,45 @@ const crashOutputs = 2
 func TestCrashBetweenCommitSteps(t *testing.T) {
 	srv := natstest.Start(t)
 	_, js := srv.Connect(t)
+	// A server that takes messages of at most 2 KiB: a commit's records no
+	// longer fit in one message, and each commit is an atomic batch of
+	// parts and its commit message.
+	small := natstest.StartWith(t, func(o *server.Options) { o.MaxPayload = 2 << 10 })
+	_, smallJS := small.Connect(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
-	// Stores without a changelog are rebuilt from the input stream where the
-	// local store is behind (a crash after the changelog commit) or lost.
-	for _, noChangelog := range []bool{false, true} {
-		hooks := []string{"AfterChangelog", "AfterLocal", "MidForward"}
-		prefix, typPrefix := "", "crash_"
-		if noChangelog {
-			hooks, prefix, typPrefix = hooks[:2], "NoChangelog/", "crash_nocl_"
-		}
-		modes := []string{"", "StoreLost", "StoreLostSnapshot"}
-		if noChangelog {
-			modes = modes[:2] // no snapshots without a changelog
-		}
-		for _, hook := range hooks {
-			for _, mode := range modes {
-				name, typ := prefix+hook, typPrefix+strings.ToLower(hook)
+	variants := []struct {
+		prefix, typPrefix string
+		srv               *natstest.Server
+		js                jetstream.JetStream
+		noChangelog       bool
+		hooks, modes      []string
+	}{
+		{"", "crash_", srv, js, false,
+			[]string{"AfterChangelog", "AfterLocal", "MidForward"}, []string{"", "StoreLost", "StoreLostSnapshot"}},
+		// Stores without a changelog are rebuilt from the input stream where
+		// the local store is behind (a crash after the changelog commit) or
+		// lost; they take no snapshots.
+		{"NoChangelog/", "crash_nocl_", srv, js, true,
+			[]string{"AfterChangelog", "AfterLocal"}, []string{"", "StoreLost"}},
+		// Snapshots upload chunks larger than the small server takes.
+		{"Parts/", "crash_parts_", small, smallJS, false,
+			[]string{"AfterChangelog", "AfterLocal", "MidForward"}, []string{"", "StoreLost"}},
+	}
+	for _, v := range variants {
+		for _, hook := range v.hooks {
+			for _, mode := range v.modes {
+				name, typ := v.prefix+hook, v.typPrefix+strings.ToLower(hook)
 				if mode != "" {
 					name, typ = name+"/"+mode, typ+"_"+strings.ToLower(mode)
 				}
 				storeLost, snapshots := mode != "", mode == "StoreLostSnapshot"
 				t.Run(name, func(t *testing.T) {
-					crashScenario(t, ctx, srv.URL(), js, typ, hook, storeLost, noChangelog, snapshots)
+					crashScenario(t, ctx, v.srv.URL(), v.js, typ, hook, storeLost, v.noChangelog, snapshots)
+					if v.srv == small {
+						checkParts(t, ctx, v.js, changelog.NewSubjects(typ, 0))
+					}
 				})
 			}
 		}
@@ -232,6 +248,24 @@ func crashScenario(t *testing.T, ctx context.Context, url string, js jetstream.J
 	}
 	if dl := streamMsgs(t, ctx, js, DLQStream(typ)); len(dl) != 0 {
 		t.Errorf("%d dead letters, want none", len(dl))
+	}
+}
+
+// checkParts fails t unless commits of the changelog s took parts.
+func checkParts(t *testing.T, ctx context.Context, js jetstream.JetStream, s changelog.Subjects) {
+	t.Helper()
+	st, err := js.Stream(ctx, s.Stream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(s.Parts()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := info.State.Subjects[s.Parts()]; n == 0 {
+		t.Errorf("no commit of %s took parts", s.Stream())
+	} else {
+		t.Logf("%d parts in %d messages", n, info.State.Msgs)
 	}
 }
 

@@ -95,7 +95,7 @@ func (a *partitionActor) upgrade(ctx context.Context) error {
 	limit := a.cfg.MaxBatchRecords - 1 // and the meta record
 	migrated := 0
 	for {
-		chunk, more, err := a.readChunk(after, limit)
+		chunk, more, err := a.readChunk(after, limit, a.cfg.MaxBatchBytes)
 		if err != nil {
 			return fmt.Errorf("migrate: read store: %w", err)
 		}
@@ -149,15 +149,17 @@ func (a *partitionActor) commitMigrated(ctx context.Context, through []byte) err
 // readChunk reads up to limit entries of the stores (not the internal keys,
 // which start with 0x00) after the local store key after, copied; more says
 // whether entries are left past them.
-func (a *partitionActor) readChunk(after []byte, limit int) (chunk []kv, more bool, err error) {
+func (a *partitionActor) readChunk(after []byte, limit, maxBytes int) (chunk []kv, more bool, err error) {
+	size := 0
 	fn := func(k, v []byte) error {
 		if len(k) == 0 || k[0] == 0 {
 			return nil // internal: changelog identity, pending outbox entries
 		}
-		if len(chunk) == limit {
+		if len(chunk) == limit || len(chunk) > 0 && size+len(k)+len(v) > maxBytes {
 			more = true
 			return errMigrateStop
 		}
+		size += len(k) + len(v)
 		chunk = append(chunk, kv{key: bytes.Clone(k), value: bytes.Clone(v)})
 		return nil
 	}

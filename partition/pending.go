@@ -13,8 +13,9 @@ import (
 )
 
 // An outbox entry that is committed and not known to be forwarded is kept in
-// the local store, under pendingKey of its changelog sequence, until a
-// forwarded mark covers it. The commit writes it, and so do restores and hot
+// the local store, under pendingKey of its place in the changelog (the
+// sequence of its message and its index there), until a forwarded mark
+// covers it. The commit writes it, and so do restores and hot
 // replicas from the changelog's outbox records; a restore reads the entries
 // back to forward them.
 //
@@ -33,18 +34,23 @@ const pendingTrailer = 8 + 4 + 8
 
 // pending is an outbox entry committed and not known to be forwarded.
 type pending struct {
-	seq uint64
+	seq uint64 // the sequence of its changelog message
+	key []byte // its local store key
 	out changelog.Outbox
 	at  time.Time // when it was committed; zero if unknown
 }
 
-// pendingKey is the local store key of the pending entry at changelog
-// sequence seq.
-func pendingKey(seq uint64) []byte {
-	return binary.BigEndian.AppendUint64([]byte(pendingKeyPrefix), seq)
+// pendingKey is the local store key of the pending entry that is record
+// index of the changelog message at seq.
+func pendingKey(seq uint64, index int) []byte {
+	k := make([]byte, 0, len(pendingKeyPrefix)+12)
+	k = binary.BigEndian.AppendUint64(append(k, pendingKeyPrefix...), seq)
+	return binary.BigEndian.AppendUint32(k, uint32(index))
 }
 
-// pendingSeq is the changelog sequence of the pending entry stored under key.
+// pendingSeq is the changelog sequence of the pending entry stored under
+// key. (Stores written before commits were framed, one record a message,
+// have keys without the index; they sort and parse the same.)
 func pendingSeq(key []byte) uint64 {
 	return binary.BigEndian.Uint64(key[len(pendingKeyPrefix):])
 }

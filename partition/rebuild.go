@@ -109,7 +109,7 @@ func (a *partitionActor) commitRebuilt() error {
 		return fmt.Errorf("rebuild: commit local store: %w", err)
 	}
 	clear(a.ws)
-	a.writes = a.writes[:0]
+	a.writes, a.batchBytes = a.writes[:0], 0
 	a.outbox, a.replies = a.outbox[:0], a.replies[:0]
 	return nil
 }

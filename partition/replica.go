@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -219,7 +220,7 @@ type replicaActor struct {
 	cancel  context.CancelFunc
 	done    chan struct{}
 	it      jetstream.MessagesContext // the tail's
-	pending []uint64                  // changelog sequences of outbox entries kept as pending
+	pending []pending                 // the outbox entries kept as pending (seq and key only)
 }
 
 // Started opens the store, checks that it belongs to the changelog, and
@@ -416,7 +417,7 @@ func (r *replicaActor) checkStore(ctx context.Context, cl jetstream.Stream) (sta
 func (r *replicaActor) loadPending() error {
 	r.pending = r.pending[:0]
 	return r.store.Iterate([]byte(pendingKeyPrefix), func(k, _ []byte) error {
-		r.pending = append(r.pending, pendingSeq(k))
+		r.pending = append(r.pending, pending{seq: pendingSeq(k), key: slices.Clone(k)})
 		return nil
 	})
 }
@@ -534,49 +535,50 @@ func (r *replicaActor) tail(ctx context.Context, it jetstream.MessagesContext, m
 		if err != nil {
 			return err
 		}
-		rec, err := r.subjects.Decode(msg.Subject(), msg.Headers(), msg.Data())
+		seq := md.Sequence.Stream
+		err = r.subjects.Records(msg.Subject(), msg.Data(), func(rec changelog.Record) error {
+			rec.Time = md.Timestamp
+			switch rec.Kind {
+			case changelog.KindMeta:
+				drop, err := rebuilds.meta(rec.Meta, seq)
+				if err != nil {
+					return err // the store holds state from before a rebuild: start over
+				}
+				if drop { // a rebuild starts: what the store holds is not the state any more
+					if err := b.Commit(); err != nil {
+						return err
+					}
+					b.Close()
+					if err := dropState(r.store); err != nil {
+						return err
+					}
+					b = r.store.NewBatch()
+				}
+				if err := r.refuses(rec.Meta, seq); err != nil {
+					// Not applied: the batch in hand (this record's batch) is
+					// dropped, and the replica stops with the error.
+					r.log.Error("the changelog holds state of a newer version than this replica's: stopped tailing", "err", err)
+					return err
+				}
+				if !rec.Meta.Continues(meta.MetaSeq, meta.Batch) {
+					return discontinuity(seq, rec.Meta, meta.MetaSeq)
+				}
+				meta.Offset, meta.Epoch = rec.Meta.Offset, max(meta.Epoch, rec.Meta.Epoch)
+				meta.Forwarded = max(meta.Forwarded, rec.Meta.Forwarded)
+				meta.Owner, meta.MetaSeq, meta.Batch = rec.Meta.Owner, seq, rec.Meta.Batch
+				meta = storeVersion(meta, rec.Meta)
+			case changelog.KindOutbox:
+				r.pending = append(r.pending, pending{seq: seq, key: pendingKey(seq, rec.Index)})
+			case changelog.KindSet, changelog.KindDelete:
+				rebuilds.record()
+			}
+			r.m.replicaRecords.Inc()
+			return applyRecord(b, seq, rec)
+		})
 		if err != nil {
 			return err
 		}
-		rec.Time = md.Timestamp
-		seq := md.Sequence.Stream
-		switch rec.Kind {
-		case changelog.KindMeta:
-			if err := rebuilds.meta(rec.Meta, seq); err != nil {
-				return err // the store holds state from before a rebuild: start over
-			}
-			if rec.Meta.Rebuilding && md.NumPending == 0 {
-				// A rebuild in progress, as far as the changelog goes: old
-				// state records may still be in it, and a replica holds
-				// nothing until the rebuild is done (versionrebuild.go). A
-				// rebuild's meta records with more records after them are
-				// passed: the rebuild check above tells whether the store
-				// holds old state.
-				return fmt.Errorf("%w: the state is being rebuilt from the input stream (changelog sequence %d)", errStoreAhead, seq)
-			}
-			if err := r.refuses(rec.Meta, seq); err != nil {
-				// Not applied: the batch in hand (this record's batch) is
-				// dropped, and the replica stops with the error.
-				r.log.Error("the changelog holds state of a newer version than this replica's: stopped tailing", "err", err)
-				return err
-			}
-			if !rec.Meta.Continues(meta.MetaSeq, meta.Batch) {
-				return discontinuity(seq, rec.Meta, meta.MetaSeq)
-			}
-			meta.Offset, meta.Epoch = rec.Meta.Offset, max(meta.Epoch, rec.Meta.Epoch)
-			meta.Forwarded = max(meta.Forwarded, rec.Meta.Forwarded)
-			meta.Owner, meta.MetaSeq, meta.Batch = rec.Meta.Owner, seq, rec.Meta.Batch
-			meta = storeVersion(meta, rec.Meta)
-		case changelog.KindOutbox:
-			r.pending = append(r.pending, seq)
-		case changelog.KindSet, changelog.KindDelete:
-			rebuilds.record()
-		}
-		if err := applyRecord(b, seq, rec); err != nil {
-			return err
-		}
 		meta.ChangelogSeq = seq
-		r.m.replicaRecords.Inc()
 		if md.NumPending > 0 && b.Len() < replicaBatch {
 			continue
 		}
@@ -584,8 +586,8 @@ func (r *replicaActor) tail(ctx context.Context, it jetstream.MessagesContext, m
 		// active's restore would.
 		n := 0
 		for _, p := range r.pending {
-			if p <= meta.Forwarded {
-				b.Delete(pendingKey(p))
+			if p.seq <= meta.Forwarded {
+				b.Delete(p.key)
 				continue
 			}
 			r.pending[n] = p

@@ -62,9 +62,12 @@ func (h *harness) runUntilSnapshots(cfg Config, n int, model map[string]uint64) 
 // changelogAfter counts the changelog records of partition 0 past seq.
 func (h *harness) changelogAfter(seq uint64) int {
 	n := 0
-	for _, m := range streamMsgs(h.t, h.ctx, h.js, changelog.NewSubjects(h.typ, 0).Stream()) {
+	cl := changelog.NewSubjects(h.typ, 0)
+	for _, m := range streamMsgs(h.t, h.ctx, h.js, cl.Stream()) {
 		if m.Sequence > seq {
-			n++
+			if err := cl.Records(m.Subject, m.Data, func(changelog.Record) error { n++; return nil }); err != nil {
+				h.t.Fatal(err)
+			}
 		}
 	}
 	return n

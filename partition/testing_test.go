@@ -13,7 +13,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/eddyrt/eddy/actor"
 	"github.com/eddyrt/eddy/changelog"
@@ -301,6 +300,6 @@ func lastMeta(ctx context.Context, js jetstream.JetStream, s changelog.Subjects)
 	if err != nil {
 		return changelog.Meta{}, false, err
 	}
-	var m changelog.Meta
-	return m, true, msgpack.Unmarshal(raw.Data, &m)
+	m, err := changelog.DecodeMeta(raw.Data)
+	return m, true, err
 }

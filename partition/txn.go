@@ -24,8 +24,9 @@ var (
 	ErrValueTooLarge = fmt.Errorf("eddy: value too large: %w", ErrPermanent)
 	// ErrUnknownStore means the handler named a store its actor type did not declare.
 	ErrUnknownStore = fmt.Errorf("unknown store: %w", ErrPermanent)
-	// ErrTooManyWrites means one event wrote more records than one commit can hold.
-	ErrTooManyWrites = fmt.Errorf("event writes more records than one commit holds: %w", ErrPermanent)
+	// ErrTooManyWrites means one event wrote more records, or more bytes,
+	// than one commit can hold (Config.MaxBatchRecords, MaxBatchBytes).
+	ErrTooManyWrites = fmt.Errorf("event writes more than one commit holds: %w", ErrPermanent)
 	// ErrInputGone means a store without a changelog (Config.NoChangelog)
 	// cannot be rebuilt: the input stream no longer holds events it needs.
 	ErrInputGone = errors.New("eddy: input stream no longer holds the events to rebuild from")
@@ -192,4 +193,21 @@ func (tx *Txn) reset(ev Event) {
 	tx.writes = tx.writes[:0]
 	tx.outbox = tx.outbox[:0]
 	tx.reply, tx.replied = nil, false
+}
+
+// size estimates the bytes the event's writes and outbox entries take in a
+// changelog commit: an upper bound, as a key written twice counts twice.
+func (tx *Txn) size() int {
+	const overhead = 16 // a record's kind and lengths, an outbox entry's offset and index
+	n := 0
+	for _, w := range tx.writes {
+		n += overhead + len(w.key) + len(w.value)
+	}
+	for _, o := range tx.outbox {
+		n += overhead + len(o.Subject) + len(o.MsgID) + len(o.Data)
+		for k, v := range o.Header {
+			n += len(k) + len(v) + 2
+		}
+	}
+	return n
 }

@@ -143,20 +143,26 @@ func newRebuildCheck(held statestore.Meta) rebuildCheck {
 // record notes a state record applied to the store.
 func (c *rebuildCheck) record() { c.holds = true }
 
-// meta returns errStoreAhead when the store holds state records and meets
-// the meta record m (at seq) of another rebuild than its state's. A store
-// that holds none (a reader that started empty, before records the
-// rebuild purged) takes m's rebuild as its own.
-func (c *rebuildCheck) meta(m changelog.Meta, seq uint64) error {
-	if m.RebuiltAt == c.rebuiltAt {
-		return nil
-	}
-	if c.holds {
-		return fmt.Errorf("%w: the meta record at changelog sequence %d is of the state rebuilt at %d, the local store of the state rebuilt at %d",
+// meta checks the meta record m (at seq) a reader meets. When m starts a
+// rebuild (its commit is the first at m.RebuiltAt, and holds no other
+// record: versionrebuild.go), drop is true: the values the store holds are
+// not part of the state from here on, and the reader drops them (keeping
+// its pending outbox entries) before it goes on. A store that holds no
+// state records takes m's rebuild as its own. Otherwise a store holding
+// state of another rebuild is errStoreAhead: it restored past the start of
+// m's rebuild (a trimmed changelog) and must restore from a snapshot.
+func (c *rebuildCheck) meta(m changelog.Meta, seq uint64) (drop bool, err error) {
+	switch {
+	case m.RebuiltAt == c.rebuiltAt:
+		return false, nil
+	case m.RebuiltAt != 0 && m.Prev+1 == m.RebuiltAt:
+		drop = c.holds
+	case c.holds:
+		return false, fmt.Errorf("%w: the meta record at changelog sequence %d is of the state rebuilt at %d, the local store of the state rebuilt at %d",
 			errStoreAhead, seq, m.RebuiltAt, c.rebuiltAt)
 	}
-	c.rebuiltAt = m.RebuiltAt
-	return nil
+	c.rebuiltAt, c.holds = m.RebuiltAt, false
+	return drop, nil
 }
 
 // found is the newest version state recorded in meta holds.

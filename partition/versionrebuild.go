@@ -26,20 +26,22 @@ import (
 //     version (older nodes refuse the partition from here on),
 //     Rebuilding, and RebuiltAt = its own changelog sequence R; the offset
 //     stays the one committed before;
-//  3. purge the state records below R from the changelog (the stream, its
-//     meta record and its unforwarded outbox entries stay), discard the
-//     local store and restore it from the changelog; the local store
-//     records that it is clean for R (rebuildCleanKey);
+//  3. drop every value from the local store (its pending outbox entries
+//     and meta stay) and apply the state records from R on, which an
+//     earlier attempt may have written; the local store records that it
+//     is clean for R (rebuildCleanKey);
 //  4. replay the input, committing the writes to the changelog with the
 //     progress (RebuiltThrough) in each meta record, so a crash resumes
 //     after the last event committed; a store that is not clean for R (an
 //     older one, a hot replica's) is discarded again first;
 //  5. commit a meta record without Rebuilding.
 //
-// Every later meta record keeps RebuiltAt: a local store or hot replica
-// holding state from before the rebuild sees another RebuiltAt and is
-// discarded and restored from the changelog. A hot replica starts over at
-// any meta record of a rebuild in progress, until it is done.
+// Every later meta record keeps RebuiltAt. The state records below R stay
+// in the changelog until a snapshot after the rebuild trims them: a reader
+// (a restore, a hot replica) that meets the meta record at R drops the
+// values it holds and goes on (rebuildCheck), and one that meets a later
+// meta record of another rebuild while it holds state is discarded and
+// restored.
 
 // rebuildCleanKey holds, in a local store's internal key space, the
 // RebuiltAt of the rebuild the store was emptied for.
@@ -59,6 +61,13 @@ func (a *partitionActor) rebuildVersion(ctx context.Context) error {
 		}
 		a.log.Info("rebuilding the state from the input stream for a new version (slow: every event runs again)",
 			"from_version", a.ver.version, "to_version", want, "to_offset", target)
+		if len(a.writes) > 0 || len(a.outbox) > 0 {
+			// The meta record at R must commit alone: a reader drops what it
+			// holds when it meets it, records of its commit included.
+			if err := a.commit(ctx); err != nil {
+				return err
+			}
+		}
 		a.ver = versionState{version: want, rebuilding: true, rebuiltAt: a.writer.Last() + 1, dirty: true}
 		if err := a.commit(ctx); err != nil {
 			return err
@@ -82,13 +91,12 @@ func (a *partitionActor) rebuildVersion(ctx context.Context) error {
 
 // cleanForRebuild makes sure the local store holds nothing from before the
 // rebuild that began at changelog sequence a.ver.rebuiltAt: unless it
-// records that it is clean for it, the old state records are purged from the
-// changelog, every value of the stores is deleted from the local store
-// (which the restore brought to the changelog's end: its pending outbox
-// entries and meta stay), and the state records from the rebuild's start
-// on, which an earlier attempt of it wrote, are applied again. The
-// changelog holds them all: no snapshot is taken, so nothing is trimmed,
-// while a rebuild runs; what a trim removed before it is not needed.
+// records that it is clean for it, every value of the stores is deleted
+// from the local store (which the restore brought to the changelog's end:
+// its pending outbox entries and meta stay), and the state records from
+// the rebuild's start on, which an earlier attempt of it wrote, are applied
+// again. The changelog holds them all: no snapshot is taken, so nothing is
+// trimmed, while a rebuild runs; what a trim removed before it is not needed.
 func (a *partitionActor) cleanForRebuild(ctx context.Context) error {
 	at := a.ver.rebuiltAt
 	v, err := a.store.Get([]byte(rebuildCleanKey))
@@ -98,12 +106,9 @@ func (a *partitionActor) cleanForRebuild(ctx context.Context) error {
 	case err != nil && !errors.Is(err, statestore.ErrNotFound):
 		return err
 	}
-	if err := changelog.PurgeState(ctx, a.cfg.JS, a.subjects, at); err != nil {
-		return err
-	}
 	last := a.writer.Last()
 	a.m.storeDiscards.Inc()
-	if err := a.dropState(); err != nil {
+	if err := dropState(a.store); err != nil {
 		return err
 	}
 	b := a.store.NewBatch()
@@ -124,17 +129,17 @@ func (a *partitionActor) cleanForRebuild(ctx context.Context) error {
 	if err := b.Commit(); err != nil {
 		return err
 	}
-	a.log.Info("purged the old state from the changelog and the local store", "rebuilt_at", at)
+	a.log.Info("dropped the old state from the local store", "rebuilt_at", at)
 	return nil
 }
 
-// dropState deletes every value of the stores from the local store,
+// dropState deletes every value of the stores from local store st,
 // keeping eddy's own keys (they start with 0: the changelog identity, the
 // pending outbox entries, the rebuild marker).
-func (a *partitionActor) dropState() error {
-	b := a.store.NewBatch()
+func dropState(st statestore.Store) error {
+	b := st.NewBatch()
 	defer func() { b.Close() }()
-	err := a.store.Iterate(nil, func(k, _ []byte) error {
+	err := st.Iterate(nil, func(k, _ []byte) error {
 		if len(k) == 0 || k[0] == 0 {
 			return nil
 		}
@@ -146,7 +151,7 @@ func (a *partitionActor) dropState() error {
 			return err
 		}
 		b.Close()
-		b = a.store.NewBatch()
+		b = st.NewBatch()
 		return nil
 	})
 	if err != nil {

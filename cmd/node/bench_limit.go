@@ -91,7 +91,7 @@ func (b *bench) limitPipeline(ctx context.Context, records int) (limit, error) {
 		if err != nil {
 			return l, err
 		}
-		m, err := s.Msg(&changelog.Record{Kind: changelog.KindSet, Store: partition.DefaultStore, Key: []byte("k" + strconv.Itoa(i)), Value: value})
+		m, err := s.PartMsg(changelog.Record{Kind: changelog.KindSet, Store: partition.DefaultStore, Key: []byte("k" + strconv.Itoa(i)), Value: value})
 		if err != nil {
 			return l, err
 		}

@@ -59,13 +59,14 @@ func startCommitLog(ctx context.Context, nc *nats.Conn, typ string, partitions i
 			if err != nil {
 				return
 			}
-			rec, err := s.Decode(msg.Subject(), msg.Headers(), msg.Data())
-			if err != nil || rec.Kind != changelog.KindMeta {
-				return
-			}
-			pc.mu.Lock()
-			pc.list = append(pc.list, commitRecord{at: md.Timestamp, epoch: rec.Meta.Epoch, offset: rec.Meta.Offset, seq: md.Sequence.Stream, prev: rec.Meta.Prev})
-			pc.mu.Unlock()
+			_ = s.Records(msg.Subject(), msg.Data(), func(rec changelog.Record) error {
+				if rec.Kind == changelog.KindMeta {
+					pc.mu.Lock()
+					pc.list = append(pc.list, commitRecord{at: md.Timestamp, epoch: rec.Meta.Epoch, offset: rec.Meta.Offset, seq: md.Sequence.Stream, prev: rec.Meta.Prev})
+					pc.mu.Unlock()
+				}
+				return nil
+			})
 		})
 		if err != nil {
 			l.stop()

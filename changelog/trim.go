@@ -7,22 +7,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// PurgeState removes the state records (values and tombstones of every
-// store) below sequence upTo (exclusive), keeping the stream, its meta
-// record and its outbox entries: the state is being rebuilt from the input
-// stream, and only records from upTo on belong to it. Purging again is
-// harmless.
-func PurgeState(ctx context.Context, js jetstream.JetStream, s Subjects, upTo uint64) error {
-	st, err := js.Stream(ctx, s.Stream())
-	if err != nil {
-		return fmt.Errorf("purge state %s: %w", s.Stream(), err)
-	}
-	if err := st.Purge(ctx, jetstream.WithPurgeSubject(s.State()), jetstream.WithPurgeSequence(upTo)); err != nil {
-		return fmt.Errorf("purge state %s: %w", s.Stream(), err)
-	}
-	return nil
-}
-
 // Trim removes every record below sequence upTo (exclusive): the records a
 // snapshot at upTo holds, or that are older. The caller keeps upTo at or
 // below the oldest snapshot it keeps, at a meta record, so that the
