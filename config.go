@@ -50,8 +50,10 @@ type Config struct {
 	MaxValueSize int
 	// MaxEventSize is the largest event processed; larger ones go to the dead-letter stream.
 	MaxEventSize int
-	// MaxBatchRecords is the NATS server's atomic batch limit (jetstream { limits { batch { max_msgs } } }).
+	// MaxBatchRecords is the most changelog records a partition commits at once.
 	MaxBatchRecords int
+	// MaxBatchBytes is the most bytes of changelog records a partition commits at once.
+	MaxBatchBytes int
 
 	// CacheSize is the block cache shared by all state stores of the node.
 	CacheSize int64
@@ -148,6 +150,7 @@ func DefaultConfig() Config {
 		MaxValueSize:       p.MaxValueSize,
 		MaxEventSize:       p.MaxEventSize,
 		MaxBatchRecords:    p.MaxBatchRecords,
+		MaxBatchBytes:      p.MaxBatchBytes,
 		StoreSync:          p.StoreSync,
 		CacheSize:          256 << 20,          // hot keys of every partition stay in memory (~3x faster gets than 8 MiB)
 		StreamReplicas:     1,                  // a single NATS server; use 3 on a NATS cluster
@@ -178,6 +181,8 @@ func (c *Config) Validate() error {
 		return bad("batch size, max attempts, max value and event size must be positive")
 	case c.MaxBatchRecords < 2:
 		return bad("max batch records %d", c.MaxBatchRecords)
+	case c.MaxBatchBytes < c.MaxValueSize || c.MaxBatchBytes < c.MaxEventSize:
+		return bad("max batch bytes %d: a commit needs room for the largest value and event", c.MaxBatchBytes)
 	case c.MaxValueSize >= 1<<20 || c.MaxEventSize >= 1<<20:
 		return bad("max value/event size must stay under NATS's 1 MiB max payload")
 	case c.StreamReplicas < 1 || c.StreamReplicas > 5:

@@ -21,14 +21,14 @@ import (
 	"github.com/eddyrt/eddy/internal/streams"
 )
 
-// connect connects to NATS, starting the embedded server if no URL is set,
-// waits for JetStream and makes the input, dead-letter and output streams
-// exist. It waits through NATS and JetStream not being up yet, within
-// Config.NATSWait and ctx.
 // outboxInFlight is how many outbox forwards a node keeps in flight: a
 // few full batches of every partition (MaxBatchRecords each).
 const outboxInFlight = 64 << 10
 
+// connect connects to NATS, starting the embedded server if no URL is set,
+// waits for JetStream and makes the input, dead-letter and output streams
+// exist. It waits through NATS and JetStream not being up yet, within
+// Config.NATSWait and ctx.
 func (n *Node) connect(ctx context.Context) error {
 	if err := os.MkdirAll(n.cfg.DataDir, 0o755); err != nil {
 		return fmt.Errorf("data dir: %w", err)

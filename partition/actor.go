@@ -297,7 +297,7 @@ func (a *partitionActor) Started(c *actor.Context) error {
 	}
 	a.changelogID = changelogID(a.cl)
 	ensured := time.Now()
-	// The first trim of a changelog without state waits PurgeEvery: it
+	// The first trim of a changelog without state waits TrimEvery: it
 	// costs a JetStream API call that a promotion or handover should not
 	// wait for.
 	a.lastTrim = ensured
@@ -1273,7 +1273,7 @@ func (a *partitionActor) armMark() {
 // forwarded mark are needed no more. (A changelog with state is trimmed
 // below its snapshots: snapshot.go.)
 func (a *partitionActor) maybeTrim(ctx context.Context) {
-	if !a.cfg.NoChangelog || a.markCommitted <= a.trimmed || time.Since(a.lastTrim) < a.cfg.PurgeEvery {
+	if !a.cfg.NoChangelog || a.markCommitted <= a.trimmed || time.Since(a.lastTrim) < a.cfg.TrimEvery {
 		return
 	}
 	if err := changelog.Trim(ctx, a.cfg.JS, a.subjects, a.markCommitted+1); err != nil {

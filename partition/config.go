@@ -153,10 +153,10 @@ type Config struct {
 	// MarkDelay is how soon an idle partition commits its outbox "forwarded" mark,
 	// so that a failover never re-forwards outside the targets' duplicate window.
 	MarkDelay time.Duration
-	// PurgeEvery is the least time between trims of a changelog without
+	// TrimEvery is the least time between trims of a changelog without
 	// state (NoChangelog): below its committed forwarded mark, it holds
 	// nothing a restore needs.
-	PurgeEvery time.Duration
+	TrimEvery time.Duration
 	// CommitTimeout bounds one attempt of a changelog commit or forward:
 	// past it the outcome is unknown, and read back from the changelog.
 	CommitTimeout time.Duration
@@ -205,7 +205,7 @@ func DefaultConfig() Config {
 		MaxValueSize:    256 << 10,              // leaves room under NATS's 1 MiB max payload
 		MaxEventSize:    256 << 10,              // same
 		MarkDelay:       500 * time.Millisecond, // far inside JetStream's 2 min duplicate window
-		PurgeEvery:      time.Second,            // one trim request a second at most
+		TrimEvery:       time.Second,            // one trim request a second at most
 		CommitTimeout:   2 * time.Second,        // a commit takes ms; past this its outcome is read back, not waited for (a killed server never answers)
 		ProgressEvery:   3 * time.Second,        // restore progress in the logs
 		StoreCacheSize:  32 << 20,

@@ -115,7 +115,6 @@ func TestForwardedMarkNeverRegresses(t *testing.T) {
 	metrics := NewMetrics(nil)
 	cfg := h.config(0, countAndEmit(subject, 1))
 	cfg.Metrics = metrics
-	cfg.PurgeEvery = time.Hour // keep forwarded entries in the changelog: only the mark covers them
 	forwarded := func() float64 {
 		var m dto.Metric
 		if err := metrics.forwarded.WithLabelValues(h.typ, "0").Write(&m); err != nil {
