@@ -14,7 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/eddyrt/eddy/actor"
@@ -197,6 +196,7 @@ type partitionActor struct {
 	trimmed       uint64 // a changelog without state is trimmed below it (maybeTrim)
 	lastTrim      time.Time
 	markTimer     *time.Timer
+	fwd           forwarder // the outbox entries in flight (forward.go)
 	pendingOut    []pending
 	batchBytes    int // the bytes of the batch's records, estimated as its events ran (Txn.size)
 
@@ -353,9 +353,7 @@ func (a *partitionActor) Started(c *actor.Context) error {
 	// those found there are not forwarded again.
 	outs, there, err := a.checkOutbox(ctx, a.pendingOut)
 	if err == nil {
-		err = a.markForwarded(there)
-	}
-	if err == nil {
+		a.markForwarded(there)
 		err = a.forward(ctx, outs)
 	}
 	if errors.Is(err, errAbandoned) {
@@ -795,6 +793,7 @@ func (a *partitionActor) Stopped(c *actor.Context) {
 	if a.released.Load() {
 		a.quiesce() // its last commit is in Status: the new owner need not wait for the store to close
 	}
+	a.stopForward()
 	a.stopReader()
 	a.stopSnapshots()
 	a.early.discard() // Started failed after fencing
@@ -852,6 +851,11 @@ func (a *partitionActor) receive(c *actor.Context, msg any) error {
 			return err
 		}
 		return a.restartReader(c.Context())
+	case forwardDone:
+		if m.from != a || m.g != a.fwd.g || a.abandoned {
+			return nil
+		}
+		return a.finishForward(c.Context())
 	case markTick:
 		if m.from != a || a.forwarded <= a.markCommitted || a.abandoned {
 			return nil
@@ -1111,6 +1115,9 @@ func (a *partitionActor) commit(ctx context.Context) error {
 		b.Set(k, v)
 		outs[i] = pending{seq: seq, key: k, out: a.outbox[i], at: now}
 	}
+	for _, k := range a.fwd.forwardedKeys {
+		b.Delete(k)
+	}
 	b.SetMeta(a.ver.stampStore(statestore.Meta{Offset: a.offset, ChangelogSeq: last, Epoch: a.epoch, Forwarded: mark,
 		Owner: a.cfg.Owner, MetaSeq: last, Batch: recs[len(recs)-1].Meta.Batch}))
 	err = b.Commit()
@@ -1118,6 +1125,7 @@ func (a *partitionActor) commit(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("commit local store: %w", err)
 	}
+	a.fwd.forwardedKeys = a.fwd.forwardedKeys[:0]
 	if h := a.cfg.Hooks.AfterLocal; h != nil {
 		h()
 	}
@@ -1137,135 +1145,14 @@ func (a *partitionActor) commit(ctx context.Context) error {
 	clear(a.ws)
 	a.writes, a.outbox, a.batchBytes = a.writes[:0], a.outbox[:0], 0
 
-	if err := a.forward(ctx, outs); err != nil {
+	err = a.startForward(ctx, outs, a.replies)
+	a.replies = a.replies[:0]
+	if err != nil {
 		return err
 	}
-	for _, r := range a.replies {
-		if err := a.cfg.Conn.Publish(r.inbox, r.data); err != nil {
-			a.log.Warn("reply lost; the client will time out", "err", err)
-		}
-	}
-	a.replies = a.replies[:0]
 	a.maybeTrim(ctx)
 	a.maybeSnapshot()
 	return nil
-}
-
-// forward publishes outbox entries with their message ids and waits for every
-// acknowledgement; the targets deduplicate entries forwarded before a crash.
-// A failure (NATS away, a target stream without a leader) is retried in
-// place, publishing the same entries again, until they are all acknowledged
-// or the actor is asked to stop (errAbandoned).
-func (a *partitionActor) forward(ctx context.Context, outs []pending) error {
-	if len(outs) == 0 {
-		return nil
-	}
-	var since, lastLog time.Time
-	wait := retryMinBackoff
-	for {
-		err := a.publishOutbox(ctx, outs)
-		if err == nil {
-			break
-		}
-		switch {
-		case since.IsZero():
-			since, lastLog = time.Now(), time.Now()
-			a.log.Warn("forwarding the outbox failed; retrying", "err", err, "entries", len(outs))
-		case time.Since(lastLog) >= retryLogEvery:
-			lastLog = time.Now()
-			a.log.Warn("forwarding the outbox still fails; retrying", "err", err, "for", time.Since(since).Round(time.Second))
-		}
-		a.status.setState(StateRetrying, err)
-		if !a.sleep(ctx, &wait) {
-			return errAbandoned
-		}
-	}
-	if !since.IsZero() {
-		a.log.Info("outbox forwarded after retries", "took", time.Since(since).Round(time.Millisecond))
-		if a.started {
-			a.publishStatus(StateRunning)
-		}
-	}
-	a.m.forwarded.Add(float64(len(outs)))
-	return a.markForwarded(outs)
-}
-
-// publishOutbox publishes outs once and waits for their acknowledgements.
-func (a *partitionActor) publishOutbox(ctx context.Context, outs []pending) error {
-	futures := make([]jetstream.PubAckFuture, 0, len(outs))
-	for i, p := range outs {
-		m := &nats.Msg{Subject: p.out.Subject, Data: p.out.Data, Header: nats.Header{}}
-		for k, v := range p.out.Header {
-			m.Header.Set(k, v)
-		}
-		m.Header.Set(jetstream.MsgIDHeader, p.out.MsgID)
-		f, err := a.cfg.JS.PublishMsgAsync(m, jetstream.WithStallWait(a.cfg.CommitTimeout))
-		if err != nil {
-			return fmt.Errorf("forward outbox to %s: %w", p.out.Subject, err)
-		}
-		futures = append(futures, f)
-		if i == 0 && len(outs) > 1 {
-			if h := a.cfg.Hooks.MidForward; h != nil {
-				// A future delivers its ack once: take it here, and do not wait
-				// for it again below.
-				select {
-				case <-f.Ok():
-				case err := <-f.Err():
-					return fmt.Errorf("forward outbox to %s: %w", p.out.Subject, err)
-				}
-				futures[0] = nil
-				h()
-			}
-		}
-	}
-	timeout := time.NewTimer(a.cfg.CommitTimeout)
-	defer timeout.Stop()
-	for i, f := range futures {
-		if f == nil {
-			continue // acknowledged already
-		}
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			return fmt.Errorf("forward outbox to %s: %w", outs[i].out.Subject, err)
-		case <-timeout.C:
-			return fmt.Errorf("forward outbox to %s: timed out", outs[i].out.Subject)
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-	return nil
-}
-
-// markForwarded drops forwarded entries from the local store; the mark
-// reaches the changelog with the next commit, or after MarkDelay when idle.
-func (a *partitionActor) markForwarded(outs []pending) error {
-	if len(outs) == 0 {
-		return nil
-	}
-	b := a.store.NewBatch()
-	defer b.Close()
-	for _, p := range outs {
-		b.Delete(p.key)
-		a.forwarded = max(a.forwarded, p.seq)
-	}
-	if err := b.Commit(); err != nil {
-		return fmt.Errorf("drop forwarded outbox entries: %w", err)
-	}
-	a.armMark()
-	return nil
-}
-
-func (a *partitionActor) armMark() {
-	if a.self == nil {
-		return
-	}
-	if a.markTimer == nil {
-		self, from := a.self, a
-		a.markTimer = time.AfterFunc(a.cfg.MarkDelay, func() { _ = self.TrySend(markTick{from: from}) })
-		return
-	}
-	a.markTimer.Reset(a.cfg.MarkDelay)
 }
 
 // maybeTrim trims the changelog of stores without one (NoChangelog): it

@@ -159,7 +159,12 @@ func (lb *latencyBench) run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	defer func() { err = errors.Join(err, stopNode(node)) }()
+	nodeUp := true
+	defer func() {
+		if nodeUp {
+			err = errors.Join(err, stopNode(node))
+		}
+	}()
 	if err := waitRunning(ctx, node); err != nil {
 		return err
 	}
@@ -207,7 +212,87 @@ func (lb *latencyBench) run(ctx context.Context) (err error) {
 		return fmt.Errorf("load at %.0f ev/s: %w", target, err)
 	}
 	after := commitHistogram(reg)
-	return lb.report(s, target, maxRate, took, after.minus(before))
+	eddyP99, err := lb.report(s, target, maxRate, took, after.minus(before))
+	if err != nil {
+		return err
+	}
+
+	// The same load through a raw pipeline of NATS alone, on the same
+	// server: the floor eddy's latency stands on at this rate on this machine.
+	lb.commits.stop()
+	nodeUp = false
+	if err := stopNode(node); err != nil {
+		return err
+	}
+	stopRaw, err := lb.rawPipeline(ctx)
+	if err != nil {
+		return err
+	}
+	defer stopRaw()
+	took, err = lb.phase(ctx, "latency-raw", func(ctx context.Context) (took time.Duration, err error) {
+		s, took, err = lb.load(ctx, target)
+		return took, err
+	})
+	if err != nil {
+		return fmt.Errorf("raw pipeline at %.0f ev/s: %w", target, err)
+	}
+	lat := lb.latencies(s, target)
+	rawP99 := quantile(lat, 0.99)
+	lb.printf("  raw pipeline (an ordered consumer per partition, an async publish with a message id per event, no state, no changelog): %.0f ev/s",
+		rate(len(s.seenAt), took))
+	lb.printf("bench: latency raw p50=%.2f p99=%.2f p999=%.2f eddy_p99/raw_p99=%.2f",
+		ms(quantile(lat, 0.5)), ms(rawP99), ms(quantile(lat, 0.999)), float64(eddyP99)/float64(max(rawP99, 1)))
+	return nil
+}
+
+// rawPipeline reads each partition of the input with an ordered consumer
+// from its end on and publishes, per event, what the bench's actor type
+// emits (without its count): the output with a message id, asynchronously.
+func (lb *latencyBench) rawPipeline(ctx context.Context) (stop func(), err error) {
+	nc, err := nats.Connect(lb.srv.ClientURL(), nats.Name("eddy bench latency raw pipeline"))
+	if err != nil {
+		return nil, err
+	}
+	stops := []func(){nc.Close}
+	stop = func() {
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
+		}
+	}
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(lb.o.inFlight))
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	for p := range lb.o.partitions {
+		cons, err := js.OrderedConsumer(ctx, latencyType, jetstream.OrderedConsumerConfig{
+			FilterSubjects: []string{lb.in.Filter(p)}, DeliverPolicy: jetstream.DeliverNewPolicy})
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		msgID := latencyType + "/" + strconv.Itoa(p) + "/"
+		cc, err := cons.Consume(func(msg jetstream.Msg) {
+			md, err := msg.Metadata()
+			if err != nil || len(msg.Data()) < 8 {
+				return
+			}
+			data, err := msgpack.Marshal(binary.BigEndian.Uint64(msg.Data()))
+			if err != nil {
+				return
+			}
+			key := msg.Headers().Get(partition.HeaderKey)
+			out := &nats.Msg{Subject: partition.InputSubject(latencyOutput, key), Data: data, Header: nats.Header{}}
+			out.Header.Set(jetstream.MsgIDHeader, msgID+strconv.FormatUint(md.Sequence.Stream, 10)+"/0")
+			_, _ = js.PublishMsgAsync(out, jetstream.WithStallWait(time.Minute))
+		})
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		stops = append(stops, cc.Stop)
+	}
+	return stop, nil
 }
 
 // emitEvent is the latency bench's actor type: it counts the events of each
@@ -389,18 +474,30 @@ func (lb *latencyBench) load(ctx context.Context, perSecond float64) (*samples, 
 	return s, took, nil
 }
 
-// report prints where the latency goes and the bench's result lines.
-func (lb *latencyBench) report(s *samples, target, maxRate float64, took time.Duration, h histogram) error {
+// latencies returns the end-to-end latencies of s past the warm-up, sorted.
+func (lb *latencyBench) latencies(s *samples, target float64) []time.Duration {
+	n := len(s.seenAt)
+	var lat []time.Duration
+	for id := min(n, int(target*lb.o.warmup.Seconds())); id < n; id++ {
+		// An output can be seen before the client has handled its input's
+		// ack (they come on connections of their own): that counts as 0.
+		lat = append(lat, time.Duration(max(s.seenAt[id].Load()-s.ackAt[id].Load(), 0)))
+	}
+	slices.Sort(lat)
+	return lat
+}
+
+// report prints where the latency goes and the bench's result lines, and
+// returns the p99 latency.
+func (lb *latencyBench) report(s *samples, target, maxRate float64, took time.Duration, h histogram) (time.Duration, error) {
 	o := lb.o
 	n := len(s.seenAt)
 	skip := min(n, int(target*o.warmup.Seconds()))
-	var lat, pubAck, toCommit, toStored, toSeen []time.Duration
+	lat := lb.latencies(s, target)
+	var pubAck, toCommit, toStored, toSeen []time.Duration
 	perCommit := map[commitRef]int{} // events per commit that had any
 	for id := skip; id < n; id++ {
 		ack, seen, stored := s.ackAt[id].Load(), s.seenAt[id].Load(), s.storedAt[id].Load()
-		// An output can be seen before the client has handled its input's
-		// ack (they come on connections of their own): that counts as 0.
-		lat = append(lat, time.Duration(max(seen-ack, 0)))
 		pubAck = append(pubAck, time.Duration(ack-s.pubAt[id]))
 		ref, at, ok := lb.commits.of(lb.part[s.key[id]], s.inSeq[id].Load())
 		if !ok {
@@ -413,9 +510,9 @@ func (lb *latencyBench) report(s *samples, target, maxRate float64, took time.Du
 		toSeen = append(toSeen, time.Duration(seen-stored))
 	}
 	if len(lat) == 0 {
-		return errors.New("no samples past the warm-up")
+		return 0, errors.New("no samples past the warm-up")
 	}
-	for _, ds := range [][]time.Duration{lat, pubAck, toCommit, toStored, toSeen} {
+	for _, ds := range [][]time.Duration{pubAck, toCommit, toStored, toSeen} {
 		slices.Sort(ds)
 	}
 	achieved := rate(n, took)
@@ -434,7 +531,7 @@ func (lb *latencyBench) report(s *samples, target, maxRate float64, took time.Du
 		maxField = "unmeasured" // --rate was given
 	}
 	lb.printf("bench: latency max_rate=%s samples=%d", maxField, len(lat))
-	return nil
+	return quantile(lat, 0.99), nil
 }
 
 // printCommits prints the commits of the load: how many events each took,
@@ -509,13 +606,13 @@ func (l *commitLog) of(p int, seq uint64) (commitRef, time.Time, bool) {
 	return commitRef{p, i}, pc.list[i].at, true
 }
 
-// records is how many changelog records the commit wrote, its meta record included.
+// records is how many changelog records the commit message of ref holds,
+// its meta record included (a commit larger than a message has more, in parts).
 func (l *commitLog) records(ref commitRef) int {
 	pc := &l.commits[ref.partition]
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
-	c := pc.list[ref.i]
-	return int(c.seq - c.prev)
+	return pc.list[ref.i].records
 }
 
 // gaps returns the time between each partition's consecutive commits after since.

@@ -32,6 +32,7 @@ type commitRecord struct {
 	epoch     uint64 // of the owner that committed
 	offset    uint64 // the input sequence of its last event
 	seq, prev uint64 // the meta record's changelog sequence, and the last before the batch
+	records   int    // the records of its commit message, the meta record included
 }
 
 // commitRef names one commit: a partition and its index in the log.
@@ -62,7 +63,7 @@ func startCommitLog(ctx context.Context, nc *nats.Conn, typ string, partitions i
 			_ = s.Records(msg.Subject(), msg.Data(), func(rec changelog.Record) error {
 				if rec.Kind == changelog.KindMeta {
 					pc.mu.Lock()
-					pc.list = append(pc.list, commitRecord{at: md.Timestamp, epoch: rec.Meta.Epoch, offset: rec.Meta.Offset, seq: md.Sequence.Stream, prev: rec.Meta.Prev})
+					pc.list = append(pc.list, commitRecord{at: md.Timestamp, epoch: rec.Meta.Epoch, offset: rec.Meta.Offset, seq: md.Sequence.Stream, prev: rec.Meta.Prev, records: rec.Index + 1})
 					pc.mu.Unlock()
 				}
 				return nil
