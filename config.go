@@ -58,8 +58,9 @@ type Config struct {
 	// CacheSize is the block cache shared by all state stores of the node.
 	CacheSize int64
 	// StoreSync fsyncs each partition's local store once per commit, so that
-	// a restart after a crash restores from the local store plus the changelog
-	// tail rather than the whole changelog. The changelog stays the truth either way.
+	// a restart after a crash replays a shorter changelog tail. Off by
+	// default: the changelog is the truth, and a tail replays fast. Stores
+	// without a changelog are always synced.
 	StoreSync bool
 	// StreamReplicas is the JetStream replication of the streams eddy creates.
 	StreamReplicas int

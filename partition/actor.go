@@ -460,7 +460,7 @@ func openStore(cfg *Config) (*statestore.Pebble, error) {
 		Cache:        cfg.Cache,
 		CacheSize:    cfg.StoreCacheSize,
 		MemTableSize: 16 << 20,
-		Sync:         cfg.StoreSync,
+		Sync:         cfg.StoreSync || cfg.NoChangelog, // without a changelog, a lost tail is a rebuild from the input
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)

@@ -8,9 +8,9 @@
 // sequence recorded in the store's Meta (or replays the whole changelog into an
 // empty store). That is why a batch commit need not fsync for correctness: a
 // write lost in a crash is still in the changelog and is applied again on
-// restore. (Partition actors do fsync once per commit by default,
-// partition.Config.StoreSync, so that a restart replays a short tail rather
-// than the whole changelog.)
+// restore. (Partition actors can fsync once per commit,
+// partition.Config.StoreSync, so that a restart replays a shorter tail; those
+// of stores without a changelog always do.)
 // Hot replicas use the same store type, fed by tailing the changelog.
 //
 // Each Batch lands atomically together with a Meta (input offset, changelog
