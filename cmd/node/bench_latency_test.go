@@ -20,6 +20,7 @@ func TestBenchLatencyTiny(t *testing.T) {
 	for _, re := range []string{
 		`(?m)^bench: latency p50=\d+\.\d\d p99=\d+\.\d\d p999=\d+\.\d\d rate=\d+$`,
 		`(?m)^bench: latency max_rate=\d+ samples=[1-9]\d*$`,
+		`(?m)^bench: latency raw p50=\d+\.\d\d p99=\d+\.\d\d p999=\d+\.\d\d eddy_p99/raw_p99=\d+\.\d\d$`,
 	} {
 		if !regexp.MustCompile(re).MatchString(out.String()) {
 			t.Errorf("output lacks a line matching %s:\n%s", re, out.String())
