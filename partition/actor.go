@@ -703,6 +703,9 @@ func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 		meta.Offset = last.Offset
 	}
 	a.m.restoreRecords.Add(float64(applied))
+	if full {
+		a.snap.records = applied // no snapshot holds them: see startSnapshots
+	}
 	if applied > 0 {
 		el := time.Since(start)
 		a.log.Info("restored from changelog", "records", applied, "full", full, "took", el.Round(time.Millisecond),
@@ -1132,6 +1135,7 @@ func (a *partitionActor) commit(ctx context.Context) error {
 	a.m.commits.Inc()
 	a.m.commitSeconds.Observe(time.Since(start).Seconds())
 	a.m.changelogRecords.Add(float64(len(recs)))
+	a.snap.records += uint64(len(recs))
 	a.m.offset.Set(float64(a.offset))
 	a.inputLag, a.lastCommit = a.readLag, time.Now()
 	a.m.inputLag.Set(float64(a.inputLag))

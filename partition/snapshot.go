@@ -61,6 +61,7 @@ type checkpointer interface {
 // actor owns (stopped and waited for in Stopped).
 type snapshots struct {
 	lastSeq  uint64    // changelog sequence of the last snapshot taken (or restored, or of the start)
+	records  uint64    // changelog records committed since (or replayed, after a whole-changelog restore)
 	lastAt   time.Time // when it was taken
 	timer    *time.Timer
 	busy     atomic.Bool // an upload runs
@@ -148,7 +149,7 @@ func (a *partitionActor) maybeSnapshot() {
 	if last <= a.snap.lastSeq {
 		return
 	}
-	byCount := a.cfg.SnapshotEvery > 0 && last-a.snap.lastSeq >= a.cfg.SnapshotEvery
+	byCount := a.cfg.SnapshotEvery > 0 && a.snap.records >= a.cfg.SnapshotEvery
 	byTime := a.cfg.SnapshotInterval > 0 && time.Since(a.snap.lastAt) >= a.cfg.SnapshotInterval
 	if !byCount && !byTime {
 		return
@@ -159,7 +160,7 @@ func (a *partitionActor) maybeSnapshot() {
 		a.m.snapshotFailures.Inc()
 		a.log.Warn("snapshot failed", "changelog_seq", last, "err", err)
 	}
-	a.snap.lastSeq, a.snap.lastAt = last, time.Now()
+	a.snap.lastSeq, a.snap.lastAt, a.snap.records = last, time.Now(), 0
 	a.armSnapshotTimer()
 }
 
@@ -303,7 +304,7 @@ func (a *partitionActor) snapshotRequested() (*uploadDone, error) {
 		a.m.snapshotFailures.Inc()
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
-	a.snap.lastSeq, a.snap.lastAt = last, time.Now()
+	a.snap.lastSeq, a.snap.lastAt, a.snap.records = last, time.Now(), 0
 	a.armSnapshotTimer()
 	return a.snap.cur, nil
 }
@@ -357,7 +358,7 @@ func (a *partitionActor) restoreSnapshot(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	m := got.Manifest
-	a.snap.lastSeq = m.ChangelogSeq
+	a.snap.lastSeq, a.snap.records = m.ChangelogSeq, 0
 	a.status.update(func(s *Status) {
 		s.Snapshot = &SnapshotStatus{ChangelogSeq: m.ChangelogSeq, Offset: m.Offset, Created: m.Created,
 			Files: len(m.Files), Bytes: m.Size(), Restored: true}

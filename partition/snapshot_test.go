@@ -290,3 +290,27 @@ func TestSnapshotNow(t *testing.T) {
 		t.Fatalf("%d manifests after asking twice with nothing new; want 1", len(ms))
 	}
 }
+
+// SnapshotEvery counts changelog records, not changelog messages: a commit
+// is one message however many records it holds.
+func TestSnapshotEveryCountsRecords(t *testing.T) {
+	h := newHarness(t, "snaprecs", 1)
+	for i := range 40 { // one batch: 40 values and a meta record in one message
+		h.publish("k"+strconv.Itoa(i), nil)
+	}
+	cfg := h.config(0, counter)
+	cfg.SnapshotEvery, cfg.SnapshotInterval = 30, 0
+	a := h.start(cfg)
+	h.waitOffset(a, 0)
+	if seq := a.Status().ChangelogSeq; seq >= cfg.SnapshotEvery {
+		t.Fatalf("the changelog took %d messages for one batch: the test needs fewer than %d", seq, cfg.SnapshotEvery)
+	}
+	testkit.WaitFor(t, waitTimeout, "a snapshot after 40 records", func() bool {
+		b, err := snapshot.Lookup(h.ctx, h.js, h.typ, snapshot.DefaultConfig())
+		if err != nil {
+			return false
+		}
+		ms, err := b.Manifests(h.ctx, 0)
+		return err == nil && len(ms) > 0
+	})
+}
