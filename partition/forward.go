@@ -86,28 +86,16 @@ func (a *partitionActor) startForward(ctx context.Context, outs []pending, repli
 		a.fwd.ctx, a.fwd.cancel = context.WithCancel(context.Background())
 	}
 	a.fwd.wg.Add(1)
-	go func(ctx context.Context, self interface {
-		Send(context.Context, any) error
-	}) {
+	stop, self := a.fwd.ctx, a.self
+	go func() {
 		defer a.fwd.wg.Done()
-		g.err = a.awaitAcks(ctx, outs, futures)
+		g.err = a.awaitAcks(stop, outs, futures)
 		close(g.done)
-		if self != nil {
-			_ = self.Send(ctx, forwardDone{from: a, g: g}) // ErrStopped: Stopped collects it
+		if self != nil { // nil when a test drives the actor's methods directly
+			_ = self.Send(stop, forwardDone{from: a, g: g}) // ErrStopped: Stopped collects it
 		}
-	}(a.fwd.ctx, a.selfSender())
+	}()
 	return nil
-}
-
-// selfSender is the actor's own mailbox, or nil outside an actor (tests
-// that drive a partitionActor directly).
-func (a *partitionActor) selfSender() interface {
-	Send(context.Context, any) error
-} {
-	if a.self == nil {
-		return nil
-	}
-	return a.self
 }
 
 // finishForward waits for the group in flight, if any: once its entries
