@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/eddyrt/eddy/changelog"
 	"github.com/eddyrt/eddy/internal/natsproc"
 	"github.com/eddyrt/eddy/internal/testkit"
 )
@@ -180,12 +181,23 @@ func (c *killConn) RequestMsgWithContext(ctx context.Context, m *nats.Msg) (*nat
 // The actor must resolve each commit by reading the changelog back, never
 // fence itself, and count every event once.
 func TestNATSServerKilledMidCommit(t *testing.T) {
+	killedMidCommit(t, "killed", nil)
+}
+
+// TestNATSServerKilledMidLargeCommit is TestNATSServerKilledMidCommit on a
+// server that takes messages of at most 2 KiB: every commit is an atomic
+// batch of parts and its commit message, killed after all of them left.
+func TestNATSServerKilledMidLargeCommit(t *testing.T) {
+	killedMidCommit(t, "killedparts", []string{"max_payload: 2048"})
+}
+
+func killedMidCommit(t *testing.T, typ string, extraConfig []string) {
 	if testing.Short() {
 		t.Skip("runs nats-server processes")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	srv, err := natsproc.Start(natsproc.Config{Servers: 1, Dir: t.TempDir()})
+	srv, err := natsproc.Start(natsproc.Config{Servers: 1, Dir: t.TempDir(), ExtraConfig: extraConfig})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,14 +205,14 @@ func TestNATSServerKilledMidCommit(t *testing.T) {
 	if err := srv.WaitReady(ctx); err != nil {
 		t.Fatal(err)
 	}
-	h := newHarnessOn(t, ctx, srv.ConnectURL(), "killed", 1)
+	h := newHarnessOn(t, ctx, srv.ConnectURL(), typ, 1)
 	const events, keys = 600, 7
-	out := "out.killed"
-	ensureOutput(t, ctx, h.js, "killed_out", out)
+	out := "out." + typ
+	ensureOutput(t, ctx, h.js, typ+"_out", out)
 
 	kc := &killConn{Conn: h.nc, srv: srv, kills: map[int]bool{3: true, 8: true, 13: true}, killed: make(chan int, 3)}
 	cfg := h.config(0, countAndEmit(out, 1))
-	cfg.Epoch, cfg.Owner = 7, "n1/killed"
+	cfg.Epoch, cfg.Owner = 7, "n1/"+typ
 	cfg.BatchSize = 20
 	cfg.CommitTimeout = 2 * time.Second
 	cfg.Hooks.Conn = kc
@@ -245,9 +257,12 @@ func TestNATSServerKilledMidCommit(t *testing.T) {
 			t.Errorf("%s = %d, want %d", key, got, want)
 		}
 	}
-	testkit.WaitFor(t, waitTimeout, "every output forwarded", func() bool { return len(streamMsgs(t, ctx, h.js, "killed_out")) >= events })
-	if ids := byMsgID(t, streamMsgs(t, ctx, h.js, "killed_out")); len(ids) != events {
+	testkit.WaitFor(t, waitTimeout, "every output forwarded", func() bool { return len(streamMsgs(t, ctx, h.js, typ+"_out")) >= events })
+	if ids := byMsgID(t, streamMsgs(t, ctx, h.js, typ+"_out")); len(ids) != events {
 		t.Errorf("%d outputs, want %d", len(ids), events)
+	}
+	if extraConfig != nil {
+		checkParts(t, ctx, h.js, changelog.NewSubjects(typ, 0))
 	}
 	if err := a.Stop(ctx); err != nil || a.Err() != nil {
 		t.Fatalf("stop: %v, actor ended with %v", err, a.Err())
