@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/eddyrt/eddy/changelog"
@@ -65,8 +66,17 @@ func (h *harness) checkPromoted(p *Actor, m *Metrics, keys int, events uint64) f
 // commits; when the active stops and a partition actor with a newer epoch
 // starts on the replica's store (a promotion), it restores nothing but the
 // tail and goes on from the committed offset: no event lost, none counted twice.
+// The same on a server of 2 KiB messages, where every commit takes parts.
 func TestReplicaPromotionRestoresOnlyTheTail(t *testing.T) {
-	h := newHarness(t, "rep", 1)
+	t.Run("OneMessage", func(t *testing.T) { replicaPromotion(t, nil) })
+	t.Run("Parts", func(t *testing.T) {
+		h := replicaPromotion(t, func(o *server.Options) { o.MaxPayload = 2 << 10 })
+		checkParts(t, h.ctx, h.js, changelog.NewSubjects("rep", 0))
+	})
+}
+
+func replicaPromotion(t *testing.T, mutate func(*server.Options)) *harness {
+	h := newHarnessWith(t, "rep", 1, mutate)
 	ensureOutput(t, h.ctx, h.js, "rep_out", "rep_out.*")
 	cfg := h.config(0, countAndEmit("rep_out.x", 1))
 	cfg.Epoch = 1
@@ -126,6 +136,7 @@ func TestReplicaPromotionRestoresOnlyTheTail(t *testing.T) {
 	if n := h.checkPromoted(p, pcfg.Metrics, 7, 450); n != 0 {
 		t.Fatalf("promotion replayed %v changelog records, want 0", n)
 	}
+	return h
 }
 
 // A replica is promoted while the old owner, not yet stopped (a zombie, or a

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -38,9 +39,16 @@ type harness struct {
 
 func newHarness(t *testing.T, typ string, partitions int) *harness {
 	t.Helper()
+	return newHarnessWith(t, typ, partitions, nil)
+}
+
+// newHarnessWith is newHarness on an embedded server whose options mutate
+// changes (a small max payload, say).
+func newHarnessWith(t *testing.T, typ string, partitions int, mutate func(*server.Options)) *harness {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
-	srv := natstest.Start(t)
+	srv := natstest.StartWith(t, mutate)
 	nc, js := srv.Connect(t)
 	log := testkit.Logger(t)
 	h := &harness{t: t, ctx: ctx, srv: srv, nc: nc, js: js, sys: actor.NewSystem(log), log: log, dir: t.TempDir(), typ: typ, np: partitions}
