@@ -595,14 +595,9 @@ func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 				return err
 			}
 			if drop { // a rebuild starts: what the store holds is not the state any more
-				if err := b.Commit(); err != nil {
+				if b, err = dropStateMidway(a.store, b); err != nil {
 					return err
 				}
-				b.Close()
-				if err := dropState(a.store); err != nil {
-					return err
-				}
-				b = a.store.NewBatch()
 			}
 			heldSeq, heldBatch := meta.MetaSeq, meta.Batch
 			if haveMeta {

@@ -21,13 +21,7 @@ func TestForwardKeepsCommitOrderThroughFailures(t *testing.T) {
 	cfg.BatchSize = 7 // many batches, so forwards overlap them
 	a := h.start(cfg)
 	model := map[string]uint64{}
-	publish := func(n int) {
-		for i := range n {
-			k := "k" + strconv.Itoa(i%keys)
-			h.publish(k, nil)
-			model[k]++
-		}
-	}
+	publish := func(n int) { h.publishCounted(n, keys, model) }
 	publish(50)
 	h.waitOffset(a, 0)
 

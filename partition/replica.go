@@ -545,14 +545,9 @@ func (r *replicaActor) tail(ctx context.Context, it jetstream.MessagesContext, m
 					return err // the store holds state from before a rebuild: start over
 				}
 				if drop { // a rebuild starts: what the store holds is not the state any more
-					if err := b.Commit(); err != nil {
+					if b, err = dropStateMidway(r.store, b); err != nil {
 						return err
 					}
-					b.Close()
-					if err := dropState(r.store); err != nil {
-						return err
-					}
-					b = r.store.NewBatch()
 				}
 				if err := r.refuses(rec.Meta, seq); err != nil {
 					// Not applied: the batch in hand (this record's batch) is

@@ -130,6 +130,17 @@ func (h *harness) publish(key string, data []byte) {
 	}
 }
 
+// publishCounted publishes n events for keys k0..k<keys-1>, in turn, and
+// counts them in model.
+func (h *harness) publishCounted(n, keys int, model map[string]uint64) {
+	h.t.Helper()
+	for i := range n {
+		k := "k" + strconv.Itoa(i%keys)
+		h.publish(k, nil)
+		model[k]++
+	}
+}
+
 // publishMsg publishes m to the input stream and returns its offset.
 func (h *harness) publishMsg(m *nats.Msg) uint64 {
 	h.t.Helper()

@@ -133,6 +133,18 @@ func (a *partitionActor) cleanForRebuild(ctx context.Context) error {
 	return nil
 }
 
+// dropStateMidway is dropState for a reader applying the changelog in
+// batch b: it commits b (the records before the rebuild's start), drops the
+// values, and returns a new batch for the records after it.
+func dropStateMidway(st statestore.Store, b statestore.Batch) (statestore.Batch, error) {
+	err := b.Commit()
+	b.Close()
+	if err == nil {
+		err = dropState(st)
+	}
+	return st.NewBatch(), err
+}
+
 // dropState deletes every value of the stores from local store st,
 // keeping eddy's own keys (they start with 0: the changelog identity, the
 // pending outbox entries, the rebuild marker).

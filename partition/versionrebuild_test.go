@@ -71,13 +71,7 @@ func TestRebuildOnNewVersion(t *testing.T) {
 			}
 			const keys = 6
 			model := map[string]uint64{}
-			publish := func(n int) {
-				for i := range n {
-					k := "k" + strconv.Itoa(i%keys)
-					h.publish(k, nil)
-					model[k]++
-				}
-			}
+			publish := func(n int) { h.publishCounted(n, keys, model) }
 
 			v1 := h.config(0, rebuildV1(out))
 			v1.MaxBatchRecords = 4 // a rebuild batch holds 3 keys: many commits
