@@ -54,6 +54,10 @@ type Config struct {
 	MaxBatchRecords int
 	// MaxBatchBytes is the most bytes of changelog records a partition commits at once.
 	MaxBatchBytes int
+	// CommitsInFlight is how many changelog commits a partition has in
+	// flight: 2 sends the next batch's commit while the last one's
+	// acknowledgement is on its way; 1 waits for each.
+	CommitsInFlight int
 
 	// CacheSize is the block cache shared by all state stores of the node.
 	CacheSize int64
@@ -152,6 +156,7 @@ func DefaultConfig() Config {
 		MaxEventSize:       p.MaxEventSize,
 		MaxBatchRecords:    p.MaxBatchRecords,
 		MaxBatchBytes:      p.MaxBatchBytes,
+		CommitsInFlight:    p.CommitsInFlight,
 		StoreSync:          p.StoreSync,
 		CacheSize:          256 << 20,          // hot keys of every partition stay in memory (~3x faster gets than 8 MiB)
 		StreamReplicas:     1,                  // a single NATS server; use 3 on a NATS cluster
@@ -184,6 +189,8 @@ func (c *Config) Validate() error {
 		return bad("max batch records %d", c.MaxBatchRecords)
 	case c.MaxBatchBytes < c.MaxValueSize || c.MaxBatchBytes < c.MaxEventSize:
 		return bad("max batch bytes %d: a commit needs room for the largest value and event", c.MaxBatchBytes)
+	case c.CommitsInFlight < 1 || c.CommitsInFlight > partition.MaxCommitsInFlight:
+		return bad("commits in flight %d: 1 to %d", c.CommitsInFlight, partition.MaxCommitsInFlight)
 	case c.MaxValueSize >= 1<<20 || c.MaxEventSize >= 1<<20:
 		return bad("max value/event size must stay under NATS's 1 MiB max payload")
 	case c.StreamReplicas < 1 || c.StreamReplicas > 5:

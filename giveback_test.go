@@ -40,7 +40,8 @@ func intrude(t *testing.T, ctx context.Context, nc *nats.Conn, typ string, p int
 		}
 		rec := changelog.Meta{Offset: m.Offset, Forwarded: m.Forwarded, Epoch: epoch, Owner: "intruder"}
 		w := changelog.NewWriter(nc, s, changelog.Tail{Seq: last, Batch: m.Batch}, 0, 0)
-		_, _, err = w.Commit(ctx, []changelog.Record{{Kind: changelog.KindMeta, Meta: rec}})
+		_, err = w.Commit(ctx, []changelog.Record{{Kind: changelog.KindMeta, Meta: rec}})
+		w.Close()
 		if err == nil {
 			return
 		}
@@ -174,9 +175,11 @@ func TestClusterGivesBackAFencedPartition(t *testing.T) {
 // everything else.
 type commitsFail struct{ *nats.Conn }
 
-func (c commitsFail) PublishMsg(*nats.Msg) error { return nil }
-func (c commitsFail) RequestMsgWithContext(context.Context, *nats.Msg) (*nats.Msg, error) {
-	return nil, nats.ErrNoResponders
+func (c commitsFail) PublishMsg(m *nats.Msg) error {
+	if m.Reply == "" {
+		return nil // a part
+	}
+	return c.Conn.PublishMsg(&nats.Msg{Subject: m.Reply, Header: nats.Header{"Status": []string{"503"}}})
 }
 
 // A partition that keeps failing on its node while that node is connected

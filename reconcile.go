@@ -604,6 +604,7 @@ func (n *Node) partitionConfig(t *ActorType, p int, epoch uint64) partition.Conf
 	c.StoreSync = n.cfg.StoreSync
 	c.BatchSize, c.Linger = n.cfg.BatchSize, n.cfg.Linger
 	c.MaxBatchRecords, c.MaxBatchBytes, c.MaxAttempts = n.cfg.MaxBatchRecords, n.cfg.MaxBatchBytes, n.cfg.MaxAttempts
+	c.CommitsInFlight = n.cfg.CommitsInFlight
 	c.MaxValueSize, c.MaxEventSize = n.cfg.MaxValueSize, n.cfg.MaxEventSize
 	c.DLQSubject = partition.DLQSubject(t.Name)
 	c.KnownStreams = append(slices.Clone(n.order), t.Outputs...)

@@ -53,15 +53,15 @@ func TestCommitReplayAndTrim(t *testing.T) {
 	}
 	w := NewWriter(nc, s, Tail{}, 0, 0)
 	// Two batches: the second overwrites a, deletes b and adds an outbox entry.
-	first, last, err := w.Commit(ctx, []Record{
+	c, err := w.Commit(ctx, []Record{
 		{Kind: KindSet, Store: "st", Key: []byte("a"), Value: []byte("1")},
 		{Kind: KindSet, Store: "st", Key: []byte("b.b"), Value: []byte("2")},
 		{Kind: KindMeta, Meta: Meta{Offset: 10, Epoch: 1}},
 	})
-	if err != nil || first != 1 || last != 1 {
+	if first, last := c.Landed(); err != nil || first != 1 || last != 1 {
 		t.Fatalf("commit 1: %d..%d %v", first, last, err)
 	}
-	if _, _, err = w.Commit(ctx, []Record{
+	if _, err = w.Commit(ctx, []Record{
 		{Kind: KindSet, Store: "st", Key: []byte("a"), Value: []byte("3")},
 		{Kind: KindDelete, Store: "st", Key: []byte("b.b")},
 		{Kind: KindOutbox, Outbox: Outbox{Offset: 11, Index: 0, Subject: "out.x", MsgID: "m1", Data: []byte("hi")}},
@@ -134,10 +134,11 @@ func TestMetaRecordsChainTheBatches(t *testing.T) {
 			{Kind: KindSet, Store: "st", Key: []byte("k"), Value: []byte{byte(i)}},
 			{Kind: KindMeta, Meta: Meta{Offset: uint64(i + 1), Epoch: 1}},
 		}
-		_, last, err := w.Commit(ctx, recs)
+		c, err := w.Commit(ctx, recs)
 		if err != nil {
 			t.Fatal(err)
 		}
+		_, last := c.Landed()
 		metas, seqs = append(metas, recs[1].Meta), append(seqs, last)
 	}
 	if !metas[0].Continues(0, 0) {
@@ -166,16 +167,16 @@ func TestStaleWriterIsFenced(t *testing.T) {
 		t.Fatal(err)
 	}
 	old := NewWriter(nc, s, Tail{}, 0, 0)
-	if _, _, err := old.Commit(ctx, []Record{{Kind: KindMeta, Meta: Meta{Epoch: 1}}}); err != nil {
+	if _, err := old.Commit(ctx, []Record{{Kind: KindMeta, Meta: Meta{Epoch: 1}}}); err != nil {
 		t.Fatal(err)
 	}
 	// A new owner restored to sequence 1 and writes its epoch.
 	newer := NewWriter(nc, s, old.Tail(), 0, 0)
-	if _, _, err := newer.Commit(ctx, []Record{{Kind: KindMeta, Meta: Meta{Epoch: 2}}}); err != nil {
+	if _, err := newer.Commit(ctx, []Record{{Kind: KindMeta, Meta: Meta{Epoch: 2}}}); err != nil {
 		t.Fatal(err)
 	}
 	// The old owner's next batch must not land, in whole or in part.
-	_, _, err := old.Commit(ctx, []Record{
+	_, err := old.Commit(ctx, []Record{
 		{Kind: KindSet, Store: "st", Key: []byte("zombie"), Value: []byte("x")},
 		{Kind: KindMeta, Meta: Meta{Epoch: 1, Offset: 99}},
 	})
@@ -202,7 +203,7 @@ func TestLargeCommitTakesParts(t *testing.T) {
 		t.Fatal(err)
 	}
 	w := NewWriter(nc, s, Tail{}, 5, 256)
-	if _, _, err := w.Commit(ctx, []Record{{Kind: KindMeta, Meta: Meta{Epoch: 1}}}); err != nil {
+	if _, err := w.Commit(ctx, []Record{{Kind: KindMeta, Meta: Meta{Epoch: 1}}}); err != nil {
 		t.Fatal(err)
 	}
 	stale := NewWriter(nc, s, w.Tail(), 5, 256)
@@ -212,10 +213,11 @@ func TestLargeCommitTakesParts(t *testing.T) {
 	}
 	recs = append(recs, Record{Kind: KindOutbox, Outbox: Outbox{Offset: 7, Index: 1, Subject: "out.x", MsgID: "m", Data: []byte("hi")}},
 		Record{Kind: KindMeta, Meta: Meta{Offset: 7, Epoch: 1}})
-	first, last, err := w.Commit(ctx, recs)
+	c, err := w.Commit(ctx, recs)
 	if err != nil {
 		t.Fatal(err)
 	}
+	first, last := c.Landed()
 	if first != 2 || last < first+2 || last > first+4 {
 		t.Fatalf("a commit of ~1.3 KB in messages of 256 B landed at %d..%d", first, last)
 	}
@@ -236,7 +238,7 @@ func TestLargeCommitTakesParts(t *testing.T) {
 		t.Fatalf("replayed %d of %d records: %v", len(got), len(recs), err)
 	}
 	for i, p := range got {
-		if seq, index := w.Position(i); seq != p.seq || index != p.index {
+		if seq, index := c.Position(i); seq != p.seq || index != p.index {
 			t.Errorf("record %d: the writer says %d/%d, the changelog %d/%d", i, seq, index, p.seq, p.index)
 		}
 	}
@@ -247,7 +249,7 @@ func TestLargeCommitTakesParts(t *testing.T) {
 		recs[i].Key = append(recs[i].Key, 'z')
 	}
 	recs[len(recs)-1].Meta = Meta{Offset: 8, Epoch: 1}
-	if _, _, err := stale.Commit(ctx, recs); !errors.Is(err, ErrFenced) {
+	if _, err := stale.Commit(ctx, recs); !errors.Is(err, ErrFenced) {
 		t.Fatalf("a stale writer's large commit: %v, want ErrFenced", err)
 	}
 	if end, err := LastSequence(ctx, nc, s); err != nil || end != last {
@@ -255,14 +257,14 @@ func TestLargeCommitTakesParts(t *testing.T) {
 	}
 	// What does not fit is refused before anything is published.
 	big := []Record{{Kind: KindSet, Store: "st", Key: []byte("k"), Value: make([]byte, 300)}, {Kind: KindMeta}}
-	if _, _, err := w.Commit(ctx, big); !errors.Is(err, ErrTooLarge) {
+	if _, err := w.Commit(ctx, big); !errors.Is(err, ErrTooLarge) {
 		t.Errorf("a record larger than a message: %v, want ErrTooLarge", err)
 	}
 	many := make([]Record, 0, 61)
 	for i := range 60 {
 		many = append(many, Record{Kind: KindSet, Store: "st", Key: fmt.Appendf(nil, "k%d", i), Value: make([]byte, 100)})
 	}
-	if _, _, err := w.Commit(ctx, append(many, Record{Kind: KindMeta})); !errors.Is(err, ErrTooLarge) {
+	if _, err := w.Commit(ctx, append(many, Record{Kind: KindMeta})); !errors.Is(err, ErrTooLarge) {
 		t.Errorf("a commit of more messages than a batch may hold: %v, want ErrTooLarge", err)
 	}
 	if end, err := LastSequence(ctx, nc, s); err != nil || end != last {
@@ -278,22 +280,20 @@ type lossyConn struct {
 	loseAck, loseCommit bool
 }
 
-func (c *lossyConn) RequestMsgWithContext(ctx context.Context, m *nats.Msg) (*nats.Msg, error) {
+func (c *lossyConn) PublishMsg(m *nats.Msg) error {
 	switch {
+	case m.Reply == "":
+		return c.Conn.PublishMsg(m) // a part
 	case c.loseCommit:
 		c.loseCommit = false
-		return nil, nats.ErrTimeout
+		return nil
 	case c.loseAck:
 		c.loseAck = false
-		if err := c.Conn.PublishMsg(m); err != nil {
-			return nil, err
-		}
-		if err := c.Conn.FlushWithContext(ctx); err != nil {
-			return nil, err
-		}
-		return nil, nats.ErrTimeout
+		lost := *m
+		lost.Reply = ""
+		return c.Conn.PublishMsg(&lost)
 	}
-	return c.Conn.RequestMsgWithContext(ctx, m)
+	return c.Conn.PublishMsg(m)
 }
 
 // A commit whose outcome is unknown, in one message or in parts, resolves
@@ -307,6 +307,7 @@ func TestResolveTellsWhatLanded(t *testing.T) {
 	}
 	conn := &lossyConn{Conn: nc}
 	w := NewWriter(conn, s, Tail{}, 0, 256)
+	defer w.Close()
 	batch := func(n int, offset uint64) []Record {
 		var recs []Record
 		for i := range n {
@@ -314,29 +315,43 @@ func TestResolveTellsWhatLanded(t *testing.T) {
 		}
 		return append(recs, Record{Kind: KindMeta, Meta: Meta{Offset: offset, Epoch: 1}})
 	}
+	wait := func(c *Commit) error {
+		ctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		defer cancel()
+		return w.Wait(ctx, c)
+	}
 	for _, n := range []int{1, 30} { // one message, then parts
 		recs := batch(n, uint64(n))
 		before := w.Last()
 		conn.loseCommit = true
-		if _, _, err := w.Commit(ctx, recs); !errors.Is(err, ErrCommitUnknown) {
+		c, err := w.Frame(recs)
+		if err == nil {
+			err = w.Send(c)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := wait(c); !errors.Is(err, ErrCommitUnknown) {
 			t.Fatalf("%d records: a lost commit: %v, want ErrCommitUnknown", n, err)
 		}
-		if o, _, _, err := w.Resolve(ctx, recs); err != nil || o != NotLanded {
+		if o, err := w.Resolve(ctx, c); err != nil || o != NotLanded {
 			t.Fatalf("%d records: a lost commit resolves to %v (%v), want not landed", n, o, err)
 		}
 		conn.loseAck = true
-		if _, _, err := w.Commit(ctx, recs); !errors.Is(err, ErrCommitUnknown) {
+		if err := w.Retry(c); err != nil {
+			t.Fatal(err)
+		}
+		if err := wait(c); !errors.Is(err, ErrCommitUnknown) {
 			t.Fatalf("%d records: a lost ack: %v, want ErrCommitUnknown", n, err)
 		}
 		// The server applies an atomic batch after it received the commit
 		// message: until then the commit has not landed.
 		var o Outcome
-		var first, last uint64
-		var err error
 		testkit.WaitFor(t, 5*time.Second, "the commit to land", func() bool {
-			o, first, last, err = w.Resolve(ctx, recs)
+			o, err = w.Resolve(ctx, c)
 			return err != nil || o != NotLanded
 		})
+		first, last := c.Landed()
 		if err != nil || o != Landed || first != before+1 || w.Last() != last {
 			t.Fatalf("%d records: a lost ack resolves to %v %d..%d (%v), want landed after %d", n, o, first, last, err, before)
 		}
@@ -346,21 +361,143 @@ func TestResolveTellsWhatLanded(t *testing.T) {
 		if m, ok, err := ReadLastMeta(ctx, nc, s); err != nil || !ok || m.Seq != last || m.Offset != uint64(n) {
 			t.Fatalf("%d records: last meta %+v %v %v, want offset %d at %d", n, m, ok, err, n, last)
 		}
-		if seq, _ := w.Position(len(recs) - 1); seq != last {
+		if seq, _ := c.Position(len(recs) - 1); seq != last {
 			t.Fatalf("%d records: the meta record is at %d, want %d", n, seq, last)
 		}
 	}
 	// Another writer's commit where this one expected to write.
 	other := NewWriter(nc, s, w.Tail(), 0, 256)
-	if _, _, err := other.Commit(ctx, batch(30, 100)); err != nil {
+	defer other.Close()
+	if _, err := other.Commit(ctx, batch(30, 100)); err != nil {
 		t.Fatal(err)
 	}
-	recs := batch(30, 101)
 	conn.loseCommit = true
-	if _, _, err := w.Commit(ctx, recs); !errors.Is(err, ErrCommitUnknown) {
+	c, err := w.Frame(batch(30, 101))
+	if err == nil {
+		err = w.Send(c)
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
-	if o, _, _, err := w.Resolve(ctx, recs); err != nil || o != Moved {
+	if err := wait(c); !errors.Is(err, ErrCommitUnknown) {
+		t.Fatal(err)
+	}
+	if o, err := w.Resolve(ctx, c); err != nil || o != Moved {
 		t.Fatalf("resolves to %v (%v), want moved", o, err)
+	}
+}
+
+// holdConn keeps back every message until release: commits in flight that
+// reach the server later, in the order they were sent.
+type holdConn struct {
+	*nats.Conn
+	held []*nats.Msg
+}
+
+func (c *holdConn) PublishMsg(m *nats.Msg) error {
+	c.held = append(c.held, m)
+	return nil
+}
+
+func (c *holdConn) release(t *testing.T) {
+	t.Helper()
+	for _, m := range c.held {
+		if err := c.Conn.PublishMsg(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.held = nil
+}
+
+// A pipelined writer's commits, sent before the one ahead is acknowledged,
+// land in order, each where the writer expected. An older owner's commits
+// in flight, sent one behind the other, never land after a newer owner's
+// commit, even when that one landed at the very sequence the second one
+// expects: it also expects the first to be the last message.
+func TestPipelinedCommitsAreFenced(t *testing.T) {
+	ctx, srv, s := setup(t)
+	nc, js := srv.Connect(t)
+	if _, err := EnsureStream(ctx, js, s, DefaultStreamConfig()); err != nil {
+		t.Fatal(err)
+	}
+	meta := func(epoch, offset uint64) []Record {
+		return []Record{{Kind: KindSet, Store: "st", Key: []byte("k"), Value: fmt.Appendf(nil, "%d", offset)},
+			{Kind: KindMeta, Meta: Meta{Epoch: epoch, Offset: offset}}}
+	}
+	send := func(w *Writer, recs []Record) (*Commit, error) {
+		c, err := w.Frame(recs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c, w.Send(c)
+	}
+	plain := NewWriter(nc, s, Tail{}, 0, 0)
+	defer plain.Close()
+	c0, err := send(plain, meta(1, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := send(plain, meta(1, 2)); !errors.Is(err, ErrNotPipelined) {
+		t.Fatalf("a writer not pipelined sends behind a commit in flight: %v", err)
+	}
+	if err := plain.Wait(ctx, c0); err != nil {
+		t.Fatal(err)
+	}
+
+	old := NewWriter(nc, s, plain.Tail(), 0, 256)
+	defer old.Close()
+	old.Pipeline()
+	var sent []*Commit
+	for i := 1; i <= 3; i++ {
+		c, err := send(old, meta(1, uint64(i+1)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sent = append(sent, c)
+	}
+	var big []Record
+	for i := range 30 {
+		big = append(big, Record{Kind: KindSet, Store: "st", Key: fmt.Appendf(nil, "key-%02d", i), Value: bytes.Repeat([]byte{'v'}, 20)})
+	}
+	if _, err := send(old, append(big, Record{Kind: KindMeta, Meta: Meta{Epoch: 1, Offset: 4}})); !errors.Is(err, ErrNotPipelined) {
+		t.Fatalf("a commit in parts sent behind one in flight: %v", err)
+	}
+	for i, c := range sent {
+		if err := old.Wait(ctx, c); err != nil {
+			t.Fatalf("commit %d: %v", i, err)
+		}
+		if first, last := c.Landed(); first != uint64(i+2) || last != first {
+			t.Fatalf("commit %d landed at %d..%d", i, first, last)
+		}
+	}
+
+	// The old owner sends two commits that reach the server late; a new
+	// owner restored to the tail the old one knew commits first.
+	hold := &holdConn{Conn: nc}
+	zombie := NewWriter(hold, s, old.Tail(), 0, 0)
+	defer zombie.Close()
+	zombie.Pipeline()
+	k, err := send(zombie, meta(1, 10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k1, err := send(zombie, meta(1, 11))
+	if err != nil {
+		t.Fatal(err)
+	}
+	newer := NewWriter(nc, s, old.Tail(), 0, 0)
+	defer newer.Close()
+	if _, err := newer.Commit(ctx, meta(2, 0)); err != nil {
+		t.Fatal(err)
+	}
+	hold.release(t)
+	if err := zombie.Wait(ctx, k); !errors.Is(err, ErrFenced) {
+		t.Fatalf("the old owner's first commit: %v, want ErrFenced", err)
+	}
+	if err := zombie.Wait(ctx, k1); !errors.Is(err, ErrFenced) {
+		t.Fatalf("the old owner's second commit, expecting the sequence the new owner's landed at: %v, want ErrFenced", err)
+	}
+	if m, ok, err := ReadLastMeta(ctx, nc, s); err != nil || !ok || m.Epoch != 2 {
+		t.Fatalf("the changelog ends with %+v (%v %v), want the new owner's commit", m, ok, err)
 	}
 }

@@ -16,7 +16,10 @@
 // after it.
 //
 // A Writer commits a batch of records as one message, published with
-// Nats-Expected-Last-Sequence: the last changelog sequence the writer knows.
+// Nats-Expected-Last-Sequence: the last changelog sequence the writer knows
+// (or, for a commit sent while the one before it is in flight, the sequence
+// that one lands at: see Writer). Acknowledgements come back on a reply
+// subject of the writer's own (Writer.Wait).
 // A batch larger than a message goes as a JetStream atomic batch of parts and
 // the commit message (all of it lands, or none), the first part carrying the
 // expected sequence. A writer whose expected sequence is stale — because

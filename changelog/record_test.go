@@ -42,15 +42,16 @@ func TestRecordsRoundTrip(t *testing.T) {
 		{Kind: KindMeta, Meta: Meta{Offset: 7, Epoch: 2, Batch: 5}},
 	}
 	w := NewWriter(nil, s, Tail{Seq: 4, Batch: 3}, 0, 0)
-	if err := w.frame(recs); err != nil || len(w.msgs) != 1 {
-		t.Fatalf("framed in %d messages: %v", len(w.msgs), err)
+	c, err := w.frame(recs)
+	if err != nil || len(c.msgs) != 1 {
+		t.Fatalf("framed: %v", err)
 	}
-	m := w.msgs[0]
+	m := c.msgs[0]
 	if m.Subject != s.Meta() {
 		t.Fatalf("a commit message on %s", m.Subject)
 	}
 	n := 0
-	err := s.Records(m.Subject, m.Data, func(got Record) error {
+	err = s.Records(m.Subject, m.Data, func(got Record) error {
 		r := recs[n]
 		if got.Index != n || got.Kind != r.Kind || got.Store != r.Store || string(got.Key) != string(r.Key) || string(got.Value) != string(r.Value) ||
 			got.Meta != r.Meta || got.Outbox.Offset != r.Outbox.Offset || got.Outbox.Index != r.Outbox.Index || got.Outbox.MsgID != r.Outbox.MsgID {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -40,7 +41,10 @@ func (c StreamConfig) Validate() error {
 // existing one must keep: no limit of messages per subject (a log, not
 // compacted: its subjects are per partition, not per key), atomic batch
 // publish (a commit is one batch), file storage, limits retention (a
-// restore replays it), the subjects of s.
+// restore replays it), the subjects of s. Its duplicate window is short:
+// only pipelined commits carry message ids (Writer), and a commit is
+// retried within seconds; a longer window costs the server memory per
+// commit.
 func streamSpec(s Subjects, cfg StreamConfig) streams.Spec {
 	return streams.Spec{
 		Role: "changelog",
@@ -53,12 +57,16 @@ func streamSpec(s Subjects, cfg StreamConfig) streams.Spec {
 			MaxBytes:           cfg.MaxBytes,
 			MaxMsgsPerSubject:  -1,
 			Discard:            jetstream.DiscardOld,
+			Duplicates:         duplicateWindow,
 			AllowAtomicPublish: true,
 			AllowDirect:        true,
 		},
 		Replayed: true,
 	}
 }
+
+// duplicateWindow is the duplicate window of the changelogs eddy creates.
+const duplicateWindow = 10 * time.Second
 
 // EnsureStream returns the changelog stream of s, in one attempt: it creates
 // a missing stream; an existing one with fewer replicas than cfg or without

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"sync"
+	"sync/atomic"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
@@ -58,16 +60,21 @@ func MaxMessage(maxPayload int64) int {
 	return int(maxPayload - msgHeadroom)
 }
 
-// wrongLastSequence is JetStream's error code for a failed
-// Nats-Expected-Last-Sequence check.
-const wrongLastSequence = 10071
+// JetStream's error codes for a failed Nats-Expected-Last-Sequence and
+// Nats-Expected-Last-Msg-Id check.
+const (
+	wrongLastSequence = 10071
+	wrongLastMsgID    = 10070
+)
 
 // Conn is what a Writer needs of a NATS connection; *nats.Conn has it.
-// Tests wrap one to lose acknowledgements or delay batches.
+// Tests wrap one to lose acknowledgements or delay commits: a commit's last
+// message is the one published with a reply subject.
 type Conn interface {
 	PublishMsg(m *nats.Msg) error
-	RequestMsgWithContext(ctx context.Context, m *nats.Msg) (*nats.Msg, error)
 	RequestWithContext(ctx context.Context, subject string, data []byte) (*nats.Msg, error)
+	Subscribe(subject string, cb nats.MsgHandler) (*nats.Subscription, error)
+	NewRespInbox() string
 }
 
 var _ Conn = (*nats.Conn)(nil)
@@ -82,26 +89,41 @@ type Tail struct {
 }
 
 // Writer commits batches of records to one changelog stream, atomically and
-// fenced. It is not safe for concurrent use: a partition commits one batch at a time.
+// fenced. It is not safe for concurrent use (a partition actor owns one).
+// Send publishes a commit without waiting for its acknowledgement, and Wait
+// collects the acknowledgements in the order of sending.
+//
+// A pipelined writer (Pipeline) may send a commit while the one before is
+// in flight: the commit expects the sequence that one lands at, and that
+// that one is the changelog's last message (Nats-Expected-Last-Msg-Id: each
+// commit of a pipelined writer carries a Nats-Msg-Id). So it lands only
+// right after the commit ahead of it: never after another owner's commit,
+// even one that landed at the sequence it expects. JetStream refuses that
+// check in an atomic batch, so only a single-message commit goes behind
+// another (ErrNotPipelined).
 type Writer struct {
-	conn     Conn
-	subjects Subjects
-	tail     Tail
-	maxMsgs  int
-	maxBytes int
+	conn      Conn
+	subjects  Subjects
+	tail      Tail   // where the changelog ends, as far as acknowledged
+	next      Tail   // where it ends once every commit sent lands
+	nextID    string // the message id of the last commit sent (pipelined)
+	pipelined bool
+	maxMsgs   int
+	maxBytes  int
 
-	// The messages of the batch being committed, and where its records are.
-	msgs   []*nats.Msg
-	buf    []byte // the framed records, one after the other
-	ends   []int  // ends[i] is where record i ends in buf
-	firsts []int  // firsts[j] is the first record of message j
-	first  uint64 // the sequence of message 0, once the batch landed
+	inbox   string // the reply subjects' prefix: inbox.<n>
+	sub     *nats.Subscription
+	replies atomic.Uint64 // the last reply token used
+	notify  func()
+
+	mu      sync.Mutex
+	waiting map[string]chan *nats.Msg // the attempts in flight, by reply subject
 }
 
 // NewWriter returns a writer that expects the changelog to end at tail (the
 // position its owner restored to). A commit takes at most maxMsgs messages
 // (MaxBatch when 0) of at most maxBytes bytes each (DefaultMaxMessage when
-// 0; see MaxMessage).
+// 0; see MaxMessage). Close releases it.
 func NewWriter(conn Conn, s Subjects, tail Tail, maxMsgs, maxBytes int) *Writer {
 	if maxMsgs <= 0 {
 		maxMsgs = MaxBatch
@@ -109,13 +131,36 @@ func NewWriter(conn Conn, s Subjects, tail Tail, maxMsgs, maxBytes int) *Writer 
 	if maxBytes <= 0 {
 		maxBytes = DefaultMaxMessage
 	}
-	return &Writer{conn: conn, subjects: s, tail: tail, maxMsgs: maxMsgs, maxBytes: maxBytes}
+	return &Writer{conn: conn, subjects: s, tail: tail, next: tail, maxMsgs: maxMsgs, maxBytes: maxBytes,
+		waiting: make(map[string]chan *nats.Msg)}
 }
 
-// Last is the last changelog sequence this writer knows.
+// ErrNotPipelined means a commit cannot be sent while another is in
+// flight: the writer is not pipelined, or the commit takes more than one
+// message. Wait for the commits in flight, then send it.
+var ErrNotPipelined = errors.New("changelog: a commit goes behind another only as one message of a pipelined writer")
+
+// Pipeline lets commits be sent while others are in flight (see Writer):
+// from now on each commit carries a message id.
+func (w *Writer) Pipeline() { w.pipelined = true }
+
+// Notify sets f to run whenever the answer to a commit arrives. It runs on
+// a NATS goroutine and must not block; a partition actor sends itself a
+// message.
+func (w *Writer) Notify(f func()) { w.notify = f }
+
+// Close stops taking acknowledgements: commits in flight stay unknown.
+func (w *Writer) Close() {
+	if w.sub != nil {
+		_ = w.sub.Unsubscribe()
+		w.sub = nil
+	}
+}
+
+// Last is the last changelog sequence this writer knows landed.
 func (w *Writer) Last() uint64 { return w.tail.Seq }
 
-// Tail is where the writer expects the changelog to end.
+// Tail is where the writer knows the changelog ends.
 func (w *Writer) Tail() Tail { return w.tail }
 
 // NewBatchID returns a random, non-zero batch id.
@@ -129,138 +174,271 @@ func NewBatchID() uint64 {
 	}
 }
 
-// Commit publishes recs, whose last record must be a meta record, as one
-// commit: one message on Subjects.Meta when they fit in one (a plain
-// publish), else an atomic batch of parts and that message. The first
-// message expects the changelog's last sequence to be Last(). Commit
-// stamps the meta record with the batch's identity: Prev and PrevBatch from
-// the writer's tail, and a new Batch id unless it has one — so committing
-// the same records again after ErrCommitUnknown keeps the id, and at most
-// one of the attempts lands (each expects the same last sequence).
-//
-// On success every record is in the changelog, in messages with
-// consecutive sequences first..last (Position tells which record is where),
-// and the writer's tail moves to last. On ErrFenced nothing of this attempt
-// is in the changelog (an earlier attempt of the same batch may be). On
-// ErrCommitUnknown it may or may not be: call Resolve. ErrTooLarge means
-// the records need more messages than a commit may take, or one record
-// alone is larger than a message.
-func (w *Writer) Commit(ctx context.Context, recs []Record) (first, last uint64, err error) {
-	if err := w.frame(recs); err != nil {
-		return 0, 0, err
+// Commit is one batch of records framed as changelog messages, sent by
+// Writer.Send, and where it landed once known.
+type Commit struct {
+	msgs   []*nats.Msg
+	ends   []int // ends[i] is where record i ends in the framed records
+	firsts []int // firsts[j] is the first record of message j
+	expect Tail  // where the changelog ends before it: its expected last sequence
+	batch  uint64
+	id     string // its Nats-Msg-Id (a pipelined writer's)
+	// behind is the message id of the commit in flight it was sent behind:
+	// that commit must be the changelog's last message.
+	behind string
+	first  uint64 // the sequence of message 0, once it landed
+	last   uint64
+	reply  string         // the reply subject of the attempt in flight
+	ack    chan *nats.Msg // its answer
+}
+
+// Messages is how many messages the commit takes: 1, or parts and a commit message.
+func (c *Commit) Messages() int { return len(c.msgs) }
+
+// Expect is where the changelog ends before the commit: the sequence its
+// first message expects to be last.
+func (c *Commit) Expect() Tail { return c.expect }
+
+// Answered tells whether the answer to the attempt in flight arrived: Wait
+// then returns at once.
+func (c *Commit) Answered() bool { return len(c.ack) > 0 }
+
+// Landed is where the commit landed: its first and last sequences (0, 0
+// until Wait or Resolve saw it land).
+func (c *Commit) Landed() (first, last uint64) { return c.first, c.last }
+
+// Position is where record i of the commit landed: the sequence of its
+// message and its place in it (see Record.Index). Together they name the
+// record in the changelog.
+func (c *Commit) Position(i int) (seq uint64, index int) {
+	j := sort.Search(len(c.firsts), func(j int) bool { return c.firsts[j] > i }) - 1
+	return c.first + uint64(j), i - c.firsts[j]
+}
+
+func (c *Commit) landed(last uint64) {
+	c.first, c.last = last-uint64(len(c.msgs))+1, last
+}
+
+// Commit frames recs (see Frame), sends them (see Send) and waits for the
+// acknowledgement (see Wait). The Commit is returned with the errors of
+// Send and Wait, for Resolve.
+func (w *Writer) Commit(ctx context.Context, recs []Record) (*Commit, error) {
+	c, err := w.Frame(recs)
+	if err != nil {
+		return nil, err
 	}
-	n := len(w.msgs)
-	single := n == 1
+	if err = w.Send(c); err == nil {
+		err = w.Wait(ctx, c)
+	}
+	return c, err
+}
+
+// Frame lays recs, whose last record must be a meta record, out as a
+// commit that follows every commit sent so far: one message on
+// Subjects.Meta when they fit in one, else parts and that message. It
+// stamps the meta record with the commit's identity: Prev and PrevBatch
+// from where those commits end, and a new Batch id unless it has one.
+// ErrTooLarge means the records need more messages than a commit may take,
+// or one record alone is larger than a message.
+func (w *Writer) Frame(recs []Record) (*Commit, error) { return w.frame(recs) }
+
+// Send publishes c, the last commit framed, and returns without waiting for
+// its acknowledgement: a plain publish of one message, or an atomic batch
+// of its parts and its commit message. Its first message expects the
+// changelog's last sequence to be where the commits sent before end; sent
+// while one of them is in flight, it also expects that one to be the last
+// message (see Writer), and ErrNotPipelined refuses it unless the writer
+// is pipelined and c is one message.
+//
+// An error wrapping ErrCommitUnknown means the publish failed (NATS away):
+// Wait, Resolve and Retry take c as any other.
+func (w *Writer) Send(c *Commit) error {
+	if c.expect != w.next {
+		return errors.New("changelog: send: the commit was not framed after the last one sent")
+	}
+	if w.next != w.tail {
+		if !w.pipelined || len(c.msgs) > 1 {
+			return ErrNotPipelined
+		}
+		c.behind = w.nextID
+	}
+	if w.sub == nil {
+		w.inbox = w.conn.NewRespInbox()
+		sub, err := w.conn.Subscribe(w.inbox+".*", w.answer)
+		if err != nil {
+			return fmt.Errorf("changelog: subscribe to acknowledgements: %w", err)
+		}
+		w.sub = sub
+	}
+	w.next, w.nextID = Tail{Seq: c.expect.Seq + uint64(len(c.msgs)), Batch: c.batch}, c.id
+	return w.publish(c)
+}
+
+// Retry publishes c again, as it was framed: it expects the same last
+// sequence, so at most one of its attempts lands. Call it for a commit
+// whose outcome Resolve found NotLanded; then Wait.
+func (w *Writer) Retry(c *Commit) error { return w.publish(c) }
+
+func (w *Writer) publish(c *Commit) error {
+	w.mu.Lock()
+	delete(w.waiting, c.reply)
+	c.reply = w.inbox + "." + strconv.FormatUint(w.replies.Add(1), 10)
+	c.ack = make(chan *nats.Msg, 1)
+	w.waiting[c.reply] = c.ack
+	w.mu.Unlock()
+	n := len(c.msgs)
 	id := nuid.Next()
-	for i, m := range w.msgs {
-		m.Header = nats.Header{}
-		if !single {
+	for i, framed := range c.msgs {
+		// Each attempt is new messages: a connection may hold on to an
+		// earlier attempt's (tests hold them back).
+		m := &nats.Msg{Subject: framed.Subject, Data: framed.Data, Header: nats.Header{}}
+		if n > 1 {
 			m.Header["Nats-Batch-Id"] = []string{id}
 			m.Header["Nats-Batch-Sequence"] = []string{strconv.Itoa(i + 1)}
 		}
 		if i == 0 {
-			m.Header["Nats-Expected-Last-Sequence"] = []string{strconv.FormatUint(w.tail.Seq, 10)}
+			m.Header["Nats-Expected-Last-Sequence"] = []string{strconv.FormatUint(c.expect.Seq, 10)}
+			if c.behind != "" {
+				m.Header["Nats-Expected-Last-Msg-Id"] = []string{c.behind}
+			}
 		}
-	}
-	for _, m := range w.msgs[:n-1] {
+		if i == n-1 {
+			if n > 1 {
+				m.Header["Nats-Batch-Commit"] = []string{"1"}
+			}
+			if c.id != "" {
+				m.Header["Nats-Msg-Id"] = []string{c.id}
+			}
+			m.Reply = c.reply
+		}
 		if err := w.conn.PublishMsg(m); err != nil {
-			return 0, 0, fmt.Errorf("%w: publish: %v", ErrCommitUnknown, err)
+			return fmt.Errorf("%w: publish: %v", ErrCommitUnknown, err)
 		}
 	}
-	commit := w.msgs[n-1]
-	if !single {
-		commit.Header["Nats-Batch-Commit"] = []string{"1"}
+	return nil
+}
+
+// answer takes the answer to a commit's attempt (on a NATS goroutine).
+func (w *Writer) answer(m *nats.Msg) {
+	w.mu.Lock()
+	ch := w.waiting[m.Subject]
+	delete(w.waiting, m.Subject)
+	w.mu.Unlock()
+	if ch == nil {
+		return // an attempt given up on
 	}
-	resp, err := w.conn.RequestMsgWithContext(ctx, commit)
-	if err != nil {
-		return 0, 0, fmt.Errorf("%w: %v", ErrCommitUnknown, err)
+	ch <- m // the only answer to this attempt's reply subject
+	if w.notify != nil {
+		w.notify()
+	}
+}
+
+// Wait waits for the answer to c, the oldest commit sent and not yet
+// waited for, until ctx ends. On success every record of c is in the
+// changelog, in messages with consecutive sequences (Landed and Position
+// tell where), and the writer's tail moves there. On ErrFenced nothing of
+// this attempt is in the changelog (an earlier attempt of the same commit
+// may be; and a commit sent while another was in flight is refused when
+// that one did not land first). On ErrCommitUnknown it may or may not be:
+// call Resolve.
+func (w *Writer) Wait(ctx context.Context, c *Commit) error {
+	var resp *nats.Msg
+	select {
+	case resp = <-c.ack:
+	case <-ctx.Done():
+		w.mu.Lock()
+		delete(w.waiting, c.reply)
+		w.mu.Unlock()
+		return fmt.Errorf("%w: %v", ErrCommitUnknown, ctx.Err())
+	}
+	if len(resp.Data) == 0 && resp.Header.Get("Status") == "503" {
+		return fmt.Errorf("%w: %v", ErrCommitUnknown, nats.ErrNoResponders)
 	}
 	var ack pubAck
 	if err := json.Unmarshal(resp.Data, &ack); err != nil {
-		return 0, 0, fmt.Errorf("%w: bad ack %q: %v", ErrCommitUnknown, resp.Data, err)
+		return fmt.Errorf("%w: bad ack %q: %v", ErrCommitUnknown, resp.Data, err)
 	}
 	if ack.Error != nil {
-		if ack.Error.ErrCode == wrongLastSequence {
-			return 0, 0, fmt.Errorf("%w: expected %d: %s", ErrFenced, w.tail.Seq, ack.Error.Description)
+		if ack.Error.ErrCode == wrongLastSequence || ack.Error.ErrCode == wrongLastMsgID {
+			return fmt.Errorf("%w: expected %d: %s", ErrFenced, c.expect.Seq, ack.Error.Description)
 		}
 		// Stream unavailable, leader changing, batch abandoned: the server
 		// did not store this attempt, but an earlier one may still land.
-		return 0, 0, fmt.Errorf("%w: %s rejected the batch: %s (err_code %d)",
+		return fmt.Errorf("%w: %s rejected the batch: %s (err_code %d)",
 			ErrCommitUnknown, w.subjects.Stream(), ack.Error.Description, ack.Error.ErrCode)
 	}
-	if single && ack.Count == 0 && ack.Seq > 0 {
+	n := len(c.msgs)
+	if n == 1 && ack.Count == 0 && ack.Seq > 0 {
 		ack.Count = 1 // a plain publish's ack has no count
 	}
 	if ack.Count != n {
-		return 0, 0, fmt.Errorf("%w: ack counts %d of %d messages", ErrCommitUnknown, ack.Count, n)
+		return fmt.Errorf("%w: ack counts %d of %d messages", ErrCommitUnknown, ack.Count, n)
 	}
-	w.landed(ack.Seq, recs)
-	return w.first, ack.Seq, nil
+	w.landed(c, ack.Seq)
+	return nil
 }
 
-// frame stamps recs' meta record and lays recs out in messages (w.msgs),
-// each as large as maxBytes allows, the meta record in the last.
-func (w *Writer) frame(recs []Record) error {
+// landed moves the tail to c, which landed with its last message at last.
+func (w *Writer) landed(c *Commit, last uint64) {
+	c.landed(last)
+	w.tail = Tail{Seq: last, Batch: c.batch}
+	if w.next.Seq < last {
+		w.next = w.tail
+	}
+}
+
+// frame stamps recs' meta record and lays recs out in messages, each as
+// large as maxBytes allows, the meta record in the last.
+func (w *Writer) frame(recs []Record) (*Commit, error) {
 	n := len(recs)
 	if n == 0 || recs[n-1].Kind != KindMeta {
-		return errors.New("changelog: a commit's last record must be its meta record")
+		return nil, errors.New("changelog: a commit's last record must be its meta record")
 	}
 	m := &recs[n-1].Meta
 	if m.Batch == 0 {
 		m.Batch = NewBatchID()
 	}
-	m.Prev, m.PrevBatch = w.tail.Seq, w.tail.Batch
+	m.Prev, m.PrevBatch = w.next.Seq, w.next.Batch
 	head, err := appendCommitHead(nil, m)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	w.buf, w.ends, w.firsts, w.msgs = w.buf[:0], w.ends[:0], w.firsts[:0], w.msgs[:0]
+	c := &Commit{expect: w.next, batch: m.Batch}
+	if w.pipelined {
+		c.id = w.subjects.Stream() + "/" + strconv.FormatUint(m.Batch, 16)
+	}
+	var buf []byte // the framed records, one after the other
 	for i := range recs[:n-1] {
-		if w.buf, err = appendRecord(w.buf, &recs[i]); err != nil {
-			return err
+		if buf, err = appendRecord(buf, &recs[i]); err != nil {
+			return nil, err
 		}
-		w.ends = append(w.ends, len(w.buf))
+		c.ends = append(c.ends, len(buf))
 	}
 	// Parts, each as full as a message allows, while the rest does not fit
 	// in the commit message with the meta record.
 	start, from := 0, 0 // the first record and byte not in a part yet
-	for len(head)+len(w.buf)-from > w.maxBytes {
+	for len(head)+len(buf)-from > w.maxBytes {
 		end := start
-		for end < n-1 && 1+w.ends[end]-from <= w.maxBytes {
+		for end < n-1 && 1+c.ends[end]-from <= w.maxBytes {
 			end++
 		}
 		if end == start {
 			if end == n-1 {
-				return fmt.Errorf("%w: a meta record of %d bytes, the limit is %d", ErrTooLarge, len(head), w.maxBytes)
+				return nil, fmt.Errorf("%w: a meta record of %d bytes, the limit is %d", ErrTooLarge, len(head), w.maxBytes)
 			}
-			return fmt.Errorf("%w: record %d is %d bytes framed, a message at most %d", ErrTooLarge, start, w.ends[start]-from, w.maxBytes)
+			return nil, fmt.Errorf("%w: record %d is %d bytes framed, a message at most %d", ErrTooLarge, start, c.ends[start]-from, w.maxBytes)
 		}
-		data := append(make([]byte, 0, 1+w.ends[end-1]-from), frameMagic)
-		w.msgs = append(w.msgs, &nats.Msg{Subject: w.subjects.Parts(), Data: append(data, w.buf[from:w.ends[end-1]]...)})
-		w.firsts = append(w.firsts, start)
-		start, from = end, w.ends[end-1]
+		data := append(make([]byte, 0, 1+c.ends[end-1]-from), frameMagic)
+		c.msgs = append(c.msgs, &nats.Msg{Subject: w.subjects.Parts(), Data: append(data, buf[from:c.ends[end-1]]...)})
+		c.firsts = append(c.firsts, start)
+		start, from = end, c.ends[end-1]
 	}
-	w.msgs = append(w.msgs, &nats.Msg{Subject: w.subjects.Meta(), Data: append(head, w.buf[from:]...)})
-	w.firsts = append(w.firsts, start)
-	if len(w.msgs) > w.maxMsgs {
-		return fmt.Errorf("%w: %d records in %d messages, limit %d", ErrTooLarge, n, len(w.msgs), w.maxMsgs)
+	c.msgs = append(c.msgs, &nats.Msg{Subject: w.subjects.Meta(), Data: append(head, buf[from:]...)})
+	c.firsts = append(c.firsts, start)
+	if len(c.msgs) > w.maxMsgs {
+		return nil, fmt.Errorf("%w: %d records in %d messages, limit %d", ErrTooLarge, n, len(c.msgs), w.maxMsgs)
 	}
-	return nil
-}
-
-// landed moves the tail to the batch in w.msgs, which landed with its
-// last message at last.
-func (w *Writer) landed(last uint64, recs []Record) {
-	w.first = last - uint64(len(w.msgs)) + 1
-	w.tail = Tail{Seq: last, Batch: recs[len(recs)-1].Meta.Batch}
-}
-
-// Position is where record i of the batch that landed last (by Commit or
-// Resolve) is: the sequence of its message and its place in it (see
-// Record.Index). Together they name the record in the changelog.
-func (w *Writer) Position(i int) (seq uint64, index int) {
-	j := sort.Search(len(w.firsts), func(j int) bool { return w.firsts[j] > i }) - 1
-	return w.first + uint64(j), i - w.firsts[j]
+	return c, nil
 }
 
 // Outcome is what the changelog holds of a batch whose commit had an
@@ -299,40 +477,40 @@ func (o Outcome) String() string {
 	return "Outcome(" + strconv.Itoa(int(o)) + ")"
 }
 
-// Resolve reads, from the stream leader, what the changelog holds of recs,
-// a batch whose Commit failed with ErrCommitUnknown (or with ErrFenced after
-// an earlier attempt had an unknown outcome). For Landed it returns the
-// sequences the batch landed at, and the writer's tail moves there. An error
-// means the changelog could not be read (NATS away): try again later.
-func (w *Writer) Resolve(ctx context.Context, recs []Record) (o Outcome, first, last uint64, err error) {
-	if len(recs) == 0 || recs[len(recs)-1].Kind != KindMeta || recs[len(recs)-1].Meta.Batch == 0 || len(w.msgs) == 0 {
-		return 0, 0, 0, errors.New("changelog: resolve: the batch has no meta record stamped by Commit")
+// Resolve reads, from the stream leader, what the changelog holds of c, a
+// commit whose Wait failed with ErrCommitUnknown (or with ErrFenced after an
+// attempt had an unknown outcome, or after it was sent behind a commit that
+// had). Every commit sent before c must have landed. For Landed the writer's
+// tail moves to c (see Landed). An error means the changelog could not be
+// read (NATS away): try again later.
+func (w *Writer) Resolve(ctx context.Context, c *Commit) (Outcome, error) {
+	if c.expect != w.tail {
+		return 0, fmt.Errorf("changelog: resolve: the commit expects sequence %d, the writer knows %d landed", c.expect.Seq, w.tail.Seq)
 	}
-	n := uint64(len(w.msgs))
 	end, err := LastSequence(ctx, w.conn, w.subjects)
 	if err != nil {
-		return 0, 0, 0, err
+		return 0, err
 	}
 	switch {
-	case end == w.tail.Seq:
-		return NotLanded, 0, 0, nil
-	case end < w.tail.Seq:
-		return Behind, 0, 0, nil
+	case end == c.expect.Seq:
+		return NotLanded, nil
+	case end < c.expect.Seq:
+		return Behind, nil
 	}
-	// Something landed after the tail: the batch, if its commit message
+	// Something landed after the tail: the commit, if its commit message
 	// is at tail+n with its id.
-	raw, ok, err := getMsg(ctx, w.conn, w.subjects.Stream(), msgGetRequest{Seq: w.tail.Seq + n})
+	raw, ok, err := getMsg(ctx, w.conn, w.subjects.Stream(), msgGetRequest{Seq: c.expect.Seq + uint64(len(c.msgs))})
 	if err != nil {
-		return 0, 0, 0, err
+		return 0, err
 	}
 	if ok && raw.Subject == w.subjects.Meta() {
 		m, err := DecodeMeta(raw.Data)
-		if err == nil && m.Batch == recs[len(recs)-1].Meta.Batch {
-			w.landed(raw.Seq, recs)
-			return Landed, w.first, raw.Seq, nil
+		if err == nil && m.Batch == c.batch {
+			w.landed(c, raw.Seq)
+			return Landed, nil
 		}
 	}
-	return Moved, 0, 0, nil
+	return Moved, nil
 }
 
 type pubAck struct {

@@ -166,7 +166,7 @@ func (a *partitionActor) publishStatus(st State) {
 func (a *partitionActor) publishProgress() { a.status.update(a.progress) }
 
 func (a *partitionActor) progress(s *Status) {
-	s.Epoch, s.Owner, s.Offset = a.epoch, a.cfg.Owner, a.offset
+	s.Epoch, s.Owner, s.Offset = a.epoch, a.cfg.Owner, a.committedOffset
 	if a.writer != nil {
 		s.ChangelogSeq = a.writer.Last()
 	}
@@ -210,7 +210,13 @@ type partitionActor struct {
 	epochWritten    bool
 	self            *actor.Ref
 	tx              Txn
-	recs            []changelog.Record
+
+	// The commits sent and not finished, oldest first (pipeline.go), a
+	// finished one's buffers for the next, and the offset and forwarded
+	// mark of the last one sent.
+	flights              []*flight
+	spare                *flight
+	sentOffset, sentMark uint64
 
 	readerCancel   context.CancelFunc
 	readerDone     chan struct{}
@@ -257,14 +263,22 @@ func (a *partitionActor) msgID(offset uint64, suffix string) string {
 	return a.cfg.Type + "/" + strconv.Itoa(a.cfg.Partition) + "/" + strconv.FormatUint(offset, 10) + "/" + suffix
 }
 
+// get reads k as the batch being built sees it: its own writes, then those
+// of the commits in flight, newest first, then the local store.
 func (a *partitionActor) get(k string) ([]byte, error) {
-	if i, ok := a.ws[k]; ok {
-		if a.writes[i].del {
-			return nil, statestore.ErrNotFound
+	ws, writes := a.ws, a.writes
+	for i := len(a.flights); ; i-- {
+		if j, ok := ws[k]; ok {
+			if writes[j].del {
+				return nil, statestore.ErrNotFound
+			}
+			return writes[j].value, nil
 		}
-		return a.writes[i].value, nil
+		if i == 0 {
+			return a.store.Get([]byte(k))
+		}
+		ws, writes = a.flights[i-1].ws, a.flights[i-1].writes
 	}
-	return a.store.Get([]byte(k))
 }
 
 // Started restores the store, fences older owners and starts reading input.
@@ -507,7 +521,7 @@ func (a *partitionActor) restoreAndFence(ctx context.Context, resume bool) error
 		if meta.MetaSeq == meta.ChangelogSeq {
 			tail.Batch = meta.Batch
 		}
-		a.writer = changelog.NewWriter(a.conn(), a.subjects, tail, changelog.MaxBatch, changelog.MaxMessage(a.cfg.Conn.MaxPayload()))
+		a.newWriter(tail)
 		if resume && attempt == 0 {
 			// The offset is known already: open the input consumer while
 			// the epoch record commits (startReader takes it).
@@ -526,6 +540,21 @@ func (a *partitionActor) restoreAndFence(ctx context.Context, resume bool) error
 			continue
 		}
 		return err
+	}
+}
+
+// newWriter starts a changelog writer at tail, which tells the actor when
+// an answer to a commit arrives.
+func (a *partitionActor) newWriter(tail changelog.Tail) {
+	if a.writer != nil {
+		a.writer.Close()
+	}
+	a.writer = changelog.NewWriter(a.conn(), a.subjects, tail, changelog.MaxBatch, changelog.MaxMessage(a.cfg.Conn.MaxPayload()))
+	if a.cfg.CommitsInFlight > 1 {
+		a.writer.Pipeline()
+	}
+	if self, from := a.self, a; self != nil {
+		a.writer.Notify(func() { _ = self.TrySend(commitAnswered{from: from}) })
 	}
 }
 
@@ -556,8 +585,8 @@ func (a *partitionActor) resume(ctx context.Context) (statestore.Meta, error) {
 			meta.Forwarded = m.Forwarded
 		}
 	}
-	a.offset, a.committedOffset = meta.Offset, meta.Offset
-	a.forwarded, a.markCommitted = meta.Forwarded, meta.Forwarded
+	a.offset, a.committedOffset, a.sentOffset = meta.Offset, meta.Offset, meta.Offset
+	a.forwarded, a.markCommitted, a.sentMark = meta.Forwarded, meta.Forwarded, meta.Forwarded
 	return meta, a.loadPending()
 }
 
@@ -706,8 +735,8 @@ func (a *partitionActor) restore(ctx context.Context) (statestore.Meta, error) {
 		a.log.Info("restored from changelog", "records", applied, "full", full, "took", el.Round(time.Millisecond),
 			"rate", fmt.Sprintf("%.0f/s", float64(applied)/max(el.Seconds(), 1e-9)))
 	}
-	a.offset, a.committedOffset = meta.Offset, meta.Offset
-	a.forwarded, a.markCommitted = last.Forwarded, last.Forwarded
+	a.offset, a.committedOffset, a.sentOffset = meta.Offset, meta.Offset, meta.Offset
+	a.forwarded, a.markCommitted, a.sentMark = last.Forwarded, last.Forwarded, last.Forwarded
 	return meta, a.loadPending()
 }
 
@@ -788,6 +817,7 @@ func (a *partitionActor) Stopped(c *actor.Context) {
 	} else {
 		a.status.setState(StateStopped, nil)
 	}
+	a.drainFlights()
 	if a.released.Load() {
 		a.quiesce() // its last commit is in Status: the new owner need not wait for the store to close
 	}
@@ -797,6 +827,9 @@ func (a *partitionActor) Stopped(c *actor.Context) {
 	a.early.discard() // Started failed after fencing
 	if a.markTimer != nil {
 		a.markTimer.Stop()
+	}
+	if a.writer != nil {
+		a.writer.Close()
 	}
 	if a.store != nil {
 		if err := a.store.Close(); err != nil {
@@ -818,7 +851,16 @@ func (a *partitionActor) Receive(c *actor.Context, msg any) error {
 }
 
 func (a *partitionActor) receive(c *actor.Context, msg any) error {
+	if len(a.flights) > 0 && !a.abandoned {
+		// Whatever the message, finish the commits answered first: their
+		// notice may not have found room in the mailbox.
+		if err := a.finishAnswered(c.Context()); err != nil {
+			return err
+		}
+	}
 	switch m := msg.(type) {
+	case commitAnswered:
+		return nil // finished above
 	case inputBatch:
 		if m.from != a || a.released.Load() || a.abandoned {
 			// Read by an earlier incarnation: this one re-reads from its
@@ -908,7 +950,7 @@ func (a *partitionActor) process(ctx context.Context, msgs []jetstream.Msg) erro
 		a.offset = seq
 		a.readLag = md.NumPending
 	}
-	return a.commit(ctx)
+	return a.commitBatch(ctx)
 }
 
 // runEvent runs the handler with retries and merges its effects into the
@@ -939,7 +981,7 @@ func (a *partitionActor) runEvent(ctx context.Context, msg jetstream.Msg, seq ui
 	if (a.records()+need > a.cfg.MaxBatchRecords || a.batchBytes+size > a.cfg.MaxBatchBytes) && (len(a.writes) > 0 || len(a.outbox) > 0) {
 		// The event does not fit: commit the batch so far first. The event ran
 		// against the batch's writes, which the commit makes the store's.
-		if cerr := a.commit(ctx); cerr != nil {
+		if cerr := a.commitBatch(ctx); cerr != nil {
 			return cerr
 		}
 		if err == nil {
@@ -1050,110 +1092,6 @@ func (a *partitionActor) toDeadLetter(ev Event, cause error, attempts int) {
 	})
 }
 
-// commit writes the batch: (1) one fenced atomic changelog batch with the
-// writes, the outbox and the meta record; (2) the same to the local store in one
-// batch; (3) forwards the outbox; then sends the replies.
-func (a *partitionActor) commit(ctx context.Context) error {
-	if len(a.writes) == 0 && len(a.outbox) == 0 && a.epochWritten &&
-		a.offset == a.committedOffset && a.forwarded <= a.markCommitted && !a.ver.dirty {
-		return nil
-	}
-	if a.rebuilding && a.cfg.NoChangelog { // a version rebuild commits to the changelog
-		return a.commitRebuilt()
-	}
-	start := time.Now()
-	recs := a.recs[:0]
-	logged := a.writes
-	if a.cfg.NoChangelog {
-		logged = nil // the local store alone holds them
-	}
-	for _, w := range logged {
-		store, key := splitStoreKey([]byte(w.key))
-		if w.del {
-			recs = append(recs, changelog.Record{Kind: changelog.KindDelete, Store: store, Key: key})
-		} else {
-			recs = append(recs, changelog.Record{Kind: changelog.KindSet, Store: store, Key: key, Value: w.value})
-		}
-	}
-	for _, o := range a.outbox {
-		recs = append(recs, changelog.Record{Kind: changelog.KindOutbox, Outbox: o})
-	}
-	mark := a.forwarded
-	recs = append(recs, changelog.Record{Kind: changelog.KindMeta,
-		Meta: a.ver.stamp(changelog.Meta{Offset: a.offset, Epoch: a.epoch, Forwarded: mark, Owner: a.cfg.Owner})})
-	a.recs = recs[:0]
-
-	last, err := a.commitChangelog(ctx, recs)
-	if err != nil {
-		return err
-	}
-	a.markCommitted, a.epochWritten, a.committedOffset = mark, true, a.offset
-	if h := a.cfg.Hooks.AfterChangelog; h != nil {
-		h()
-	}
-
-	b := a.store.NewBatch()
-	for _, w := range a.writes {
-		if w.del {
-			b.Delete([]byte(w.key))
-		} else {
-			b.Set([]byte(w.key), w.value)
-		}
-	}
-	outs := make([]pending, len(a.outbox))
-	now := time.Now()
-	var v []byte // one value buffer for every entry: Set copies it
-	for i := range a.outbox {
-		seq, index := a.writer.Position(len(logged) + i)
-		if v, err = encodePending(v[:0], &a.outbox[i], now); err != nil {
-			b.Close()
-			return err
-		}
-		k := pendingKey(seq, index)
-		b.Set(k, v)
-		outs[i] = pending{seq: seq, key: k, out: a.outbox[i], at: now}
-	}
-	for _, k := range a.fwd.forwardedKeys {
-		b.Delete(k)
-	}
-	b.SetMeta(a.ver.stampStore(statestore.Meta{Offset: a.offset, ChangelogSeq: last, Epoch: a.epoch, Forwarded: mark,
-		Owner: a.cfg.Owner, MetaSeq: last, Batch: recs[len(recs)-1].Meta.Batch}))
-	err = b.Commit()
-	b.Close()
-	if err != nil {
-		return fmt.Errorf("commit local store: %w", err)
-	}
-	a.fwd.forwardedKeys = a.fwd.forwardedKeys[:0]
-	if h := a.cfg.Hooks.AfterLocal; h != nil {
-		h()
-	}
-	a.m.commits.Inc()
-	a.m.commitSeconds.Observe(time.Since(start).Seconds())
-	a.m.changelogRecords.Add(float64(len(recs)))
-	a.snap.records += uint64(len(recs))
-	a.m.offset.Set(float64(a.offset))
-	a.inputLag, a.lastCommit = a.readLag, time.Now()
-	a.m.inputLag.Set(float64(a.inputLag))
-	a.m.lastCommit.Set(float64(a.lastCommit.UnixNano()) / 1e9)
-	if a.started {
-		a.publishStatus(StateRunning)
-	} else {
-		a.publishProgress()
-	}
-
-	clear(a.ws)
-	a.writes, a.outbox, a.batchBytes = a.writes[:0], a.outbox[:0], 0
-
-	err = a.startForward(ctx, outs, a.replies)
-	a.replies = a.replies[:0]
-	if err != nil {
-		return err
-	}
-	a.maybeTrim(ctx)
-	a.maybeSnapshot()
-	return nil
-}
-
 // maybeTrim trims the changelog of stores without one (NoChangelog): it
 // holds meta records and outbox entries only, and those below a committed
 // forwarded mark are needed no more. (A changelog with state is trimmed
@@ -1167,88 +1105,6 @@ func (a *partitionActor) maybeTrim(ctx context.Context) {
 		return
 	}
 	a.trimmed, a.lastTrim = a.markCommitted, time.Now()
-}
-
-// commitChangelog is step 1 of the commit: the batch recs, as one fenced
-// commit (one message, or an atomic batch of parts when they do not fit:
-// Writer.Position tells where each record landed), and returns the
-// sequence of its meta record. An unknown outcome (no acknowledgement: NATS away, a stream
-// leader moving, a timeout) is resolved by reading back what the changelog
-// holds, from the stream leader, and the same batch is published again
-// until its outcome is known; at most one of the attempts can land. It ends
-// when the batch landed; when another batch is where this one expected to
-// go (fenced decides whose); when the changelog lost records this owner
-// committed (errStoreAhead: restore); or when the actor is asked to stop
-// (errAbandoned: the batch's outcome is left to whoever restores next).
-// While it retries, Status says retrying, with the last error.
-func (a *partitionActor) commitChangelog(ctx context.Context, recs []changelog.Record) (last uint64, err error) {
-	var (
-		unknown  error // the first unknown outcome of this batch
-		since    time.Time
-		lastLog  time.Time
-		attempts int
-		wait     = retryMinBackoff
-	)
-	for {
-		attempts++
-		cctx, cancel := context.WithTimeout(ctx, a.cfg.CommitTimeout)
-		_, last, err = a.writer.Commit(cctx, recs)
-		cancel()
-		switch {
-		case err == nil:
-			if unknown != nil {
-				a.log.Info("commit landed after retries", "attempts", attempts, "took", time.Since(since).Round(time.Millisecond))
-			}
-			return last, nil
-		case errors.Is(err, changelog.ErrTooLarge):
-			return 0, fmt.Errorf("commit changelog: %w", err)
-		case errors.Is(err, changelog.ErrFenced) && unknown == nil:
-			return 0, a.fenced(ctx, err)
-		}
-		// Unknown, or fenced after an earlier attempt whose outcome is unknown
-		// (that attempt may be what is there).
-		if unknown == nil {
-			unknown, since, lastLog = err, time.Now(), time.Now()
-			a.log.Warn("commit outcome unknown; reading the changelog back", "err", err, "changelog_seq", a.writer.Last())
-		}
-		a.status.setState(StateRetrying, fmt.Errorf("commit changelog: %w", err))
-		for {
-			rctx, cancel := context.WithTimeout(ctx, min(a.cfg.CommitTimeout, retryReadTimeout))
-			var o changelog.Outcome
-			var first uint64
-			o, first, last, err = a.writer.Resolve(rctx, recs)
-			cancel()
-			if err == nil {
-				switch o {
-				case changelog.Landed:
-					a.log.Info("commit landed (read back)", "attempts", attempts, "took", time.Since(since).Round(time.Millisecond),
-						"first", first, "last", last)
-					return last, nil
-				case changelog.Moved:
-					return 0, a.fenced(ctx, unknown)
-				case changelog.Behind:
-					return 0, fmt.Errorf("%w: the changelog ends before sequence %d, which this owner committed (did a NATS server lose acknowledged writes?)",
-						errStoreAhead, a.writer.Last())
-				}
-				// Not landed: the stream answers again, so publish it again
-				// now, backing off anew if that fails again.
-				wait = retryMinBackoff
-				break
-			}
-			a.status.setState(StateRetrying, fmt.Errorf("commit changelog: read back: %w", err))
-			if time.Since(lastLog) >= retryLogEvery {
-				lastLog = time.Now()
-				a.log.Warn("commit outcome still unknown; retrying", "err", err, "attempts", attempts,
-					"for", time.Since(since).Round(time.Second))
-			}
-			if !a.sleep(ctx, &wait) {
-				return 0, errAbandoned
-			}
-		}
-		if !a.sleep(ctx, &wait) {
-			return 0, errAbandoned
-		}
-	}
 }
 
 // Retries of a commit whose outcome is unknown: from retryMinBackoff,

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/eddyrt/eddy/internal/testkit"
 )
@@ -48,15 +50,15 @@ type faultyConn struct {
 	log     []string
 }
 
+// PublishMsg takes a commit's parts, and applies the plan to the commit
+// when its commit message (the one with a reply subject) comes.
 func (c *faultyConn) PublishMsg(m *nats.Msg) error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.pending = append(c.pending, m)
-	return nil
-}
-
-func (c *faultyConn) RequestMsgWithContext(ctx context.Context, m *nats.Msg) (*nats.Msg, error) {
-	c.mu.Lock()
+	if m.Reply == "" {
+		c.pending = append(c.pending, m)
+		c.mu.Unlock()
+		return nil
+	}
 	c.n++
 	n := c.n
 	batch := append(c.pending, m)
@@ -67,29 +69,21 @@ func (c *faultyConn) RequestMsgWithContext(ctx context.Context, m *nats.Msg) (*n
 	}
 	if c.release[n] {
 		for _, h := range c.held {
-			c.publishLocked(h[:len(h)-1])
-			if _, err := c.Conn.RequestMsgWithContext(ctx, h[len(h)-1]); err != nil {
-				c.mu.Unlock()
-				return nil, err
-			}
+			c.publishLocked(h) // their answers go to attempts given up on
 		}
 		c.log = append(c.log, fmt.Sprintf("commit %d: released %d held batches", n, len(c.held)))
 		c.held = nil
 	}
-	c.log = append(c.log, fmt.Sprintf("commit %d (%d records): fault %d", n, len(batch), f))
+	c.log = append(c.log, fmt.Sprintf("commit %d (%d messages): fault %d", n, len(batch), f))
 	c.mu.Unlock()
 	switch f {
 	case loseAck:
-		c.publish(batch[:len(batch)-1])
-		if _, err := c.Conn.RequestMsgWithContext(ctx, m); err != nil {
-			return nil, err
-		}
-		return nil, nats.ErrTimeout
+		lost := *m
+		lost.Reply = ""
+		c.publish(append(batch[:len(batch)-1], &lost))
 	case drop:
-		return nil, nats.ErrTimeout
 	case halfBatch:
 		c.publish(batch[:len(batch)/2])
-		return nil, nats.ErrTimeout
 	case hold, crash:
 		c.mu.Lock()
 		c.held = append(c.held, batch)
@@ -97,14 +91,14 @@ func (c *faultyConn) RequestMsgWithContext(ctx context.Context, m *nats.Msg) (*n
 		if f == crash {
 			panic("test: the incarnation dies with its batch in flight")
 		}
-		return nil, nats.ErrTimeout
 	case noResponders:
-		return nil, nats.ErrNoResponders
+		return c.Conn.PublishMsg(&nats.Msg{Subject: m.Reply, Header: nats.Header{"Status": []string{"503"}}})
 	case unavailable:
-		return &nats.Msg{Data: []byte(`{"error":{"code":503,"err_code":10008,"description":"JetStream system temporarily unavailable"}}`)}, nil
+		return c.Conn.Publish(m.Reply, []byte(`{"error":{"code":503,"err_code":10008,"description":"JetStream system temporarily unavailable"}}`))
+	default:
+		c.publish(batch)
 	}
-	c.publish(batch[:len(batch)-1])
-	return c.Conn.RequestMsgWithContext(ctx, m)
+	return nil
 }
 
 func (c *faultyConn) publish(msgs []*nats.Msg) {
@@ -142,14 +136,17 @@ func (c *faultyConn) RequestWithContext(ctx context.Context, subject string, dat
 // incarnation's epoch record. Each time the actor must resolve the outcome
 // by reading the changelog back, never fence itself, and end with every
 // event's effects exactly once: the counts and outputs of a sequential run.
+// Each case runs again with commits pipelined (Config.CommitsInFlight 2),
+// where the commit after the faulted one is sent behind it.
 func TestAmbiguousCommitNeverFencesItself(t *testing.T) {
-	for _, tc := range []struct {
+	type testCase = struct {
 		name      string
 		faults    map[int]fault
 		failReads int
 		release   map[int]bool
 		restarts  bool
-	}{
+	}
+	cases := []testCase{
 		{name: "EpochRecordAckLost", faults: map[int]fault{1: loseAck}},
 		{name: "EpochRecordDropped", faults: map[int]fault{1: drop}},
 		{name: "BatchAckLost", faults: map[int]fault{3: loseAck}},
@@ -162,62 +159,76 @@ func TestAmbiguousCommitNeverFencesItself(t *testing.T) {
 		{name: "AckLostTwice", faults: map[int]fault{3: loseAck, 5: loseAck}},
 		{name: "RestartOldBatchLandsBeforeEpochRecord", faults: map[int]fault{3: crash}, release: map[int]bool{4: true}, restarts: true},
 		{name: "RestartOldBatchLandsAfterEpochRecord", faults: map[int]fault{3: crash}, release: map[int]bool{5: true}, restarts: true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			h := newHarness(t, "amb", 1)
-			const events, keys = 200, 5
-			out := "out.amb"
-			ensureOutput(t, h.ctx, h.js, "amb_out", out)
-			counts := map[string]uint64{}
-			outputs := map[uint64]string{}
-			for i := range events {
-				key := "k" + strconv.Itoa(i%keys)
-				ack, err := h.js.PublishMsg(h.ctx, h.msg(key, nil))
-				if err != nil {
-					t.Fatal(err)
-				}
-				counts[key]++
-				outputs[ack.Sequence] = fmt.Sprintf("%s=%d", key, counts[key])
+	}
+	for _, inFlight := range []int{1, 2} {
+		for _, tc := range cases {
+			name := tc.name
+			if inFlight > 1 {
+				name = "Pipelined/" + name
 			}
-			fc := &faultyConn{Conn: h.nc, faults: tc.faults, failReads: tc.failReads, release: tc.release}
-			cfg := h.config(0, countAndEmit(out, 1))
-			cfg.Epoch, cfg.Owner = 5, "n1/test"
-			cfg.BatchSize = 20
-			cfg.CommitTimeout = time.Second
-			cfg.Hooks.Conn = fc
-			a := h.start(cfg)
-			h.waitOffset(a, 0)
-			st := a.Status()
-			fc.mu.Lock()
-			t.Logf("commits: %v", fc.log)
-			fc.mu.Unlock()
-			if st.State != StateRunning || st.Epoch != 5 {
-				t.Fatalf("status %+v: want running at epoch 5", st)
-			}
-			if got := a.Restarts(); (got > 0) != tc.restarts {
-				t.Errorf("%d restarts, want restarts: %v", got, tc.restarts)
-			}
-			for key, want := range counts {
-				if got := count(h.ctx, a, key); got != want {
-					t.Errorf("%s = %d, want %d", key, got, want)
-				}
-			}
-			testkit.WaitFor(t, waitTimeout, "every output forwarded", func() bool { return len(streamMsgs(t, h.ctx, h.js, "amb_out")) >= events })
-			ids := byMsgID(t, streamMsgs(t, h.ctx, h.js, "amb_out"))
-			if len(ids) != events {
-				t.Errorf("%d outputs, want %d", len(ids), events)
-			}
-			for off, want := range outputs {
-				if m := ids[fmt.Sprintf("amb/0/%d/0", off)]; m == nil || string(m.Data) != want {
-					t.Errorf("output of event %d: %v, want %q", off, m, want)
-				}
-			}
-			if err := a.Stop(h.ctx); err != nil {
-				t.Fatal(err)
-			}
-			if errors.Is(a.Err(), ErrFenced) {
-				t.Fatalf("fenced itself: %v", a.Err())
-			}
-		})
+			t.Run(name, func(t *testing.T) { ambiguousCommit(t, tc.faults, tc.failReads, tc.release, tc.restarts, inFlight) })
+		}
+	}
+}
+
+func ambiguousCommit(t *testing.T, faults map[int]fault, failReads int, release map[int]bool, restarts bool, inFlight int) {
+	h := newHarness(t, "amb", 1)
+	const events, keys = 200, 5
+	out := "out.amb"
+	ensureOutput(t, h.ctx, h.js, "amb_out", out)
+	counts := map[string]uint64{}
+	outputs := map[uint64]string{}
+	for i := range events {
+		key := "k" + strconv.Itoa(i%keys)
+		ack, err := h.js.PublishMsg(h.ctx, h.msg(key, nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		counts[key]++
+		outputs[ack.Sequence] = fmt.Sprintf("%s=%d", key, counts[key])
+	}
+	fc := &faultyConn{Conn: h.nc, faults: faults, failReads: failReads, release: release}
+	cfg := h.config(0, countAndEmit(out, 1))
+	cfg.Epoch, cfg.Owner = 5, "n1/test"
+	cfg.BatchSize = 20
+	cfg.CommitTimeout = time.Second
+	cfg.Hooks.Conn = fc
+	cfg.CommitsInFlight = inFlight
+	cfg.Metrics = NewMetrics(prometheus.NewRegistry())
+	a := h.start(cfg)
+	h.waitOffset(a, 0)
+	st := a.Status()
+	fc.mu.Lock()
+	t.Logf("commits: %v", fc.log)
+	fc.mu.Unlock()
+	if st.State != StateRunning || st.Epoch != 5 {
+		t.Fatalf("status %+v: want running at epoch 5", st)
+	}
+	if got := a.Restarts(); (got > 0) != restarts {
+		t.Errorf("%d restarts, want restarts: %v", got, restarts)
+	}
+	for key, want := range counts {
+		if got := count(h.ctx, a, key); got != want {
+			t.Errorf("%s = %d, want %d", key, got, want)
+		}
+	}
+	testkit.WaitFor(t, waitTimeout, "every output forwarded", func() bool { return len(streamMsgs(t, h.ctx, h.js, "amb_out")) >= events })
+	ids := byMsgID(t, streamMsgs(t, h.ctx, h.js, "amb_out"))
+	if len(ids) != events {
+		t.Errorf("%d outputs, want %d", len(ids), events)
+	}
+	for off, want := range outputs {
+		if m := ids[fmt.Sprintf("amb/0/%d/0", off)]; m == nil || string(m.Data) != want {
+			t.Errorf("output of event %d: %v, want %q", off, m, want)
+		}
+	}
+	if err := a.Stop(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if errors.Is(a.Err(), ErrFenced) {
+		t.Fatalf("fenced itself: %v", a.Err())
+	}
+	if n := testutil.ToFloat64(cfg.Metrics.commitsPipelined.WithLabelValues("amb", "0")); (n > 0) != (inFlight > 1) {
+		t.Errorf("%.0f commits sent behind another with %d in flight", n, inFlight)
 	}
 }

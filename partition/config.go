@@ -139,6 +139,10 @@ type Config struct {
 	// before it passes it, and an event that passes it alone goes to the
 	// dead-letter stream.
 	MaxBatchBytes int
+	// CommitsInFlight is how many changelog commits the partition has in
+	// flight (1 to MaxCommitsInFlight): with 2, a batch's commit is sent
+	// while the one before it waits for its acknowledgement (pipeline.go).
+	CommitsInFlight int
 	// MaxAttempts is how often a failing or panicking handler runs for one event
 	// before the event goes to the dead-letter stream.
 	MaxAttempts int
@@ -203,6 +207,7 @@ func DefaultConfig() Config {
 		Linger:          2 * time.Millisecond,   // a batch waits at most this for more events
 		MaxBatchRecords: 4096,                   // a full batch of 2000 events (0.5-2 records each) commits whole, in one message when values are small
 		MaxBatchBytes:   8 << 20,                // a few messages of NATS's 1 MiB default max payload, far under the 1000 of an atomic batch
+		CommitsInFlight: 1,                      // 2 gave neither a lower p99 nor more events/s here (2 cores shared with NATS: CPU, not the round trip, bounds a partition), and smaller batches cost CPU
 		MaxAttempts:     3,                      // a transient failure gets two retries
 		MaxValueSize:    256 << 10,              // leaves room under NATS's 1 MiB max payload
 		MaxEventSize:    256 << 10,              // same
@@ -253,6 +258,8 @@ func (c *Config) Validate() error {
 		return bad("max batch records %d: a commit needs room for a record and its meta", c.MaxBatchRecords)
 	case c.MaxBatchBytes < c.MaxValueSize || c.MaxBatchBytes < c.MaxEventSize:
 		return bad("max batch bytes %d: a commit needs room for the largest value (%d) and event (%d)", c.MaxBatchBytes, c.MaxValueSize, c.MaxEventSize)
+	case c.CommitsInFlight < 1 || c.CommitsInFlight > MaxCommitsInFlight:
+		return bad("commits in flight %d: 1 to %d", c.CommitsInFlight, MaxCommitsInFlight)
 	case c.MaxAttempts < 1:
 		return bad("max attempts %d", c.MaxAttempts)
 	case c.MaxValueSize < 1 || c.MaxEventSize < 1:

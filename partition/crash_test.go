@@ -19,6 +19,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/eddyrt/eddy/actor"
 	"github.com/eddyrt/eddy/changelog"
@@ -29,15 +31,20 @@ import (
 
 // The crash child is this test binary run again with these variables set.
 const (
-	envChild    = "EDDY_CRASH_CHILD" // "1" in the child
-	envNATS     = "EDDY_CRASH_NATS"  // the parent's NATS URL
-	envType     = "EDDY_CRASH_TYPE"  // the actor type
-	envStoreDir = "EDDY_CRASH_STORE" // the partition's store dir
-	envHook     = "EDDY_CRASH_HOOK"  // AfterChangelog, AfterLocal, MidForward, or empty: no crash
-	envAt       = "EDDY_CRASH_AT"    // crash on this call of the hook
-	envNoCL     = "EDDY_CRASH_NOCL"  // "1": the stores have no changelog (Config.NoChangelog)
-	envSnap     = "EDDY_CRASH_SNAP"  // "true": the actor takes snapshots (Config.SnapshotEvery)
+	envChild    = "EDDY_CRASH_CHILD"  // "1" in the child
+	envNATS     = "EDDY_CRASH_NATS"   // the parent's NATS URL
+	envType     = "EDDY_CRASH_TYPE"   // the actor type
+	envStoreDir = "EDDY_CRASH_STORE"  // the partition's store dir
+	envHook     = "EDDY_CRASH_HOOK"   // AfterChangelog, AfterLocal, MidForward, or empty: no crash
+	envAt       = "EDDY_CRASH_AT"     // crash on this call of the hook
+	envNoCL     = "EDDY_CRASH_NOCL"   // "1": the stores have no changelog (Config.NoChangelog)
+	envSnap     = "EDDY_CRASH_SNAP"   // "true": the actor takes snapshots (Config.SnapshotEvery)
+	envInFlight = "EDDY_CRASH_FLIGHT" // Config.CommitsInFlight
 )
+
+// pipelinedLine starts the line a crash child prints with how many commits
+// it sent behind another (Config.CommitsInFlight 2).
+const pipelinedLine = "commits pipelined: "
 
 // crashExit is the exit code of a child that crashed at its hook.
 const crashExit = 3
@@ -68,17 +75,22 @@ func TestCrashBetweenCommitSteps(t *testing.T) {
 		js                jetstream.JetStream
 		noChangelog       bool
 		hooks, modes      []string
+		inFlight          int
 	}{
 		{"", "crash_", srv, js, false,
-			[]string{"AfterChangelog", "AfterLocal", "MidForward"}, []string{"", "StoreLost", "StoreLostSnapshot"}},
+			[]string{"AfterChangelog", "AfterLocal", "MidForward"}, []string{"", "StoreLost", "StoreLostSnapshot"}, 1},
 		// Stores without a changelog are rebuilt from the input stream where
 		// the local store is behind (a crash after the changelog commit) or
 		// lost; they take no snapshots.
 		{"NoChangelog/", "crash_nocl_", srv, js, true,
-			[]string{"AfterChangelog", "AfterLocal"}, []string{"", "StoreLost"}},
+			[]string{"AfterChangelog", "AfterLocal"}, []string{"", "StoreLost"}, 1},
 		// Snapshots upload chunks larger than the small server takes.
 		{"Parts/", "crash_parts_", small, smallJS, false,
-			[]string{"AfterChangelog", "AfterLocal", "MidForward"}, []string{"", "StoreLost"}},
+			[]string{"AfterChangelog", "AfterLocal", "MidForward"}, []string{"", "StoreLost"}, 1},
+		// Commits sent while the one before is in flight: a crash leaves
+		// one more commit in the changelog than in the local store.
+		{"Pipelined/", "crash_pipe_", srv, js, false,
+			[]string{"AfterChangelog", "AfterLocal", "MidForward"}, []string{"", "StoreLostSnapshot"}, 2},
 	}
 	for _, v := range variants {
 		for _, hook := range v.hooks {
@@ -89,7 +101,7 @@ func TestCrashBetweenCommitSteps(t *testing.T) {
 				}
 				storeLost, snapshots := mode != "", mode == "StoreLostSnapshot"
 				t.Run(name, func(t *testing.T) {
-					crashScenario(t, ctx, v.srv.URL(), v.js, typ, hook, storeLost, v.noChangelog, snapshots)
+					crashScenario(t, ctx, v.srv.URL(), v.js, typ, hook, storeLost, v.noChangelog, snapshots, v.inFlight)
 					if v.srv == small {
 						checkParts(t, ctx, v.js, changelog.NewSubjects(typ, 0))
 					}
@@ -99,7 +111,7 @@ func TestCrashBetweenCommitSteps(t *testing.T) {
 	}
 }
 
-func crashScenario(t *testing.T, ctx context.Context, url string, js jetstream.JetStream, typ, hook string, storeLost, noChangelog, snapshots bool) {
+func crashScenario(t *testing.T, ctx context.Context, url string, js jetstream.JetStream, typ, hook string, storeLost, noChangelog, snapshots bool, inFlight int) {
 	const events, keys = 300, 10
 	opt := StreamOptions{Replicas: 1, Duplicates: 2 * time.Minute}
 	if err := EnsureInputStream(ctx, js, Input{Type: typ, Partitions: 1}, opt); err != nil {
@@ -136,7 +148,7 @@ func crashScenario(t *testing.T, ctx context.Context, url string, js jetstream.J
 		last = ack.Sequence
 	}
 
-	child := crashChild{t: t, url: url, typ: typ, storeDir: filepath.Join(t.TempDir(), "store"), noChangelog: noChangelog, snapshots: snapshots}
+	child := crashChild{t: t, url: url, typ: typ, storeDir: filepath.Join(t.TempDir(), "store"), noChangelog: noChangelog, snapshots: snapshots, inFlight: inFlight}
 	if code, _ := child.run(ctx, hook, 4); code != crashExit {
 		t.Fatalf("child exited with %d, want %d: it did not crash at %s", code, crashExit, hook)
 	}
@@ -174,6 +186,12 @@ func crashScenario(t *testing.T, ctx context.Context, url string, js jetstream.J
 	code, logs := child.run(ctx, "", 0)
 	if code != 0 {
 		t.Fatalf("restarted child exited with %d", code)
+	}
+	if inFlight > 1 {
+		_, after, _ := strings.Cut(logs, pipelinedLine)
+		if n, _ := strconv.Atoi(strings.TrimSpace(strings.SplitN(after, "\n", 2)[0])); n == 0 {
+			t.Errorf("the restarted child sent no commit behind another (%q)", pipelinedLine+after)
+		}
 	}
 	// The restart took the restore path this case is about.
 	if full := strings.Contains(logs, "restoring from the whole changelog"); full != (storeLost && !fromSnapshot) {
@@ -301,6 +319,7 @@ type crashChild struct {
 	storeDir    string
 	noChangelog bool
 	snapshots   bool
+	inFlight    int
 }
 
 // run runs the child until it exits and returns its exit code and output. With
@@ -315,6 +334,7 @@ func (c crashChild) run(ctx context.Context, hook string, at int) (int, string) 
 	cmd.Env = append(os.Environ(),
 		envChild+"=1", envNATS+"="+c.url, envType+"="+c.typ, envStoreDir+"="+c.storeDir,
 		envHook+"="+hook, envAt+"="+strconv.Itoa(at), envNoCL+"="+strconv.FormatBool(c.noChangelog), envSnap+"="+strconv.FormatBool(c.snapshots),
+		envInFlight+"="+strconv.Itoa(c.inFlight),
 		// Under -race a clean exit otherwise sleeps 1 s for late race reports.
 		"GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	var logs bytes.Buffer
@@ -378,6 +398,10 @@ func TestCrashChild(t *testing.T) {
 		cfg.SnapshotEvery = 20 // about every commit of 25 events
 	}
 	cfg.Logger = log
+	cfg.Metrics = NewMetrics(prometheus.NewRegistry())
+	if n, err := strconv.Atoi(os.Getenv(envInFlight)); err == nil {
+		cfg.CommitsInFlight = n
+	}
 	cfg.BatchSize = 25 // a dozen commits
 	// The local commit a hook crashes after must be on disk, as it would be
 	// after any commit of a large store.
@@ -434,4 +458,5 @@ func TestCrashChild(t *testing.T) {
 	if n := a.Restarts(); n != 0 {
 		t.Errorf("actor restarted %d times", n)
 	}
+	fmt.Printf("%s%.0f\n", pipelinedLine, testutil.ToFloat64(cfg.Metrics.commitsPipelined.WithLabelValues(typ, "0")))
 }

@@ -12,7 +12,7 @@ type Metrics struct {
 	forwarded, fenced, restoreRecords, inputGaps, restarts          *prometheus.CounterVec
 	rebuildEvents, storeDiscards, outboxFound                       *prometheus.CounterVec
 	snapshots, snapshotFailures, snapshotBytes, restores            *prometheus.CounterVec
-	changelogTrims                                                  *prometheus.CounterVec
+	changelogTrims, commitsPipelined                                *prometheus.CounterVec
 	commitSeconds                                                   *prometheus.HistogramVec
 	offset, replicaLag, inputLag, lastCommit                        *prometheus.GaugeVec
 	replicaRecords                                                  *prometheus.CounterVec
@@ -59,6 +59,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		snapshotFailures: c("snapshot_failures_total", "Snapshots that failed (checkpoint or upload)."),
 		snapshotBytes:    c("snapshot_uploaded_bytes_total", "Bytes uploaded by snapshots (files the bucket did not hold yet)."),
 		changelogTrims:   c("changelog_trims_total", "Times the changelog was trimmed below the oldest kept snapshot."),
+		commitsPipelined: c("commits_pipelined_total", "Changelog commits sent while the one before was not acknowledged yet (CommitsInFlight 2)."),
 		restores: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "eddy", Subsystem: "partition", Name: "restores_total",
 			Help: "Restores of partition actors by path: local (store + changelog tail), replica (promoted hot replica), snapshot (snapshot + changelog tail), changelog (whole changelog), input (rebuilt from the input stream)."},
 			[]string{"type", "partition", "path"}),
@@ -70,7 +71,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		for _, col := range []prometheus.Collector{m.events, m.handlerFailures, m.deadLetters, m.commits, m.changelogRecords,
 			m.forwarded, m.fenced, m.restoreRecords, m.rebuildEvents, m.inputGaps, m.restarts, m.commitSeconds, m.offset, m.replicaLag, m.replicaRecords,
 			m.storeDiscards, m.outboxFound, m.inputLag, m.lastCommit, m.state,
-			m.snapshots, m.snapshotFailures, m.snapshotBytes, m.restores, m.changelogTrims} {
+			m.snapshots, m.snapshotFailures, m.snapshotBytes, m.restores, m.changelogTrims, m.commitsPipelined} {
 			reg.MustRegister(col)
 		}
 	}
@@ -82,6 +83,7 @@ type partitionMetrics struct {
 	forwarded, fenced, restoreRecords, inputGaps, restarts          prometheus.Counter
 	rebuildEvents, replicaRecords, storeDiscards, outboxFound       prometheus.Counter
 	snapshots, snapshotFailures, snapshotBytes, changelogTrims      prometheus.Counter
+	commitsPipelined                                                prometheus.Counter
 	restores                                                        func(path string) prometheus.Counter
 	commitSeconds                                                   prometheus.Observer
 	offset, replicaLag, inputLag, lastCommit                        prometheus.Gauge
@@ -112,9 +114,9 @@ func (m *Metrics) forPartition(typ string, p int) *partitionMetrics {
 		replicaLag: m.replicaLag.With(l), replicaRecords: m.replicaRecords.With(l),
 		storeDiscards: m.storeDiscards.With(l), outboxFound: m.outboxFound.With(l), inputLag: m.inputLag.With(l), lastCommit: m.lastCommit.With(l),
 		snapshots: m.snapshots.With(l), snapshotFailures: m.snapshotFailures.With(l), snapshotBytes: m.snapshotBytes.With(l),
-		changelogTrims: m.changelogTrims.With(l),
-		restores:       func(path string) prometheus.Counter { return m.restores.WithLabelValues(typ, strconv.Itoa(p), path) },
-		state:          map[State]prometheus.Gauge{},
+		changelogTrims: m.changelogTrims.With(l), commitsPipelined: m.commitsPipelined.With(l),
+		restores: func(path string) prometheus.Counter { return m.restores.WithLabelValues(typ, strconv.Itoa(p), path) },
+		state:    map[State]prometheus.Gauge{},
 	}
 	for _, st := range states {
 		pm.state[st] = m.state.WithLabelValues(typ, strconv.Itoa(p), string(st))

@@ -147,31 +147,26 @@ type killConn struct {
 	killed chan int // receives the commit request a kill happened at
 }
 
-func (c *killConn) RequestMsgWithContext(ctx context.Context, m *nats.Msg) (*nats.Msg, error) {
+// PublishMsg kills the server after a planned commit's commit message (the
+// one with a reply subject) has left.
+func (c *killConn) PublishMsg(m *nats.Msg) error {
+	if m.Reply == "" {
+		return c.Conn.PublishMsg(m)
+	}
 	c.mu.Lock()
 	c.n++
 	kill := c.kills[c.n]
 	n := c.n
 	c.mu.Unlock()
-	if !kill {
-		return c.Conn.RequestMsgWithContext(ctx, m)
-	}
-	inbox := c.Conn.NewRespInbox()
-	sub, err := c.Conn.SubscribeSync(inbox)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = sub.Unsubscribe() }()
-	m.Reply = inbox
-	if err := c.Conn.PublishMsg(m); err != nil {
-		return nil, err
+	if err := c.Conn.PublishMsg(m); err != nil || !kill {
+		return err
 	}
 	_ = c.Conn.Flush() // the commit message has left; its ack has not come back
 	if err := c.srv.Kill(0); err != nil {
-		return nil, err
+		return err
 	}
 	c.killed <- n
-	return sub.NextMsgWithContext(ctx)
+	return nil
 }
 
 // TestNATSServerKilledMidCommit runs a partition actor at a fixed epoch, as a
@@ -181,17 +176,24 @@ func (c *killConn) RequestMsgWithContext(ctx context.Context, m *nats.Msg) (*nat
 // The actor must resolve each commit by reading the changelog back, never
 // fence itself, and count every event once.
 func TestNATSServerKilledMidCommit(t *testing.T) {
-	killedMidCommit(t, "killed", nil)
+	killedMidCommit(t, "killed", nil, 1)
+}
+
+// TestNATSServerKilledMidPipelinedCommit is TestNATSServerKilledMidCommit
+// with commits pipelined (Config.CommitsInFlight 2): the commit after the
+// one killed may be on its way too.
+func TestNATSServerKilledMidPipelinedCommit(t *testing.T) {
+	killedMidCommit(t, "killedpipe", nil, 2)
 }
 
 // TestNATSServerKilledMidLargeCommit is TestNATSServerKilledMidCommit on a
 // server that takes messages of at most 2 KiB: every commit is an atomic
 // batch of parts and its commit message, killed after all of them left.
 func TestNATSServerKilledMidLargeCommit(t *testing.T) {
-	killedMidCommit(t, "killedparts", []string{"max_payload: 2048"})
+	killedMidCommit(t, "killedparts", []string{"max_payload: 2048"}, 1)
 }
 
-func killedMidCommit(t *testing.T, typ string, extraConfig []string) {
+func killedMidCommit(t *testing.T, typ string, extraConfig []string, inFlight int) {
 	if testing.Short() {
 		t.Skip("runs nats-server processes")
 	}
@@ -216,6 +218,7 @@ func killedMidCommit(t *testing.T, typ string, extraConfig []string) {
 	cfg.BatchSize = 20
 	cfg.CommitTimeout = 2 * time.Second
 	cfg.Hooks.Conn = kc
+	cfg.CommitsInFlight = inFlight
 	a := h.start(cfg)
 
 	published := make(chan error, 1)

@@ -25,6 +25,7 @@ import (
 
 	"github.com/eddyrt/eddy"
 	"github.com/eddyrt/eddy/changelog"
+	"github.com/eddyrt/eddy/internal/natsproc"
 	"github.com/eddyrt/eddy/partition"
 )
 
@@ -44,7 +45,11 @@ type benchOptions struct {
 	inFlight                                       int
 	dir, cpuProfile                                string
 	keyedSubjects                                  bool
-	phaseTimeout                                   time.Duration
+	// natsServers > 0 runs NATS as that many nats-server processes (a
+	// JetStream cluster from 3), as deployed, rather than embedded in the
+	// bench's process (whose garbage collector then pauses NATS too).
+	natsServers  int
+	phaseTimeout time.Duration
 }
 
 // bench is one run of `node bench`: an embedded NATS server reached over TCP
@@ -56,9 +61,11 @@ type bench struct {
 	opts benchOptions
 	dir  string
 
-	srv *server.Server
-	nc  *nats.Conn
-	js  jetstream.JetStream
+	srv  *server.Server    // the embedded NATS server, or
+	proc *natsproc.Cluster // the nats-server process (--nats-process)
+	url  string            // where NATS listens
+	nc   *nats.Conn
+	js   jetstream.JetStream
 
 	counts  []int    // input events per partition
 	lastSeq []uint64 // last input sequence per partition
@@ -231,6 +238,9 @@ func (b *bench) phase(ctx context.Context, name string, f func(context.Context) 
 }
 
 func (b *bench) startNATS() error {
+	if b.opts.natsServers > 0 {
+		return b.startNATSProcess()
+	}
 	srv, err := server.NewServer(&server.Options{
 		ServerName: "eddy-bench",
 		Host:       "127.0.0.1",
@@ -248,10 +258,34 @@ func (b *bench) startNATS() error {
 		srv.Shutdown()
 		return errors.New("embedded NATS server did not start")
 	}
-	b.srv = srv
+	b.srv, b.url = srv, srv.ClientURL()
 	// TCP loopback, not nats.InProcessServer: ordered consumers read ~770 k msg/s over
 	// TCP loopback and ~550 k in-process on a 2-core machine.
-	if b.nc, err = nats.Connect(srv.ClientURL(), nats.Name("eddy bench")); err != nil {
+	return b.connect()
+}
+
+// startNATSProcess starts the nats-server processes, built from the module
+// go.mod pins (natsproc), with JetStream under the bench's directory.
+func (b *bench) startNATSProcess() error {
+	c, err := natsproc.New(natsproc.Config{Servers: b.opts.natsServers, Dir: filepath.Join(b.dir, "nats")})
+	if err != nil {
+		return err
+	}
+	b.proc = c
+	if err := c.StartAll(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), natsReadyTimeout)
+	defer cancel()
+	if err := c.WaitReady(ctx); err != nil {
+		return err
+	}
+	b.url = c.ConnectURL()
+	return b.connect()
+}
+
+func (b *bench) connect() (err error) {
+	if b.nc, err = nats.Connect(b.url, nats.Name("eddy bench")); err != nil {
 		return err
 	}
 	b.js, err = jetstream.New(b.nc)
@@ -261,6 +295,12 @@ func (b *bench) startNATS() error {
 func (b *bench) stopNATS() {
 	if b.nc != nil {
 		b.nc.Close()
+	}
+	if b.proc != nil {
+		if err := b.proc.Close(); err != nil {
+			b.printf("  stop nats-server: %v", err)
+		}
+		return
 	}
 	b.srv.Shutdown()
 	b.srv.WaitForShutdown()
@@ -448,7 +488,7 @@ type eddyStats struct{ commits, records, commitSeconds float64 }
 func (b *bench) node(ctx context.Context, dir string, t eddy.ActorType, mutate ...func(*eddy.Config)) (*eddy.Node, *prometheus.Registry, error) {
 	reg := prometheus.NewRegistry()
 	cfg := b.cfg
-	cfg.NodeID, cfg.DataDir, cfg.NATSURL, cfg.HTTPAddr = "bench", dir, b.srv.ClientURL(), ""
+	cfg.NodeID, cfg.DataDir, cfg.NATSURL, cfg.HTTPAddr = "bench", dir, b.url, ""
 	cfg.Logger, cfg.Registerer = b.log, reg
 	for _, m := range mutate {
 		m(&cfg)
@@ -571,6 +611,7 @@ func (b *bench) buildChangelog(ctx context.Context) (changelog.Subjects, error) 
 		return s, err
 	}
 	w := changelog.NewWriter(b.nc, s, changelog.Tail{}, changelog.MaxBatch, changelog.MaxMessage(b.nc.MaxPayload()))
+	defer w.Close()
 	value, err := msgpack.Marshal(int64(1))
 	if err != nil {
 		return s, err
@@ -585,7 +626,7 @@ func (b *bench) buildChangelog(ctx context.Context) (changelog.Subjects, error) 
 				Key: []byte("r" + strconv.Itoa(i)), Value: value})
 		}
 		recs = append(recs, changelog.Record{Kind: changelog.KindMeta, Meta: changelog.Meta{Epoch: 1}})
-		if _, _, err := w.Commit(ctx, recs); err != nil {
+		if _, err := w.Commit(ctx, recs); err != nil {
 			return s, err
 		}
 	}

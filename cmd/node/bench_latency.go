@@ -69,6 +69,7 @@ func (c *cli) benchLatency(ctx context.Context, args []string) error {
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", time.Minute, "how long to wait for the outputs of the events published")
 	fs.StringVar(&bo.dir, "dir", "", "`directory` for NATS and store data (default: a temporary one, removed afterwards)")
 	fs.StringVar(&bo.cpuProfile, "cpuprofile", "", "write a CPU profile of each phase to `file`.<phase> (latency-max, latency-load)")
+	fs.IntVar(&bo.natsServers, "nats-servers", 0, "run NATS as this many nats-server `processes` (3: a JetStream cluster; use --stream-replicas 3), built from the pinned module (run inside the module); 0: embedded in the bench's process")
 	if err := c.parse(fs, args); err != nil {
 		return err
 	}
@@ -170,7 +171,7 @@ func (lb *latencyBench) run(ctx context.Context) (err error) {
 	}
 	// The consumer and the commit log read on connections of their own, so
 	// that neither waits behind the publisher's acks.
-	cnc, err := nats.Connect(lb.srv.ClientURL(), nats.Name("eddy bench latency consumer"))
+	cnc, err := nats.Connect(lb.url, nats.Name("eddy bench latency consumer"))
 	if err != nil {
 		return err
 	}
@@ -193,7 +194,7 @@ func (lb *latencyBench) run(ctx context.Context) (err error) {
 		time.Sleep(time.Second) // the partitions commit their outbox marks (MarkDelay) before the load
 	}
 
-	mnc, err := nats.Connect(lb.srv.ClientURL(), nats.Name("eddy bench latency commits"))
+	mnc, err := nats.Connect(lb.url, nats.Name("eddy bench latency commits"))
 	if err != nil {
 		return err
 	}
@@ -249,7 +250,7 @@ func (lb *latencyBench) run(ctx context.Context) (err error) {
 // from its end on and publishes, per event, what the bench's actor type
 // emits (without its count): the output with a message id, asynchronously.
 func (lb *latencyBench) rawPipeline(ctx context.Context) (stop func(), err error) {
-	nc, err := nats.Connect(lb.srv.ClientURL(), nats.Name("eddy bench latency raw pipeline"))
+	nc, err := nats.Connect(lb.url, nats.Name("eddy bench latency raw pipeline"))
 	if err != nil {
 		return nil, err
 	}

@@ -107,6 +107,7 @@ func addTuningFlags(fs *flag.FlagSet, cfg *eddy.Config) {
 	fs.Var(sizeFlag[int]{&cfg.MaxEventSize}, "max-event-size", "largest event processed, in `bytes`; larger ones go to the dead-letter stream")
 	fs.IntVar(&cfg.MaxBatchRecords, "max-batch-records", cfg.MaxBatchRecords, "most changelog `records` a partition commits at once; a batch is cut before it passes them")
 	fs.Var(sizeFlag[int]{&cfg.MaxBatchBytes}, "max-batch-bytes", "most `bytes` of changelog records a partition commits at once (or with KiB, MiB); at least max-value-size and max-event-size")
+	fs.IntVar(&cfg.CommitsInFlight, "commits-in-flight", cfg.CommitsInFlight, "changelog `commits` a partition has in flight: 2 sends a batch's commit while the one before is acknowledged, 1 waits for each")
 	fs.BoolVar(&cfg.StoreSync, "store-sync", cfg.StoreSync, "fsync the local store once per commit, so a restart after a crash replays a shorter changelog tail (stores without a changelog always fsync)")
 	fs.Var(sizeFlag[int64]{&cfg.CacheSize}, "cache-size", "block cache shared by the node's state stores, in `bytes` (or with KiB, MiB, GiB)")
 	fs.IntVar(&cfg.StreamReplicas, "stream-replicas", cfg.StreamReplicas, "JetStream replicas of the streams eddy creates (3 on a NATS cluster)")

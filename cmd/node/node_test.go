@@ -93,7 +93,7 @@ func TestEveryConfigFieldHasAFlag(t *testing.T) {
 		"NodeID": "node-id", "DataDir": "data-dir", "NATSURL": "nats", "NATSOptions": "nats-creds", "NATSWait": "nats-wait",
 		"EmbeddedNATSHost": "nats-host", "EmbeddedNATSPort": "nats-port", "HTTPAddr": "http",
 		"BatchSize": "batch-size", "Linger": "linger", "MaxAttempts": "max-attempts",
-		"MaxValueSize": "max-value-size", "MaxEventSize": "max-event-size", "MaxBatchRecords": "max-batch-records", "MaxBatchBytes": "max-batch-bytes",
+		"MaxValueSize": "max-value-size", "MaxEventSize": "max-event-size", "MaxBatchRecords": "max-batch-records", "MaxBatchBytes": "max-batch-bytes", "CommitsInFlight": "commits-in-flight",
 		"CacheSize": "cache-size", "StoreSync": "store-sync", "StreamReplicas": "stream-replicas", "DuplicateWindow": "duplicate-window",
 		"SnapshotEvery": "snapshot-every", "SnapshotInterval": "snapshot-interval", "SnapshotsKept": "snapshots-kept",
 		"Logger":     "log-format",
