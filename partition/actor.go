@@ -237,6 +237,7 @@ type partitionActor struct {
 	reconnect atomic.Pointer[chan struct{}] // closed and replaced at each reconnect to NATS
 	abandoned bool
 	started   bool // restored and fenced: commits show it running
+	stopped   bool // in Stopped: commits that landed are applied, nothing more
 	// inputLag and lastCommit are reported in Status; readLag is the input
 	// lag as of the last event of the batch being built.
 	inputLag, readLag uint64
@@ -810,6 +811,8 @@ func (a *partitionActor) loadPending() error {
 
 // Stopped stops the reader and closes the store.
 func (a *partitionActor) Stopped(c *actor.Context) {
+	a.stopped = true
+	landed := a.awaitFlights()
 	// A failure that stops the incarnation shows as retrying or fenced once
 	// the supervisor has decided (Start's OnFailure); until then, stopped.
 	if a.writer != nil {
@@ -817,9 +820,17 @@ func (a *partitionActor) Stopped(c *actor.Context) {
 	} else {
 		a.status.setState(StateStopped, nil)
 	}
-	a.drainFlights()
 	if a.released.Load() {
 		a.quiesce() // its last commit is in Status: the new owner need not wait for the store to close
+	}
+	for _, f := range landed { // to the local store, and forwarded
+		if err := a.apply(context.Background(), f); err != nil {
+			a.log.Warn("stopping: a commit that landed is left to the next restore", "err", err, "offset", f.offset)
+			break
+		}
+	}
+	if len(landed) > 0 {
+		a.publishStatus(StateStopped) // with their offset
 	}
 	a.stopForward()
 	a.stopReader()

@@ -88,6 +88,8 @@ func TestOutboxForwardedOnceAndReply(t *testing.T) {
 			}
 		}
 	}
+	// Outputs are forwarded while the next batch runs: wait for the last.
+	testkit.WaitFor(t, waitTimeout, "every output forwarded", func() bool { return len(streamMsgs(t, h.ctx, h.js, out)) >= len(want) })
 	checkOutputs("after processing")
 
 	// A new owner restored from the whole changelog forwards again what the

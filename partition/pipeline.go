@@ -248,13 +248,13 @@ func (a *partitionActor) dropFlights() {
 	a.flights = a.flights[:0]
 }
 
-// drainFlights finishes, as a stopping actor, the commits in flight whose
-// acknowledgement comes within CommitTimeout: without retries, since whoever
-// restores next resolves the others.
-func (a *partitionActor) drainFlights() {
-	for len(a.flights) > 0 {
-		f := a.flights[0]
-		a.flights = append(a.flights[:0], a.flights[1:]...)
+// awaitFlights waits, as a stopping actor, for the acknowledgements of the
+// commits in flight, each until its CommitTimeout, and returns those that
+// landed, in order, for apply. It does not retry: whoever restores next
+// resolves the others.
+func (a *partitionActor) awaitFlights() []*flight {
+	var landed []*flight
+	for _, f := range a.flights {
 		if f.timer != nil {
 			f.timer.Stop()
 		}
@@ -264,14 +264,14 @@ func (a *partitionActor) drainFlights() {
 			err = a.writer.Wait(ctx, f.c)
 			cancel()
 		}
-		if err == nil {
-			err = a.apply(context.Background(), f)
-		}
 		if err != nil {
 			a.log.Info("stopping with commits in flight: their outcome is left to the next owner's restore", "err", err, "offset", f.offset)
-			a.dropFlights()
+			break
 		}
+		landed = append(landed, f)
 	}
+	a.dropFlights()
+	return landed
 }
 
 // land resolves a commit whose answer was not an acknowledgement. An
@@ -414,14 +414,14 @@ func (a *partitionActor) apply(ctx context.Context, f *flight) error {
 	a.inputLag, a.lastCommit = f.readLag, time.Now()
 	a.m.inputLag.Set(float64(a.inputLag))
 	a.m.lastCommit.Set(float64(a.lastCommit.UnixNano()) / 1e9)
-	if a.started {
+	if a.started && !a.stopped {
 		a.publishStatus(StateRunning)
 	} else {
 		a.publishProgress()
 	}
 	err = a.startForward(ctx, outs, f.replies)
 	a.recycle(f)
-	if err != nil {
+	if err != nil || a.stopped {
 		return err
 	}
 	a.maybeTrim(ctx)

@@ -52,6 +52,10 @@ func (h *harness) checkPromoted(p *Actor, m *Metrics, keys int, events uint64) f
 	if total != events {
 		h.t.Fatalf("counts add up to %d, want %d", total, events)
 	}
+	// Outputs are forwarded while the next batch runs: wait for the last.
+	testkit.WaitFor(h.t, waitTimeout, "every output forwarded", func() bool {
+		return uint64(len(streamMsgs(h.t, h.ctx, h.js, h.typ+"_out"))) >= events
+	})
 	if out := byMsgID(h.t, streamMsgs(h.t, h.ctx, h.js, h.typ+"_out")); uint64(len(out)) != events {
 		h.t.Fatalf("%d outputs, want %d", len(out), events)
 	}
