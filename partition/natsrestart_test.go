@@ -11,6 +11,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/eddyrt/eddy/changelog"
 	"github.com/eddyrt/eddy/internal/natsproc"
@@ -219,6 +221,7 @@ func killedMidCommit(t *testing.T, typ string, extraConfig []string, inFlight in
 	cfg.CommitTimeout = 2 * time.Second
 	cfg.Hooks.Conn = kc
 	cfg.CommitsInFlight = inFlight
+	cfg.Metrics = NewMetrics(prometheus.NewRegistry())
 	a := h.start(cfg)
 
 	published := make(chan error, 1)
@@ -271,4 +274,7 @@ func killedMidCommit(t *testing.T, typ string, extraConfig []string, inFlight in
 		t.Fatalf("stop: %v, actor ended with %v", err, a.Err())
 	}
 	t.Logf("the actor restarted %d times", a.Restarts())
+	if n := testutil.ToFloat64(cfg.Metrics.commitsPipelined.WithLabelValues(typ, "0")); (n > 0) != (inFlight > 1) {
+		t.Errorf("%.0f commits sent behind another with %d in flight", n, inFlight)
+	}
 }
