@@ -10,13 +10,15 @@ import (
 
 	"github.com/eddyrt/eddy/partition"
 	"github.com/eddyrt/eddy/statestore"
+	"github.com/eddyrt/eddy/table"
 )
 
 // Context is what a handler sees of one event. All of its writes, emits, sends
 // and its reply take effect together, once, when the event's batch commits —
 // or not at all if the handler returns an error or panics.
 type Context struct {
-	tx *partition.Txn
+	tx      *partition.Txn
+	globals map[string]*table.Global
 }
 
 // Context is cancelled when the partition actor stops (or fails and
@@ -100,6 +102,10 @@ func (c *Context) Emit(stream, key string, v any) error {
 	}
 	return c.tx.Emit(stream, key, b)
 }
+
+// EmitTombstone publishes, once, the deletion of key to the stream of a
+// table (a record with the header Eddy-Tombstone), as Emit publishes a value.
+func (c *Context) EmitTombstone(stream, key string) error { return c.tx.EmitTombstone(stream, key) }
 
 // Reply answers a client's Ask, after the event's effects are committed.
 func (c *Context) Reply(v any) error {

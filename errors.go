@@ -30,6 +30,8 @@ var (
 	ErrUnknownStream = partition.ErrUnknownStream
 	// ErrUnknownType means no actor type of that name is registered.
 	ErrUnknownType = errors.New("eddy: unknown actor type")
+	// ErrUnknownTable means no table of that name is registered.
+	ErrUnknownTable = errors.New("eddy: unknown table")
 	// ErrStarted means the node has been started already: actor types are
 	// registered before Start, and a node starts once.
 	ErrStarted = errors.New("eddy: node already started")

@@ -13,6 +13,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/eddyrt/eddy/partition"
+	"github.com/eddyrt/eddy/statestore"
 )
 
 // Handler is the node's HTTP API:
@@ -31,6 +32,7 @@ import (
 func (n *Node) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/state/{type}/{key}", n.handleState)
+	mux.HandleFunc("GET /v1/tables/{name}/{key}", n.handleTable)
 	mux.HandleFunc("GET /v1/status", n.handleStatus)
 	mux.HandleFunc("GET /v1/cluster", n.handleCluster)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
@@ -76,6 +78,33 @@ func (n *Node) handleState(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"type": r.PathValue("type"), "key": r.PathValue("key"), "store": store, "value": v,
 		"served_by": by.role(), "served_by_node": by.Node})
+}
+
+// handleTable answers a global table's value of a key from this node's copy.
+func (n *Node) handleTable(w http.ResponseWriter, r *http.Request) {
+	name, key := r.PathValue("name"), r.PathValue("key")
+	n.mu.Lock()
+	g := n.globals[name]
+	n.mu.Unlock()
+	if g == nil {
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": fmt.Sprintf("%v: %s", ErrUnknownTable, name)})
+		return
+	}
+	b, err := g.Get(key)
+	switch {
+	case errors.Is(err, statestore.ErrNotFound):
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": fmt.Sprintf("%v: %s/%s", ErrNotFound, name, key)})
+		return
+	case err != nil:
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+		return
+	}
+	var v any
+	if err := decodeValue(b, &v); err != nil {
+		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"table": name, "key": key, "value": v, "applied": g.Applied()})
 }
 
 func (n *Node) handleStatus(w http.ResponseWriter, r *http.Request) {

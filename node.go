@@ -19,6 +19,7 @@ import (
 	"github.com/eddyrt/eddy/cluster"
 	"github.com/eddyrt/eddy/partition"
 	"github.com/eddyrt/eddy/statestore"
+	"github.com/eddyrt/eddy/table"
 )
 
 // Node runs the partition actors of the registered actor types. Alone, it
@@ -34,6 +35,12 @@ type Node struct {
 	// inputs are the input streams of the registered types (written by
 	// Register, read-only once started).
 	inputs map[string]partition.Input
+	// The registered global tables, and once started, the tables
+	// (read-only while the node runs).
+	globalTypes  map[string]*GlobalTable
+	globalOrder  []string
+	globals      map[string]*table.Global
+	tableMetrics *table.Metrics
 
 	reg      prometheus.Registerer
 	gatherer prometheus.Gatherer
@@ -87,6 +94,7 @@ func NewNode(cfg Config) (*Node, error) {
 		n.reg, n.gatherer = r, r
 	}
 	n.metrics = partition.NewMetrics(n.reg)
+	n.tableMetrics = table.NewMetrics(n.reg)
 	return n, nil
 }
 
@@ -149,6 +157,10 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.mu.Lock()
 	n.cache = statestore.NewCache(n.cfg.CacheSize)
 	n.sys = actor.NewSystem(n.log)
+	if err := n.startGlobalTables(ctx); err != nil {
+		n.mu.Unlock()
+		return err
+	}
 	if n.cfg.HTTPAddr != "" {
 		if err := n.serveHTTP(); err != nil {
 			n.mu.Unlock()
@@ -221,6 +233,7 @@ func (n *Node) shutdown(ctx context.Context) error {
 		errs = append(errs, n.sys.Stop(ctx))
 		n.sys = nil
 	}
+	errs = append(errs, n.stopGlobalTables())
 	n.wg.Wait() // request handlers: with the actors stopped, none waits long
 	if n.cache != nil {
 		n.cache.Close()

@@ -597,7 +597,9 @@ func (n *Node) partitionConfig(t *ActorType, p int, epoch uint64) partition.Conf
 	c.NoChangelog = t.NoChangelog
 	c.StateVersion, c.Migrate, c.RebuildOnNewVersion = t.StateVersion, t.Migrate, t.RebuildOnNewVersion
 	h := t.Handler
-	c.Handler = func(tx *partition.Txn) error { return h(&Context{tx: tx}) }
+	globals := n.globals
+	c.Handler = func(tx *partition.Txn) error { return h(&Context{tx: tx, globals: globals}) }
+	c.Ready = n.globalsReady()
 	c.Conn, c.JS = n.nc, n.js
 	c.StoreDir = filepath.Join(n.cfg.DataDir, "stores", t.Name, strconv.Itoa(p))
 	c.Cache = n.cache

@@ -51,10 +51,26 @@ func (n *Node) ensureStreams(ctx context.Context, w *natsWait, nc *nats.Conn, js
 			return err
 		}
 	}
+	for _, name := range n.globalOrder {
+		t := n.globalTypes[name]
+		err := ensure("JetStream to create table stream "+name, func(ctx context.Context) error {
+			return partition.EnsureTableStream(ctx, js, t.input(), sopt)
+		})
+		if err != nil {
+			return err
+		}
+		dlq := partition.DLQStream(name)
+		err = ensure("JetStream to create dead-letter stream "+dlq, func(ctx context.Context) error {
+			return partition.EnsureStream(ctx, js, dlq, []string{partition.DLQSubject(name)}, sopt)
+		})
+		if err != nil {
+			return err
+		}
+	}
 	for _, name := range n.order {
 		for _, o := range n.types[name].Outputs {
-			if n.types[o] != nil {
-				continue // another actor type's input stream
+			if n.types[o] != nil || n.globalTypes[o] != nil {
+				continue // another actor type's input stream, or a table's
 			}
 			err := ensure("JetStream to create output stream "+o, func(ctx context.Context) error {
 				return partition.EnsureStream(ctx, js, o, []string{o + ".*"}, sopt)

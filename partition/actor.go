@@ -354,6 +354,10 @@ func (a *partitionActor) Started(c *actor.Context) error {
 	if err != nil {
 		return err
 	}
+	if !a.awaitReady() {
+		a.abandoned = true // asked to stop first
+		return nil
+	}
 	a.started = true
 	a.publishStatus(StateRunning)
 	a.m.restores(a.restorePath).Inc()
@@ -380,6 +384,24 @@ func (a *partitionActor) Started(c *actor.Context) error {
 	}
 	a.pendingOut = nil
 	return a.startReader(c)
+}
+
+// awaitReady waits for Config.Ready, and reports false if the actor is
+// asked to stop first.
+func (a *partitionActor) awaitReady() bool {
+	for _, ch := range a.cfg.Ready {
+		select {
+		case <-ch:
+		default:
+			a.log.Info("waiting for the node's global tables to catch up before taking input")
+			select {
+			case <-ch:
+			case <-a.stopping:
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // chooseRestore sets restorePath to the path the restore takes: a promoted

@@ -175,6 +175,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Metrics records the partition's metrics (optional).
 	Metrics *Metrics
+	// Ready are closed once what handlers read besides their stores is
+	// ready (the node's global tables, caught up with their streams): the
+	// actor restores and fences meanwhile, and takes no input before.
+	Ready []<-chan struct{}
 }
 
 // Hooks are called between the steps of a commit. Tests use them to crash the

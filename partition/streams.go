@@ -53,9 +53,16 @@ const (
 // unavailable" and 10023 "insufficient resources" (a JetStream cluster
 // electing its leaders, a member down) are worth retrying; Node.Start does.
 func EnsureInputStream(ctx context.Context, js jetstream.JetStream, in Input, opt StreamOptions) error {
+	spec := inputSpec(in, opt, fmt.Sprintf("eddy input stream of actor type %s, %d partitions", in.Type, in.Partitions))
+	spec.Role = "input stream"
+	return ensure(ctx, js, opt, spec)
+}
+
+// inputSpec is a stream laid out as in says.
+func inputSpec(in Input, opt StreamOptions, description string) streams.Spec {
 	cfg := jetstream.StreamConfig{
 		Name:        in.Type,
-		Description: fmt.Sprintf("eddy input stream of actor type %s, %d partitions", in.Type, in.Partitions),
+		Description: description,
 		Subjects:    in.Subjects(),
 		Storage:     jetstream.FileStorage,
 		Replicas:    opt.Replicas,
@@ -67,7 +74,21 @@ func EnsureInputStream(ctx context.Context, js jetstream.JetStream, in Input, op
 		cfg.SubjectTransform = &jetstream.SubjectTransformConfig{Source: in.Type + ".*", Destination: dest}
 		cfg.Metadata[MetaSubjects] = "key"
 	}
-	return ensure(ctx, js, opt, streams.Spec{Role: "input stream", Config: cfg, Replayed: true})
+	return streams.Spec{Config: cfg, Replayed: true}
+}
+
+// EnsureTableStream makes the stream of a table exist, in one attempt: laid
+// out like an input stream (in), so that a table is read by key as an
+// input is, and written by any client or by an actor type's Emit. With one
+// subject per key a stream eddy creates is compacted (MaxMsgsPerSubject 1:
+// the latest record of each key is kept, so the stream is the table's
+// changelog); an existing stream that keeps more works, and whoever reads
+// it all (a node's first start) reads more. With one subject per partition
+// nothing can be compacted: the stream keeps every record.
+func EnsureTableStream(ctx context.Context, js jetstream.JetStream, in Input, opt StreamOptions) error {
+	spec := inputSpec(in, opt, fmt.Sprintf("eddy table stream %s, %d partitions", in.Type, in.Partitions))
+	spec.Role, spec.Compacted = "table stream", in.KeyedSubjects
+	return ensure(ctx, js, opt, spec)
 }
 
 // InputOf reads the addressing of an eddy input stream from its config

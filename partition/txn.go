@@ -11,6 +11,7 @@ import (
 
 	"github.com/eddyrt/eddy/changelog"
 	"github.com/eddyrt/eddy/statestore"
+	"github.com/eddyrt/eddy/table"
 )
 
 var (
@@ -153,16 +154,30 @@ func (tx *Txn) Emit(stream, key string, data []byte) error {
 	if len(data) > tx.a.cfg.MaxValueSize {
 		return fmt.Errorf("emit to %s: %d bytes, limit %d: %w", stream, len(data), tx.a.cfg.MaxValueSize, ErrValueTooLarge)
 	}
+	return tx.emit(stream, key, data, nil)
+}
+
+// EmitTombstone is Emit of a record that deletes key from a table whose
+// stream is stream (the header table.TombstoneHeader, no data).
+func (tx *Txn) EmitTombstone(stream, key string) error {
+	return tx.emit(stream, key, nil, map[string]string{table.TombstoneHeader: "1"})
+}
+
+func (tx *Txn) emit(stream, key string, data []byte, header map[string]string) error {
 	subject := InputSubject(stream, key)
 	t, err := tx.a.checkTarget(subject)
-	if err != nil || t.input == nil || t.input.KeyedSubjects {
-		if err != nil {
-			return err
-		}
-		return tx.publish(subject, nil, data)
+	if err != nil {
+		return err
+	}
+	if t.input == nil || t.input.KeyedSubjects {
+		return tx.publish(subject, header, data)
 	}
 	m := t.input.Msg(key, data)
-	return tx.publish(m.Subject, map[string]string{HeaderKey: m.Header.Get(HeaderKey)}, data)
+	h := map[string]string{HeaderKey: m.Header.Get(HeaderKey)}
+	for k, v := range header {
+		h[k] = v
+	}
+	return tx.publish(m.Subject, h, data)
 }
 
 func (tx *Txn) publish(subject string, header map[string]string, data []byte) error {

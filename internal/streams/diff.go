@@ -37,6 +37,11 @@ type Spec struct {
 	// existing one must keep its messages by limits, not by interest or as
 	// a work queue. Output and dead-letter streams are the user's to consume.
 	Replayed bool
+	// Compacted creates a missing stream with MaxMsgsPerSubject 1: it keeps
+	// the latest message of each subject (a table's stream, one subject per
+	// key). An existing stream may keep more: it works, at a cost to whoever
+	// reads it all.
+	Compacted bool
 }
 
 // Change is one field where an existing stream differs from its Spec.

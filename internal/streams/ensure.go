@@ -22,7 +22,11 @@ func Ensure(ctx context.Context, js jetstream.JetStream, want Spec) (jetstream.S
 	name := want.Config.Name
 	st, err := js.Stream(ctx, name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		st, err = js.CreateStream(ctx, want.Config)
+		cfg := want.Config
+		if want.Compacted {
+			cfg.MaxMsgsPerSubject = 1
+		}
+		st, err = js.CreateStream(ctx, cfg)
 		if err == nil {
 			return st, Plan{}, nil // created, or it existed exactly as wanted
 		}

@@ -1,0 +1,235 @@
+package eddy_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/eddyrt/eddy"
+	"github.com/eddyrt/eddy/internal/natstest"
+	"github.com/eddyrt/eddy/internal/testkit"
+	"github.com/eddyrt/eddy/partition"
+)
+
+type product struct {
+	Name    string `msgpack:"name" json:"name"`
+	Version int    `msgpack:"version" json:"version"`
+}
+
+// enrich is an actor type that joins each order with the product it names
+// in the global table "products": it keeps the product version it saw. An
+// order with the header Product-Seq waits for the table to apply that
+// stream sequence first.
+func enrich() eddy.ActorType {
+	return eddy.ActorType{Name: "orders", Partitions: 2, ReplicationFactor: eddy.NoReplicas, Handler: func(c *eddy.Context) error {
+		products := c.Global("products")
+		if s := c.Header("Product-Seq"); s != "" {
+			seq, err := strconv.ParseUint(s, 10, 64)
+			if err != nil {
+				return fmt.Errorf("%w: Product-Seq %q", eddy.ErrMalformed, s)
+			}
+			if err := products.WaitApplied(seq); err != nil {
+				return err
+			}
+		}
+		var p product
+		ok, err := products.Get(string(c.Data()), &p)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			p.Version = -1 // not in the table (yet)
+		}
+		return c.Set(p.Version)
+	}}
+}
+
+// productsOf publishes product records to the table's stream.
+type productsOf struct {
+	t    *testing.T
+	ctx  context.Context
+	js   jetstream.JetStream
+	last uint64
+}
+
+func (p *productsOf) put(id string, version int) uint64 {
+	p.t.Helper()
+	b, err := msgpack.Marshal(product{Name: "product " + id, Version: version})
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	ack, err := p.js.Publish(p.ctx, "products."+id, b)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.last = ack.Sequence
+	return ack.Sequence
+}
+
+// A node's partitions take no input before its global tables caught up
+// with their streams: orders published before the node started all see the
+// latest product versions of that moment. A handler that waits for the
+// sequence of the record it depends on sees it, whenever it runs. Any node
+// answers the table over HTTP; a restart reads only the records published
+// while it was down; a record the table cannot read goes to its dead-letter
+// stream, and the table goes on.
+func TestGlobalTableBootstrapsBeforeInputAndJoinsDeterministically(t *testing.T) {
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	opt := partition.StreamOptions{Replicas: 1, Duplicates: time.Minute}
+	if err := partition.EnsureTableStream(ctx, js, partition.Input{Type: "products", Partitions: 1, KeyedSubjects: true}, opt); err != nil {
+		t.Fatal(err)
+	}
+	orders := partition.Input{Type: "orders", Partitions: 2}
+	if err := partition.EnsureInputStream(ctx, js, orders, opt); err != nil {
+		t.Fatal(err)
+	}
+	// Many records before the node starts (a bootstrap of a few hundred
+	// ms), every product's last at version 1; orders name the products
+	// published last.
+	const ids, rounds = 50_000, 2
+	p := &productsOf{t: t, ctx: ctx, js: js}
+	for round := range rounds {
+		for i := range ids {
+			b, err := msgpack.Marshal(product{Name: "product p" + strconv.Itoa(i), Version: round})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := js.PublishAsync("products.p"+strconv.Itoa(i), b); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-ctx.Done():
+		t.Fatal("preload not acknowledged")
+	}
+	for i := range 200 {
+		if _, err := js.PublishMsg(ctx, orders.Msg("o"+strconv.Itoa(i), []byte("p"+strconv.Itoa(ids-1-i)))); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	dir := t.TempDir()
+	start := func(reg *prometheus.Registry) *eddy.Node {
+		cfg := eddy.DefaultConfig()
+		cfg.DataDir, cfg.NATSURL, cfg.HTTPAddr, cfg.Registerer = dir, srv.URL(), "127.0.0.1:0", reg
+		cfg.Logger = testkit.Logger(t)
+		node, err := eddy.NewNode(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := node.RegisterGlobalTable(eddy.GlobalTable{Name: "products"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := node.Register(enrich()); err != nil {
+			t.Fatal(err)
+		}
+		if err := node.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return node
+	}
+	node := start(prometheus.NewRegistry())
+	seen := func(order string) int {
+		t.Helper()
+		var v int
+		testkit.WaitFor(t, 30*time.Second, "order "+order, func() bool {
+			return node.Query(ctx, "orders", order, &v) == nil
+		})
+		return v
+	}
+	for i := range 200 {
+		if v := seen("o" + strconv.Itoa(i)); v != rounds-1 {
+			t.Fatalf("order o%d saw product version %d, want %d: it ran before the table caught up", i, v, rounds-1)
+		}
+	}
+
+	// A record published now, and an order that depends on it.
+	seq := p.put("p7", 3)
+	m := orders.Msg("late", []byte("p7"))
+	m.Header.Set("Product-Seq", strconv.FormatUint(seq, 10))
+	if _, err := js.PublishMsg(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if v := seen("late"); v != 3 {
+		t.Fatalf("an order that waits for the product's record saw version %d, want 3", v)
+	}
+	resp, err := http.Get("http://" + node.HTTPAddr() + "/v1/tables/products/p7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Value product `json:"value"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&got)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK || got.Value.Version != 3 {
+		t.Fatalf("GET /v1/tables/products/p7: %d %+v %v", resp.StatusCode, got, err)
+	}
+
+	// Down for a while: the restart reads only what was published meanwhile.
+	if err := node.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		p.put("p"+strconv.Itoa(i), 4)
+	}
+	if _, err := js.Publish(ctx, "products.bad", []byte{0xc1, 0xff}); err != nil { // neither msgpack nor JSON
+		t.Fatal(err)
+	}
+	p.put("p11", 5)
+	reg := prometheus.NewRegistry()
+	node = start(reg)
+	defer func() { _ = node.Stop(context.Background()) }()
+	m = orders.Msg("after", []byte("p11"))
+	m.Header.Set("Product-Seq", strconv.FormatUint(p.last, 10))
+	if _, err := js.PublishMsg(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if v := seen("after"); v != 5 {
+		t.Fatalf("after the restart an order saw version %d, want 5", v)
+	}
+	applied := testutil.ToFloat64(mustMetric(t, reg, "eddy_table_applied_records_total"))
+	if applied != 12 {
+		t.Fatalf("the restart applied %v records, want the 12 published while the node was down", applied)
+	}
+	dl, err := js.Stream(ctx, partition.DLQStream("products"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := dl.GetLastMsgForSubject(ctx, partition.DLQSubject("products"))
+	if err != nil || msg.Header.Get("Eddy-Subject") != "products.0.bad" || msg.Header.Get("Eddy-Error") == "" {
+		t.Fatalf("dead letter of the bad record: %+v %v", msg, err)
+	}
+
+}
+
+// mustMetric returns the one sample of the counter name in reg.
+func mustMetric(t *testing.T, reg *prometheus.Registry, name string) prometheus.Collector {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.Metric) == 1 {
+			return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: name},
+				func() float64 { return mf.Metric[0].GetCounter().GetValue() })
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return nil
+}

@@ -1,0 +1,275 @@
+package table
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/eddyrt/eddy/internal/natstest"
+	"github.com/eddyrt/eddy/internal/testkit"
+	"github.com/eddyrt/eddy/statestore"
+)
+
+const waitTimeout = 30 * time.Second
+
+// products is a table's source stream with one subject per key,
+// products.<key>, compacted to the latest record of each key.
+type products struct {
+	t     *testing.T
+	ctx   context.Context
+	js    jetstream.JetStream
+	model map[string]string // the latest value of each key; absent: deleted
+	last  uint64            // the stream's last sequence
+}
+
+func newProducts(t *testing.T) *products {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	_, js := natstest.Start(t).Connect(t)
+	p := &products{t: t, ctx: ctx, js: js, model: map[string]string{}}
+	p.create()
+	return p
+}
+
+func (p *products) create() {
+	p.t.Helper()
+	if _, err := p.js.CreateStream(p.ctx, jetstream.StreamConfig{Name: "products", Subjects: []string{"products.*"},
+		MaxMsgsPerSubject: 1, Storage: jetstream.FileStorage}); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// put publishes n records over keys p0..p<keys-1>, every seventh a tombstone.
+func (p *products) put(n, keys int, round string) {
+	p.t.Helper()
+	for i := range n {
+		key := fmt.Sprintf("p%d", i%keys)
+		m := &nats.Msg{Subject: "products." + key, Header: nats.Header{}}
+		if i%7 == 3 {
+			m.Header.Set(TombstoneHeader, "1")
+			delete(p.model, key)
+		} else {
+			m.Data = fmt.Appendf(nil, "%s-%d", round, i)
+			p.model[key] = string(m.Data)
+		}
+		ack, err := p.js.PublishMsg(p.ctx, m)
+		if err != nil {
+			p.t.Fatal(err)
+		}
+		p.last = ack.Sequence
+	}
+}
+
+func keyOfSubject(subject string, _ nats.Header) (string, error) {
+	key, ok := strings.CutPrefix(subject, "products.")
+	if !ok {
+		return "", fmt.Errorf("subject %s is not products.<key>", subject)
+	}
+	return key, nil
+}
+
+func (p *products) config(dir string, m *Metrics) GlobalConfig {
+	cfg := DefaultGlobalConfig()
+	cfg.Name, cfg.Stream, cfg.Key, cfg.JS, cfg.StoreDir = "products", "products", keyOfSubject, p.js, dir
+	cfg.Metrics, cfg.Logger = m, testkit.Logger(p.t)
+	cfg.Batch = 100
+	return cfg
+}
+
+func (p *products) start(cfg GlobalConfig) *Global {
+	p.t.Helper()
+	g, err := StartGlobal(p.ctx, cfg)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.t.Cleanup(func() { _ = g.Stop() })
+	return g
+}
+
+func (p *products) waitReady(g *Global) {
+	p.t.Helper()
+	select {
+	case <-g.Ready():
+	case <-g.Done():
+		p.t.Fatalf("the table stopped before it was ready: %v", g.Err())
+	case <-time.After(waitTimeout):
+		p.t.Fatal("the table did not catch up")
+	}
+}
+
+// check compares the table with the model of the latest values.
+func (p *products) check(g *Global, keys int) {
+	p.t.Helper()
+	for i := range keys {
+		key := fmt.Sprintf("p%d", i)
+		v, err := g.Get(key)
+		want, ok := p.model[key]
+		switch {
+		case !ok && !errors.Is(err, statestore.ErrNotFound):
+			p.t.Errorf("%s: %q (%v), want deleted", key, v, err)
+		case ok && (err != nil || string(v) != want):
+			p.t.Errorf("%s: %q (%v), want %q", key, v, err, want)
+		}
+	}
+}
+
+// A global table catches up with its stream before it is ready (its
+// values then the latest of each key, deletes applied), then tails it:
+// WaitApplied sees a record published later.
+func TestGlobalTableBootstrapsThenTails(t *testing.T) {
+	p := newProducts(t)
+	const keys = 300
+	p.put(3000, keys, "a")
+	m := NewMetrics(prometheus.NewRegistry())
+	g := p.start(p.config(t.TempDir(), m))
+	if _, err := g.Get("p1"); !errors.Is(err, ErrNotReady) && !g.isReady() {
+		t.Fatalf("a read before the bootstrap ends: %v, want ErrNotReady", err)
+	}
+	p.waitReady(g)
+	if g.Applied() < p.last {
+		t.Fatalf("ready at sequence %d, the stream ends at %d", g.Applied(), p.last)
+	}
+	p.check(g, keys)
+
+	p.put(500, keys, "b")
+	ctx, cancel := context.WithTimeout(p.ctx, waitTimeout)
+	defer cancel()
+	if err := g.WaitApplied(ctx, p.last); err != nil {
+		t.Fatal(err)
+	}
+	p.check(g, keys)
+	if lag := testutil.ToFloat64(m.lag.WithLabelValues("products")); lag != 0 {
+		t.Errorf("lag %v after the last record, want 0", lag)
+	}
+	if b := testutil.ToFloat64(m.boot.WithLabelValues("products")); b != 1 {
+		t.Errorf("bootstrap ratio %v, want 1", b)
+	}
+}
+
+// The table's position is kept in its store: a restart reads only the
+// records published after it stopped.
+func TestGlobalTableRestartReadsOnlyTheTail(t *testing.T) {
+	p := newProducts(t)
+	const keys = 100
+	p.put(1000, keys, "a")
+	dir := t.TempDir()
+	g := p.start(p.config(dir, nil))
+	p.waitReady(g)
+	if err := g.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	p.put(40, keys, "b")
+	m := NewMetrics(prometheus.NewRegistry())
+	g = p.start(p.config(dir, m))
+	p.waitReady(g)
+	p.check(g, keys)
+	if got := testutil.ToFloat64(m.records.WithLabelValues("products")); got != 40 {
+		t.Fatalf("the restart applied %v records, want the 40 published while it was stopped", got)
+	}
+}
+
+// Stop ends a bootstrap in progress, and a restart goes on from where it
+// stopped.
+func TestGlobalTableStopInterruptsBootstrap(t *testing.T) {
+	p := newProducts(t)
+	const keys = 2000
+	p.put(2000, keys, "a")
+	dir := t.TempDir()
+	cfg := p.config(dir, nil)
+	cfg.Batch = 10
+	slow := cfg
+	slow.Key = func(subject string, h nats.Header) (string, error) {
+		time.Sleep(time.Millisecond) // a slow bootstrap: 2 s or more
+		return keyOfSubject(subject, h)
+	}
+	g := p.start(slow)
+	ctx, cancel := context.WithTimeout(p.ctx, waitTimeout)
+	defer cancel()
+	if err := g.WaitApplied(ctx, 100); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := g.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("Stop took %v during a bootstrap", took)
+	}
+	stopped := g.Applied()
+	if stopped >= p.last || g.isReady() {
+		t.Fatalf("the bootstrap ended (at %d of %d) before Stop", stopped, p.last)
+	}
+	m := NewMetrics(prometheus.NewRegistry())
+	cfg.Metrics = m
+	g = p.start(cfg)
+	p.waitReady(g)
+	p.check(g, keys)
+	if got := testutil.ToFloat64(m.records.WithLabelValues("products")); got != float64(p.last-stopped) {
+		t.Fatalf("the restart applied %v records, want the %d after %d", got, p.last-stopped, stopped)
+	}
+}
+
+// A stream deleted and created again is another stream: the table starts
+// over rather than keep values the new stream never had.
+func TestGlobalTableStartsOverOnARecreatedStream(t *testing.T) {
+	p := newProducts(t)
+	const keys = 50
+	p.put(200, keys, "a")
+	dir := t.TempDir()
+	g := p.start(p.config(dir, nil))
+	p.waitReady(g)
+	if err := g.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.js.DeleteStream(p.ctx, "products"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond) // a creation time of its own
+	p.create()
+	p.model = map[string]string{}
+	p.put(20, keys, "b")
+	g = p.start(p.config(dir, nil))
+	p.waitReady(g)
+	p.check(g, keys)
+}
+
+// A record whose key cannot be read is handed to Reject and skipped; the
+// table goes on.
+func TestGlobalTableSkipsARecordWithoutKey(t *testing.T) {
+	p := newProducts(t)
+	if _, err := p.js.CreateStream(p.ctx, jetstream.StreamConfig{Name: "other", Subjects: []string{"other.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.js.UpdateStream(p.ctx, jetstream.StreamConfig{Name: "products", Subjects: []string{"products.*", "products.bad.>"},
+		MaxMsgsPerSubject: 1, Storage: jetstream.FileStorage}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.js.Publish(p.ctx, "products.bad.x", []byte("no key")); err != nil {
+		t.Fatal(err)
+	}
+	p.put(10, 5, "a")
+	var rejected []string
+	cfg := p.config(t.TempDir(), nil)
+	cfg.Key = func(subject string, h nats.Header) (string, error) {
+		if strings.Count(subject, ".") != 1 {
+			return "", fmt.Errorf("subject %s is not products.<key>", subject)
+		}
+		return keyOfSubject(subject, h)
+	}
+	cfg.Reject = func(msg jetstream.Msg, err error) { rejected = append(rejected, msg.Subject()+": "+err.Error()) }
+	g := p.start(cfg)
+	p.waitReady(g)
+	p.check(g, 5)
+	if len(rejected) != 1 || !strings.HasPrefix(rejected[0], "products.bad.x") {
+		t.Fatalf("rejected %q, want the record on products.bad.x", rejected)
+	}
+}
