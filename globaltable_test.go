@@ -106,7 +106,7 @@ func TestGlobalTableBootstrapsBeforeInputAndJoinsDeterministically(t *testing.T)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := js.PublishAsync("products.p"+strconv.Itoa(i), b); err != nil {
+			if _, err := js.PublishAsync("products.p"+strconv.Itoa(i), b, jetstream.WithStallWait(time.Minute)); err != nil {
 				t.Fatal(err)
 			}
 		}
