@@ -94,6 +94,8 @@ func (c *cli) bench(ctx context.Context, args []string) error {
 			return c.benchInput(ctx, args[1:])
 		case "latency":
 			return c.benchLatency(ctx, args[1:])
+		case "table":
+			return c.benchTable(ctx, args[1:])
 		}
 	}
 	fs := flag.NewFlagSet("node bench", flag.ContinueOnError)
