@@ -233,3 +233,77 @@ func mustMetric(t *testing.T, reg *prometheus.Registry, name string) prometheus.
 	t.Fatalf("no metric %s", name)
 	return nil
 }
+
+// Every member of a cluster keeps its own copy of a global table, whether
+// or not it runs partitions: each answers it over HTTP, and the orders each
+// node processes see the product records they wait for.
+func TestGlobalTableOnEveryClusterMember(t *testing.T) {
+	srv := natstest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	member := func(id, join string) *eddy.Node {
+		cfg := eddy.DefaultConfig()
+		cfg.NodeID, cfg.DataDir, cfg.NATSURL, cfg.HTTPAddr = id, t.TempDir(), srv.URL(), "127.0.0.1:0"
+		cfg.GossipAddr, cfg.RaftAddr = "127.0.0.1:0", "127.0.0.1:0"
+		cfg.Logger = testkit.Logger(t)
+		if join == "" {
+			cfg.Bootstrap = true
+		} else {
+			cfg.Join = []string{join}
+		}
+		node, err := eddy.NewNode(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := node.RegisterGlobalTable(eddy.GlobalTable{Name: "products"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := node.Register(enrich()); err != nil {
+			t.Fatal(err)
+		}
+		if err := node.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = node.Stop(context.Background()) })
+		return node
+	}
+	n1 := member("n1", "")
+	n2 := member("n2", n1.GossipAddr())
+	nodes := []*eddy.Node{n1, n2}
+	waitSettled(t, nodes, 2)
+
+	_, js := srv.Connect(t)
+	p := &productsOf{t: t, ctx: ctx, js: js}
+	orders := partition.Input{Type: "orders", Partitions: 2}
+	for i := range 20 {
+		id := "p" + strconv.Itoa(i)
+		seq := p.put(id, i)
+		m := orders.Msg("o"+strconv.Itoa(i), []byte(id))
+		m.Header.Set("Product-Seq", strconv.FormatUint(seq, 10))
+		if _, err := js.PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 20 {
+		var v int
+		testkit.WaitFor(t, 30*time.Second, "order o"+strconv.Itoa(i), func() bool {
+			return n1.Query(ctx, "orders", "o"+strconv.Itoa(i), &v) == nil
+		})
+		if v != i {
+			t.Errorf("order o%d saw product version %d, want %d", i, v, i)
+		}
+	}
+	for _, node := range nodes { // each node's copy tails the stream on its own
+		testkit.WaitFor(t, 30*time.Second, "GET "+node.HTTPAddr()+"/v1/tables/products/p19", func() bool {
+			resp, err := http.Get("http://" + node.HTTPAddr() + "/v1/tables/products/p19")
+			if err != nil {
+				return false
+			}
+			defer resp.Body.Close()
+			var got struct {
+				Value product `json:"value"`
+			}
+			return resp.StatusCode == http.StatusOK && json.NewDecoder(resp.Body).Decode(&got) == nil && got.Value.Version == 19
+		})
+	}
+}
