@@ -103,7 +103,6 @@ type Global struct {
 	ready   chan struct{} // closed once bootstrapped
 	advance chan struct{} // closed and replaced whenever applied moves (WaitApplied)
 	mu      sync.Mutex    // guards advance
-	err     atomic.Pointer[error]
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -147,10 +146,7 @@ func StartGlobal(ctx context.Context, cfg GlobalConfig) (*Global, error) {
 	g.cancel = cancel
 	go func() {
 		defer close(g.done)
-		if err := g.run(tctx, st); err != nil && tctx.Err() == nil {
-			g.err.Store(&err)
-			g.log.Error("global table stopped", "err", err)
-		}
+		g.run(tctx, st)
 	}()
 	return g, nil
 }
@@ -194,20 +190,106 @@ func openGlobalStore(cfg GlobalConfig, identity string, log *slog.Logger) (*stat
 	return openGlobalStore(cfg, identity, log)
 }
 
-// run bootstraps the table, then tails the stream until ctx ends.
-func (g *Global) run(ctx context.Context, st jetstream.Stream) error {
+// run bootstraps the table, then tails the stream until ctx ends. A
+// failure to read (NATS away, the consumer lost with its server) is
+// retried without end, from the last sequence applied.
+func (g *Global) run(ctx context.Context, st jetstream.Stream) {
+	var info *jetstream.StreamInfo
+	wait := retryMinBackoff
+	for {
+		var err error
+		if info, err = st.Info(ctx); err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		g.log.Warn("global table: stream info; retrying", "err", err)
+		if !sleep(ctx, &wait) {
+			return
+		}
+	}
+	for {
+		err := g.checkAhead(info.State.LastSeq)
+		if err == nil {
+			break
+		}
+		g.log.Warn("global table: clearing the store; retrying", "err", err)
+		if !sleep(ctx, &wait) {
+			return
+		}
+	}
+	b := &bootstrap{target: info.State.LastSeq, start: time.Now(), lastLog: time.Now()}
+	from := g.applied.Load() + 1
+	if b.target < from {
+		g.bootstrapped(b)
+	} else {
+		b.total = b.target - from + 1
+		if info.State.FirstSeq > from {
+			b.total = min(info.State.Msgs, b.target-info.State.FirstSeq+1)
+		}
+		g.log.Info("global table bootstrapping", "stream", g.cfg.Stream, "from", from, "to", b.target, "records", b.total)
+	}
+	wait = retryMinBackoff
+	for {
+		before := g.applied.Load()
+		err := g.tail(ctx, st, b)
+		if ctx.Err() != nil {
+			return
+		}
+		if g.applied.Load() > before {
+			wait = retryMinBackoff // it read for a while: a new fault
+		}
+		g.log.Warn("global table: reading the stream failed; reading again from the last sequence applied", "err", err, "applied", g.applied.Load())
+		if !sleep(ctx, &wait) {
+			return
+		}
+	}
+}
+
+// bootstrap is a bootstrap's progress: up to target, total records.
+type bootstrap struct {
+	target, total, read uint64
+	start, lastLog      time.Time
+}
+
+// Retries of reading the stream: from retryMinBackoff, doubling, to
+// retryMaxBackoff, so that a table reads again within a second of NATS
+// coming back.
+const (
+	retryMinBackoff = 20 * time.Millisecond
+	retryMaxBackoff = time.Second
+)
+
+// sleep waits *wait (then doubles it, up to retryMaxBackoff); false if ctx
+// ends first.
+func sleep(ctx context.Context, wait *time.Duration) bool {
+	t := time.NewTimer(*wait)
+	defer t.Stop()
+	*wait = min(2**wait, retryMaxBackoff)
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// tail reads the stream from the last sequence applied until ctx ends or
+// reading fails.
+func (g *Global) tail(ctx context.Context, st jetstream.Stream, boot *bootstrap) error {
 	info, err := st.Info(ctx)
 	if err != nil {
 		return fmt.Errorf("stream info: %w", err)
 	}
-	from := g.applied.Load() + 1
-	target := info.State.LastSeq
-	if target < from {
-		g.bootstrapped(0, 0, time.Now())
+	if err := g.checkAhead(info.State.LastSeq); err != nil {
+		return err
 	}
-	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cons, err := st.OrderedConsumer(cctx, jetstream.OrderedConsumerConfig{
 		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:       from,
+		OptStartSeq:       g.applied.Load() + 1,
 		InactiveThreshold: changelog.ConsumerInactiveThreshold,
 	})
 	if err != nil {
@@ -217,29 +299,13 @@ func (g *Global) run(ctx context.Context, st jetstream.Stream) error {
 	if err != nil {
 		return fmt.Errorf("consume: %w", err)
 	}
-	go func() {
-		<-ctx.Done()
-		it.Stop()
-	}()
-	total := uint64(0)
-	if target >= from {
-		total = target - from + 1
-		if info.State.FirstSeq > from {
-			total = min(info.State.Msgs, target-info.State.FirstSeq+1)
-		}
-		g.log.Info("global table bootstrapping", "stream", g.cfg.Stream, "from", from, "to", target, "records", total)
-	}
-	start, lastLog := time.Now(), time.Now()
-	var read uint64
+	defer it.Stop()
 	b := g.store.NewBatch()
 	defer func() { b.Close() }()
 	n := 0
 	for {
-		msg, err := it.Next()
+		msg, err := it.Next(jetstream.NextContext(ctx))
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
 			return fmt.Errorf("read stream: %w", err)
 		}
 		md, err := msg.Metadata()
@@ -247,9 +313,12 @@ func (g *Global) run(ctx context.Context, st jetstream.Stream) error {
 			return fmt.Errorf("metadata: %w", err)
 		}
 		seq := md.Sequence.Stream
+		if seq <= g.applied.Load() {
+			continue // a redelivery after a consumer was recreated
+		}
 		g.apply(b, msg)
 		n++
-		read++
+		boot.read++
 		if md.NumPending > 0 && n < g.cfg.Batch {
 			continue
 		}
@@ -262,21 +331,56 @@ func (g *Global) run(ctx context.Context, st jetstream.Stream) error {
 		g.m.records.Add(float64(n))
 		n = 0
 		g.moved(seq, md.NumPending)
-		bootstrapping := !g.isReady()
-		if bootstrapping && (seq >= target || md.NumPending == 0) {
-			g.bootstrapped(read, total, start)
-		} else if bootstrapping && time.Since(lastLog) >= g.cfg.ProgressEvery {
-			lastLog = time.Now()
-			p := changelog.Progress{Done: read, Total: total, Elapsed: time.Since(start)}
-			p.Rate = float64(read) / max(p.Elapsed.Seconds(), 1e-9)
-			if p.Rate > 0 && total > read {
-				p.ETA = time.Duration(float64(total-read) / p.Rate * float64(time.Second))
+		if g.isReady() {
+			continue
+		}
+		if seq >= boot.target || md.NumPending == 0 {
+			g.bootstrapped(boot)
+		} else if time.Since(boot.lastLog) >= g.cfg.ProgressEvery {
+			boot.lastLog = time.Now()
+			p := changelog.Progress{Done: boot.read, Total: boot.total, Elapsed: time.Since(boot.start)}
+			p.Rate = float64(boot.read) / max(p.Elapsed.Seconds(), 1e-9)
+			if p.Rate > 0 && boot.total > boot.read {
+				p.ETA = time.Duration(float64(boot.total-boot.read) / p.Rate * float64(time.Second))
 			}
 			g.m.bootstrap.Set(p.Percent() / 100)
-			g.log.Info("global table bootstrap", "records", read, "of", total, "percent", fmt.Sprintf("%.1f", p.Percent()),
+			g.log.Info("global table bootstrap", "records", boot.read, "of", boot.total, "percent", fmt.Sprintf("%.1f", p.Percent()),
 				"rate", fmt.Sprintf("%.0f/s", p.Rate), "eta", p.ETA.Round(time.Second))
 		}
 	}
+}
+
+// checkAhead starts the table over if its stream ends at last, before what
+// the table applied: the stream lost records the table applied (a server
+// that crashed before it synced them), and what the table holds past the
+// stream's end may not be there any more.
+func (g *Global) checkAhead(last uint64) error {
+	if last >= g.applied.Load() {
+		return nil
+	}
+	g.log.Warn("the table's stream ends before what the table applied: starting over from an empty store",
+		"stream_last", last, "applied", g.applied.Load())
+	return g.clear()
+}
+
+// clear deletes every value and the table's position.
+func (g *Global) clear() error {
+	b := g.store.NewBatch()
+	defer b.Close()
+	err := g.store.Iterate([]byte("v/"), func(k, _ []byte) error {
+		b.Delete(k)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("clear: %w", err)
+	}
+	b.SetMeta(statestore.Meta{})
+	if err := b.Commit(); err != nil {
+		return fmt.Errorf("clear: %w", err)
+	}
+	g.applied.Store(0)
+	g.m.applied.Set(0)
+	return nil
 }
 
 // apply adds the record msg to b.
@@ -331,12 +435,12 @@ func (g *Global) moved(seq, pending uint64) {
 	g.mu.Unlock()
 }
 
-func (g *Global) bootstrapped(read, total uint64, start time.Time) {
+func (g *Global) bootstrapped(b *bootstrap) {
 	g.m.bootstrap.Set(1)
-	if read > 0 {
-		el := time.Since(start)
-		g.log.Info("global table bootstrapped", "records", read, "of", total, "took", el.Round(time.Millisecond),
-			"rate", fmt.Sprintf("%.0f/s", float64(read)/max(el.Seconds(), 1e-9)), "applied", g.applied.Load())
+	if b.read > 0 {
+		el := time.Since(b.start)
+		g.log.Info("global table bootstrapped", "records", b.read, "of", b.total, "took", el.Round(time.Millisecond),
+			"rate", fmt.Sprintf("%.0f/s", float64(b.read)/max(el.Seconds(), 1e-9)), "applied", g.applied.Load())
 	}
 	close(g.ready)
 }
@@ -354,16 +458,9 @@ func (g *Global) isReady() bool {
 // at start.
 func (g *Global) Ready() <-chan struct{} { return g.ready }
 
-// Done is closed once the table stopped: Stop, or a failure (Err).
+// Done is closed once the table stopped (Stop). Until then it reads its
+// stream, and a failure to read (NATS away) is retried without end.
 func (g *Global) Done() <-chan struct{} { return g.done }
-
-// Err is why the table stopped tailing, if it failed.
-func (g *Global) Err() error {
-	if p := g.err.Load(); p != nil {
-		return *p
-	}
-	return nil
-}
 
 // Applied is the last stream sequence the table applied.
 func (g *Global) Applied() uint64 { return g.applied.Load() }

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/eddyrt/eddy/internal/natsproc"
 	"github.com/eddyrt/eddy/internal/natstest"
 	"github.com/eddyrt/eddy/internal/testkit"
 	"github.com/eddyrt/eddy/statestore"
@@ -100,7 +101,7 @@ func (p *products) waitReady(g *Global) {
 	select {
 	case <-g.Ready():
 	case <-g.Done():
-		p.t.Fatalf("the table stopped before it was ready: %v", g.Err())
+		p.t.Fatal("the table stopped before it was ready")
 	case <-time.After(waitTimeout):
 		p.t.Fatal("the table did not catch up")
 	}
@@ -271,5 +272,116 @@ func TestGlobalTableSkipsARecordWithoutKey(t *testing.T) {
 	p.check(g, 5)
 	if len(rejected) != 1 || !strings.HasPrefix(rejected[0], "products.bad.x") {
 		t.Fatalf("rejected %q, want the record on products.bad.x", rejected)
+	}
+}
+
+// A nats-server process SIGKILLed under a tailing table, and started again
+// on its store: the table reads again from the last sequence it applied,
+// and holds the latest value of every key, the records published after the
+// restart included.
+func TestGlobalTableSurvivesNATSKilled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a nats-server process")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	srv, err := natsproc.Start(natsproc.Config{Servers: 1, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	if err := srv.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(srv.ConnectURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &products{t: t, ctx: ctx, js: js, model: map[string]string{}}
+	p.create()
+	const keys = 100
+	p.put(500, keys, "a")
+	g := p.start(p.config(t.TempDir(), nil))
+	p.waitReady(g)
+
+	for round := range 2 {
+		if err := srv.Kill(0); err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.Start(0); err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.WaitReady(ctx); err != nil {
+			t.Fatal(err)
+		}
+		testkit.WaitFor(t, waitTimeout, "the client to reconnect", nc.IsConnected)
+		// Publish until stored: the stream may still be recovering.
+		for i := range 200 {
+			key := fmt.Sprintf("p%d", i%keys)
+			value := fmt.Sprintf("after-kill-%d-%d", round, i)
+			for {
+				ack, err := js.Publish(ctx, "products."+key, []byte(value))
+				if err == nil {
+					p.model[key], p.last = value, ack.Sequence
+					break
+				}
+				if ctx.Err() != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+		wctx, wcancel := context.WithTimeout(ctx, waitTimeout)
+		err := g.WaitApplied(wctx, p.last)
+		wcancel()
+		if err != nil {
+			t.Fatalf("round %d: the table applied %d, the stream ends at %d: %v", round, g.Applied(), p.last, err)
+		}
+		p.check(g, keys)
+	}
+}
+
+// A table whose store is ahead of its stream (the stream lost records it
+// had acknowledged: a server that crashed before syncing them) starts over
+// rather than wait for sequences it will never see again.
+func TestGlobalTableAheadOfItsStreamStartsOver(t *testing.T) {
+	p := newProducts(t)
+	const keys = 20
+	p.put(100, keys, "a")
+	dir := t.TempDir()
+	g := p.start(p.config(dir, nil))
+	p.waitReady(g)
+	if err := g.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	// The store says it applied far more than the stream holds, and a
+	// value the stream never had.
+	st, err := statestore.OpenPebble(statestore.Config{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := st.NewBatch()
+	b.Set(valueKey("ghost"), []byte("lost"))
+	b.SetMeta(statestore.Meta{Offset: p.last + 1000})
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	g = p.start(p.config(dir, nil))
+	p.waitReady(g)
+	p.check(g, keys)
+	if v, err := g.Get("ghost"); !errors.Is(err, statestore.ErrNotFound) {
+		t.Fatalf("a value only the store had survived: %q %v", v, err)
+	}
+	if g.Applied() != p.last {
+		t.Fatalf("applied %d, the stream ends at %d", g.Applied(), p.last)
 	}
 }

@@ -154,8 +154,6 @@ func (b *bench) tableBootstrap(ctx context.Context, run int) (uint64, time.Durat
 	}
 	select {
 	case <-g.Ready():
-	case <-g.Done():
-		return 0, 0, errors.Join(g.Err(), g.Stop())
 	case <-ctx.Done():
 		return 0, 0, errors.Join(ctx.Err(), g.Stop())
 	}
