@@ -202,6 +202,42 @@ func (n *Node) rejectRecord(name string) func(jetstream.Msg, error) {
 	}
 }
 
+// TableStatus is a global table's progress on this node.
+type TableStatus struct {
+	// Name is the table (and its stream).
+	Name string `json:"name"`
+	// Ready: caught up with the stream as it was when the node started.
+	Ready bool `json:"ready"`
+	// Applied is the last stream sequence the table applied.
+	Applied uint64 `json:"applied"`
+	// Lag is how many records of the stream it had not applied, as of its last batch.
+	Lag uint64 `json:"lag"`
+}
+
+// Tables returns the progress of the node's global tables, by name.
+func (n *Node) Tables() ([]TableStatus, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.running {
+		return nil, ErrNotRunning
+	}
+	out := make([]TableStatus, 0, len(n.globalOrder))
+	for _, name := range n.globalOrder {
+		g := n.globals[name]
+		if g == nil {
+			continue
+		}
+		ready := false
+		select {
+		case <-g.Ready():
+			ready = true
+		default:
+		}
+		out = append(out, TableStatus{Name: name, Ready: ready, Applied: g.Applied(), Lag: g.Lag()})
+	}
+	return out, nil
+}
+
 // GlobalTableReader reads one global table from a handler.
 type GlobalTableReader struct {
 	c    *Context

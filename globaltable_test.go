@@ -167,6 +167,9 @@ func TestGlobalTableBootstrapsBeforeInputAndJoinsDeterministically(t *testing.T)
 	if v := seen("late"); v != 3 {
 		t.Fatalf("an order that waits for the product's record saw version %d, want 3", v)
 	}
+	if ts, err := node.Tables(); err != nil || len(ts) != 1 || !ts[0].Ready || ts[0].Applied < seq {
+		t.Fatalf("Tables: %+v %v, want products ready, applied through %d", ts, err, seq)
+	}
 	resp, err := http.Get("http://" + node.HTTPAddr() + "/v1/tables/products/p7")
 	if err != nil {
 		t.Fatal(err)

@@ -33,6 +33,7 @@ func (n *Node) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/state/{type}/{key}", n.handleState)
 	mux.HandleFunc("GET /v1/tables/{name}/{key}", n.handleTable)
+	mux.HandleFunc("GET /v1/tables", n.handleTables)
 	mux.HandleFunc("GET /v1/status", n.handleStatus)
 	mux.HandleFunc("GET /v1/cluster", n.handleCluster)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
@@ -78,6 +79,16 @@ func (n *Node) handleState(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"type": r.PathValue("type"), "key": r.PathValue("key"), "store": store, "value": v,
 		"served_by": by.role(), "served_by_node": by.Node})
+}
+
+// handleTables lists the node's global tables and their progress.
+func (n *Node) handleTables(w http.ResponseWriter, _ *http.Request) {
+	ts, err := n.Tables()
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"tables": ts})
 }
 
 // handleTable answers a global table's value of a key from this node's copy.
