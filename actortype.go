@@ -30,6 +30,17 @@ type ActorType struct {
 	// Outputs are the streams the handler Emits to; created if missing, with
 	// subjects "<name>.*" (the key is the last token).
 	Outputs []string
+	// Tables are co-partitioned tables: streams laid out like this type's
+	// input stream, with its partition count, each a table (the latest value
+	// of each key). Partition p of the type materializes partition p of each
+	// into its store, committed with the input offset, so hot replicas,
+	// restores and moves carry it; handlers read it with Context.Table.
+	// Before an event runs, every record of the table stored no later than
+	// the event (by stream timestamp) is applied, and none stored after it:
+	// the version an event sees does not depend on timing, crashes or moves.
+	// A stream the node creates has one subject per key and is compacted; an
+	// existing one must have the type's partition count.
+	Tables []string
 	// ReplicationFactor is the number of hot replicas each partition keeps on
 	// other nodes of a cluster (fewer while the cluster has too few nodes):
 	// 0 means DefaultReplicationFactor, NoReplicas none. A replica tails the
@@ -126,6 +137,14 @@ func (t *ActorType) Validate() error {
 		if !changelog.ValidName(o) {
 			return bad("output stream %q", o)
 		}
+	}
+	for _, tb := range t.Tables {
+		if !changelog.ValidName(tb) || tb == t.Name {
+			return bad("table %q", tb)
+		}
+	}
+	if len(t.Tables) > 0 && t.NoChangelog {
+		return bad("co-partitioned tables need a changelog")
 	}
 	return nil
 }

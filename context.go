@@ -77,6 +77,33 @@ func looksLikeJSON(data []byte) bool {
 	return false
 }
 
+// TableReader reads one co-partitioned table (ActorType.Tables) from a handler.
+type TableReader struct {
+	c    *Context
+	name string
+}
+
+// Table returns the co-partitioned table name, as of this event: every
+// record stored before the event is applied, none stored after it.
+func (c *Context) Table(name string) TableReader { return TableReader{c: c, name: name} }
+
+// Get decodes the table's value of key into v (msgpack, or JSON) and reports
+// whether there is one. key must be of this event's partition (the table is
+// partitioned as the input): typically the event's own key.
+func (r TableReader) Get(key string, v any) (bool, error) {
+	b, err := r.c.tx.GetTable(r.name, []byte(key))
+	if errors.Is(err, statestore.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if err := decodeValue(b, v); err != nil {
+		return false, fmt.Errorf("eddy: decode table %s/%q into %T: %w", r.name, key, v, err)
+	}
+	return true, nil
+}
+
 // Get decodes the key's own state into v and reports whether there is any.
 func (c *Context) Get(v any) (bool, error) { return c.Store(partition.DefaultStore).Get(c.Key(), v) }
 

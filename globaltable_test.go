@@ -3,9 +3,11 @@ package eddy_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -308,5 +310,76 @@ func TestGlobalTableOnEveryClusterMember(t *testing.T) {
 			}
 			return resp.StatusCode == http.StatusOK && json.NewDecoder(resp.Body).Decode(&got) == nil && got.Value.Version == 19
 		})
+	}
+}
+
+// A co-partitioned table: partition p of the type reads partition p of the
+// table's stream, and an order sees the customer record stored before it.
+// A stream with another partition count is refused at start, naming both.
+func TestCoPartitionedTable(t *testing.T) {
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	typ := eddy.ActorType{Name: "shop", Partitions: 2, Tables: []string{"customers"}, ReplicationFactor: eddy.NoReplicas,
+		Handler: func(c *eddy.Context) error {
+			var name string
+			ok, err := c.Table("customers").Get(c.Key(), &name)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				name = "unknown"
+			}
+			return c.Set(name)
+		}}
+	start := func(typ eddy.ActorType) (*eddy.Node, error) {
+		cfg := eddy.DefaultConfig()
+		cfg.DataDir, cfg.NATSURL, cfg.HTTPAddr, cfg.Logger = t.TempDir(), srv.URL(), "", testkit.Logger(t)
+		node, err := eddy.NewNode(cfg)
+		if err != nil {
+			return nil, err
+		}
+		if err := node.Register(typ); err != nil {
+			return nil, err
+		}
+		return node, node.Start(ctx)
+	}
+	node, err := start(typ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = node.Stop(context.Background()) }()
+	customers := partition.Input{Type: "customers", Partitions: 2, KeyedSubjects: true}
+	shop := partition.Input{Type: "shop", Partitions: 2}
+	for i := range 10 {
+		key := "c" + strconv.Itoa(i)
+		if i%2 == 0 {
+			b, _ := msgpack.Marshal("customer " + key)
+			if _, err := js.PublishMsg(ctx, customers.Msg(key, b)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := js.PublishMsg(ctx, shop.Msg(key, nil)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 10 {
+		key := "c" + strconv.Itoa(i)
+		want := "unknown"
+		if i%2 == 0 {
+			want = "customer " + key
+		}
+		var got string
+		testkit.WaitFor(t, 30*time.Second, "order "+key, func() bool { return node.Query(ctx, "shop", key, &got) == nil })
+		if got != want {
+			t.Errorf("%s saw %q, want %q", key, got, want)
+		}
+	}
+
+	other := typ
+	other.Name, other.Partitions = "shop3", 3
+	if _, err := start(other); !errors.Is(err, eddy.ErrIncompatibleStream) || !strings.Contains(err.Error(), "(3 partitions)") {
+		t.Fatalf("a 3-partition type on a 2-partition table: %v, want ErrIncompatibleStream naming the partitions", err)
 	}
 }

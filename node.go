@@ -41,6 +41,9 @@ type Node struct {
 	globalOrder  []string
 	globals      map[string]*table.Global
 	tableMetrics *table.Metrics
+	// tableInputs are the layouts of the co-partitioned tables' streams
+	// (written at start, read-only afterwards).
+	tableInputs map[string]partition.Input
 
 	reg      prometheus.Registerer
 	gatherer prometheus.Gatherer

@@ -600,6 +600,9 @@ func (n *Node) partitionConfig(t *ActorType, p int, epoch uint64) partition.Conf
 	globals := n.globals
 	c.Handler = func(tx *partition.Txn) error { return h(&Context{tx: tx, globals: globals}) }
 	c.Ready = n.globalsReady()
+	for _, tb := range t.Tables {
+		c.Tables = append(c.Tables, n.tableInputs[tb])
+	}
 	c.Conn, c.JS = n.nc, n.js
 	c.StoreDir = filepath.Join(n.cfg.DataDir, "stores", t.Name, strconv.Itoa(p))
 	c.Cache = n.cache

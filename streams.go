@@ -2,6 +2,7 @@ package eddy
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -49,6 +50,31 @@ func (n *Node) ensureStreams(ctx context.Context, w *natsWait, nc *nats.Conn, js
 		})
 		if err != nil {
 			return err
+		}
+	}
+	n.tableInputs = map[string]partition.Input{}
+	for _, name := range n.order {
+		t := n.types[name]
+		for _, tb := range t.Tables {
+			err := ensure("JetStream to create table stream "+tb, func(ctx context.Context) error {
+				if err := partition.EnsureTableStream(ctx, js, partition.Input{Type: tb, Partitions: t.Partitions, KeyedSubjects: true}, sopt); err != nil {
+					return fmt.Errorf("table %s of actor type %s (%d partitions): %w", tb, t.Name, t.Partitions, err)
+				}
+				st, err := js.Stream(ctx, tb)
+				if err != nil {
+					return err
+				}
+				in, ok := partition.InputOf(st.CachedInfo().Config)
+				if !ok || in.Partitions != t.Partitions {
+					return fmt.Errorf("%w: table %s of actor type %s: the stream has %d partitions (%v), the type %d",
+						ErrIncompatibleStream, tb, t.Name, in.Partitions, ok, t.Partitions)
+				}
+				n.tableInputs[tb] = in
+				return nil
+			})
+			if err != nil {
+				return err
+			}
 		}
 	}
 	for _, name := range n.globalOrder {

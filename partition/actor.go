@@ -211,6 +211,9 @@ type partitionActor struct {
 	self            *actor.Ref
 	tx              Txn
 
+	// tables read this partition of the co-partitioned tables (table.go).
+	tables []*tableReader
+
 	// The commits sent and not finished, oldest first (pipeline.go), a
 	// finished one's buffers for the next, and the offset and forwarded
 	// mark of the last one sent.
@@ -357,6 +360,9 @@ func (a *partitionActor) Started(c *actor.Context) error {
 	if !a.awaitReady() {
 		a.abandoned = true // asked to stop first
 		return nil
+	}
+	if err := a.openTables(ctx); err != nil {
+		return err
 	}
 	a.started = true
 	a.publishStatus(StateRunning)
@@ -856,6 +862,7 @@ func (a *partitionActor) Stopped(c *actor.Context) {
 	}
 	a.stopForward()
 	a.stopReader()
+	a.closeTables()
 	a.stopSnapshots()
 	a.early.discard() // Started failed after fencing
 	if a.markTimer != nil {
@@ -968,6 +975,11 @@ func (a *partitionActor) receive(c *actor.Context, msg any) error {
 // process runs the handler for each event and commits, cutting the batch early
 // when the next event's records would not fit in one atomic changelog batch.
 func (a *partitionActor) process(ctx context.Context, msgs []jetstream.Msg) error {
+	if len(a.tables) > 0 {
+		if err := a.refreshTables(ctx); err != nil {
+			return err
+		}
+	}
 	for _, msg := range msgs {
 		md, err := msg.Metadata()
 		if err != nil {
@@ -976,6 +988,9 @@ func (a *partitionActor) process(ctx context.Context, msgs []jetstream.Msg) erro
 		seq := md.Sequence.Stream
 		if seq <= a.offset {
 			continue // already committed (a redelivery after a reset)
+		}
+		if err := a.advanceTables(ctx, md.Timestamp); err != nil {
+			return err
 		}
 		if err := a.runEvent(ctx, msg, seq); err != nil {
 			return err

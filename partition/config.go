@@ -175,6 +175,11 @@ type Config struct {
 	Logger *slog.Logger
 	// Metrics records the partition's metrics (optional).
 	Metrics *Metrics
+	// Tables are the type's co-partitioned tables (table.go): streams laid
+	// out like an input stream with Partitions partitions, whose partition
+	// this actor materializes into its store for handlers to read
+	// (Txn.GetTable).
+	Tables []Input
 	// Ready are closed once what handlers read besides their stores is
 	// ready (the node's global tables, caught up with their streams): the
 	// actor restores and fences meanwhile, and takes no input before.
@@ -276,6 +281,8 @@ func (c *Config) Validate() error {
 		return bad("snapshot: %v", c.Snapshot.Validate())
 	case c.StateVersion < 0:
 		return bad("state version %d", c.StateVersion)
+	case len(c.Tables) > 0 && c.NoChangelog:
+		return bad("co-partitioned tables need a changelog")
 	case (c.Migrate != nil || c.RebuildOnNewVersion) && c.NoChangelog:
 		return bad("Migrate and RebuildOnNewVersion need a changelog")
 	case c.Migrate != nil && c.RebuildOnNewVersion:
@@ -284,6 +291,11 @@ func (c *Config) Validate() error {
 	for _, s := range c.Stores {
 		if !changelog.ValidName(s) {
 			return bad("store name %q", s)
+		}
+	}
+	for _, t := range c.Tables {
+		if t.Partitions != c.Partitions {
+			return bad("table %s has %d partitions, the type %d: a co-partitioned table has the type's", t.Type, t.Partitions, c.Partitions)
 		}
 	}
 	return nil

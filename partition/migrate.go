@@ -152,8 +152,8 @@ func (a *partitionActor) commitMigrated(ctx context.Context, through []byte) err
 func (a *partitionActor) readChunk(after []byte, limit, maxBytes int) (chunk []kv, more bool, err error) {
 	size := 0
 	fn := func(k, v []byte) error {
-		if len(k) == 0 || k[0] == 0 {
-			return nil // internal: changelog identity, pending outbox entries
+		if len(k) == 0 || k[0] == 0 || isTableKey(k) {
+			return nil // internal (changelog identity, pending outbox entries), or a table's
 		}
 		if len(chunk) == limit || len(chunk) > 0 && size+len(k)+len(v) > maxBytes {
 			more = true

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 
 	"github.com/nats-io/nats.go"
@@ -109,6 +110,15 @@ func (tx *Txn) Get(store string, key []byte) ([]byte, error) {
 		}
 	}
 	return tx.a.get(k)
+}
+
+// GetTable returns the value of key in the co-partitioned table name (as
+// of this event: see table.go), or statestore.ErrNotFound.
+func (tx *Txn) GetTable(name string, key []byte) ([]byte, error) {
+	if !slices.ContainsFunc(tx.a.cfg.Tables, func(in Input) bool { return in.Type == name }) {
+		return nil, fmt.Errorf("%w: table %q", ErrUnknownStore, name)
+	}
+	return tx.a.get(storeKey(TableStore(name), key))
 }
 
 // Set stores value under key in store.
