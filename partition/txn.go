@@ -113,10 +113,15 @@ func (tx *Txn) Get(store string, key []byte) ([]byte, error) {
 }
 
 // GetTable returns the value of key in the co-partitioned table name (as
-// of this event: see table.go), or statestore.ErrNotFound.
+// of this event: see table.go), or statestore.ErrNotFound. A key of
+// another partition is a permanent error: this partition does not hold it.
 func (tx *Txn) GetTable(name string, key []byte) ([]byte, error) {
 	if !slices.ContainsFunc(tx.a.cfg.Tables, func(in Input) bool { return in.Type == name }) {
 		return nil, fmt.Errorf("%w: table %q", ErrUnknownStore, name)
+	}
+	if p := Of(string(key), tx.a.cfg.Partitions); p != tx.a.cfg.Partition {
+		return nil, fmt.Errorf("table %s: key %q is in partition %d, this event's is %d (a co-partitioned table is read by keys of the event's partition): %w",
+			name, key, p, tx.a.cfg.Partition, ErrPermanent)
 	}
 	return tx.a.get(storeKey(TableStore(name), key))
 }
