@@ -57,9 +57,9 @@ type Order struct {
 type Enriched struct {
 	Customer string `msgpack:"customer"`
 	Product  string `msgpack:"product"`
-	Name    string `msgpack:"name"`
-	Qty     int64  `msgpack:"qty"`
-	Total   int64  `msgpack:"total"`
+	Name     string `msgpack:"name"`
+	Qty      int64  `msgpack:"qty"`
+	Total    int64  `msgpack:"total"`
 }
 
 // orders enriches each order with its product and emits it.
