@@ -40,6 +40,7 @@ const (
 	envNoCL     = "EDDY_CRASH_NOCL"   // "1": the stores have no changelog (Config.NoChangelog)
 	envSnap     = "EDDY_CRASH_SNAP"   // "true": the actor takes snapshots (Config.SnapshotEvery)
 	envInFlight = "EDDY_CRASH_FLIGHT" // Config.CommitsInFlight
+	envTable    = "EDDY_CRASH_TABLE"  // a co-partitioned table: the handler joins with it (joinHandler)
 )
 
 // pipelinedLine starts the line a crash child prints with how many commits
@@ -320,6 +321,7 @@ type crashChild struct {
 	noChangelog bool
 	snapshots   bool
 	inFlight    int
+	table       string
 }
 
 // run runs the child until it exits and returns its exit code and output. With
@@ -334,7 +336,7 @@ func (c crashChild) run(ctx context.Context, hook string, at int) (int, string) 
 	cmd.Env = append(os.Environ(),
 		envChild+"=1", envNATS+"="+c.url, envType+"="+c.typ, envStoreDir+"="+c.storeDir,
 		envHook+"="+hook, envAt+"="+strconv.Itoa(at), envNoCL+"="+strconv.FormatBool(c.noChangelog), envSnap+"="+strconv.FormatBool(c.snapshots),
-		envInFlight+"="+strconv.Itoa(c.inFlight),
+		envInFlight+"="+strconv.Itoa(c.inFlight), envTable+"="+c.table,
 		// Under -race a clean exit otherwise sleeps 1 s for late race reports.
 		"GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	var logs bytes.Buffer
@@ -401,6 +403,10 @@ func TestCrashChild(t *testing.T) {
 	cfg.Metrics = NewMetrics(prometheus.NewRegistry())
 	if n, err := strconv.Atoi(os.Getenv(envInFlight)); err == nil {
 		cfg.CommitsInFlight = n
+	}
+	if tbl := os.Getenv(envTable); tbl != "" {
+		cfg.Tables = []Input{{Type: tbl, Partitions: 1}}
+		cfg.Handler = joinHandler(tbl, typ+"_out")
 	}
 	cfg.BatchSize = 25 // a dozen commits
 	// The local commit a hook crashes after must be on disk, as it would be

@@ -4,12 +4,15 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/eddyrt/eddy/changelog"
 	"github.com/eddyrt/eddy/internal/testkit"
 	"github.com/eddyrt/eddy/statestore"
 	"github.com/eddyrt/eddy/table"
@@ -99,12 +102,29 @@ func (m *joinModel) publish(n, keys int) {
 	}
 }
 
+// lastOffset is the input stream's last sequence.
+func (h *harness) lastOffset() uint64 {
+	h.t.Helper()
+	st, err := h.js.Stream(h.ctx, h.typ)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	info, err := st.Info(h.ctx)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return info.State.LastSeq
+}
+
 // handler emits, for each event, the table value it sees.
-func (m *joinModel) handler() Handler {
-	out := m.h.typ + "_out"
+func (m *joinModel) handler() Handler { return joinHandler(m.tbl.Type, m.h.typ+"_out") }
+
+// joinHandler emits to <out>.<key>, for each event, "<key>=<the value of
+// its key in table tbl>" ("none" for no value).
+func joinHandler(tbl, out string) Handler {
 	return func(tx *Txn) error {
 		key := tx.Event().Key
-		v, err := tx.GetTable(m.tbl.Type, []byte(key))
+		v, err := tx.GetTable(tbl, []byte(key))
 		switch {
 		case errors.Is(err, statestore.ErrNotFound):
 			v = []byte("none")
@@ -112,6 +132,30 @@ func (m *joinModel) handler() Handler {
 			return err
 		}
 		return tx.Publish(out+"."+key, nil, []byte(key+"="+string(v)))
+	}
+}
+
+// A child process running a partition actor that joins with a table exits
+// (as after SIGKILL) after each step of a commit and restarts on its store:
+// every event's output is the version the rule gives, once.
+func TestCrashBetweenCommitStepsWithTable(t *testing.T) {
+	for _, hook := range []string{"AfterChangelog", "AfterLocal", "MidForward"} {
+		t.Run(hook, func(t *testing.T) {
+			h := newHarness(t, "crashtbl_"+strings.ToLower(hook), 1)
+			m := newJoinModel(h)
+			m.publish(300, 6)
+			child := crashChild{t: t, url: h.srv.URL(), typ: h.typ, storeDir: filepath.Join(t.TempDir(), "store"), inFlight: 1, table: m.tbl.Type}
+			if code, _ := child.run(h.ctx, hook, 4); code != crashExit {
+				t.Fatalf("child exited with %d, want %d: it did not crash at %s", code, crashExit, hook)
+			}
+			if meta, _, err := lastMeta(h.ctx, h.js, changelog.NewSubjects(h.typ, 0)); err != nil || meta.Offset >= h.lastOffset() {
+				t.Fatalf("the child committed offset %d (%v) of %d: want a crash mid-stream", meta.Offset, err, h.lastOffset())
+			}
+			if code, _ := child.run(h.ctx, "", 0); code != 0 {
+				t.Fatalf("restarted child exited with %d", code)
+			}
+			m.check()
+		})
 	}
 }
 
