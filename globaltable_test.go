@@ -360,6 +360,11 @@ func TestCoPartitionedTable(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		if i == 3 { // neither msgpack nor JSON: to the dead-letter stream
+			if _, err := js.PublishMsg(ctx, customers.Msg(key, []byte{0xc1})); err != nil {
+				t.Fatal(err)
+			}
+		}
 		if _, err := js.PublishMsg(ctx, shop.Msg(key, nil)); err != nil {
 			t.Fatal(err)
 		}
@@ -375,6 +380,15 @@ func TestCoPartitionedTable(t *testing.T) {
 		if got != want {
 			t.Errorf("%s saw %q, want %q", key, got, want)
 		}
+	}
+
+	dl, err := js.Stream(ctx, partition.DLQStream("shop"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := dl.GetLastMsgForSubject(ctx, partition.DLQSubject("shop"))
+	if err != nil || msg.Header.Get("Eddy-Table") != "customers" || msg.Header.Get("Eddy-Error") == "" {
+		t.Fatalf("dead letter of the bad customer record: %+v %v", msg, err)
 	}
 
 	other := typ

@@ -603,6 +603,7 @@ func (n *Node) partitionConfig(t *ActorType, p int, epoch uint64) partition.Conf
 	for _, tb := range t.Tables {
 		c.Tables = append(c.Tables, n.tableInputs[tb])
 	}
+	c.CheckTableValue = checkValue
 	c.Conn, c.JS = n.nc, n.js
 	c.StoreDir = filepath.Join(n.cfg.DataDir, "stores", t.Name, strconv.Itoa(p))
 	c.Cache = n.cache

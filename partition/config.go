@@ -180,6 +180,9 @@ type Config struct {
 	// this actor materializes into its store for handlers to read
 	// (Txn.GetTable).
 	Tables []Input
+	// CheckTableValue, if set, refuses a table value handlers could not
+	// decode: the record goes to the dead-letter stream instead.
+	CheckTableValue func([]byte) error
 	// Ready are closed once what handlers read besides their stores is
 	// ready (the node's global tables, caught up with their streams): the
 	// actor restores and fences meanwhile, and takes no input before.

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -161,18 +162,48 @@ func (a *partitionActor) advanceTables(ctx context.Context, ts time.Time) error 
 }
 
 // applyTableRecord adds a table record, and the table's new position, to
-// the batch's writes. A record without a usable key is skipped.
+// the batch's writes. A record without a usable key, or whose value
+// Config.CheckTableValue refuses, goes to the dead-letter stream in the
+// same commit, once, and the table moves past it.
 func (a *partitionActor) applyTableRecord(t *tableReader, subject string, h nats.Header, data []byte, seq uint64) {
 	key, err := t.in.Key(a.cfg.Partition, subject, h)
-	if err != nil {
-		a.log.Warn("table record skipped", "table", t.in.Type, "seq", seq, "subject", subject, "err", err)
-	} else if _, del := h[table.TombstoneHeader]; del || h.Get("KV-Operation") == "DEL" || h.Get("KV-Operation") == "PURGE" {
+	_, del := h[table.TombstoneHeader]
+	del = del || h.Get("KV-Operation") == "DEL" || h.Get("KV-Operation") == "PURGE"
+	if err == nil && !del && a.cfg.CheckTableValue != nil {
+		err = a.cfg.CheckTableValue(data)
+	}
+	switch {
+	case err != nil:
+		a.tableDeadLetter(t.in.Type, subject, data, seq, err)
+	case del:
 		a.setWrite(write{key: storeKey(TableStore(t.in.Type), []byte(key)), del: true})
-	} else {
+	default:
 		a.setWrite(write{key: storeKey(TableStore(t.in.Type), []byte(key)), value: data})
 	}
 	a.setWrite(write{key: storeKey(tableOffsets, []byte(t.in.Type)), value: binary.BigEndian.AppendUint64(nil, seq)})
 	t.applied = seq
+}
+
+// tableDeadLetter sends a table record the partition cannot take to the
+// type's dead-letter stream, through the batch's outbox.
+func (a *partitionActor) tableDeadLetter(tbl, subject string, data []byte, seq uint64, cause error) {
+	if a.rebuilding {
+		return // it went to the dead-letter stream the first time
+	}
+	a.m.deadLetters.Inc()
+	a.log.Error("table record to dead-letter stream", "table", tbl, "seq", seq, "subject", subject, "err", cause)
+	h := map[string]string{
+		"Eddy-Error":     cause.Error(),
+		"Eddy-Type":      a.cfg.Type,
+		"Eddy-Partition": strconv.Itoa(a.cfg.Partition),
+		"Eddy-Table":     tbl,
+		"Eddy-Offset":    strconv.FormatUint(seq, 10),
+		"Eddy-Subject":   subject,
+	}
+	a.outbox = append(a.outbox, changelog.Outbox{
+		Offset: a.offset, Index: len(a.outbox), Subject: a.cfg.DLQSubject,
+		MsgID: a.msgID(seq, "table-"+tbl), Header: h, Data: data,
+	})
 }
 
 // setWrite adds w to the batch's write set (the last write of a key wins).
