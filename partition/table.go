@@ -108,17 +108,30 @@ func (a *partitionActor) closeTables() {
 
 // refreshTables learns, before a batch, the last sequence of this
 // partition of each table: every record stored before the batch's events
-// is at or below it.
+// is at or below it. While NATS does not answer it retries, from
+// retryMinBackoff doubling to retryMaxBackoff (Status says retrying), until
+// the actor is asked to stop (errAbandoned).
 func (a *partitionActor) refreshTables(ctx context.Context) error {
 	for _, t := range a.tables {
-		msg, err := t.stream.GetLastMsgForSubject(ctx, t.in.Filter(a.cfg.Partition))
-		switch {
-		case errors.Is(err, jetstream.ErrMsgNotFound):
-			t.last = 0
-		case err != nil:
-			return fmt.Errorf("table %s: last record: %w", t.in.Type, err)
-		default:
-			t.last = msg.Sequence
+		wait := retryMinBackoff
+		for {
+			rctx, cancel := context.WithTimeout(ctx, min(a.cfg.CommitTimeout, retryReadTimeout))
+			msg, err := t.stream.GetLastMsgForSubject(rctx, t.in.Filter(a.cfg.Partition))
+			cancel()
+			if err == nil || errors.Is(err, jetstream.ErrMsgNotFound) {
+				t.last = 0
+				if err == nil {
+					t.last = msg.Sequence
+				}
+				if wait > retryMinBackoff {
+					a.publishStatus(StateRunning)
+				}
+				break
+			}
+			a.status.setState(StateRetrying, fmt.Errorf("table %s: last record: %w", t.in.Type, err))
+			if !a.sleep(ctx, &wait) {
+				return errAbandoned
+			}
 		}
 	}
 	return nil

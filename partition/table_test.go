@@ -1,6 +1,7 @@
 package partition
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -13,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/eddyrt/eddy/changelog"
+	"github.com/eddyrt/eddy/internal/natsproc"
 	"github.com/eddyrt/eddy/internal/testkit"
 	"github.com/eddyrt/eddy/statestore"
 	"github.com/eddyrt/eddy/table"
@@ -268,4 +270,47 @@ func TestTableJoinIsTheSameAcrossRestartsAndMoves(t *testing.T) {
 	p := h.start(pcfg)
 	h.waitOffset(p, 0)
 	m.check()
+}
+
+// A nats-server process SIGKILLed in the middle of commits of a partition
+// that joins with a table, and started again on its store: every event's
+// output is still the version the rule gives, once.
+func TestTableJoinSurvivesNATSKilled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a nats-server process")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	srv, err := natsproc.Start(natsproc.Config{Servers: 1, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	if err := srv.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h := newHarnessOn(t, ctx, srv.ConnectURL(), "killtbl", 1)
+	m := newJoinModel(h)
+	m.publish(400, 6)
+	kc := &killConn{Conn: h.nc, srv: srv, kills: map[int]bool{3: true, 8: true}, killed: make(chan int, 2)}
+	cfg := m.config(0)
+	cfg.Epoch, cfg.Owner = 3, "n1/killtbl"
+	cfg.CommitTimeout = 2 * time.Second
+	cfg.Hooks.Conn = kc
+	a := h.start(cfg)
+	for range 2 {
+		select {
+		case n := <-kc.killed:
+			time.Sleep(300 * time.Millisecond) // NATS stays away for a while
+			if err := srv.Start(0); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("nats-server SIGKILLed during commit %d and started again", n)
+		case <-ctx.Done():
+			t.Fatal("no commit reached its kill")
+		}
+	}
+	h.waitOffset(a, 0)
+	m.check()
+	t.Logf("the actor restarted %d times", a.Restarts())
 }
