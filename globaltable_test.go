@@ -397,3 +397,155 @@ func TestCoPartitionedTable(t *testing.T) {
 		t.Fatalf("a 3-partition type on a 2-partition table: %v, want ErrIncompatibleStream naming the partitions", err)
 	}
 }
+
+// A join with a co-partitioned table in a cluster whose members hand their
+// partitions over (one leaves, one joins) while table records and events
+// keep coming: every event's output is the version the rule gives (the
+// latest record of its key stored no later than the event), once.
+func TestCoPartitionedTableJoinThroughPlannedMoves(t *testing.T) {
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const partitions = 4
+	typ := eddy.ActorType{Name: "visits", Partitions: partitions, Tables: []string{"profiles"}, Outputs: []string{"visits_out"},
+		Handler: func(c *eddy.Context) error {
+			var v string
+			ok, err := c.Table("profiles").Get(c.Key(), &v)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				v = "none"
+			}
+			return c.Emit("visits_out", c.Key(), c.Key()+"="+v)
+		}}
+	member := func(id, join string) *eddy.Node {
+		return startMember(t, srv.URL(), id, join, func(c *eddy.Config) { c.Logger = testkit.Logger(t) }, typ)
+	}
+	n1 := member("n1", "")
+	n2 := member("n2", n1.GossipAddr())
+	waitSettled(t, []*eddy.Node{n1, n2}, partitions)
+
+	profiles := partition.Input{Type: "profiles", Partitions: partitions, KeyedSubjects: true}
+	visits := partition.Input{Type: "visits", Partitions: partitions}
+	pst, err := js.Stream(ctx, "profiles")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vst, err := js.Stream(ctx, "visits")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type rec struct {
+		at    time.Time
+		value string
+	}
+	records := map[string][]rec{}
+	want := map[uint64]string{} // visit offset -> output
+	rng := 0
+	publish := func(n int) {
+		for range n {
+			rng = (rng*1103515245 + 12345) & 0x7fffffff
+			key := "u" + strconv.Itoa(rng%12)
+			if rng%3 == 0 {
+				value := "v" + strconv.Itoa(rng)
+				b, _ := msgpack.Marshal(value)
+				ack, err := js.PublishMsg(ctx, profiles.Msg(key, b))
+				if err != nil {
+					t.Fatal(err)
+				}
+				raw, err := pst.GetMsg(ctx, ack.Sequence)
+				if err != nil {
+					t.Fatal(err)
+				}
+				records[key] = append(records[key], rec{raw.Time, value})
+				continue
+			}
+			ack, err := js.PublishMsg(ctx, visits.Msg(key, nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw, err := vst.GetMsg(ctx, ack.Sequence)
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen := "none"
+			for _, r := range records[key] {
+				if r.at.After(raw.Time) {
+					break
+				}
+				seen = r.value
+			}
+			want[ack.Sequence] = key + "=" + seen
+		}
+	}
+	publish(200)
+	// n3 joins (partitions move to it after a warm-up), then n2 leaves
+	// (its partitions are handed over), while more comes.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		n3 := member("n3", n1.GossipAddr())
+		waitSettled(t, []*eddy.Node{n1, n2, n3}, partitions)
+		if err := n2.Stop(ctx); err != nil {
+			t.Errorf("n2 leaves: %v", err)
+		}
+		waitSettled(t, []*eddy.Node{n1, n3}, partitions)
+	}()
+	during := 0
+	for {
+		publish(20)
+		during += 20
+		select {
+		case <-done:
+		default:
+			continue
+		}
+		break
+	}
+	publish(100)
+	t.Logf("%d records and visits published while the partitions moved, %d visits in all", during, len(want))
+
+	out, err := js.Stream(ctx, "visits_out")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{} // message id -> output
+	testkit.WaitFor(t, 60*time.Second, "every output", func() bool {
+		info, err := out.Info(ctx)
+		return err == nil && info.State.Msgs >= uint64(len(want))
+	})
+	cons, err := out.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _ := out.Info(ctx)
+	for range info.State.Msgs {
+		msg, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var s string
+		if err := msgpack.Unmarshal(msg.Data(), &s); err != nil {
+			t.Fatal(err)
+		}
+		got[msg.Headers().Get(jetstream.MsgIDHeader)] = s
+	}
+	if len(got) != len(want) || info.State.Msgs != uint64(len(want)) {
+		t.Errorf("%d outputs (%d distinct), want %d", info.State.Msgs, len(got), len(want))
+	}
+	bad := 0
+	for off, w := range want {
+		key, _, _ := strings.Cut(w, "=")
+		p := partition.Of(key, partitions)
+		if g := got["visits/"+strconv.Itoa(p)+"/"+strconv.FormatUint(off, 10)+"/0"]; g != w {
+			if bad++; bad <= 5 {
+				t.Errorf("visit %d: %q, want %q", off, g, w)
+			}
+		}
+	}
+	if bad > 5 {
+		t.Errorf("%d visits saw another version than the rule gives", bad)
+	}
+}
