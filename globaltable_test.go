@@ -391,6 +391,19 @@ func TestCoPartitionedTable(t *testing.T) {
 		t.Fatalf("dead letter of the bad customer record: %+v %v", msg, err)
 	}
 
+	both, err := eddy.NewNode(eddy.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := both.Register(typ); err != nil {
+		t.Fatal(err)
+	}
+	three := typ
+	three.Name, three.Partitions = "shop3", 3
+	if err := both.Register(three); !errors.Is(err, eddy.ErrInvalidConfig) {
+		t.Fatalf("two types of 2 and 3 partitions on one table: %v, want ErrInvalidConfig", err)
+	}
+
 	other := typ
 	other.Name, other.Partitions = "shop3", 3
 	if _, err := start(other); !errors.Is(err, eddy.ErrIncompatibleStream) || !strings.Contains(err.Error(), "(3 partitions)") {
@@ -548,4 +561,55 @@ func TestCoPartitionedTableJoinThroughPlannedMoves(t *testing.T) {
 	if bad > 5 {
 		t.Errorf("%d visits saw another version than the rule gives", bad)
 	}
+}
+
+// Node.Stop interrupts a global table's bootstrap: it does not wait for the
+// table to catch up.
+func TestNodeStopInterruptsGlobalTableBootstrap(t *testing.T) {
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := partition.EnsureTableStream(ctx, js, partition.Input{Type: "big", Partitions: 1, KeyedSubjects: true},
+		partition.StreamOptions{Replicas: 1, Duplicates: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	const records = 300_000 // a bootstrap of about a second here
+	for i := range records {
+		if _, err := js.PublishAsync("big.k"+strconv.Itoa(i), []byte{0xa1, 'x'}, jetstream.WithStallWait(time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-ctx.Done():
+		t.Fatal("preload not acknowledged")
+	}
+	cfg := eddy.DefaultConfig()
+	cfg.DataDir, cfg.NATSURL, cfg.HTTPAddr, cfg.Logger = t.TempDir(), srv.URL(), "", testkit.Logger(t)
+	node, err := eddy.NewNode(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := node.RegisterGlobalTable(eddy.GlobalTable{Name: "big"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := node.Register(enrich()); err != nil {
+		t.Fatal(err)
+	}
+	if err := node.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ts, err := node.Tables()
+	if err != nil || len(ts) != 1 || ts[0].Ready {
+		t.Fatalf("Tables right after Start: %+v %v, want big still bootstrapping", ts, err)
+	}
+	start := time.Now()
+	if err := node.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Fatalf("Stop took %v during a bootstrap", took)
+	}
+	t.Logf("stopped after %d of %d records", ts[0].Applied, records)
 }

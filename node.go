@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"net/http"
 	"sync"
 
@@ -114,6 +115,14 @@ func (n *Node) Register(t ActorType) error {
 	}
 	if n.types[t.Name] != nil {
 		return fmt.Errorf("%w: actor type %s registered twice", ErrInvalidConfig, t.Name)
+	}
+	for _, other := range n.types {
+		for _, tb := range t.Tables {
+			if slices.Contains(other.Tables, tb) && other.Partitions != t.Partitions {
+				return fmt.Errorf("%w: table %s is co-partitioned with actor type %s (%d partitions) and %s (%d): a table has one partition count",
+					ErrInvalidConfig, tb, other.Name, other.Partitions, t.Name, t.Partitions)
+			}
+		}
 	}
 	n.types[t.Name] = &t
 	n.order = append(n.order, t.Name)

@@ -64,10 +64,15 @@ func (n *Node) ensureStreams(ctx context.Context, w *natsWait, nc *nats.Conn, js
 				if err != nil {
 					return err
 				}
-				in, ok := partition.InputOf(st.CachedInfo().Config)
+				cfg := st.CachedInfo().Config
+				in, ok := partition.InputOf(cfg)
 				if !ok || in.Partitions != t.Partitions {
 					return fmt.Errorf("%w: table %s of actor type %s: the stream has %d partitions (%v), the type %d",
 						ErrIncompatibleStream, tb, t.Name, in.Partitions, ok, t.Partitions)
+				}
+				if cfg.MaxMsgsPerSubject != 1 && n.tableInputs[tb].Type == "" {
+					n.log.Warn("a table's stream keeps every record, not the latest of each key: a partition restored from the whole changelog holds them all, and the stream grows",
+						"table", tb, "messages", st.CachedInfo().State.Msgs)
 				}
 				n.tableInputs[tb] = in
 				return nil
