@@ -345,6 +345,18 @@ func TestCoPartitionedTable(t *testing.T) {
 		}
 		return node, node.Start(ctx)
 	}
+	// Another actor type writes the table: a customer's name, or its
+	// deletion for "-".
+	writer := eddy.ActorType{Name: "signup", Partitions: 2, ReplicationFactor: eddy.NoReplicas, Handler: func(c *eddy.Context) error {
+		var name string
+		if err := c.Decode(&name); err != nil {
+			return err
+		}
+		if name == "-" {
+			return c.EmitTombstone("customers", c.Key())
+		}
+		return c.Emit("customers", c.Key(), name)
+	}}
 	node, err := start(typ)
 	if err != nil {
 		t.Fatal(err)
@@ -380,6 +392,45 @@ func TestCoPartitionedTable(t *testing.T) {
 		if got != want {
 			t.Errorf("%s saw %q, want %q", key, got, want)
 		}
+	}
+
+	// Through the writer type: a name, then a deletion, each seen by an
+	// order stored after it.
+	wnode, err := start(writer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = wnode.Stop(context.Background()) }()
+	signup := partition.Input{Type: "signup", Partitions: 2}
+	for _, step := range []struct{ name, want string }{{"Ada", "Ada"}, {"-", "unknown"}} {
+		b, _ := msgpack.Marshal(step.name)
+		if _, err := js.PublishMsg(ctx, signup.Msg("c1", b)); err != nil {
+			t.Fatal(err)
+		}
+		var name string
+		cst, err := js.Stream(ctx, "customers")
+		if err != nil {
+			t.Fatal(err)
+		}
+		testkit.WaitFor(t, 30*time.Second, "signup's record for c1", func() bool {
+			msg, err := cst.GetLastMsgForSubject(ctx, "customers."+strconv.Itoa(partition.Of("c1", 2))+".c1")
+			if err != nil {
+				return false
+			}
+			_, tomb := msg.Header["Eddy-Tombstone"]
+			if step.name == "-" {
+				return tomb
+			}
+			var v string
+			return !tomb && msgpack.Unmarshal(msg.Data, &v) == nil && v == step.name
+		})
+		if _, err := js.PublishMsg(ctx, shop.Msg("c1", nil)); err != nil {
+			t.Fatal(err)
+		}
+		testkit.WaitFor(t, 10*time.Second, "the order of c1 after "+step.name, func() bool {
+			err := node.Query(ctx, "shop", "c1", &name)
+			return err == nil && name == step.want
+		})
 	}
 
 	dl, err := js.Stream(ctx, partition.DLQStream("shop"))
