@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"net/http"
+	"slices"
 	"sync"
 
 	"github.com/nats-io/nats-server/v2/server"
