@@ -51,10 +51,8 @@ func (c *Context) Decode(v any) error {
 	var err error
 	if c.Header("Content-Type") == "application/json" {
 		err = json.Unmarshal(data, v)
-	} else if err = msgpack.Unmarshal(data, v); err != nil && looksLikeJSON(data) {
-		if jerr := json.Unmarshal(data, v); jerr == nil {
-			err = nil
-		}
+	} else {
+		err = decodeValue(data, v)
 	}
 	if err != nil {
 		return fmt.Errorf("%w: decode %T: %v", ErrMalformed, v, err)
