@@ -90,6 +90,12 @@ func (c *Context) Table(name string) TableReader { return TableReader{c: c, name
 // partitioned as the input): typically the event's own key.
 func (r TableReader) Get(key string, v any) (bool, error) {
 	b, err := r.c.tx.GetTable(r.name, []byte(key))
+	return decodeTableValue(r.name, key, b, err, v)
+}
+
+// decodeTableValue decodes the value b read (with err) from table name into
+// v and reports whether there was one.
+func decodeTableValue(name, key string, b []byte, err error, v any) (bool, error) {
 	if errors.Is(err, statestore.ErrNotFound) {
 		return false, nil
 	}
@@ -97,7 +103,7 @@ func (r TableReader) Get(key string, v any) (bool, error) {
 		return false, err
 	}
 	if err := decodeValue(b, v); err != nil {
-		return false, fmt.Errorf("eddy: decode table %s/%q into %T: %w", r.name, key, v, err)
+		return false, fmt.Errorf("eddy: decode table %s/%q into %T: %w", name, key, v, err)
 	}
 	return true, nil
 }

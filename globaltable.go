@@ -15,7 +15,6 @@ import (
 
 	"github.com/eddyrt/eddy/changelog"
 	"github.com/eddyrt/eddy/partition"
-	"github.com/eddyrt/eddy/statestore"
 	"github.com/eddyrt/eddy/table"
 )
 
@@ -258,16 +257,7 @@ func (r GlobalTableReader) Get(key string, v any) (bool, error) {
 		return false, fmt.Errorf("%w: %s", ErrUnknownTable, r.name)
 	}
 	b, err := r.g.Get(key)
-	if errors.Is(err, statestore.ErrNotFound) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	if err := decodeValue(b, v); err != nil {
-		return false, fmt.Errorf("eddy: decode table %s/%q into %T: %w", r.name, key, v, err)
-	}
-	return true, nil
+	return decodeTableValue(r.name, key, b, err, v)
 }
 
 // WaitApplied waits until the table has applied its stream at least up to
