@@ -85,6 +85,13 @@ func (c *cli) run(ctx context.Context, args []string) error {
 			return err
 		}
 	}
+	for _, app := range names {
+		for _, t := range apps.GlobalTables(app) {
+			if err := node.RegisterGlobalTable(t); err != nil {
+				return err
+			}
+		}
+	}
 	if err := node.Start(ctx); err != nil {
 		return err
 	}
@@ -98,6 +105,11 @@ func (c *cli) run(ctx context.Context, args []string) error {
 	if addr := node.HTTPAddr(); addr != "" {
 		for _, t := range types {
 			fmt.Fprintf(c.stdout, "http: http://%s/v1/state/%s/<key>\n", addr, t.Name)
+		}
+		for _, app := range names {
+			for _, t := range apps.GlobalTables(app) {
+				fmt.Fprintf(c.stdout, "http: http://%s/v1/tables/%s/<key>\n", addr, t.Name)
+			}
 		}
 	}
 

@@ -1,6 +1,7 @@
 // Package apps holds the example actor types that the examples and the node
-// binary carry: a bank (transfers between accounts in different partitions)
-// and a word count (lines split into words, counted per word).
+// binary carry: a bank (transfers between accounts in different partitions),
+// a word count (lines split into words, counted per word) and orders
+// (enriched from a co-partitioned and a global table).
 package apps
 
 import (
@@ -12,7 +13,7 @@ import (
 )
 
 // Names lists the example apps by name.
-var Names = []string{"bank", "wordcount"}
+var Names = []string{"bank", "wordcount", "orders"}
 
 // ActorTypes returns the actor types of the named app.
 func ActorTypes(app string, partitions int) ([]eddy.ActorType, error) {
@@ -21,6 +22,8 @@ func ActorTypes(app string, partitions int) ([]eddy.ActorType, error) {
 		return []eddy.ActorType{Bank(partitions)}, nil
 	case "wordcount":
 		return WordCount(partitions), nil
+	case "orders":
+		return []eddy.ActorType{Orders(partitions)}, nil
 	}
 	return nil, fmt.Errorf("unknown app %q (have %s)", app, strings.Join(Names, ", "))
 }

@@ -30,71 +30,8 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/eddyrt/eddy"
+	"github.com/eddyrt/eddy/examples/apps"
 )
-
-// Product is a record of the products table.
-type Product struct {
-	Name  string `msgpack:"name"`
-	Price int64  `msgpack:"price"` // cents
-}
-
-// Customer is a record of the customers table.
-type Customer struct {
-	Name string `msgpack:"name"`
-}
-
-// Order is an event of the orders actor type, keyed by customer.
-type Order struct {
-	ID      string `msgpack:"id"`
-	Product string `msgpack:"product"`
-	Qty     int64  `msgpack:"qty"`
-	// ProductSeq is the sequence of the product record the order was
-	// placed against (0: whatever the table has).
-	ProductSeq uint64 `msgpack:"product_seq"`
-}
-
-// Enriched is an order with its customer and product, as emitted.
-type Enriched struct {
-	Customer string `msgpack:"customer"`
-	Product  string `msgpack:"product"`
-	Name     string `msgpack:"name"`
-	Qty      int64  `msgpack:"qty"`
-	Total    int64  `msgpack:"total"`
-}
-
-// orders enriches each order with its product and emits it.
-func orders(partitions int) eddy.ActorType {
-	return eddy.ActorType{Name: "orders", Partitions: partitions, Outputs: []string{"enriched_orders"},
-		Tables: []string{"customers"},
-		Handler: func(c *eddy.Context) error {
-			var o Order
-			if err := c.Decode(&o); err != nil {
-				return err
-			}
-			var cust Customer
-			if ok, err := c.Table("customers").Get(c.Key(), &cust); err != nil {
-				return err
-			} else if !ok {
-				cust.Name = "(unknown customer " + c.Key() + ")"
-			}
-			products := c.Global("products")
-			if o.ProductSeq > 0 {
-				if err := products.WaitApplied(o.ProductSeq); err != nil {
-					return err
-				}
-			}
-			var p Product
-			ok, err := products.Get(o.Product, &p)
-			if err != nil {
-				return err
-			}
-			if !ok {
-				return fmt.Errorf("%w: no product %q", eddy.ErrMalformed, o.Product) // to the dead-letter stream
-			}
-			e := Enriched{Customer: cust.Name, Product: o.Product, Name: p.Name, Qty: o.Qty, Total: o.Qty * p.Price}
-			return c.Emit("enriched_orders", o.ID, e)
-		}}
-}
 
 func main() {
 	if err := run(); err != nil {
@@ -118,10 +55,12 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	if err := node.RegisterGlobalTable(eddy.GlobalTable{Name: "products"}); err != nil {
-		return err
+	for _, t := range apps.GlobalTables("orders") {
+		if err := node.RegisterGlobalTable(t); err != nil {
+			return err
+		}
 	}
-	if err := node.Register(orders(4)); err != nil {
+	if err := node.Register(apps.Orders(4)); err != nil {
 		return err
 	}
 	if err := node.Start(ctx); err != nil {
@@ -142,7 +81,7 @@ func run() error {
 	seqs := map[string]uint64{}
 	for i, name := range []string{"kettle", "teapot", "mug", "saucer"} {
 		id := "p" + strconv.Itoa(i)
-		b, err := msgpack.Marshal(Product{Name: name, Price: int64(500 * (i + 1))})
+		b, err := msgpack.Marshal(apps.Product{Name: name, Price: int64(500 * (i + 1))})
 		if err != nil {
 			return err
 		}
@@ -156,7 +95,7 @@ func run() error {
 	// Customers, laid out as the orders' input: one subject per key, in
 	// the customer's partition (partition.InputSubject does the same).
 	for i, name := range []string{"Ada", "Grace"} {
-		b, err := msgpack.Marshal(Customer{Name: name})
+		b, err := msgpack.Marshal(apps.Customer{Name: name})
 		if err != nil {
 			return err
 		}
@@ -169,8 +108,8 @@ func run() error {
 	for i := range 8 {
 		id := "p" + strconv.Itoa(i%4)
 		customer := "cust" + strconv.Itoa(i%3) // cust2 has no record
-		o := Order{ID: "order-" + strconv.Itoa(i), Product: id, Qty: int64(i + 1), ProductSeq: seqs[id]}
-		if err := client.Send(ctx, "orders", customer, o); err != nil {
+		o := apps.Order{ID: "order-" + strconv.Itoa(i), Product: id, Qty: int64(i + 1), ProductSeq: seqs[id]}
+		if err := client.Send(ctx, apps.OrdersType, customer, o); err != nil {
 			return err
 		}
 	}
@@ -184,7 +123,7 @@ func run() error {
 		msg, err := out.GetLastMsgForSubject(ctx, "enriched_orders.order-"+strconv.Itoa(i))
 		switch {
 		case err == nil:
-			var e Enriched
+			var e apps.Enriched
 			if err := msgpack.Unmarshal(msg.Data, &e); err != nil {
 				return err
 			}
