@@ -385,3 +385,67 @@ func TestGlobalTableAheadOfItsStreamStartsOver(t *testing.T) {
 		t.Fatalf("applied %d, the stream ends at %d", g.Applied(), p.last)
 	}
 }
+
+// On a 3-server JetStream cluster (an R3 stream), the table's stream leader
+// moved twice and then a member stopped while records keep coming: the
+// table follows and holds the latest value of every key.
+func TestGlobalTableOnAClusterThroughLeaderMovesAndAMemberLost(t *testing.T) {
+	c := natstest.NewCluster(t, 3)
+	c.Start()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	nc, err := nats.Connect(c.URLs(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &products{t: t, ctx: ctx, js: js, model: map[string]string{}}
+	testkit.WaitFor(t, 60*time.Second, "the stream on the cluster", func() bool {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		_, err := js.CreateStream(cctx, jetstream.StreamConfig{Name: "products", Subjects: []string{"products.*"},
+			MaxMsgsPerSubject: 1, Storage: jetstream.FileStorage, Replicas: 3})
+		return err == nil
+	})
+	const keys = 50
+	put := func(n int, round string) {
+		for i := range n {
+			key := fmt.Sprintf("p%d", i%keys)
+			value := fmt.Sprintf("%s-%d", round, i)
+			testkit.WaitFor(t, 30*time.Second, "a record stored", func() bool {
+				pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				defer cancel()
+				ack, err := js.Publish(pctx, "products."+key, []byte(value))
+				if err != nil {
+					return false
+				}
+				p.model[key], p.last = value, ack.Sequence
+				return true
+			})
+		}
+	}
+	put(200, "a")
+	g := p.start(p.config(t.TempDir(), nil))
+	p.waitReady(g)
+	for round := range 3 {
+		if round < 2 {
+			if _, err := natsproc.StepDownStream(ctx, nc, "products"); err != nil {
+				t.Logf("step down: %v", err)
+			}
+		} else {
+			c.Stop(2)
+		}
+		put(100, fmt.Sprintf("r%d", round))
+		wctx, wcancel := context.WithTimeout(ctx, waitTimeout)
+		err := g.WaitApplied(wctx, p.last)
+		wcancel()
+		if err != nil {
+			t.Fatalf("round %d: the table applied %d, the stream ends at %d: %v", round, g.Applied(), p.last, err)
+		}
+		p.check(g, keys)
+	}
+}
