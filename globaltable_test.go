@@ -55,6 +55,29 @@ func enrich() eddy.ActorType {
 	}}
 }
 
+// startTableNode starts a node, configured by mutate, with the global table
+// name and the enrich actor type.
+func startTableNode(t *testing.T, ctx context.Context, name string, mutate func(*eddy.Config)) *eddy.Node {
+	t.Helper()
+	cfg := eddy.DefaultConfig()
+	cfg.Logger = testkit.Logger(t)
+	mutate(&cfg)
+	node, err := eddy.NewNode(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := node.RegisterGlobalTable(eddy.GlobalTable{Name: name}); err != nil {
+		t.Fatal(err)
+	}
+	if err := node.Register(enrich()); err != nil {
+		t.Fatal(err)
+	}
+	if err := node.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return node
+}
+
 // productsOf publishes product records to the table's stream.
 type productsOf struct {
 	t    *testing.T
@@ -126,23 +149,9 @@ func TestGlobalTableBootstrapsBeforeInputAndJoinsDeterministically(t *testing.T)
 
 	dir := t.TempDir()
 	start := func(reg *prometheus.Registry) *eddy.Node {
-		cfg := eddy.DefaultConfig()
-		cfg.DataDir, cfg.NATSURL, cfg.HTTPAddr, cfg.Registerer = dir, srv.URL(), "127.0.0.1:0", reg
-		cfg.Logger = testkit.Logger(t)
-		node, err := eddy.NewNode(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := node.RegisterGlobalTable(eddy.GlobalTable{Name: "products"}); err != nil {
-			t.Fatal(err)
-		}
-		if err := node.Register(enrich()); err != nil {
-			t.Fatal(err)
-		}
-		if err := node.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		return node
+		return startTableNode(t, ctx, "products", func(cfg *eddy.Config) {
+			cfg.DataDir, cfg.NATSURL, cfg.HTTPAddr, cfg.Registerer = dir, srv.URL(), "127.0.0.1:0", reg
+		})
 	}
 	node := start(prometheus.NewRegistry())
 	seen := func(order string) int {
@@ -247,28 +256,15 @@ func TestGlobalTableOnEveryClusterMember(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	member := func(id, join string) *eddy.Node {
-		cfg := eddy.DefaultConfig()
-		cfg.NodeID, cfg.DataDir, cfg.NATSURL, cfg.HTTPAddr = id, t.TempDir(), srv.URL(), "127.0.0.1:0"
-		cfg.GossipAddr, cfg.RaftAddr = "127.0.0.1:0", "127.0.0.1:0"
-		cfg.Logger = testkit.Logger(t)
-		if join == "" {
-			cfg.Bootstrap = true
-		} else {
-			cfg.Join = []string{join}
-		}
-		node, err := eddy.NewNode(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := node.RegisterGlobalTable(eddy.GlobalTable{Name: "products"}); err != nil {
-			t.Fatal(err)
-		}
-		if err := node.Register(enrich()); err != nil {
-			t.Fatal(err)
-		}
-		if err := node.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
+		node := startTableNode(t, ctx, "products", func(cfg *eddy.Config) {
+			cfg.NodeID, cfg.DataDir, cfg.NATSURL, cfg.HTTPAddr = id, t.TempDir(), srv.URL(), "127.0.0.1:0"
+			cfg.GossipAddr, cfg.RaftAddr = "127.0.0.1:0", "127.0.0.1:0"
+			if join == "" {
+				cfg.Bootstrap = true
+			} else {
+				cfg.Join = []string{join}
+			}
+		})
 		t.Cleanup(func() { _ = node.Stop(context.Background()) })
 		return node
 	}
@@ -636,21 +632,9 @@ func TestNodeStopInterruptsGlobalTableBootstrap(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("preload not acknowledged")
 	}
-	cfg := eddy.DefaultConfig()
-	cfg.DataDir, cfg.NATSURL, cfg.HTTPAddr, cfg.Logger = t.TempDir(), srv.URL(), "", testkit.Logger(t)
-	node, err := eddy.NewNode(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := node.RegisterGlobalTable(eddy.GlobalTable{Name: "big"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := node.Register(enrich()); err != nil {
-		t.Fatal(err)
-	}
-	if err := node.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	node := startTableNode(t, ctx, "big", func(cfg *eddy.Config) {
+		cfg.DataDir, cfg.NATSURL, cfg.HTTPAddr = t.TempDir(), srv.URL(), ""
+	})
 	ts, err := node.Tables()
 	if err != nil || len(ts) != 1 || ts[0].Ready {
 		t.Fatalf("Tables right after Start: %+v %v, want big still bootstrapping", ts, err)

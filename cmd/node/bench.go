@@ -642,40 +642,49 @@ func (b *bench) buildChangelog(ctx context.Context) (changelog.Subjects, error) 
 // changelog.Replay's default) and counts the records up to its last
 // sequence, decoding each message: the least a restore must do.
 func (b *bench) rawRead(ctx context.Context, s changelog.Subjects) (uint64, time.Duration, error) {
+	var n uint64
+	took, err := b.readStream(ctx, s.Stream(), 4096, func(msg jetstream.Msg) error {
+		return s.Records(msg.Subject(), msg.Data(), func(changelog.Record) error { n++; return nil })
+	})
+	return n, took, err
+}
+
+// readStream reads the whole stream name with an ordered consumer that
+// keeps buffer messages in flight, calling each for every message, and
+// returns how long it took.
+func (b *bench) readStream(ctx context.Context, name string, buffer int, each func(jetstream.Msg) error) (time.Duration, error) {
 	start := time.Now()
-	st, err := b.js.Stream(ctx, s.Stream())
+	st, err := b.js.Stream(ctx, name)
 	if err != nil {
-		return 0, 0, err
+		return 0, err
 	}
 	info, err := st.Info(ctx)
 	if err != nil {
-		return 0, 0, err
+		return 0, err
 	}
 	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
 	if err != nil {
-		return 0, 0, err
+		return 0, err
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(4096))
+	it, err := cons.Messages(jetstream.PullMaxMessages(buffer))
 	if err != nil {
-		return 0, 0, err
+		return 0, err
 	}
 	defer it.Stop()
-	var n uint64
 	for {
 		msg, err := it.Next(jetstream.NextContext(ctx))
 		if err != nil {
-			return n, 0, err
+			return 0, err
 		}
 		md, err := msg.Metadata()
 		if err != nil {
-			return n, 0, err
+			return 0, err
 		}
-		err = s.Records(msg.Subject(), msg.Data(), func(changelog.Record) error { n++; return nil })
-		if err != nil {
-			return n, 0, err
+		if err := each(msg); err != nil {
+			return 0, err
 		}
 		if md.Sequence.Stream >= info.State.LastSeq {
-			return n, time.Since(start), nil
+			return time.Since(start), nil
 		}
 	}
 }

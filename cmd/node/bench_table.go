@@ -106,36 +106,9 @@ func (b *bench) loadTable(ctx context.Context, valueSize int) error {
 // rawTableRead reads the whole stream with an ordered consumer: the least
 // a bootstrap must do.
 func (b *bench) rawTableRead(ctx context.Context) (uint64, time.Duration, error) {
-	start := time.Now()
-	st, err := b.js.Stream(ctx, benchTableName)
-	if err != nil {
-		return 0, 0, err
-	}
-	last := st.CachedInfo().State.LastSeq
-	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		return 0, 0, err
-	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(2 * table.DefaultGlobalConfig().Batch))
-	if err != nil {
-		return 0, 0, err
-	}
-	defer it.Stop()
 	var n uint64
-	for {
-		msg, err := it.Next(jetstream.NextContext(ctx))
-		if err != nil {
-			return n, 0, err
-		}
-		md, err := msg.Metadata()
-		if err != nil {
-			return n, 0, err
-		}
-		n++
-		if md.Sequence.Stream >= last {
-			return n, time.Since(start), nil
-		}
-	}
+	took, err := b.readStream(ctx, benchTableName, 2*table.DefaultGlobalConfig().Batch, func(jetstream.Msg) error { n++; return nil })
+	return n, took, err
 }
 
 // tableBootstrap starts a global table on an empty store and times it
