@@ -88,7 +88,33 @@ type ActorType struct {
 	// hold its first event, else the partition fails with ErrInputGone and
 	// keeps its old state. Not for types without a changelog.
 	RebuildOnNewVersion bool
+	// StateStore is where the type's state lives: LocalStore (the
+	// default) or PostgresStore. Handlers do not see the difference.
+	StateStore StateStore
 }
+
+// StateStore says where an actor type keeps its state.
+type StateStore string
+
+const (
+	// LocalStore keeps each partition's state in a local pebble store,
+	// recorded in a changelog stream that hot replicas tail (the zero
+	// value means LocalStore too).
+	LocalStore StateStore = "local"
+	// PostgresStore keeps the type's state in PostgreSQL
+	// (Config.Postgres): one table for the type, and each commit one
+	// transaction holding the writes, the outbox and the input offset,
+	// fenced by the partition's epoch. Any node reads any key from the
+	// database; a failover needs no restore (the new owner claims the
+	// partition and resumes from the stored offset), so there are no hot
+	// replicas, no changelog and no snapshots, hence no co-partitioned
+	// tables and no Migrate or RebuildOnNewVersion (see
+	// docs/external-store.md).
+	PostgresStore StateStore = "postgres"
+)
+
+// external tells whether the type keeps its state in PostgreSQL.
+func (t *ActorType) external() bool { return t.StateStore == PostgresStore }
 
 // DefaultStore is the store of each key's own state (Context.Get and
 // Context.Set), as Migrate names it.
@@ -146,13 +172,25 @@ func (t *ActorType) Validate() error {
 	if len(t.Tables) > 0 && t.NoChangelog {
 		return bad("co-partitioned tables need a changelog")
 	}
+	switch t.StateStore {
+	case "", LocalStore:
+	case PostgresStore:
+		switch {
+		case t.ReplicationFactor > 0:
+			return bad("a type on PostgreSQL has no hot replicas: any node reads its state from the database")
+		case t.NoChangelog || len(t.Tables) > 0 || t.Migrate != nil || t.RebuildOnNewVersion:
+			return bad("a type on PostgreSQL has no changelog: no NoChangelog, co-partitioned tables, Migrate or RebuildOnNewVersion")
+		}
+	default:
+		return bad("state store %q (%q or %q)", t.StateStore, LocalStore, PostgresStore)
+	}
 	return nil
 }
 
 // replicationFactor is the hot replicas each partition keeps.
 func (t *ActorType) replicationFactor() int {
 	switch {
-	case t.NoChangelog:
+	case t.NoChangelog, t.external():
 		return 0
 	case t.ReplicationFactor == 0:
 		return DefaultReplicationFactor

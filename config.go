@@ -12,6 +12,7 @@ import (
 	"github.com/eddyrt/eddy/changelog"
 	"github.com/eddyrt/eddy/cluster"
 	"github.com/eddyrt/eddy/partition"
+	"github.com/eddyrt/eddy/statestore/postgres"
 )
 
 // Config configures a Node.
@@ -128,6 +129,12 @@ type Config struct {
 	// failures while NATS is away are retried where they are.)
 	GiveBackAfter time.Duration
 
+	// Postgres is the external state store of the actor types whose
+	// StateStore is PostgresStore: the DSN (with credentials: the node
+	// logs it only redacted), the pool and its timeouts. Unused when no
+	// type keeps its state there.
+	Postgres postgres.Config
+
 	// Logger receives the node's logs (nil: slog.Default()).
 	Logger *slog.Logger
 	// Registerer receives the node's metrics (nil: a registry of the node's own,
@@ -170,6 +177,7 @@ func DefaultConfig() Config {
 		MaxConcurrentMoves: cl.Assignor.MaxConcurrentMoves,
 		LeaveTimeout:       30 * time.Second, // each partition commits its batch in hand and restores elsewhere
 		GiveBackAfter:      time.Minute,      // far past a stream leader election (seconds): a fault of this node
+		Postgres:           postgres.DefaultConfig(""),
 	}
 }
 

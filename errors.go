@@ -53,6 +53,11 @@ var (
 	// (a *partition.VersionError), and in a cluster is given back to the
 	// assignor, which keeps it off this node.
 	ErrStateVersion = partition.ErrStateVersion
+	// ErrInputRecreated means a partition's state in PostgreSQL was
+	// committed from an input stream that was since deleted and created
+	// again: the partition does not run (reading the new stream from the
+	// old offset would skip its events); reset the type (node reset).
+	ErrInputRecreated = partition.ErrInputRecreated
 )
 
 // ErrNATSUnavailable is returned by Start when it gave up waiting for NATS:

@@ -37,6 +37,9 @@ func (r *reconciler) partitionDown(k pkey, s *activeSlot) {
 	if fe := (*partition.FenceError)(nil); errors.As(err, &fe) {
 		minEpoch, why = fe.By.Epoch, fe.Error()
 	}
+	if externalDown(err) {
+		return // every node would refuse it: it stays here, stopped, saying why
+	}
 	// State of a newer version than this node's: only a node that runs the
 	// newer version can take it, so the assignor keeps it off this one.
 	avoid := errors.Is(err, partition.ErrStateVersion)

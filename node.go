@@ -20,6 +20,7 @@ import (
 	"github.com/eddyrt/eddy/cluster"
 	"github.com/eddyrt/eddy/partition"
 	"github.com/eddyrt/eddy/statestore"
+	"github.com/eddyrt/eddy/statestore/postgres"
 	"github.com/eddyrt/eddy/table"
 )
 
@@ -65,6 +66,7 @@ type Node struct {
 	js       jetstream.JetStream
 	client   *Client
 	cache    *statestore.Cache
+	pg       *postgres.DB // the external store, when a type keeps its state there
 	sys      *actor.System
 	rec      *reconciler
 	http     *http.Server
@@ -112,6 +114,11 @@ func (n *Node) Register(t ActorType) error {
 	}
 	if err := t.Validate(); err != nil {
 		return err
+	}
+	if t.external() {
+		if err := n.cfg.Postgres.Validate(); err != nil {
+			return fmt.Errorf("%w: actor type %s keeps its state in PostgreSQL: Config.Postgres (--pg-dsn, EDDY_PG_DSN): %w", ErrInvalidConfig, t.Name, err)
+		}
 	}
 	if n.types[t.Name] != nil {
 		return fmt.Errorf("%w: actor type %s registered twice", ErrInvalidConfig, t.Name)
@@ -164,6 +171,9 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		n.running = true
 	}()
 	if err := n.connect(ctx); err != nil {
+		return err
+	}
+	if err := n.openPostgres(ctx); err != nil {
 		return err
 	}
 	n.mu.Lock()
@@ -250,6 +260,10 @@ func (n *Node) shutdown(ctx context.Context) error {
 	if n.cache != nil {
 		n.cache.Close()
 		n.cache = nil
+	}
+	if n.pg != nil {
+		n.pg.Close()
+		n.pg = nil
 	}
 	if n.nc != nil {
 		n.nc.Close()

@@ -112,6 +112,11 @@ func (n *Node) query(ctx context.Context, typ, key, store string, maxLag time.Du
 	if store != partition.DefaultStore && !slices.Contains(n.types[typ].Stores, store) {
 		return nil, Served{}, fmt.Errorf("%w: actor type %s has no store %q", ErrNotFound, typ, store)
 	}
+	if n.types[typ].external() {
+		// Every node reads the committed rows: no owner to ask.
+		v, err := n.queryExternal(ctx, k, store, key)
+		return v, Served{Node: n.cfg.NodeID}, err
+	}
 	if r != nil && maxLag >= 0 && r.Lag().Staleness(time.Now()) <= maxLag {
 		v, _, err := r.Get(ctx, store, []byte(key))
 		if err == nil || errors.Is(err, ErrNotFound) {

@@ -605,6 +605,9 @@ func (n *Node) partitionConfig(t *ActorType, p int, epoch uint64) partition.Conf
 	}
 	c.CheckTableValue = checkValue
 	c.Conn, c.JS = n.nc, n.js
+	if t.external() {
+		c.External = n.pg
+	}
 	c.StoreDir = filepath.Join(n.cfg.DataDir, "stores", t.Name, strconv.Itoa(p))
 	c.Cache = n.cache
 	c.StoreSync = n.cfg.StoreSync

@@ -44,6 +44,12 @@ type ResetReport struct {
 	// dead-letter stream, when they exist. The streams its handler emitted
 	// to stay as well.
 	Left []string
+	// Postgres, for a type that keeps its state in PostgreSQL (and a node
+	// given Config.Postgres), maps each partition to the offset up to which
+	// the replay suppresses side effects (before the reset: its committed
+	// offset); PostgresRows is how many state rows were deleted.
+	Postgres     map[int]uint64
+	PostgresRows int64
 }
 
 // typeSubject is where every node that registered actor type typ answers
@@ -107,8 +113,8 @@ func (n *Node) Reset(ctx context.Context, typ string, dryRun bool) (ResetReport,
 	}
 	slices.Sort(r.Deleted)
 	slices.Sort(r.Left)
-	if dryRun {
-		return r, nil
+	if err := n.resetExternal(ctx, js, typ, &r); err != nil || dryRun {
+		return r, err
 	}
 	for _, name := range r.Deleted {
 		if err := js.DeleteStream(ctx, name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {

@@ -19,6 +19,7 @@ import (
 	"github.com/eddyrt/eddy/actor"
 	"github.com/eddyrt/eddy/changelog"
 	"github.com/eddyrt/eddy/statestore"
+	"github.com/eddyrt/eddy/statestore/postgres"
 )
 
 // Messages the partition actor receives.
@@ -256,6 +257,13 @@ type partitionActor struct {
 	snap        snapshots
 	// ver is the state version the stores hold (version.go, migrate.go).
 	ver versionState
+
+	// ext is the partition's rows in the external store (external.go),
+	// instead of store and the changelog; replayThrough is the offset up
+	// to which events replayed after a reset have their side effects
+	// suppressed.
+	ext           *postgres.Partition
+	replayThrough uint64
 }
 
 type reply struct {
@@ -279,6 +287,9 @@ func (a *partitionActor) get(k string) ([]byte, error) {
 			return writes[j].value, nil
 		}
 		if i == 0 {
+			if a.ext != nil {
+				return a.getExternal(k)
+			}
 			return a.store.Get([]byte(k))
 		}
 		ws, writes = a.flights[i-1].ws, a.flights[i-1].writes
@@ -293,6 +304,9 @@ func (a *partitionActor) Started(c *actor.Context) error {
 	a.stopping = c.Stopping()
 	a.ws = make(map[string]int)
 	a.tx.a = a
+	if a.cfg.External != nil {
+		return a.startExternal(c)
+	}
 	start := time.Now()
 	h := a.cfg.Handoff
 	a.cfg.Handoff = nil
@@ -843,7 +857,7 @@ func (a *partitionActor) Stopped(c *actor.Context) {
 	landed := a.awaitFlights()
 	// A failure that stops the incarnation shows as retrying or fenced once
 	// the supervisor has decided (Start's OnFailure); until then, stopped.
-	if a.writer != nil {
+	if a.writer != nil || a.ext != nil && a.started {
 		a.publishStatus(StateStopped)
 	} else {
 		a.status.setState(StateStopped, nil)
@@ -961,7 +975,13 @@ func (a *partitionActor) receive(c *actor.Context, msg any) error {
 		c.Respond(up)
 		return nil
 	case queryReq:
-		v, err := a.store.Get([]byte(storeKey(m.store, m.key)))
+		var v []byte
+		var err error
+		if a.ext != nil {
+			v, err = a.getExternal(storeKey(m.store, m.key))
+		} else {
+			v, err = a.store.Get([]byte(storeKey(m.store, m.key)))
+		}
 		if err != nil {
 			c.RespondError(err)
 			return nil
@@ -980,6 +1000,12 @@ func (a *partitionActor) process(ctx context.Context, msgs []jetstream.Msg) erro
 			return err
 		}
 	}
+	if a.ext != nil {
+		if err := a.prefetchExternal(ctx, msgs); err != nil {
+			return err
+		}
+		defer func() { a.rebuilding = false }()
+	}
 	for _, msg := range msgs {
 		md, err := msg.Metadata()
 		if err != nil {
@@ -991,6 +1017,12 @@ func (a *partitionActor) process(ctx context.Context, msgs []jetstream.Msg) erro
 		}
 		if err := a.advanceTables(ctx, md.Timestamp); err != nil {
 			return err
+		}
+		if a.ext != nil {
+			// Replayed after a reset: its side effects took effect already.
+			if a.rebuilding = seq <= a.replayThrough; a.rebuilding {
+				a.m.rebuildEvents.Inc()
+			}
 		}
 		if err := a.runEvent(ctx, msg, seq); err != nil {
 			return err
@@ -1053,15 +1085,18 @@ func (a *partitionActor) runEvent(ctx context.Context, msg jetstream.Msg, seq ui
 			a.writes = append(a.writes, w)
 		}
 	}
+	if a.rebuilding {
+		// Rebuilt from the input stream: its emits and replies took
+		// effect the first time.
+		return nil
+	}
 	a.outbox = append(a.outbox, a.tx.outbox...)
 	if a.tx.replied {
 		if inbox := ev.Header.Get(HeaderReply); inbox != "" {
 			a.replies = append(a.replies, reply{inbox: inbox, data: a.tx.reply})
 		}
 	}
-	if !a.rebuilding {
-		a.m.events.Inc() // a rebuild counts in rebuild_events_total
-	}
+	a.m.events.Inc() // a rebuild counts in rebuild_events_total
 	return nil
 }
 
@@ -1223,14 +1258,21 @@ type FenceError struct {
 	By changelog.Meta
 	// Seq is By's changelog sequence (0 when unknown).
 	Seq uint64
+	// External: By is the runtime row of an external store, not a
+	// changelog's meta record.
+	External bool
 }
 
 func (e *FenceError) Error() string {
-	if e.By.Epoch == e.Epoch {
-		return fmt.Sprintf("%v: epoch %d is held by another owner %q in the changelog (this owner is %q): the assignor must give a new epoch",
-			ErrFenced, e.Epoch, e.By.Owner, e.Owner)
+	where := "the changelog"
+	if e.External {
+		where = "the external store"
 	}
-	return fmt.Sprintf("%v: epoch %d, the changelog has epoch %d of owner %q", ErrFenced, e.Epoch, e.By.Epoch, e.By.Owner)
+	if e.By.Epoch == e.Epoch {
+		return fmt.Sprintf("%v: epoch %d is held by another owner %q in %s (this owner is %q): the assignor must give a new epoch",
+			ErrFenced, e.Epoch, e.By.Owner, where, e.Owner)
+	}
+	return fmt.Sprintf("%v: epoch %d, %s has epoch %d of owner %q", ErrFenced, e.Epoch, where, e.By.Epoch, e.By.Owner)
 }
 
 // Unwrap makes errors.Is(err, ErrFenced) hold.

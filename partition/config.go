@@ -12,6 +12,7 @@ import (
 	"github.com/eddyrt/eddy/changelog"
 	"github.com/eddyrt/eddy/snapshot"
 	"github.com/eddyrt/eddy/statestore"
+	"github.com/eddyrt/eddy/statestore/postgres"
 )
 
 // DefaultStore is the store that holds each key's own state.
@@ -183,6 +184,12 @@ type Config struct {
 	// CheckTableValue, if set, refuses a table value handlers could not
 	// decode: the record goes to the dead-letter stream instead.
 	CheckTableValue func([]byte) error
+	// External, when set, keeps the partition's state in PostgreSQL
+	// instead of the local store and a changelog (external.go): each commit
+	// is one transaction holding the writes, the outbox and the input
+	// offset, fenced by the epoch. StoreDir, the changelog, snapshots and
+	// hot replicas are then unused.
+	External *postgres.DB
 	// Ready are closed once what handlers read besides their stores is
 	// ready (the node's global tables, caught up with their streams): the
 	// actor restores and fences meanwhile, and takes no input before.
@@ -192,8 +199,13 @@ type Config struct {
 // Hooks are called between the steps of a commit. Tests use them to crash the
 // process at each step; they are nil in production.
 type Hooks struct {
-	// AfterChangelog runs after the changelog batch is committed, before the local store.
+	// AfterChangelog runs after the changelog batch is committed, before
+	// the local store; with an external store, after its transaction
+	// committed, before the outbox is forwarded.
 	AfterChangelog func()
+	// BeforeExternalCommit runs after an external store transaction's
+	// statements succeeded, before its COMMIT is sent.
+	BeforeExternalCommit func()
 	// AfterLocal runs after the local store batch, before the outbox is forwarded.
 	AfterLocal func()
 	// MidForward runs after the first outbox entry of a commit is forwarded, when there are more.
@@ -290,6 +302,8 @@ func (c *Config) Validate() error {
 		return bad("Migrate and RebuildOnNewVersion need a changelog")
 	case c.Migrate != nil && c.RebuildOnNewVersion:
 		return bad("Migrate or RebuildOnNewVersion, not both")
+	case c.External != nil && (len(c.Tables) > 0 || c.NoChangelog || c.Migrate != nil || c.RebuildOnNewVersion):
+		return bad("an external store has no changelog: no co-partitioned tables, NoChangelog, Migrate or RebuildOnNewVersion")
 	}
 	for _, s := range c.Stores {
 		if !changelog.ValidName(s) {

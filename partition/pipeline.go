@@ -82,6 +82,9 @@ func (a *partitionActor) pipelining() bool {
 // commitBatch commits the batch built so far: sent and left in flight when
 // pipelining, else committed and finished before it returns (commit).
 func (a *partitionActor) commitBatch(ctx context.Context) error {
+	if a.ext != nil {
+		return a.commitExternal(ctx)
+	}
 	if !a.pipelining() {
 		return a.commit(ctx)
 	}
@@ -90,6 +93,9 @@ func (a *partitionActor) commitBatch(ctx context.Context) error {
 
 // commit commits the batch built so far and finishes every commit in flight.
 func (a *partitionActor) commit(ctx context.Context) error {
+	if a.ext != nil {
+		return a.commitExternal(ctx)
+	}
 	if err := a.send(ctx); err != nil {
 		return err
 	}

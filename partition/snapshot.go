@@ -30,6 +30,7 @@ const (
 	restoreSnapshot  = "snapshot"  // a snapshot + the changelog tail past it
 	restoreChangelog = "changelog" // the whole changelog
 	restoreInput     = "input"     // stores without a changelog, rebuilt from the input stream
+	restoreExternal  = "external"  // an external store: claimed, nothing to restore
 )
 
 // SnapshotStatus is the newest snapshot a partition actor uploaded, or

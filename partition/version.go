@@ -209,8 +209,9 @@ func (r *Replica) Err() error {
 }
 
 // stopsForGood is the supervision decision of partition actors and hot
-// replicas: a fence or state of a newer version stops them, anything else
-// restarts them.
+// replicas: a fence, state of a newer version or an input stream that is
+// not the one the external store's offset belongs to stops them, anything
+// else restarts them.
 func stopsForGood(err error) bool {
-	return errors.Is(err, ErrFenced) || errors.Is(err, ErrStateVersion)
+	return errors.Is(err, ErrFenced) || errors.Is(err, ErrStateVersion) || errors.Is(err, ErrInputRecreated)
 }

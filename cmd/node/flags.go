@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/eddyrt/eddy"
+	"github.com/eddyrt/eddy/statestore/postgres"
 )
 
 // envName is the environment variable that mirrors a flag: --data-dir is EDDY_DATA_DIR.
@@ -72,6 +73,7 @@ func addNodeFlags(fs *flag.FlagSet, cfg *eddy.Config) *nodeFlags {
 	fs.StringVar(&f.tlsKey, "nats-tls-key", "", "client key `file` for NATS TLS (with --nats and --nats-tls-cert)")
 	fs.StringVar(&cfg.EmbeddedNATSHost, "nats-host", cfg.EmbeddedNATSHost, "`host` the embedded NATS server listens on")
 	fs.IntVar(&cfg.EmbeddedNATSPort, "nats-port", cfg.EmbeddedNATSPort, "`port` the embedded NATS server listens on (-1: any free port)")
+	fs.Var(dsnFlag{&cfg.Postgres.DSN}, "pg-dsn", "PostgreSQL connection `string` (postgres://user:password@host:port/db) of the actor types whose state is in PostgreSQL (--state-store postgres); it is never printed or logged, only redacted")
 	fs.StringVar(&cfg.HTTPAddr, "http", cfg.HTTPAddr, "`address` of the HTTP API (/v1/state, /v1/status, /metrics); empty disables it")
 	return f
 }
@@ -185,6 +187,21 @@ func (k keyFlag) Set(v string) error {
 		return fmt.Errorf("gossip key: %d bytes, want 16, 24 or 32", n)
 	}
 	*k.p = b
+	return nil
+}
+
+// dsnFlag is a PostgreSQL connection string: it holds a password.
+type dsnFlag struct{ p *string }
+
+func (d dsnFlag) String() string {
+	if d.p == nil || *d.p == "" {
+		return ""
+	}
+	return postgres.Redact(*d.p) // never print a secret
+}
+
+func (d dsnFlag) Set(v string) error {
+	*d.p = strings.TrimSpace(v)
 	return nil
 }
 

@@ -37,6 +37,7 @@ func (c *cli) run(ctx context.Context, args []string) error {
 	appList := fs.String("app", "bank", "example `apps` to run, comma-separated: "+strings.Join(apps.Names, ", "))
 	partitions := fs.Int("partitions", defaultPartitions, "`partitions` of each actor type's input stream (fixed once the stream exists)")
 	replicas := fs.Int("replicas", eddy.DefaultReplicationFactor, "hot `replicas` per partition on other nodes of a cluster (0: none, restore from the changelog on failover)")
+	stateStore := fs.String("state-store", string(eddy.LocalStore), "where the apps' actor types keep their state: local (pebble and a changelog) or postgres (--pg-dsn)")
 	load := fs.Float64("load", 0, "demo load in `events/s`, sent with an eddy.Client (0: off)")
 	if err := c.parse(fs, args); err != nil {
 		return err
@@ -67,6 +68,9 @@ func (c *cli) run(ctx context.Context, args []string) error {
 			ts[i].ReplicationFactor = *replicas
 			if *replicas == 0 {
 				ts[i].ReplicationFactor = eddy.NoReplicas
+			}
+			if ts[i].StateStore = eddy.StateStore(*stateStore); ts[i].StateStore == eddy.PostgresStore {
+				ts[i].ReplicationFactor = eddy.NoReplicas // the data is in the database
 			}
 		}
 		names = append(names, app)

@@ -1,0 +1,358 @@
+package partition
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/eddyrt/eddy/internal/pgtest"
+	"github.com/eddyrt/eddy/internal/testkit"
+	"github.com/eddyrt/eddy/statestore/postgres"
+)
+
+// openExternal opens a pool on dsn with the tables of typ, closed at the
+// end of the test.
+func openExternal(t *testing.T, ctx context.Context, dsn, typ string, mutate func(*postgres.Config)) *postgres.DB {
+	t.Helper()
+	cfg := postgres.DefaultConfig(dsn)
+	cfg.CommitTimeout = 2 * time.Second
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	db, err := postgres.Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	if err := db.EnsureType(ctx, typ); err != nil {
+		t.Fatal(err)
+	}
+	return db
+}
+
+// externalCounts reads the count of each key k0..k<keys-1> of partition p
+// from PostgreSQL, as any node would.
+func externalCounts(t *testing.T, ctx context.Context, db *postgres.DB, typ string, p, keys int) map[string]uint64 {
+	t.Helper()
+	got := map[string]uint64{}
+	for i := range keys {
+		k := "k" + strconv.Itoa(i)
+		v, ok, err := db.Get(ctx, typ, p, DefaultStore, []byte(k))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			got[k] = binary.BigEndian.Uint64(v)
+		}
+	}
+	return got
+}
+
+// sequentialModel publishes events to h's partition 0 with keys k0..k<keys-1>
+// and returns what a sequential run makes of them: each key's count, and
+// for each event the output "<key>=<count so far>".
+func (h *harness) sequentialModel(rng *rand.Rand, events, keys int, counts map[string]uint64, outputs map[uint64]string) uint64 {
+	h.t.Helper()
+	var last uint64
+	for range events {
+		key := "k" + strconv.Itoa(rng.IntN(keys))
+		last = h.publishMsg(h.msg(key, nil))
+		counts[key]++
+		outputs[last] = fmt.Sprintf("%s=%d", key, counts[key])
+	}
+	return last
+}
+
+// checkOutputs fails t unless stream holds copies outputs of each event,
+// exactly once each, with the sequential value.
+func checkOutputs(t *testing.T, ctx context.Context, js jetstream.JetStream, stream, typ string, outputs map[uint64]string, copies int) {
+	t.Helper()
+	msgs := streamMsgs(t, ctx, js, stream)
+	ids := byMsgID(t, msgs)
+	if len(msgs) != copies*len(outputs) || len(ids) != copies*len(outputs) {
+		t.Errorf("output stream holds %d messages (%d ids), want %d", len(msgs), len(ids), copies*len(outputs))
+	}
+	for off, want := range outputs {
+		for i := range copies {
+			id := fmt.Sprintf("%s/0/%d/%d", typ, off, i)
+			if m := ids[id]; m == nil {
+				t.Errorf("output %s missing", id)
+			} else if string(m.Data) != want {
+				t.Errorf("output %s = %q, want %q", id, m.Data, want)
+			}
+		}
+	}
+}
+
+func checkCounts(t *testing.T, got, want map[string]uint64) {
+	t.Helper()
+	for key, n := range want {
+		if got[key] != n {
+			t.Errorf("%s = %d, want %d", key, got[key], n)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("PostgreSQL holds %d keys, want %d", len(got), len(want))
+	}
+}
+
+// TestExternalStoreCommitsWithTheOffset runs a partition on PostgreSQL:
+// the state, the offset and the outputs are those of a sequential run; a
+// restart resumes from the stored offset without restoring anything, and
+// an owner that is paused, resumed after a newer owner claimed the
+// partition, can never commit — neither a transaction it had open when it
+// was paused (its session is ended by idle_in_transaction_session_timeout,
+// and the new owner's claim waits for that) nor one it starts after.
+func TestExternalStoreCommitsWithTheOffset(t *testing.T) {
+	dsn := pgtest.DB(t)
+	h := newHarness(t, "ext_fence", 1)
+	db := openExternal(t, h.ctx, dsn, h.typ, func(c *postgres.Config) { c.IdleInTransaction = 300 * time.Millisecond })
+	ensureOutput(t, h.ctx, h.js, h.typ+"_out", "out."+h.typ)
+	const keys = 10
+	rng := rand.New(rand.NewPCG(7, 7))
+	counts, outputs := map[string]uint64{}, map[uint64]string{}
+	h.sequentialModel(rng, 200, keys, counts, outputs)
+
+	cfg := h.config(0, countAndEmit("out."+h.typ, 2))
+	cfg.External, cfg.Epoch, cfg.Owner, cfg.BatchSize = db, 1, "A", 20
+	var (
+		mu      sync.Mutex
+		pause   chan struct{} // when set, the next commit of A waits on it
+		paused  = make(chan struct{}, 1)
+		inTxn   bool
+		commits int
+	)
+	hold := func(open bool) func() {
+		return func() {
+			mu.Lock()
+			commits++
+			p := pause
+			if p != nil && inTxn == open {
+				pause = nil
+			} else {
+				p = nil
+			}
+			mu.Unlock()
+			if p != nil {
+				paused <- struct{}{}
+				<-p
+			}
+		}
+	}
+	cfg.Hooks.BeforeExternalCommit = hold(true)
+	cfg.Hooks.AfterChangelog = hold(false)
+	a := h.start(cfg)
+	h.waitOffset(a, 0)
+	if s := a.Status(); s.Epoch != 1 || s.ChangelogSeq != 0 {
+		t.Fatalf("status %+v: want epoch 1 and no changelog", s)
+	}
+	checkCounts(t, externalCounts(t, h.ctx, db, h.typ, 0, keys), counts)
+
+	// A restart of the same owner resumes from the stored offset.
+	if err := a.Stop(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	a = h.start(cfg)
+	h.waitRunning(a)
+	if s := a.Status(); s.Offset != uint64(len(outputs)) {
+		t.Fatalf("restarted at offset %d, want %d", s.Offset, len(outputs))
+	}
+
+	for _, open := range []bool{true, false} {
+		t.Run(map[bool]string{true: "PausedInTransaction", false: "PausedBetweenTransactions"}[open], func(t *testing.T) {
+			p := make(chan struct{})
+			mu.Lock()
+			pause, inTxn = p, open
+			mu.Unlock()
+			h.sequentialModel(rng, 30, keys, counts, outputs) // A takes some and pauses
+			select {
+			case <-paused:
+			case <-time.After(waitTimeout):
+				t.Fatal("A did not pause")
+			}
+			// B claims at a newer epoch and processes everything.
+			bcfg := h.config(0, countAndEmit("out."+h.typ, 2))
+			bcfg.External, bcfg.Epoch, bcfg.Owner, bcfg.BatchSize = db, cfg.Epoch+1, "B", 20
+			b := h.start(bcfg)
+			h.sequentialModel(rng, 30, keys, counts, outputs)
+			h.waitOffset(b, 0)
+			close(p) // A resumes
+			testkit.WaitFor(t, waitTimeout, "A to be fenced", func() bool { return a.Status().State == StateFenced })
+			if err := a.Err(); !errors.Is(err, ErrFenced) {
+				t.Fatalf("A stopped with %v, want ErrFenced", err)
+			}
+			h.sequentialModel(rng, 20, keys, counts, outputs)
+			h.waitOffset(b, 0)
+			checkCounts(t, externalCounts(t, h.ctx, db, h.typ, 0, keys), counts)
+			checkOutputs(t, h.ctx, h.js, h.typ+"_out", h.typ, outputs, 2)
+			// B becomes the A of the next round.
+			mu.Lock()
+			pause = nil
+			mu.Unlock()
+			if err := b.Stop(h.ctx); err != nil {
+				t.Fatal(err)
+			}
+			cfg = bcfg
+			cfg.Epoch++
+			cfg.Hooks.BeforeExternalCommit, cfg.Hooks.AfterChangelog = hold(true), hold(false)
+			a = h.start(cfg)
+			h.waitRunning(a)
+		})
+	}
+	if commits == 0 {
+		t.Fatal("no commit ran the hooks")
+	}
+}
+
+// TestExternalStoreRestartedUnderLoad crashes PostgreSQL (immediate
+// shutdown: no checkpoint, open transactions lost) twice while events keep
+// coming: partitions retry in place, every commit lands once, processing
+// resumes when it is back, and state and outputs equal a sequential run.
+func TestExternalStoreRestartedUnderLoad(t *testing.T) {
+	srv := pgtest.New(t)
+	h := newHarness(t, "ext_restart", 1)
+	db := openExternal(t, h.ctx, srv.DSN("postgres"), h.typ, nil)
+	ensureOutput(t, h.ctx, h.js, h.typ+"_out", "out."+h.typ)
+	cfg := h.config(0, countAndEmit("out."+h.typ, 2))
+	cfg.External, cfg.BatchSize = db, 10
+	a := h.start(cfg)
+	h.waitRunning(a)
+	const keys = 20
+	rng := rand.New(rand.NewPCG(3, 3))
+	counts, outputs := map[string]uint64{}, map[uint64]string{}
+	for round := range 2 {
+		done := make(chan struct{})
+		go func() { // load while the server is away
+			defer close(done)
+			for range 10 {
+				h.sequentialModel(rng, 20, keys, counts, outputs)
+				time.Sleep(20 * time.Millisecond)
+			}
+		}()
+		time.Sleep(50 * time.Millisecond)
+		if err := srv.Crash(); err != nil {
+			t.Fatal(err)
+		}
+		testkit.WaitFor(t, waitTimeout, "partition to notice", func() bool { return a.Status().State == StateRetrying })
+		<-done
+		if err := srv.Restart(); err != nil {
+			t.Fatal(err)
+		}
+		h.waitOffset(a, 0)
+		t.Logf("round %d: %d events, restarts %d", round, len(outputs), a.Restarts())
+	}
+	checkCounts(t, externalCounts(t, h.ctx, db, h.typ, 0, keys), counts)
+	checkOutputs(t, h.ctx, h.js, h.typ+"_out", h.typ, outputs, 2)
+}
+
+// TestExternalStoreInputRecreated deletes and creates again the input
+// stream of a partition on PostgreSQL: its stored offset belongs to the
+// old stream, and the partition refuses it with ErrInputRecreated rather
+// than skip the new stream's first events. A reset makes it process the
+// new stream from its start.
+func TestExternalStoreInputRecreated(t *testing.T) {
+	dsn := pgtest.DB(t)
+	h := newHarness(t, "ext_recreated", 1)
+	db := openExternal(t, h.ctx, dsn, h.typ, nil)
+	cfg := h.config(0, counter)
+	cfg.External = db
+	a := h.start(cfg)
+	for range 50 {
+		h.publish("k1", nil)
+	}
+	h.waitOffset(a, 0)
+	if err := a.Stop(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.js.DeleteStream(h.ctx, h.typ); err != nil {
+		t.Fatal(err)
+	}
+	h.createStreams()
+	for range 10 {
+		h.publish("k1", nil)
+	}
+	a = h.start(cfg)
+	testkit.WaitFor(t, waitTimeout, "partition to refuse", func() bool { return a.Status().State == StateStopped })
+	if err := a.Err(); !errors.Is(err, ErrInputRecreated) {
+		t.Fatalf("stopped with %v, want ErrInputRecreated", err)
+	}
+	t.Log(a.Err())
+	if got := externalCounts(t, h.ctx, db, h.typ, 0, 2)["k1"]; got != 50 {
+		t.Fatalf("k1 = %d after the refusal, want 50 (untouched)", got)
+	}
+
+	st, err := h.js.Stream(h.ctx, h.typ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Reset(h.ctx, h.typ, st.CachedInfo().Created); err != nil {
+		t.Fatal(err)
+	}
+	a = h.start(cfg)
+	h.waitOffset(a, 0)
+	if got := externalCounts(t, h.ctx, db, h.typ, 0, 2)["k1"]; got != 10 {
+		t.Fatalf("k1 = %d after the reset, want 10 (the new stream's events)", got)
+	}
+}
+
+// TestExternalStoreReplayAfterReset rebuilds a partition's state on
+// PostgreSQL from its input stream (the reset tool's path): the state
+// comes back equal, the outputs of replayed events are not forwarded
+// again (the output stream's duplicate window is too short to hide them),
+// and events past the old offset emit as usual.
+func TestExternalStoreReplayAfterReset(t *testing.T) {
+	dsn := pgtest.DB(t)
+	h := newHarness(t, "ext_replay", 1)
+	db := openExternal(t, h.ctx, dsn, h.typ, nil)
+	short := StreamOptions{Replicas: 1, Duplicates: 100 * time.Millisecond}
+	if err := EnsureStream(h.ctx, h.js, h.typ+"_out", []string{"out." + h.typ}, short); err != nil {
+		t.Fatal(err)
+	}
+	const keys = 10
+	rng := rand.New(rand.NewPCG(5, 5))
+	counts, outputs := map[string]uint64{}, map[uint64]string{}
+	h.sequentialModel(rng, 150, keys, counts, outputs)
+	cfg := h.config(0, countAndEmit("out."+h.typ, 1))
+	cfg.External = db
+	a := h.start(cfg)
+	h.waitOffset(a, 0)
+	if err := a.Stop(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	st, err := h.js.Stream(h.ctx, h.typ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := db.Reset(h.ctx, h.typ, st.CachedInfo().Created)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Partitions[0] != 150 || rep.Rows != int64(len(counts)) {
+		t.Fatalf("reset %+v, want partition 0 at 150 and %d rows", rep, len(counts))
+	}
+	if got := externalCounts(t, h.ctx, db, h.typ, 0, keys); len(got) != 0 {
+		t.Fatalf("%d keys left after the reset", len(got))
+	}
+	time.Sleep(200 * time.Millisecond) // past the outputs' duplicate window
+	h.sequentialModel(rng, 50, keys, counts, outputs)
+	a = h.start(cfg)
+	h.waitOffset(a, 0)
+	checkCounts(t, externalCounts(t, h.ctx, db, h.typ, 0, keys), counts)
+	checkOutputs(t, h.ctx, h.js, h.typ+"_out", h.typ, outputs, 1)
+}
+
+// TestMain stops the PostgreSQL server the tests share (pgtest.DB).
+func TestMain(m *testing.M) {
+	code := m.Run()
+	pgtest.StopShared()
+	os.Exit(code)
+}
