@@ -875,6 +875,14 @@ func (a *partitionActor) Stopped(c *actor.Context) {
 		a.publishStatus(StateStopped) // with their offset
 	}
 	a.stopForward()
+	if a.ext != nil && a.started && a.forwarded > a.markCommitted {
+		// The outbox rows forwarded go now: the next owner would forward them again.
+		ctx, cancel := context.WithTimeout(context.Background(), a.cfg.CommitTimeout)
+		if err := a.ext.MarkForwarded(ctx, a.epoch, a.cfg.Owner, a.forwarded); err != nil {
+			a.log.Warn("stopping: forwarded outbox rows are left to the next owner", "err", err)
+		}
+		cancel()
+	}
 	a.stopReader()
 	a.closeTables()
 	a.stopSnapshots()

@@ -27,6 +27,7 @@ import (
 	"github.com/eddyrt/eddy/internal/natstest"
 	"github.com/eddyrt/eddy/snapshot"
 	"github.com/eddyrt/eddy/statestore"
+	"github.com/eddyrt/eddy/statestore/postgres"
 )
 
 // The crash child is this test binary run again with these variables set.
@@ -41,6 +42,7 @@ const (
 	envSnap     = "EDDY_CRASH_SNAP"   // "true": the actor takes snapshots (Config.SnapshotEvery)
 	envInFlight = "EDDY_CRASH_FLIGHT" // Config.CommitsInFlight
 	envTable    = "EDDY_CRASH_TABLE"  // a co-partitioned table: the handler joins with it (joinHandler)
+	envPG       = "EDDY_CRASH_PG"     // a PostgreSQL DSN: the state is there (Config.External)
 )
 
 // pipelinedLine starts the line a crash child prints with how many commits
@@ -322,6 +324,7 @@ type crashChild struct {
 	snapshots   bool
 	inFlight    int
 	table       string
+	pg          string
 }
 
 // run runs the child until it exits and returns its exit code and output. With
@@ -336,7 +339,7 @@ func (c crashChild) run(ctx context.Context, hook string, at int) (int, string) 
 	cmd.Env = append(os.Environ(),
 		envChild+"=1", envNATS+"="+c.url, envType+"="+c.typ, envStoreDir+"="+c.storeDir,
 		envHook+"="+hook, envAt+"="+strconv.Itoa(at), envNoCL+"="+strconv.FormatBool(c.noChangelog), envSnap+"="+strconv.FormatBool(c.snapshots),
-		envInFlight+"="+strconv.Itoa(c.inFlight), envTable+"="+c.table,
+		envInFlight+"="+strconv.Itoa(c.inFlight), envTable+"="+c.table, envPG+"="+c.pg,
 		// Under -race a clean exit otherwise sleeps 1 s for late race reports.
 		"GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	var logs bytes.Buffer
@@ -408,6 +411,15 @@ func TestCrashChild(t *testing.T) {
 		cfg.Tables = []Input{{Type: tbl, Partitions: 1}}
 		cfg.Handler = joinHandler(tbl, typ+"_out")
 	}
+	if dsn := os.Getenv(envPG); dsn != "" {
+		pcfg := postgres.DefaultConfig(dsn)
+		db, err := postgres.Open(ctx, pcfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		cfg.External = db
+	}
 	cfg.BatchSize = 25 // a dozen commits
 	// The local commit a hook crashes after must be on disk, as it would be
 	// after any commit of a large store.
@@ -424,6 +436,8 @@ func TestCrashChild(t *testing.T) {
 	switch hook {
 	case "AfterChangelog":
 		cfg.Hooks.AfterChangelog = crash
+	case "BeforeExternalCommit":
+		cfg.Hooks.BeforeExternalCommit = crash
 	case "AfterLocal":
 		cfg.Hooks.AfterLocal = crash
 	case "MidForward":

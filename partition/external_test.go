@@ -7,13 +7,16 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/eddyrt/eddy/internal/natstest"
 	"github.com/eddyrt/eddy/internal/pgtest"
 	"github.com/eddyrt/eddy/internal/testkit"
 	"github.com/eddyrt/eddy/statestore/postgres"
@@ -355,4 +358,70 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	pgtest.StopShared()
 	os.Exit(code)
+}
+
+// TestExternalCrashBetweenCommitSteps crashes a child process running a
+// partition on PostgreSQL (os.Exit in a hook: no cleanup runs, as after a
+// SIGKILL) before its transaction commits, after it committed and before
+// the outbox is forwarded, and in the middle of forwarding; restarts it,
+// and compares the state in PostgreSQL and the outputs with a sequential
+// run of the same input.
+func TestExternalCrashBetweenCommitSteps(t *testing.T) {
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	dsn := pgtest.DB(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, hook := range []string{"BeforeExternalCommit", "AfterChangelog", "MidForward"} {
+		t.Run(hook, func(t *testing.T) {
+			typ := "extcrash_" + strings.ToLower(hook)
+			const events, keys = 300, 10
+			opt := StreamOptions{Replicas: 1, Duplicates: 2 * time.Minute}
+			if err := EnsureInputStream(ctx, js, Input{Type: typ, Partitions: 1}, opt); err != nil {
+				t.Fatal(err)
+			}
+			if err := EnsureStream(ctx, js, DLQStream(typ), []string{DLQSubject(typ)}, opt); err != nil {
+				t.Fatal(err)
+			}
+			ensureOutput(t, ctx, js, typ+"_out", "out."+typ)
+			db := openExternal(t, ctx, dsn, typ, nil)
+			rng := rand.New(rand.NewPCG(1, uint64(len(typ))))
+			counts, outputs := map[string]uint64{}, map[uint64]string{}
+			var last uint64
+			for range events {
+				key := "k" + strconv.Itoa(rng.IntN(keys))
+				ack, err := js.PublishMsg(ctx, Input{Type: typ, Partitions: 1}.Msg(key, nil))
+				if err != nil {
+					t.Fatal(err)
+				}
+				counts[key]++
+				outputs[ack.Sequence] = fmt.Sprintf("%s=%d", key, counts[key])
+				last = ack.Sequence
+			}
+			pt := db.Partition(typ, 0)
+			child := crashChild{t: t, url: srv.URL(), typ: typ, storeDir: filepath.Join(t.TempDir(), "store"), inFlight: 1, pg: dsn}
+			if code, _ := child.run(ctx, hook, 4); code != crashExit {
+				t.Fatalf("child exited with %d, want %d: it did not crash at %s", code, crashExit, hook)
+			}
+			pos, _, err := pt.Position(ctx)
+			if err != nil || pos.Offset == 0 || pos.Offset >= last || pos.Epoch != 1 {
+				t.Fatalf("the child committed offset %d of %d in epoch %d (%v); want a crash mid-stream, in its first claim",
+					pos.Offset, last, pos.Epoch, err)
+			}
+			if code, _ := child.run(ctx, "", 0); code != 0 {
+				t.Fatalf("restarted child exited with %d", code)
+			}
+			if pos, _, err = pt.Position(ctx); err != nil || pos.Offset != last || pos.Epoch != 2 {
+				t.Fatalf("committed offset %d in epoch %d (%v), want %d in epoch 2", pos.Offset, pos.Epoch, err, last)
+			}
+			checkCounts(t, externalCounts(t, ctx, db, typ, 0, keys), counts)
+			checkOutputs(t, ctx, js, typ+"_out", typ, outputs, crashOutputs)
+			if dl := streamMsgs(t, ctx, js, DLQStream(typ)); len(dl) != 0 {
+				t.Errorf("%d dead letters, want none", len(dl))
+			}
+			if rows, err := pt.Pending(ctx); err != nil || len(rows) != 0 {
+				t.Errorf("%d outbox rows left after a clean stop (%v), want none", len(rows), err)
+			}
+		})
+	}
 }

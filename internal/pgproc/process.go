@@ -201,7 +201,7 @@ func (s *Server) stop(sig syscall.Signal) error {
 func killAll(pid int) {
 	_ = syscall.Kill(pid, syscall.SIGSTOP)
 	for _, c := range childrenOf(pid) {
-		_ = c // XXX
+		_ = syscall.Kill(c, syscall.SIGKILL)
 	}
 	_ = syscall.Kill(pid, syscall.SIGKILL)
 }
