@@ -91,6 +91,14 @@ type ActorType struct {
 	// StateStore is where the type's state lives: LocalStore (the
 	// default) or PostgresStore. Handlers do not see the difference.
 	StateStore StateStore
+	// ExternalChangelog, for a type on PostgresStore, records each commit's
+	// writes in the stream EDDY_XCL_<type> as well, one message per commit,
+	// forwarded like the outbox: a database restored from a backup (or
+	// emptied) is brought forward from it when a partition starts, instead
+	// of processing those events again. Its retention is the stream's
+	// limits: it must keep every commit since the oldest backup you would
+	// restore.
+	ExternalChangelog bool
 }
 
 // StateStore says where an actor type keeps its state.
@@ -183,6 +191,9 @@ func (t *ActorType) Validate() error {
 		}
 	default:
 		return bad("state store %q (%q or %q)", t.StateStore, LocalStore, PostgresStore)
+	}
+	if t.ExternalChangelog && !t.external() {
+		return bad("ExternalChangelog is for a type on PostgresStore")
 	}
 	return nil
 }

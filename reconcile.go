@@ -606,7 +606,7 @@ func (n *Node) partitionConfig(t *ActorType, p int, epoch uint64) partition.Conf
 	c.CheckTableValue = checkValue
 	c.Conn, c.JS = n.nc, n.js
 	if t.external() {
-		c.External = n.pg
+		c.External, c.ExternalChangelog = n.pg, t.ExternalChangelog
 	}
 	c.StoreDir = filepath.Join(n.cfg.DataDir, "stores", t.Name, strconv.Itoa(p))
 	c.Cache = n.cache

@@ -37,8 +37,9 @@ type ResetReport struct {
 	Type string
 	// DryRun is set when nothing was deleted.
 	DryRun bool
-	// Deleted are the streams deleted: the type's changelogs, and the
-	// stream of its snapshot bucket (OBJ_EDDY_SNAP_<type>).
+	// Deleted are the streams deleted: the type's changelogs (EDDY_CL_<type>_<p>,
+	// or EDDY_XCL_<type> for a type on PostgreSQL), and the stream of its
+	// snapshot bucket (OBJ_EDDY_SNAP_<type>).
 	Deleted []string
 	// Left are the type's streams that stay: its input stream and its
 	// dead-letter stream, when they exist. The streams its handler emitted
@@ -102,7 +103,7 @@ func (n *Node) Reset(ctx context.Context, typ string, dryRun bool) (ResetReport,
 	names := js.StreamNames(ctx)
 	for name := range names.Name() {
 		switch _, isChangelog := changelog.StreamPartition(name, typ); {
-		case isChangelog, name == snapshotStream:
+		case isChangelog, name == snapshotStream, name == partition.ExternalChangelogStream(typ):
 			r.Deleted = append(r.Deleted, name)
 		case name == typ || name == partition.DLQStream(typ):
 			r.Left = append(r.Left, name)
@@ -113,13 +114,18 @@ func (n *Node) Reset(ctx context.Context, typ string, dryRun bool) (ResetReport,
 	}
 	slices.Sort(r.Deleted)
 	slices.Sort(r.Left)
-	if err := n.resetExternal(ctx, js, typ, &r); err != nil || dryRun {
-		return r, err
+	if dryRun {
+		return r, n.resetExternal(ctx, js, typ, &r)
 	}
 	for _, name := range r.Deleted {
 		if err := js.DeleteStream(ctx, name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
 			return r, fmt.Errorf("eddy: reset %s: delete %s: %w", typ, name, err)
 		}
+	}
+	// After the streams: a changelog left behind would restore the state
+	// the reset deletes (partition/external_changelog.go).
+	if err := n.resetExternal(ctx, js, typ, &r); err != nil {
+		return r, err
 	}
 	n.log.Info("actor type reset", "type", typ, "deleted", r.Deleted, "left", r.Left)
 	return r, nil

@@ -190,6 +190,11 @@ type Config struct {
 	// offset, fenced by the epoch. StoreDir, the changelog, snapshots and
 	// hot replicas are then unused.
 	External *postgres.DB
+	// ExternalChangelog, with External, records each commit's writes in
+	// the changelog stream ExternalChangelogStream(Type) as well
+	// (external_changelog.go): a database restored from a backup is
+	// brought forward from it, instead of processing the events again.
+	ExternalChangelog bool
 	// Ready are closed once what handlers read besides their stores is
 	// ready (the node's global tables, caught up with their streams): the
 	// actor restores and fences meanwhile, and takes no input before.
@@ -302,6 +307,8 @@ func (c *Config) Validate() error {
 		return bad("Migrate and RebuildOnNewVersion need a changelog")
 	case c.Migrate != nil && c.RebuildOnNewVersion:
 		return bad("Migrate or RebuildOnNewVersion, not both")
+	case c.ExternalChangelog && c.External == nil:
+		return bad("ExternalChangelog needs an External store")
 	case c.External != nil && (len(c.Tables) > 0 || c.NoChangelog || c.Migrate != nil || c.RebuildOnNewVersion):
 		return bad("an external store has no changelog: no co-partitioned tables, NoChangelog, Migrate or RebuildOnNewVersion")
 	}

@@ -45,6 +45,9 @@ import (
 //
 // Restore paths for such a type (docs/external-store.md):
 //   - from the database itself: every start, failover and move;
+//   - from the changelog, when the type keeps one (external_changelog.go):
+//     a database found behind it (restored from a backup) is brought
+//     forward by applying the commits it missed;
 //   - from the source stream: postgres.DB.Reset (node reset) sets the
 //     offsets to 0 and deletes the rows; the replay suppresses the side
 //     effects of the events up to the offset committed before
@@ -93,6 +96,16 @@ func (a *partitionActor) startExternal(c *actor.Context) error {
 		return &FenceError{Epoch: a.cfg.Epoch, Owner: a.cfg.Owner, By: changelog.Meta{Epoch: pos.Epoch, Owner: pos.Owner}, External: true}
 	}
 	a.epoch, a.epochWritten, a.replayThrough = pos.Epoch, true, pos.ReplayThrough
+	if a.cfg.ExternalChangelog {
+		if err := a.ensureExternalChangelog(ctx); err != nil {
+			return err
+		}
+		// A commit's changelog entry is one message: its writes fit in half of one.
+		a.cfg.MaxBatchBytes = min(a.cfg.MaxBatchBytes, int(a.cfg.Conn.MaxPayload()/2))
+		if pos.Offset, err = a.restoreFromExternalChangelog(ctx, pos); err != nil {
+			return err
+		}
+	}
 	a.offset, a.committedOffset = pos.Offset, pos.Offset
 	rows, err := a.ext.Pending(ctx)
 	if err != nil {
@@ -197,6 +210,13 @@ func (a *partitionActor) commitExternal(ctx context.Context) error {
 	for _, w := range f.writes {
 		store, key := splitStoreKey([]byte(w.key))
 		c.Writes = append(c.Writes, postgres.Write{Store: store, Key: key, Value: w.value, Delete: w.del})
+	}
+	if a.cfg.ExternalChangelog {
+		e, err := a.xclEntry(c, a.committedOffset)
+		if err != nil {
+			return fmt.Errorf("changelog entry: %w", err)
+		}
+		f.outbox = append(f.outbox, e) // forwarded after the commit's own entries
 	}
 	outs := make([]pending, len(f.outbox))
 	for i, o := range f.outbox {

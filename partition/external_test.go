@@ -14,7 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/eddyrt/eddy/internal/natstest"
 	"github.com/eddyrt/eddy/internal/pgtest"
@@ -422,6 +424,70 @@ func TestExternalCrashBetweenCommitSteps(t *testing.T) {
 			if rows, err := pt.Pending(ctx); err != nil || len(rows) != 0 {
 				t.Errorf("%d outbox rows left after a clean stop (%v), want none", len(rows), err)
 			}
+		})
+	}
+}
+
+// TestExternalStoreRestoresFromChangelog gives a partition on PostgreSQL a
+// changelog, then takes its database back: to a backup taken mid-way, and
+// then to nothing at all. Each time the partition brings the database
+// forward from the changelog, runs only the events of the changelog's last
+// commit again, and ends with the state and outputs of a sequential run.
+func TestExternalStoreRestoresFromChangelog(t *testing.T) {
+	dsn := pgtest.DB(t)
+	h := newHarness(t, "ext_xcl", 1)
+	db := openExternal(t, h.ctx, dsn, h.typ, nil)
+	ensureOutput(t, h.ctx, h.js, h.typ+"_out", "out."+h.typ)
+	conn, err := pgx.Connect(h.ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	sql := func(q string) {
+		t.Helper()
+		if _, err := conn.Exec(h.ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	const keys = 10
+	rng := rand.New(rand.NewPCG(9, 9))
+	counts, outputs := map[string]uint64{}, map[uint64]string{}
+	run := func() (events float64) {
+		t.Helper()
+		cfg := h.config(0, countAndEmit("out."+h.typ, 1))
+		cfg.External, cfg.ExternalChangelog, cfg.BatchSize = db, true, 20
+		reg := prometheus.NewRegistry()
+		cfg.Metrics = NewMetrics(reg)
+		a := h.start(cfg)
+		h.waitOffset(a, 0)
+		if err := a.Stop(h.ctx); err != nil {
+			t.Fatal(err)
+		}
+		return counterSum(t, reg, "eddy_partition_events_total")
+	}
+	h.sequentialModel(rng, 100, keys, counts, outputs)
+	run()
+	sql(`CREATE TABLE backup_state AS SELECT * FROM eddy_state_ext_xcl`)
+	sql(`CREATE TABLE backup_runtime AS SELECT * FROM eddy_runtime WHERE type = 'ext_xcl'`)
+	h.sequentialModel(rng, 100, keys, counts, outputs)
+	run()
+
+	for _, lost := range []string{"BackToBackup", "Lost"} {
+		t.Run(lost, func(t *testing.T) {
+			sql(`DELETE FROM eddy_state_ext_xcl`)
+			sql(`DELETE FROM eddy_runtime WHERE type = 'ext_xcl'`)
+			sql(`DELETE FROM eddy_outbox WHERE type = 'ext_xcl'`)
+			if lost == "BackToBackup" {
+				sql(`INSERT INTO eddy_state_ext_xcl SELECT * FROM backup_state`)
+				sql(`INSERT INTO eddy_runtime SELECT * FROM backup_runtime`)
+			}
+			h.sequentialModel(rng, 10, keys, counts, outputs)
+			events := run()
+			if events > 20+10 {
+				t.Errorf("%v events ran again, want those of the last commit (20 at most) and the 10 new ones", events)
+			}
+			checkCounts(t, externalCounts(t, h.ctx, db, h.typ, 0, keys), counts)
+			checkOutputs(t, h.ctx, h.js, h.typ+"_out", h.typ, outputs, 1)
 		})
 	}
 }

@@ -96,6 +96,8 @@ func (c *cli) bench(ctx context.Context, args []string) error {
 			return c.benchLatency(ctx, args[1:])
 		case "table":
 			return c.benchTable(ctx, args[1:])
+		case "postgres":
+			return c.benchPostgres(ctx, args[1:])
 		}
 	}
 	fs := flag.NewFlagSet("node bench", flag.ContinueOnError)

@@ -38,6 +38,7 @@ func (c *cli) run(ctx context.Context, args []string) error {
 	partitions := fs.Int("partitions", defaultPartitions, "`partitions` of each actor type's input stream (fixed once the stream exists)")
 	replicas := fs.Int("replicas", eddy.DefaultReplicationFactor, "hot `replicas` per partition on other nodes of a cluster (0: none, restore from the changelog on failover)")
 	stateStore := fs.String("state-store", string(eddy.LocalStore), "where the apps' actor types keep their state: local (pebble and a changelog) or postgres (--pg-dsn)")
+	pgChangelog := fs.Bool("pg-changelog", false, "with --state-store postgres: keep a changelog of the state too (EDDY_XCL_<type>), which brings a database restored from a backup forward")
 	load := fs.Float64("load", 0, "demo load in `events/s`, sent with an eddy.Client (0: off)")
 	if err := c.parse(fs, args); err != nil {
 		return err
@@ -71,6 +72,7 @@ func (c *cli) run(ctx context.Context, args []string) error {
 			}
 			if ts[i].StateStore = eddy.StateStore(*stateStore); ts[i].StateStore == eddy.PostgresStore {
 				ts[i].ReplicationFactor = eddy.NoReplicas // the data is in the database
+				ts[i].ExternalChangelog = *pgChangelog
 			}
 		}
 		names = append(names, app)
