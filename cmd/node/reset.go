@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/eddyrt/eddy"
@@ -15,7 +17,8 @@ import (
 // changelog streams and snapshots, so that the next node to run the type processes its
 // input from the first event, and prints what it deleted and what it left.
 // It refuses while any node runs the type. Without --nats it opens the
-// embedded NATS server of --data-dir, which must not be running.
+// embedded NATS server of --data-dir, which must not be running. With
+// --pg-dsn it resets the type's state in PostgreSQL too (eddy.ResetReport.Postgres).
 func (c *cli) reset(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("node reset", flag.ContinueOnError)
 	cfg := eddy.DefaultConfig()
@@ -50,6 +53,18 @@ func (c *cli) reset(ctx context.Context, args []string) error {
 		fmt.Fprintf(c.stdout, "reset %s: no changelog or snapshot stream to delete\n", r.Type)
 	} else {
 		fmt.Fprintf(c.stdout, "reset %s: %s %d streams (changelogs, snapshots): %s\n", r.Type, verb, len(r.Deleted), strings.Join(r.Deleted, " "))
+	}
+	if r.Postgres != nil {
+		var ps []string
+		for _, p := range slices.Sorted(maps.Keys(r.Postgres)) {
+			ps = append(ps, fmt.Sprintf("%d:%d", p, r.Postgres[p]))
+		}
+		if r.DryRun {
+			fmt.Fprintf(c.stdout, "reset %s in PostgreSQL: would delete its state rows and replay every partition from offset 0 (committed offsets %s)\n", r.Type, strings.Join(ps, " "))
+		} else {
+			fmt.Fprintf(c.stdout, "reset %s in PostgreSQL: deleted %d state rows; each partition replays from offset 0, its side effects suppressed up to (partition:offset) %s\n",
+				r.Type, r.PostgresRows, strings.Join(ps, " "))
+		}
 	}
 	left := "none"
 	if len(r.Left) > 0 {
