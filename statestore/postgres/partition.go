@@ -190,6 +190,11 @@ ON CONFLICT (partition, store, key) DO UPDATE SET value = EXCLUDED.value`, pt.p,
 		b.Queue(`DELETE FROM `+pt.table+` t USING unnest($2::text[], $3::bytea[]) AS u(s, k)
 WHERE t.partition = $1 AND t.store = u.s AND t.key = u.k`, pt.p, dels.stores, dels.keys)
 	}
+	if c.Forwarded > 0 {
+		// Before the new rows: a stream recreated under a reset starts its
+		// offsets again below the old rows'.
+		b.Queue(`DELETE FROM eddy_outbox WHERE type = $1 AND partition = $2 AND "offset" <= $3`, pt.typ, pt.p, int64(c.Forwarded))
+	}
 	if len(c.Outbox) > 0 {
 		var o outboxColumns
 		for i := range c.Outbox {
@@ -201,15 +206,15 @@ WHERE t.partition = $1 AND t.store = u.s AND t.key = u.k`, pt.p, dels.stores, de
 SELECT $1, $2, o, i, s, m, h::jsonb, d FROM unnest($3::bigint[], $4::integer[], $5::text[], $6::text[], $7::text[], $8::bytea[]) AS u(o, i, s, m, h, d)`,
 			pt.typ, pt.p, o.offsets, o.indexes, o.subjects, o.msgIDs, o.headers, o.data)
 	}
-	if c.Forwarded > 0 {
-		b.Queue(`DELETE FROM eddy_outbox WHERE type = $1 AND partition = $2 AND "offset" <= $3`, pt.typ, pt.p, int64(c.Forwarded))
-	}
 	br := conn.SendBatch(ctx, b)
 	var fenced bool
 	for i := range b.Len() {
 		tag, err := br.Exec()
 		if err != nil {
 			_ = br.Close()
+			if fenced { // the statements after it failed on what the commit it repeats wrote
+				return fmt.Errorf("commit %s/%d at offset %d, epoch %d: %w", pt.typ, pt.p, c.Offset, c.Epoch, ErrNotApplied)
+			}
 			return fmt.Errorf("commit %s/%d: %w", pt.typ, pt.p, unavailable(err))
 		}
 		if i == 1 && tag.RowsAffected() == 0 {
