@@ -31,8 +31,8 @@ type Config struct {
 
 	// Logf, if not nil, receives every line the server and initdb write
 	// (they are also kept in the log file, see Server.LogTail) and a line
-	// for each start, signal and exit. It is called from a goroutine of the
-	// Server until Stop, Crash or Close returns.
+	// for each start, signal and exit. It is called from the Server's
+	// methods and goroutines, never after Close has returned.
 	Logf func(format string, a ...any)
 }
 
@@ -42,11 +42,11 @@ const (
 	// first accepted connection: 0.1-0.3 s here, a WAL replay after Crash
 	// seconds more, and a loaded 2-core CI machine many times that.
 	startTimeout = 30 * time.Second
-	// initdbTimeout bounds initdb: about 1 s here with --no-sync, a few
-	// seconds when it fsyncs.
+	// initdbTimeout bounds initdb: about 1 s here, fsync or not, and 4 s
+	// while two test binaries start servers at once on this 2-core machine.
 	initdbTimeout = 2 * time.Minute
 	// stopTimeout is how long Stop and Crash wait for the postmaster to
-	// exit before they SIGKILL its process group. A fast shutdown writes a
+	// exit before they SIGKILL it and its children. A fast shutdown writes a
 	// checkpoint of at most shared_buffers (128 MB by default), well under a
 	// second here even when Durable; 30 s still ends a hung server.
 	stopTimeout = 30 * time.Second

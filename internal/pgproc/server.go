@@ -18,11 +18,13 @@
 // postgres run as the user postgres, which must exist: PostgreSQL refuses to
 // run as root.
 //
-// Measured here (PostgreSQL 15, Debian, as root, fsync off): Start takes
-// about 1 s, nearly all of it initdb; Restart after Crash about 0.2 s.
+// Measured here (PostgreSQL 15, Debian, as root, 2 noisy cores): Start takes
+// 1.1-1.5 s, about 1 s of it initdb, Durable or not; Restart 0.15-0.3 s,
+// after Crash too (a test's WAL replays in milliseconds); Stop 80 ms; Crash
+// 20 ms.
 //
 // The package does not import testing, so that programs (benchmarks in
-// cmd/node) can use it too.
+// cmd/node) can use it too. It needs a Unix: it signals processes.
 package pgproc
 
 import (
@@ -48,7 +50,7 @@ var (
 	// ErrNotRunning: Crash of a server without a running postmaster.
 	ErrNotRunning = errors.New("pgproc: server is not running")
 	// ErrStopTimeout: the postmaster did not exit within 30 s of the signal
-	// of Stop or Crash, and its process group was SIGKILLed.
+	// of Stop or Crash, and it and its children were SIGKILLed.
 	ErrStopTimeout = errors.New("pgproc: server ignored its shutdown signal")
 )
 
@@ -116,8 +118,8 @@ func Start(cfg Config) (*Server, error) {
 }
 
 // prepare readies s.dir for initdb: owned by the user to run as, a port
-// chosen, the socket path checked and the log opened. Until it opens the
-// log, Close removes the directory without closing a log.
+// chosen, the socket path checked and the log opened. Close undoes it,
+// however far it got.
 func (s *Server) prepare(cfg Config) error {
 	if s.cred != nil {
 		if err := handOver(s.dir, s.cred); err != nil {
@@ -211,7 +213,8 @@ func (s *Server) Restart() error {
 // Stop shuts the server down fast (SIGINT): clients are disconnected, open
 // transactions rolled back, a checkpoint written. It returns once the
 // postmaster has exited and been reaped, and is a no-op if none runs. After
-// 30 s it SIGKILLs the process group and returns ErrStopTimeout.
+// 30 s it SIGKILLs the postmaster and its children and returns
+// ErrStopTimeout.
 func (s *Server) Stop() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -4,8 +4,8 @@
 //
 // Where no PostgreSQL is installed (pgproc.ErrNoBinaries), the tests that
 // ask for one are skipped, naming where it was looked for; with
-// EDDY_PG_REQUIRED=1, as CI sets it, they fail instead, so that a missing
-// install cannot pass as a green run.
+// EDDY_PG_REQUIRED=1 they fail instead, so that in CI a missing install
+// cannot pass as a green run.
 //
 // A package that calls DB stops the shared server in its TestMain:
 //
@@ -77,7 +77,8 @@ var shared struct {
 // and returns its DSN. The database is dropped when the test ends, ending
 // any session still connected to it. The server's output stays in its log;
 // when the test fails, the end of it goes to t.Log. DB is safe to call from
-// parallel tests.
+// parallel tests. The server is not the test's to stop or crash: New gives
+// one that is.
 func DB(t testing.TB) string {
 	t.Helper()
 	s, name, err := sharedDB(t.Name())
