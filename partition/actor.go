@@ -11,6 +11,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -264,6 +265,10 @@ type partitionActor struct {
 	// suppressed.
 	ext           *postgres.Partition
 	replayThrough uint64
+	// extFlight is the transaction in flight (external.go), sent by a
+	// goroutine of extSending.
+	extFlight  *extFlight
+	extSending sync.WaitGroup
 }
 
 type reply struct {
@@ -276,7 +281,8 @@ func (a *partitionActor) msgID(offset uint64, suffix string) string {
 }
 
 // get reads k as the batch being built sees it: its own writes, then those
-// of the commits in flight, newest first, then the local store.
+// of the commits in flight, newest first, then the local store (or the
+// external store's transaction in flight, then its committed rows).
 func (a *partitionActor) get(k string) ([]byte, error) {
 	ws, writes := a.ws, a.writes
 	for i := len(a.flights); ; i-- {
@@ -288,6 +294,14 @@ func (a *partitionActor) get(k string) ([]byte, error) {
 		}
 		if i == 0 {
 			if a.ext != nil {
+				if x := a.extFlight; x != nil {
+					if j, ok := x.f.ws[k]; ok {
+						if x.f.writes[j].del {
+							return nil, statestore.ErrNotFound
+						}
+						return x.f.writes[j].value, nil
+					}
+				}
 				return a.getExternal(k)
 			}
 			return a.store.Get([]byte(k))
@@ -854,6 +868,10 @@ func (a *partitionActor) loadPending() error {
 // Stopped stops the reader and closes the store.
 func (a *partitionActor) Stopped(c *actor.Context) {
 	a.stopped = true
+	if a.ext != nil && !a.abandoned {
+		a.stopExternal()
+	}
+	a.extSending.Wait()
 	landed := a.awaitFlights()
 	// A failure that stops the incarnation shows as retrying or fenced once
 	// the supervisor has decided (Start's OnFailure); until then, stopped.
@@ -917,6 +935,11 @@ func (a *partitionActor) receive(c *actor.Context, msg any) error {
 		// Whatever the message, finish the commits answered first: their
 		// notice may not have found room in the mailbox.
 		if err := a.finishAnswered(c.Context()); err != nil {
+			return err
+		}
+	}
+	if a.extAnswered() && !a.abandoned {
+		if err := a.finishExternal(c.Context()); err != nil {
 			return err
 		}
 	}

@@ -208,8 +208,8 @@ type Hooks struct {
 	// the local store; with an external store, after its transaction
 	// committed, before the outbox is forwarded.
 	AfterChangelog func()
-	// BeforeExternalCommit runs after an external store transaction's
-	// statements succeeded, before its COMMIT is sent.
+	// BeforeExternalCommit runs once an external store transaction is
+	// built, before it is sent (it commits in one round trip).
 	BeforeExternalCommit func()
 	// AfterLocal runs after the local store batch, before the outbox is forwarded.
 	AfterLocal func()

@@ -107,6 +107,9 @@ func (a *partitionActor) startExternal(c *actor.Context) error {
 		}
 	}
 	a.offset, a.committedOffset = pos.Offset, pos.Offset
+	if pos.Offset == 0 {
+		a.ext.StartsEmpty() // a new partition, or one reset: no read finds anything
+	}
 	rows, err := a.ext.Pending(ctx)
 	if err != nil {
 		return err
@@ -189,10 +192,27 @@ func (a *partitionActor) prefetchExternal(ctx context.Context, msgs []jetstream.
 	return a.ext.Prefetch(ctx, DefaultStore, keys)
 }
 
-// commitExternal commits the batch built so far as one transaction of the
-// external store (steps 2 and 3 above), retrying while its outcome is
-// unknown; an idle partition's forwarded mark goes alone.
+// extFlight is a transaction sent to the external store whose outcome the
+// actor has not taken yet: the next batch's handlers run meanwhile, reading
+// through its writes (get).
+type extFlight struct {
+	f    *flight
+	c    *postgres.Commit
+	outs []pending
+	done chan struct{} // closed when Commit returned
+	err  error         // Commit's error; read after done
+}
+
+// commitExternal sends the batch built so far as one transaction of the
+// external store (step 2 above), after taking the outcome of the one in
+// flight, and returns without waiting for it: the actor processes the next
+// batch while it travels, and finishes it (finishExternal) when its answer
+// comes or before it sends the next. An idle partition's forwarded mark
+// goes alone.
 func (a *partitionActor) commitExternal(ctx context.Context) error {
+	if err := a.finishExternal(ctx); err != nil {
+		return err
+	}
 	if len(a.writes) == 0 && len(a.outbox) == 0 && a.offset == a.committedOffset {
 		if a.forwarded <= a.markCommitted {
 			return nil
@@ -224,9 +244,52 @@ func (a *partitionActor) commitExternal(ctx context.Context) error {
 			MsgID: o.MsgID, Header: o.Header, Data: o.Data})
 		outs[i] = pending{seq: o.Offset, out: o, at: f.start}
 	}
-	if err := a.landExternal(ctx, c); err != nil {
-		return err
+	x := &extFlight{f: f, c: c, outs: outs, done: make(chan struct{})}
+	a.extFlight = x
+	self, from, pt := a.self, a, a.ext
+	// Not cancelled with the actor: a stopping owner takes the outcome of
+	// what it sent (stopExternal), within CommitTimeout.
+	cctx := context.WithoutCancel(ctx)
+	a.extSending.Go(func() {
+		x.err = pt.Commit(cctx, c)
+		close(x.done)
+		if self != nil {
+			_ = self.TrySend(commitAnswered{from: from})
+		}
+	})
+	return nil
+}
+
+// extAnswered tells whether the transaction in flight has its answer.
+func (a *partitionActor) extAnswered() bool {
+	if a.extFlight == nil {
+		return false
 	}
+	select {
+	case <-a.extFlight.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// finishExternal waits for the transaction in flight, resolves its outcome
+// if unknown (landExternal), then does step 3: the cache takes its writes,
+// the status its offset, and its outbox is forwarded.
+func (a *partitionActor) finishExternal(ctx context.Context) error {
+	x := a.extFlight
+	if x == nil {
+		return nil
+	}
+	<-x.done // Commit gives up after CommitTimeout
+	a.extFlight = nil
+	if x.err != nil {
+		if err := a.landExternal(ctx, x.c, x.err); err != nil {
+			return err
+		}
+	}
+	a.ext.Landed(x.c)
+	f := x.f
 	a.markCommitted, a.committedOffset, a.sentOffset, a.sentMark = f.mark, f.offset, f.offset, f.mark
 	if h := a.cfg.Hooks.AfterChangelog; h != nil {
 		h()
@@ -242,26 +305,46 @@ func (a *partitionActor) commitExternal(ctx context.Context) error {
 	} else {
 		a.publishProgress()
 	}
-	err := a.startForward(ctx, outs, f.replies)
+	err := a.startForward(ctx, x.outs, f.replies)
 	a.recycle(f)
 	return err
 }
 
-// landExternal runs commit c until it landed: an error leaves its outcome
-// unknown, and the runtime row tells whether it landed (this owner's epoch
-// and an offset at or past c's), was fenced (another owner's epoch), or
-// is to run again. It retries without end, with capped backoff, while
-// PostgreSQL does not answer, and gives up only when the actor is asked to
-// stop (errAbandoned).
-func (a *partitionActor) landExternal(ctx context.Context, c *postgres.Commit) error {
+// stopExternal takes, as a stopping actor, the outcome of the transaction
+// in flight: finished if it landed, else left to whoever claims the
+// partition next (it reads the outcome from the database).
+func (a *partitionActor) stopExternal() {
+	x := a.extFlight
+	if x == nil {
+		return
+	}
+	<-x.done
+	if x.err != nil {
+		a.extFlight = nil
+		a.log.Info("stopping with a transaction whose outcome is unknown: it is left to the next owner", "err", x.err, "offset", x.f.offset)
+		return
+	}
+	if err := a.finishExternal(context.Background()); err != nil {
+		a.log.Warn("stopping: a commit that landed is left to the next owner's forward", "err", err, "offset", x.f.offset)
+	}
+}
+
+// landExternal resolves commit c, whose attempt failed with err: an error
+// leaves its outcome unknown, and the runtime row tells whether it landed
+// (this owner's epoch and an offset at or past c's), was fenced (another
+// owner's epoch), or is to run again. It retries without end, with capped
+// backoff, while PostgreSQL does not answer, and gives up only when the
+// actor is asked to stop (errAbandoned).
+func (a *partitionActor) landExternal(ctx context.Context, c *postgres.Commit, err error) error {
 	var (
 		since, lastLog time.Time
-		attempts       int
+		attempts       = 1
 		wait           = retryMinBackoff
 	)
-	for {
-		attempts++
-		err := a.ext.Commit(ctx, c)
+	for ; ; attempts++ {
+		if attempts > 1 {
+			err = a.ext.Commit(ctx, c)
+		}
 		if err == nil {
 			if !since.IsZero() {
 				a.log.Info("commit landed after retries", "attempts", attempts, "took", time.Since(since).Round(time.Millisecond))
@@ -287,7 +370,6 @@ func (a *partitionActor) landExternal(ctx context.Context, c *postgres.Commit) e
 						"newer_epoch", pos.Epoch, "newer_owner", pos.Owner)
 					return &FenceError{Epoch: a.epoch, Owner: a.cfg.Owner, By: changelog.Meta{Epoch: pos.Epoch, Owner: pos.Owner}, External: true}
 				case pos.Offset >= c.Offset:
-					a.ext.Landed(c)
 					a.log.Info("commit landed (read back)", "attempts", attempts, "offset", c.Offset,
 						"took", time.Since(since).Round(time.Millisecond))
 					return nil

@@ -114,9 +114,9 @@ func checkCounts(t *testing.T, got, want map[string]uint64) {
 // the state, the offset and the outputs are those of a sequential run; a
 // restart resumes from the stored offset without restoring anything, and
 // an owner that is paused, resumed after a newer owner claimed the
-// partition, can never commit — neither a transaction it had open when it
-// was paused (its session is ended by idle_in_transaction_session_timeout,
-// and the new owner's claim waits for that) nor one it starts after.
+// partition, can never commit — neither the transaction it was about to
+// send when it was paused, nor one after a commit whose outbox it had not
+// forwarded yet.
 func TestExternalStoreCommitsWithTheOffset(t *testing.T) {
 	dsn := pgtest.DB(t)
 	h := newHarness(t, "ext_fence", 1)
@@ -173,7 +173,7 @@ func TestExternalStoreCommitsWithTheOffset(t *testing.T) {
 	}
 
 	for _, open := range []bool{true, false} {
-		t.Run(map[bool]string{true: "PausedInTransaction", false: "PausedBetweenTransactions"}[open], func(t *testing.T) {
+		t.Run(map[bool]string{true: "PausedBeforeSending", false: "PausedBeforeForwarding"}[open], func(t *testing.T) {
 			p := make(chan struct{})
 			mu.Lock()
 			pause, inTxn = p, open

@@ -77,8 +77,8 @@ func (c *cli) benchPostgres(ctx context.Context, args []string) error {
 	fs.StringVar(&o.dir, "dir", "", "`directory` for NATS and the node's data (default: a temporary one, removed afterwards)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of each measured phase to `file`.<phase>-<run>")
 	fs.DurationVar(&o.phaseTimeout, "phase-timeout", 10*time.Minute, "give up on a phase after this long")
-	fs.Var(dsnFlag{&cfg.Postgres.DSN}, "pg-dsn", "PostgreSQL connection `string` to measure on instead of a throwaway server; the bench drops "+
-		pgStateTable+" and "+pgRawTable+" there and deletes the "+benchType+" rows of eddy_runtime and eddy_outbox")
+	fs.Var(dsnFlag{&cfg.Postgres.DSN}, "pg-dsn", "PostgreSQL connection `string` to measure on instead of a throwaway server: a database without "+
+		pgStateTable+", "+pgRawTable+" and "+benchType+" rows in eddy_runtime, which the bench makes and removes")
 	fs.BoolVar(&durable, "pg-durable", durable, "run the throwaway server with fsync on (PostgreSQL's defaults), as deployed")
 	if err := c.parse(fs, args); err != nil {
 		return err
@@ -112,9 +112,6 @@ func (c *cli) benchPostgres(ctx context.Context, args []string) error {
 			return err
 		}
 		b.dsn = b.srv.DSN(pgBenchDB)
-		if x := os.Getenv("XXTMP_PGPARAMS"); x != "" { // TEMP HACK
-			b.dsn += "&" + x
-		}
 	}
 	cfg.Postgres.DSN = b.dsn
 	if err := cfg.Validate(); err != nil {
@@ -125,6 +122,11 @@ func (c *cli) benchPostgres(ctx context.Context, args []string) error {
 		return fmt.Errorf("postgres: %w", err)
 	}
 	defer b.admin.Close(context.WithoutCancel(ctx))
+	if b.srv == nil {
+		if err := checkNoTypeState(ctx, b.admin, benchType, pgRawTable); err != nil {
+			return fmt.Errorf("--pg-dsn: %w", err)
+		}
+	}
 	if err := b.startNATS(); err != nil {
 		return err
 	}
@@ -263,23 +265,71 @@ func (b *pgBench) transactions() int {
 // then checkpoints, so that every phase starts with the same WAL behind it
 // (the first change of a page after a checkpoint logs the whole page).
 func (b *pgBench) resetTables(ctx context.Context) error {
-	stmts := []string{`DROP TABLE IF EXISTS ` + pgStateTable + `, ` + pgRawTable}
-	for _, t := range []string{"eddy_runtime", "eddy_outbox"} {
-		var exists bool
-		if err := b.admin.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, t).Scan(&exists); err != nil {
-			return fmt.Errorf("reset tables: %w", err)
-		}
-		if exists {
-			stmts = append(stmts, `DELETE FROM `+t+` WHERE type = '`+benchType+`'`)
-		}
-	}
-	for _, s := range stmts {
-		if _, err := b.admin.Exec(ctx, s); err != nil {
-			return fmt.Errorf("reset tables: %s: %w", s, err)
-		}
+	if err := dropTypeState(ctx, b.admin, benchType, pgRawTable); err != nil {
+		return fmt.Errorf("reset tables: %w", err)
 	}
 	if _, err := b.admin.Exec(ctx, `CHECKPOINT`); err != nil && b.srv != nil {
 		return fmt.Errorf("reset tables: checkpoint: %w", err) // not a superuser on --pg-dsn: go without
+	}
+	return nil
+}
+
+// checkNoTypeState fails if the database holds state of actor type typ
+// or one of the tables in also: a bench on a database it was given drops
+// only what it made.
+func checkNoTypeState(ctx context.Context, conn *pgx.Conn, typ string, also ...string) error {
+	var found []string
+	for _, t := range append([]string{"eddy_state_" + typ}, also...) {
+		var exists bool
+		if err := conn.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, pgx.Identifier{t}.Sanitize()).Scan(&exists); err != nil {
+			return err
+		}
+		if exists {
+			found = append(found, "table "+t)
+		}
+	}
+	for _, t := range []string{"eddy_runtime", "eddy_outbox"} {
+		var n int64
+		err := conn.QueryRow(ctx, `SELECT count(*) FROM `+t+` WHERE type = $1`, typ).Scan(&n)
+		var pe interface{ SQLState() string }
+		switch {
+		case errors.As(err, &pe) && pe.SQLState() == "42P01": // undefined_table
+		case err != nil:
+			return err
+		case n > 0:
+			found = append(found, fmt.Sprintf("%d rows of %s in %s", n, typ, t))
+		}
+	}
+	if len(found) > 0 {
+		return fmt.Errorf("the database holds %s: the bench makes and removes its own, so it needs a database without them (use another, or drop them)",
+			strings.Join(found, ", "))
+	}
+	return nil
+}
+
+// dropTypeState removes what eddy keeps in PostgreSQL for actor type typ
+// (its state table, its runtime and outbox rows) and the tables named in
+// also, so that the type starts afresh, bound to no input stream.
+func dropTypeState(ctx context.Context, conn *pgx.Conn, typ string, also ...string) error {
+	tables := append([]string{"eddy_state_" + typ}, also...)
+	for i, t := range tables {
+		tables[i] = pgx.Identifier{t}.Sanitize()
+	}
+	drop := `DROP TABLE IF EXISTS ` + strings.Join(tables, ", ")
+	if _, err := conn.Exec(ctx, drop); err != nil {
+		return fmt.Errorf("%s: %w", drop, err)
+	}
+	for _, t := range []string{"eddy_runtime", "eddy_outbox"} {
+		var exists bool
+		if err := conn.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, t).Scan(&exists); err != nil {
+			return err
+		}
+		if !exists {
+			continue
+		}
+		if _, err := conn.Exec(ctx, `DELETE FROM `+t+` WHERE type = $1`, typ); err != nil {
+			return fmt.Errorf("delete the rows of %s from %s: %w", typ, t, err)
+		}
 	}
 	return nil
 }

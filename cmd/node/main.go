@@ -7,6 +7,7 @@
 //	node bench failover   measure failover (with and without hot replicas) and handover pauses on a 3-process cluster
 //	node bench memory     memory and disk of one node process and its nats-server process for N keys, and nats-server's restart time
 //	node bench latency    measure end-to-end latency (publish ack to emitted output seen) at half the max rate
+//	node bench postgres   measure eddy with its state in PostgreSQL against raw batched upserts of the same rows
 //	node snapshot [flags] snapshot an actor type's partitions now (the nodes that run them take them)
 //	node reset  [flags]   delete an actor type's changelogs, so that it processes its input again from the start
 //
@@ -55,9 +56,12 @@ commands:
            node bench failover [--kills 20]: failover and handover pauses on a 3-process cluster
            node bench memory [--keys 10000000]: memory and disk of a node and its nats-server for N keys
            node bench latency [--fraction 0.5]: publish-ack-to-output latency at a share of the max rate
+           node bench postgres [--events 200000]: eddy on PostgreSQL against raw batched upserts
+           node bench failover --state-store postgres: the failover gap of a type on PostgreSQL
   snapshot snapshot an actor type's partition stores now: node snapshot --nats URL --type bank [--partition 0]
   reset    make an actor type process its input again from the first event: node reset --type bank [--dry-run]
-           (refused while a node runs the type; deletes its changelogs, leaves its input and outputs)
+           (refused while a node runs the type; deletes its changelogs, leaves its input and outputs;
+           with --pg-dsn, also resets its state in PostgreSQL)
 
 Run 'node <command> -h' for the flags of a command. Every flag --some-flag
 can also be set with the environment variable EDDY_SOME_FLAG.

@@ -8,6 +8,9 @@ type cache struct {
 	m     map[string]cached
 	bytes int
 	limit int
+	// complete: every key not in m is absent (a partition that started
+	// empty, until the first eviction).
+	complete bool
 }
 
 type cached struct {
@@ -29,7 +32,7 @@ func cacheKey(store string, key []byte) string {
 
 func (c *cache) get(store string, key []byte) (value []byte, ok, hit bool) {
 	e, hit := c.m[cacheKey(store, key)]
-	return e.value, e.ok, hit
+	return e.value, e.ok, hit || c.complete
 }
 
 func (c *cache) put(store string, key, value []byte, ok bool) {
@@ -50,6 +53,7 @@ func (c *cache) put(store string, key, value []byte, ok bool) {
 
 // evict drops about half of the entries.
 func (c *cache) evict() {
+	c.complete = false
 	target := c.bytes / 2
 	for k, e := range c.m {
 		if c.bytes <= target {

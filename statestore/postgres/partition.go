@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // ErrNotApplied means a commit's fence statement updated no row: a newer
@@ -155,23 +156,28 @@ type Commit struct {
 	BeforeCommit func()
 }
 
-// Commit runs c as one transaction: the fence and offset statement first,
-// then the write set and the outbox rows, then COMMIT; the cache takes the
-// writes once it landed. ErrNotApplied: the fence statement updated no
-// row, and nothing was written. Any other error leaves the outcome
-// unknown (the COMMIT may have landed): read Position to resolve it.
+// Commit runs c as one transaction, in one round trip: the statements
+// are sent together and run in one implicit transaction, which commits
+// when the last one succeeded and rolls back as a whole on any error. The
+// fence and offset statement comes first and fails the transaction when it
+// updates no row (ErrNotApplied: fenced, or c's offset is committed
+// already; nothing was written); then the write set and the outbox rows.
+// Any other error leaves the outcome unknown (the server may have committed
+// before the answer was lost): read Position to resolve it. Commit does not
+// touch the cache, so it may run on another goroutine than the handle's
+// owner, one commit at a time; the owner calls Landed once it knows the
+// commit landed.
 func (pt *Partition) Commit(ctx context.Context, c *Commit) error {
 	ctx, cancel := context.WithTimeout(ctx, pt.db.cfg.CommitTimeout)
 	defer cancel()
-	conn, err := pt.db.pool.Acquire(ctx)
-	if err != nil {
-		return fmt.Errorf("commit %s/%d: %w", pt.typ, pt.p, unavailable(err))
-	}
-	defer conn.Release() // a connection left inside a transaction is destroyed, not reused
 	b := &pgx.Batch{}
-	b.Queue(`BEGIN`)
-	b.Queue(`UPDATE eddy_runtime SET "offset" = $3, epoch = $4, owner = $5, committed_at = now()
-WHERE type = $1 AND partition = $2 AND "offset" < $3 AND (epoch < $4 OR epoch = $4 AND owner = $5)`,
+	// 1/0 when no row matched: the error aborts the transaction before
+	// any write is applied.
+	b.Queue(`WITH fence AS (
+	UPDATE eddy_runtime SET "offset" = $3, epoch = $4, owner = $5, committed_at = now()
+	WHERE type = $1 AND partition = $2 AND "offset" < $3 AND (epoch < $4 OR epoch = $4 AND owner = $5)
+	RETURNING 1)
+SELECT 1 / count(*)::integer FROM fence`,
 		pt.typ, pt.p, int64(c.Offset), int64(c.Epoch), c.Owner)
 	var sets, dels writeColumns
 	for _, w := range c.Writes {
@@ -206,43 +212,41 @@ WHERE t.partition = $1 AND t.store = u.s AND t.key = u.k`, pt.p, dels.stores, de
 SELECT $1, $2, o, i, s, m, h::jsonb, d FROM unnest($3::bigint[], $4::integer[], $5::text[], $6::text[], $7::text[], $8::bytea[]) AS u(o, i, s, m, h, d)`,
 			pt.typ, pt.p, o.offsets, o.indexes, o.subjects, o.msgIDs, o.headers, o.data)
 	}
-	br := conn.SendBatch(ctx, b)
-	var fenced bool
-	for i := range b.Len() {
-		tag, err := br.Exec()
-		if err != nil {
-			_ = br.Close()
-			if fenced { // the statements after it failed on what the commit it repeats wrote
-				return fmt.Errorf("commit %s/%d at offset %d, epoch %d: %w", pt.typ, pt.p, c.Offset, c.Epoch, ErrNotApplied)
-			}
-			return fmt.Errorf("commit %s/%d: %w", pt.typ, pt.p, unavailable(err))
-		}
-		if i == 1 && tag.RowsAffected() == 0 {
-			fenced = true
-		}
-	}
-	if err := br.Close(); err != nil {
-		return fmt.Errorf("commit %s/%d: %w", pt.typ, pt.p, unavailable(err))
-	}
-	if fenced {
-		if _, err := conn.Exec(ctx, `ROLLBACK`); err != nil {
-			return fmt.Errorf("commit %s/%d: rollback: %w (%w)", pt.typ, pt.p, unavailable(err), ErrNotApplied)
-		}
-		return fmt.Errorf("commit %s/%d at offset %d, epoch %d: %w", pt.typ, pt.p, c.Offset, c.Epoch, ErrNotApplied)
-	}
 	if c.BeforeCommit != nil {
 		c.BeforeCommit()
 	}
-	if _, err := conn.Exec(ctx, `COMMIT`); err != nil {
-		return fmt.Errorf("commit %s/%d: %w", pt.typ, pt.p, unavailable(err))
+	br := pt.db.pool.SendBatch(ctx, b)
+	var err error
+	for range b.Len() {
+		if _, err = br.Exec(); err != nil {
+			break // the transaction is rolled back; what follows did not run
+		}
 	}
-	pt.Landed(c)
-	return nil
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	var pe *pgconn.PgError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &pe) && pe.Code == sqlDivisionByZero:
+		return fmt.Errorf("commit %s/%d at offset %d, epoch %d: %w", pt.typ, pt.p, c.Offset, c.Epoch, ErrNotApplied)
+	}
+	return fmt.Errorf("commit %s/%d: %w", pt.typ, pt.p, unavailable(err))
 }
 
-// Landed puts c's writes into the cache: Commit does it, and so does the
-// caller that found, reading Position, that a commit whose answer was lost
-// landed.
+// StartsEmpty tells the handle that the partition holds no rows (its
+// owner claimed it at offset 0: rows are written only by commits, which
+// move the offset, and Reset deletes them with the offset): a key the
+// cache has not seen is absent, without a read, until the cache first
+// drops entries for room.
+func (pt *Partition) StartsEmpty() {
+	if pt.cache.limit > 0 && len(pt.cache.m) == 0 {
+		pt.cache.complete = true
+	}
+}
+
+// Landed puts the writes of c, a commit that landed, into the cache.
 func (pt *Partition) Landed(c *Commit) {
 	for _, w := range c.Writes {
 		if w.Delete {
@@ -329,8 +333,11 @@ func (pt *Partition) Prefetch(ctx context.Context, store string, keys [][]byte) 
 	}
 	ctx, cancel := context.WithTimeout(ctx, pt.db.cfg.CommitTimeout)
 	defer cancel()
+	// An unnamed statement, planned for its keys each time: a cached
+	// generic plan made while the table was small scans the partition
+	// for every key (330 ms instead of 3 ms for 2000 keys in 25 000 rows).
 	rows, err := pt.db.pool.Query(ctx, `SELECT key, value FROM `+pt.table+` WHERE partition = $1 AND store = $2 AND key = ANY($3::bytea[])`,
-		pt.p, store, miss)
+		pgx.QueryExecModeCacheDescribe, pt.p, store, miss)
 	if err != nil {
 		return fmt.Errorf("read %s/%d: %w", pt.typ, pt.p, unavailable(err))
 	}
@@ -353,6 +360,10 @@ func (pt *Partition) Prefetch(ctx context.Context, store string, keys [][]byte) 
 	}
 	return nil
 }
+
+// sqlDivisionByZero is the SQLSTATE of the fence statement's 1/0: it
+// updated no row.
+const sqlDivisionByZero = "22012"
 
 // writeColumns are writes as the columns of an unnest.
 type writeColumns struct {
