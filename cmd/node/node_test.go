@@ -100,6 +100,7 @@ func TestEveryConfigFieldHasAFlag(t *testing.T) {
 		"GossipAddr": "gossip", "RaftAddr": "raft", "Join": "join", "Bootstrap": "bootstrap", "BootstrapExpect": "expect",
 		"Zone": "zone", "GossipKey": "gossip-key", "GossipProfile": "gossip-profile", "MaxLagForMove": "max-lag-for-move", "MaxVoters": "max-voters",
 		"MaxConcurrentMoves": "max-concurrent-moves", "LeaveTimeout": "leave-timeout", "GiveBackAfter": "give-back-after",
+		"Postgres": "pg-dsn",
 	}
 	noFlag := map[string]bool{"Registerer": true} // a Go value for embedders
 	cfg := eddy.DefaultConfig()
