@@ -71,10 +71,12 @@ func (a *partitionActor) startExternal(c *actor.Context) error {
 	}
 	a.ext = a.cfg.External.Partition(a.cfg.Type, a.cfg.Partition)
 	a.restorePath = restoreExternal
+	ensured := time.Now()
 	in, err := a.cfg.JS.Stream(ctx, a.cfg.Type)
 	if err != nil {
 		return fmt.Errorf("input stream %s: %w", a.cfg.Type, err)
 	}
+	looked := time.Now()
 	created := in.CachedInfo().Created.Truncate(time.Microsecond) // PostgreSQL keeps microseconds
 	pos, _, err := a.ext.Position(ctx)
 	if err != nil {
@@ -129,7 +131,8 @@ func (a *partitionActor) startExternal(c *actor.Context) error {
 	a.m.restores(a.restorePath).Inc()
 	a.log.Info("partition started", "store", "postgres", "epoch", a.epoch, "offset", a.offset,
 		"replay_through", a.replayThrough, "pending_outbox", len(outs),
-		"took", time.Since(start).Round(time.Millisecond), "claim", claimed.Sub(start).Round(time.Millisecond))
+		"took", time.Since(start).Round(time.Millisecond), "tables", ensured.Sub(start).Round(time.Millisecond),
+		"stream", looked.Sub(ensured).Round(time.Millisecond), "claim", claimed.Sub(looked).Round(time.Millisecond))
 	if a.replayThrough > a.offset {
 		a.log.Info("replaying the input stream after a reset: side effects are suppressed up to the offset committed before",
 			"from", a.offset+1, "through", a.replayThrough)
