@@ -48,7 +48,7 @@ func (n *Node) startCluster(ctx context.Context) error {
 	n.log.Info("joining the cluster", "gossip", cl.GossipAddr(), "raft", cl.RaftAddr(), "join", n.cfg.Join)
 	for _, name := range n.order {
 		t := n.types[name]
-		ct := cluster.ActorType{Name: t.Name, Partitions: t.Partitions, ReplicationFactor: t.replicationFactor()}
+		ct := cluster.ActorType{Name: t.Name, Partitions: t.Partitions, ReplicationFactor: t.replicationFactor(), External: t.external()}
 		if err := cl.RegisterType(ctx, ct); err != nil {
 			return err
 		}

@@ -65,6 +65,10 @@ type ActorType struct {
 	// ReplicationFactor is the number of hot replicas each partition wants
 	// besides its active (fewer while the cluster has too few alive nodes).
 	ReplicationFactor int `msgpack:"r"`
+	// External: the type's state is in an external store, which every
+	// node reaches: a move hands the active over at once, without a
+	// replica to warm up first.
+	External bool `msgpack:"x,omitempty"`
 }
 
 // Replica is a hot replica of a partition on one node.

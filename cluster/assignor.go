@@ -652,7 +652,7 @@ func (pl *planner) balanceActives(tp *typePlan, budget *int) {
 				if dst == src || p.avoid[dst] || load[src]-load[dst] < 2 {
 					continue
 				}
-				m := pl.classify(p, src, dst)
+				m := pl.classify(tp, p, src, dst)
 				if m.kind >= moveWarm && *budget <= 0 {
 					continue
 				}
@@ -681,7 +681,7 @@ func (p *partPlan) hasReplicaMove() bool {
 	return false
 }
 
-func (pl *planner) classify(p *partPlan, src, dst string) activeMove {
+func (pl *planner) classify(tp *typePlan, p *partPlan, src, dst string) activeMove {
 	m := activeMove{p: p, src: src, dst: dst}
 	r, isReplica := p.replica(dst)
 	if isReplica {
@@ -690,7 +690,7 @@ func (pl *planner) classify(p *partPlan, src, dst string) activeMove {
 	switch {
 	case p.cur.MovingTo == src && dst == p.cur.Active:
 		m.kind = moveCancel
-	case isReplica && r.warm(pl.cfg.MaxLagForMove):
+	case isReplica && r.warm(pl.cfg.MaxLagForMove), tp.t.External:
 		m.kind = moveInstant
 	case p.cur.MovingTo == src:
 		m.kind = moveRedirect

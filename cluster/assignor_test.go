@@ -189,6 +189,33 @@ func TestPlanJoinWarmsUpBeforeMoving(t *testing.T) {
 	}
 }
 
+// A type whose state is in an external store has nothing to warm up: a
+// node that joins takes its share of actives at once, by handover, with
+// no replica and no move in progress.
+func TestPlanJoinMovesExternalTypesAtOnce(t *testing.T) {
+	a := newFSMTestApplier(t)
+	a.must(NodeUp{ID: "n1"})
+	a.must(RegisterType{Type: ActorType{Name: "accounts", Partitions: 4, External: true}})
+	cfg := AssignorConfig{MaxLagForMove: 10, MaxConcurrentMoves: 1}
+	assignTestSettle(t, a, cfg)
+
+	a.must(NodeUp{ID: "n2"})
+	changes := Plan(a.f.Assignment(), cfg)
+	if len(changes) != 2 {
+		t.Fatalf("changes = %v, want two handovers to n2 at once (the warm-up cap does not apply)", changes)
+	}
+	for _, ch := range changes {
+		if ch.Active != "n2" || ch.Epoch != 2 || ch.MovingTo != "" || len(ch.Replicas) != 0 {
+			t.Fatalf("change %s: want a handover to n2 at epoch 2, no replica, no move", ch)
+		}
+	}
+	a.must(Assign{Changes: changes})
+	assignTestSettle(t, a, cfg)
+	if n := assignTestActives(a.f.Assignment(), "accounts"); n["n1"] != 2 || n["n2"] != 2 {
+		t.Fatalf("actives %v, want 2 each", n)
+	}
+}
+
 func TestPlanZoneSpread(t *testing.T) {
 	a := newFSMTestApplier(t)
 	a.must(NodeUp{ID: "n1", Zone: "a"})

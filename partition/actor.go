@@ -319,6 +319,10 @@ func (a *partitionActor) Started(c *actor.Context) error {
 	a.ws = make(map[string]int)
 	a.tx.a = a
 	if a.cfg.External != nil {
+		if h := a.cfg.Handoff; h != nil { // no replica holds an external store's state
+			a.cfg.Handoff = nil
+			_ = h.Close()
+		}
 		return a.startExternal(c)
 	}
 	start := time.Now()
