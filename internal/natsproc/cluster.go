@@ -51,6 +51,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/eddyrt/eddy/internal/procs"
 )
 
 // Sentinel errors of Cluster operations.
@@ -107,7 +109,7 @@ func New(cfg Config) (*Cluster, error) {
 			return nil, err
 		}
 	}
-	ports, err := pickPorts(3 * cfg.Servers)
+	ports, err := procs.PickPorts(3 * cfg.Servers)
 	if err != nil {
 		return nil, fmt.Errorf("natsproc ports: %w", err)
 	}

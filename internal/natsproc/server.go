@@ -14,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/eddyrt/eddy/internal/procs"
 )
 
 // server is one nats-server of a Cluster: its fixed identity (name, ports,
@@ -251,29 +253,9 @@ func exitText(err error) string {
 
 // tail returns up to limit bytes from the end of s's log, headed by its name.
 func (c *Cluster) tail(s *server, limit int) string {
-	b, err := readTail(s.logPath, limit)
+	b, err := procs.ReadTail(s.logPath, limit)
 	if err != nil {
 		return fmt.Sprintf("(log %s: %v)", s.logPath, err)
 	}
 	return fmt.Sprintf("--- %s (%s), last %d bytes:\n%s", s.name, filepath.Base(s.logPath), len(b), b)
-}
-
-// readTail reads up to limit bytes from the end of the file at path.
-func readTail(path string, limit int) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	off := max(0, st.Size()-int64(limit))
-	b := make([]byte, st.Size()-off)
-	n, err := f.ReadAt(b, off)
-	if err != nil && n < len(b) {
-		return nil, err
-	}
-	return b[:n], nil
 }

@@ -7,6 +7,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/eddyrt/eddy/internal/procs"
 )
 
 // serverLog is a server's log file, which initdb and postgres write their
@@ -79,29 +81,9 @@ func (l *serverLog) close() error {
 
 // tail returns up to limit bytes from the end of the log file.
 func (l *serverLog) tail(limit int) string {
-	b, err := readTail(l.path, limit)
+	b, err := procs.ReadTail(l.path, limit)
 	if err != nil {
 		return fmt.Sprintf("(log %s: %v)", l.path, err)
 	}
 	return fmt.Sprintf("--- %s, last %d bytes:\n%s", l.path, len(b), b)
-}
-
-// readTail reads up to limit bytes from the end of the file at path.
-func readTail(path string, limit int) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	off := max(0, st.Size()-int64(limit))
-	b := make([]byte, st.Size()-off)
-	n, err := f.ReadAt(b, off)
-	if err != nil && n < len(b) {
-		return nil, err
-	}
-	return b[:n], nil
 }

@@ -39,6 +39,8 @@ import (
 	"syscall"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/eddyrt/eddy/internal/procs"
 )
 
 // Sentinel errors of Server operations.
@@ -127,11 +129,11 @@ func (s *Server) prepare(cfg Config) error {
 		}
 	}
 	if s.port == 0 {
-		p, err := pickPort()
+		ps, err := procs.PickPorts(1)
 		if err != nil {
 			return fmt.Errorf("pgproc port: %w", err)
 		}
-		s.port = p
+		s.port = ps[0]
 	}
 	if sock := filepath.Join(s.dir, ".s.PGSQL."+strconv.Itoa(s.port)); len(sock) > maxSocketPath {
 		return fmt.Errorf("pgproc: socket path %s is %d bytes, more than the %d a Unix socket takes: use a shorter Dir",

@@ -1,4 +1,7 @@
-package natsproc
+// Package procs holds what the packages that run server processes for
+// tests and benches (natsproc, pgproc) share: loopback ports that stay
+// theirs across restarts, and the tail of a log file.
+package procs
 
 import (
 	"fmt"
@@ -10,11 +13,11 @@ import (
 	"sync"
 )
 
-// Ports are chosen once per Cluster and kept while a server is down, so that
-// a restarted server is found where its clients and peers look for it. A port
-// that the kernel hands out for ":0" listeners or outgoing connections could
-// be taken by someone else in that window; so the ports come from below the
-// kernel's ephemeral range, which only programs that name a port use.
+// A server keeps its ports while it is down, so that a restarted server is
+// found where its clients and peers look for it. A port that the kernel
+// hands out for ":0" listeners or outgoing connections could be taken by
+// someone else in that window; so the ports come from below the kernel's
+// ephemeral range, which only programs that name a port use.
 const (
 	// lowestPort is well above the well-known and common service ports.
 	lowestPort = 20000
@@ -22,15 +25,17 @@ const (
 	defaultEphemeralLow = 32768
 )
 
-// issued holds every port this process handed out, so that two Clusters of
-// one test binary never share one, even while both have a server down.
+// issued holds every port this process handed out, so that two servers of
+// one process (a NATS cluster and a PostgreSQL server, say) never share
+// one, even while both are down.
 var issued = struct {
 	sync.Mutex
 	ports map[int]bool
 }{ports: map[int]bool{}}
 
-// pickPorts returns n distinct loopback TCP ports that are free now.
-func pickPorts(n int) ([]int, error) {
+// PickPorts returns n distinct loopback TCP ports that are free now and
+// that this process has not handed out before.
+func PickPorts(n int) ([]int, error) {
 	hi := ephemeralLow()
 	issued.Lock()
 	defer issued.Unlock()
@@ -75,4 +80,24 @@ func ephemeralLow() int {
 		return defaultEphemeralLow
 	}
 	return low
+}
+
+// ReadTail reads up to limit bytes from the end of the file at path.
+func ReadTail(path string, limit int) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	off := max(0, st.Size()-int64(limit))
+	b := make([]byte, st.Size()-off)
+	n, err := f.ReadAt(b, off)
+	if err != nil && n < len(b) {
+		return nil, err
+	}
+	return b[:n], nil
 }
