@@ -404,15 +404,7 @@ func (a *partitionActor) Started(c *actor.Context) error {
 		"changelog_seq", a.writer.Last(), "took", time.Since(start).Round(time.Millisecond),
 		"open", opened.Sub(start).Round(time.Millisecond), "stream", ensured.Sub(opened).Round(time.Millisecond),
 		"restore_fence", time.Since(ensured).Round(time.Millisecond))
-	// Forward whatever a crash left unforwarded before taking new input. The
-	// forwarded mark goes with the next commit, or after MarkDelay. Entries
-	// older than their target's duplicate window may be there already:
-	// those found there are not forwarded again.
-	outs, there, err := a.checkOutbox(ctx, a.pendingOut)
-	if err == nil {
-		a.markForwarded(there)
-		err = a.forward(ctx, outs)
-	}
+	err = a.forwardPending(ctx, a.pendingOut)
 	if errors.Is(err, errAbandoned) {
 		a.abandoned = true
 		return nil
@@ -422,6 +414,19 @@ func (a *partitionActor) Started(c *actor.Context) error {
 	}
 	a.pendingOut = nil
 	return a.startReader(c)
+}
+
+// forwardPending forwards what a crash left unforwarded, before the actor
+// takes new input. The forwarded mark goes with the next commit, or after
+// MarkDelay. Entries older than their target's duplicate window may be
+// there already: those found there are not forwarded again.
+func (a *partitionActor) forwardPending(ctx context.Context, outs []pending) error {
+	fwd, there, err := a.checkOutbox(ctx, outs)
+	if err != nil {
+		return err
+	}
+	a.markForwarded(there)
+	return a.forward(ctx, fwd)
 }
 
 // awaitReady waits for Config.Ready, and reports false if the actor is

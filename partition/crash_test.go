@@ -114,6 +114,26 @@ func TestCrashBetweenCommitSteps(t *testing.T) {
 	}
 }
 
+// publishModel publishes events to partition 0 of in with random keys
+// k0..k<keys-1>, and adds to counts and outputs what a sequential run makes
+// of them: each key's count, and for each event (by offset) the output
+// "<key>=<count so far>". It returns the last event's offset.
+func publishModel(t testing.TB, ctx context.Context, js jetstream.JetStream, in Input, rng *rand.Rand, events, keys int, counts map[string]uint64, outputs map[uint64]string) uint64 {
+	t.Helper()
+	var last uint64
+	for range events {
+		key := "k" + strconv.Itoa(rng.IntN(keys))
+		ack, err := js.PublishMsg(ctx, in.Msg(key, nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		counts[key]++
+		outputs[ack.Sequence] = fmt.Sprintf("%s=%d", key, counts[key])
+		last = ack.Sequence
+	}
+	return last
+}
+
 func crashScenario(t *testing.T, ctx context.Context, url string, js jetstream.JetStream, typ, hook string, storeLost, noChangelog, snapshots bool, inFlight int) {
 	const events, keys = 300, 10
 	opt := StreamOptions{Replicas: 1, Duplicates: 2 * time.Minute}
@@ -137,19 +157,8 @@ func crashScenario(t *testing.T, ctx context.Context, url string, js jetstream.J
 	// The input, and what a sequential run makes of it: the count of each key,
 	// and for each event the output "<key>=<count so far>".
 	rng := rand.New(rand.NewPCG(1, uint64(len(typ))))
-	counts := map[string]uint64{}
-	outputs := map[uint64]string{}
-	var last uint64
-	for range events {
-		key := "k" + strconv.Itoa(rng.IntN(keys))
-		ack, err := js.PublishMsg(ctx, Input{Type: typ, Partitions: 1}.Msg(key, nil))
-		if err != nil {
-			t.Fatal(err)
-		}
-		counts[key]++
-		outputs[ack.Sequence] = fmt.Sprintf("%s=%d", key, counts[key])
-		last = ack.Sequence
-	}
+	counts, outputs := map[string]uint64{}, map[uint64]string{}
+	last := publishModel(t, ctx, js, Input{Type: typ, Partitions: 1}, rng, events, keys, counts, outputs)
 
 	child := crashChild{t: t, url: url, typ: typ, storeDir: filepath.Join(t.TempDir(), "store"), noChangelog: noChangelog, snapshots: snapshots, inFlight: inFlight}
 	if code, _ := child.run(ctx, hook, 4); code != crashExit {

@@ -137,11 +137,7 @@ func (a *partitionActor) startExternal(c *actor.Context) error {
 		a.log.Info("replaying the input stream after a reset: side effects are suppressed up to the offset committed before",
 			"from", a.offset+1, "through", a.replayThrough)
 	}
-	fwd, there, err := a.checkOutbox(ctx, outs)
-	if err == nil {
-		a.markForwarded(there)
-		err = a.forward(ctx, fwd)
-	}
+	err = a.forwardPending(ctx, outs)
 	if errors.Is(err, errAbandoned) {
 		a.abandoned = true
 		return nil

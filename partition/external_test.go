@@ -62,19 +62,10 @@ func externalCounts(t *testing.T, ctx context.Context, db *postgres.DB, typ stri
 	return got
 }
 
-// sequentialModel publishes events to h's partition 0 with keys k0..k<keys-1>
-// and returns what a sequential run makes of them: each key's count, and
-// for each event the output "<key>=<count so far>".
+// sequentialModel publishes events to h's input as publishModel does.
 func (h *harness) sequentialModel(rng *rand.Rand, events, keys int, counts map[string]uint64, outputs map[uint64]string) uint64 {
 	h.t.Helper()
-	var last uint64
-	for range events {
-		key := "k" + strconv.Itoa(rng.IntN(keys))
-		last = h.publishMsg(h.msg(key, nil))
-		counts[key]++
-		outputs[last] = fmt.Sprintf("%s=%d", key, counts[key])
-	}
-	return last
+	return publishModel(h.t, h.ctx, h.js, h.input(), rng, events, keys, counts, outputs)
 }
 
 // checkOutputs fails t unless stream holds copies outputs of each event,
@@ -389,17 +380,7 @@ func TestExternalCrashBetweenCommitSteps(t *testing.T) {
 			db := openExternal(t, ctx, dsn, typ, nil)
 			rng := rand.New(rand.NewPCG(1, uint64(len(typ))))
 			counts, outputs := map[string]uint64{}, map[uint64]string{}
-			var last uint64
-			for range events {
-				key := "k" + strconv.Itoa(rng.IntN(keys))
-				ack, err := js.PublishMsg(ctx, Input{Type: typ, Partitions: 1}.Msg(key, nil))
-				if err != nil {
-					t.Fatal(err)
-				}
-				counts[key]++
-				outputs[ack.Sequence] = fmt.Sprintf("%s=%d", key, counts[key])
-				last = ack.Sequence
-			}
+			last := publishModel(t, ctx, js, Input{Type: typ, Partitions: 1}, rng, events, keys, counts, outputs)
 			pt := db.Partition(typ, 0)
 			child := crashChild{t: t, url: srv.URL(), typ: typ, storeDir: filepath.Join(t.TempDir(), "store"), inFlight: 1, pg: dsn}
 			if code, _ := child.run(ctx, hook, 4); code != crashExit {
