@@ -6,15 +6,19 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"maps"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmihailenco/msgpack/v5"
 
@@ -47,28 +51,45 @@ type pgBench struct {
 	dsn   string
 	admin *pgx.Conn
 
+	raw  pgRawPlan        // the raw side's transactions of the input
+	want map[string]int64 // each key's count once every event is processed
+
+	existingRows bool // --existing-rows: measure over existing rows too (runExisting)
+}
+
+// pgRawPlan is what the raw side writes for some input.
+type pgRawPlan struct {
 	// batches are the raw side's transactions, by partition: each batch of
 	// BatchSize input events as the distinct keys it wrote and their
 	// counts after it, msgpack-encoded as the handler stores them.
 	batches [][]pgRawBatch
-	rows    int              // rows the raw side writes, over all batches
-	want    map[string]int64 // each key's count once every event is processed
+	rows    int // rows written, over all batches
 }
 
 type pgRawBatch struct{ keys, values [][]byte }
+
+func (r pgRawPlan) transactions() int {
+	n := 0
+	for _, bs := range r.batches {
+		n += len(bs)
+	}
+	return n
+}
 
 // benchPostgres measures eddy on PostgreSQL (ActorType.StateStore =
 // PostgresStore) against raw batched upserts of the same rows into the same
 // server, in one run: the input's events per second eddy processes, over
 // those whose rows the raw side writes per second, is `bench: postgres
-// ratio=`.
+// ratio=`. Then, with --existing-rows, the same over rows a first half of
+// the input left, with a new node's cold cache (runExisting): `bench:
+// postgres existing-rows ratio=`.
 func (c *cli) benchPostgres(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("node bench postgres", flag.ContinueOnError)
 	cfg := eddy.DefaultConfig()
 	addTuningFlags(fs, &cfg)
 	lf := addLogFlags(fs, slog.LevelWarn)
 	var o benchOptions
-	durable := true
+	durable, existingRows := true, true
 	fs.IntVar(&o.events, "events", 200_000, "input `events`")
 	fs.IntVar(&o.partitions, "partitions", 4, "`partitions` of the input stream")
 	fs.IntVar(&o.keys, "keys", 100_000, "distinct `keys` of the input events (uniformly random)")
@@ -80,6 +101,8 @@ func (c *cli) benchPostgres(ctx context.Context, args []string) error {
 	fs.Var(dsnFlag{&cfg.Postgres.DSN}, "pg-dsn", "PostgreSQL connection `string` to measure on instead of a throwaway server: a database without "+
 		pgStateTable+", "+pgRawTable+" and "+benchType+" rows in eddy_runtime, which the bench makes and removes")
 	fs.BoolVar(&durable, "pg-durable", durable, "run the throwaway server with fsync on (PostgreSQL's defaults), as deployed")
+	fs.BoolVar(&existingRows, "existing-rows", existingRows, "measure again over existing rows: a new node (cold cache) processes a second half of --events "+
+		"over the rows a first half left, against upserts of its rows into a table holding the first half's")
 	if err := c.parse(fs, args); err != nil {
 		return err
 	}
@@ -93,7 +116,7 @@ func (c *cli) benchPostgres(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	b := &pgBench{bench: &bench{out: c, opts: o, log: log, dir: o.dir}, dsn: cfg.Postgres.DSN}
+	b := &pgBench{bench: &bench{out: c, opts: o, log: log, dir: o.dir}, dsn: cfg.Postgres.DSN, existingRows: existingRows}
 	cleanup, err := benchDir(&b.dir, "eddy-bench-postgres-")
 	if err != nil {
 		return err
@@ -154,7 +177,7 @@ func (b *pgBench) run(ctx context.Context, durable bool) error {
 		return fmt.Errorf("read back the input: %w", err)
 	}
 	b.printf("  raw side (not timed): %d rows in %d transactions of up to %d rows (the distinct keys of each batch of %d events)",
-		b.rows, b.transactions(), b.cfg.BatchSize, b.cfg.BatchSize)
+		b.raw.rows, b.raw.transactions(), b.cfg.BatchSize, b.cfg.BatchSize)
 	var eds, raws []time.Duration
 	for run := range o.runs {
 		if err := b.resetTables(ctx); err != nil {
@@ -162,13 +185,13 @@ func (b *pgBench) run(ctx context.Context, durable bool) error {
 		}
 		var st pgEddyStats
 		d, err := b.phase(ctx, "eddy-"+strconv.Itoa(run+1), func(ctx context.Context) (d time.Duration, err error) {
-			d, st, err = b.eddyRun(ctx, run)
+			d, st, err = b.eddyRun(ctx, "eddy-"+strconv.Itoa(run))
 			return d, err
 		})
 		if err != nil {
 			return fmt.Errorf("eddy, run %d: %w", run+1, err)
 		}
-		if err := b.check(ctx, pgStateTable); err != nil {
+		if err := b.check(ctx, pgStateTable, b.want); err != nil {
 			return fmt.Errorf("eddy, run %d: %w", run+1, err)
 		}
 		eds = append(eds, d)
@@ -181,27 +204,30 @@ func (b *pgBench) run(ctx context.Context, durable bool) error {
 		}
 		var cpu pgPhaseCPU
 		d, err = b.phase(ctx, "raw-"+strconv.Itoa(run+1), func(ctx context.Context) (d time.Duration, err error) {
-			d, cpu, err = b.rawRun(ctx)
+			d, cpu, err = b.rawRun(ctx, b.raw.batches, true)
 			return d, err
 		})
 		if err != nil {
 			return fmt.Errorf("raw, run %d: %w", run+1, err)
 		}
-		if err := b.check(ctx, pgRawTable); err != nil {
+		if err := b.check(ctx, pgRawTable, b.want); err != nil {
 			return fmt.Errorf("raw, run %d: %w", run+1, err)
 		}
 		raws = append(raws, d)
 		b.printf("  run %d: raw  %d rows in %v = %.0f rows/s, %.0f ev/s of input (%d transactions; CPU: bench process %.1f s, postgres %s)",
-			run+1, b.rows, d.Round(time.Millisecond), rate(b.rows, d), rate(o.events, d), b.transactions(), cpu.self.Seconds(), cpu.pgString())
+			run+1, b.raw.rows, d.Round(time.Millisecond), rate(b.raw.rows, d), rate(o.events, d), b.raw.transactions(), cpu.self.Seconds(), cpu.pgString())
 	}
 	if err := b.resetTables(ctx); err != nil {
 		return err
 	}
 	ed, raw := median(eds), median(raws)
 	b.printf("  medians: eddy %v = %.0f ev/s; raw %v = %.0f rows/s = %.0f ev/s of input (ratio: the raw side's time over eddy's for the same input)",
-		ed.Round(time.Millisecond), rate(o.events, ed), raw.Round(time.Millisecond), rate(b.rows, raw), rate(o.events, raw))
+		ed.Round(time.Millisecond), rate(o.events, ed), raw.Round(time.Millisecond), rate(b.raw.rows, raw), rate(o.events, raw))
 	b.printf("bench: postgres ratio=%.2f", rate(o.events, ed)/rate(o.events, raw))
-	return nil
+	if !b.existingRows {
+		return nil
+	}
+	return b.runExisting(ctx)
 }
 
 // plan reads the input stream back, untimed, and turns each partition's
@@ -225,39 +251,255 @@ func (b *pgBench) plan(ctx context.Context) error {
 		return err
 	}
 	b.want = map[string]int64{}
-	b.batches = make([][]pgRawBatch, len(keys))
-	b.rows = 0
+	b.raw, err = b.planRaw(keys, b.want)
+	return err
+}
+
+// planRaw turns each partition's keys, in input order, into the raw side's
+// batches of BatchSize events, counting them into want (the counts before
+// them, on input that follows other input).
+func (b *pgBench) planRaw(keys [][]string, want map[string]int64) (pgRawPlan, error) {
+	r := pgRawPlan{batches: make([][]pgRawBatch, len(keys))}
 	for p, ks := range keys {
 		for i := 0; i < len(ks); i += b.cfg.BatchSize {
 			var batch pgRawBatch
 			seen := map[string]bool{}
 			for _, k := range ks[i:min(i+b.cfg.BatchSize, len(ks))] {
-				b.want[k]++
+				want[k]++
 				if !seen[k] {
 					seen[k] = true
 					batch.keys = append(batch.keys, []byte(k))
 				}
 			}
 			for _, k := range batch.keys {
-				v, err := msgpack.Marshal(b.want[string(k)]) // an int64, as countEvent stores it
+				v, err := msgpack.Marshal(want[string(k)]) // an int64, as countEvent stores it
 				if err != nil {
-					return err
+					return pgRawPlan{}, err
 				}
 				batch.values = append(batch.values, v)
 			}
-			b.batches[p] = append(b.batches[p], batch)
-			b.rows += len(batch.keys)
+			r.batches[p] = append(r.batches[p], batch)
+			r.rows += len(batch.keys)
 		}
 	}
+	return r, nil
+}
+
+// pgExisting is the input measured over existing rows: two halves of
+// --events over the same keys, what the raw side writes for each, and
+// each key's count once the first half and once both are processed.
+type pgExisting struct {
+	first, second       []string // the halves' keys, in publish order
+	firstRaw, secondRaw pgRawPlan
+	wantFirst, want     map[string]int64
+	// updates are the rows of secondRaw whose key the first half wrote.
+	updates int
+}
+
+// existingInput draws the two halves, keys uniformly random as preload's
+// (from a seed of their own), and plans the raw side's writes of each.
+func (b *pgBench) existingInput() (*pgExisting, error) {
+	o := b.opts
+	rng := rand.New(rand.NewPCG(3, 4))
+	draw := func() (keys []string, byPartition [][]string) {
+		byPartition = make([][]string, o.partitions)
+		for range o.events {
+			k := "k" + strconv.Itoa(rng.IntN(o.keys))
+			p := partition.Of(k, o.partitions)
+			keys = append(keys, k)
+			byPartition[p] = append(byPartition[p], k)
+		}
+		return keys, byPartition
+	}
+	first, firstByPartition := draw()
+	second, secondByPartition := draw()
+	x := &pgExisting{first: first, second: second, want: map[string]int64{}}
+	var err error
+	if x.firstRaw, err = b.planRaw(firstByPartition, x.want); err != nil {
+		return nil, err
+	}
+	x.wantFirst = maps.Clone(x.want)
+	if x.secondRaw, err = b.planRaw(secondByPartition, x.want); err != nil {
+		return nil, err
+	}
+	for _, bs := range x.secondRaw.batches {
+		for _, batch := range bs {
+			for _, k := range batch.keys {
+				if x.wantFirst[string(k)] > 0 {
+					x.updates++
+				}
+			}
+		}
+	}
+	return x, nil
+}
+
+// runExisting measures eddy against the raw side over existing rows, with
+// a cold cache. In every run, the first half of the input is processed
+// untimed (by an eddy node, which then stops, or as the raw side's
+// upserts) and the second half is timed: on a new node, whose partitions
+// are claimed at the stored offset and so read each batch's keys from
+// PostgreSQL (one query a batch, for the keys their cache lacks), and as
+// the raw side's upserts, which update the first half's rows where keys
+// repeat. The second half's events per second on eddy, over those of the
+// raw side, is `bench: postgres existing-rows ratio=`.
+func (b *pgBench) runExisting(ctx context.Context) error {
+	x, err := b.existingInput()
+	if err != nil {
+		return fmt.Errorf("over existing rows: %w", err)
+	}
+	events := len(x.second)
+	b.printf("  over existing rows: each run processes a first half of %d events (not timed: %d keys; one eddy node, stopped, or %d rows of the raw side), then times a second half of %d events over the same %d keys",
+		len(x.first), len(x.wantFirst), x.firstRaw.rows, events, b.opts.keys)
+	b.printf("  (eddy: a new node, its partitions claimed at the stored offset with a cold cache; raw: %d rows in %d transactions, %d of them over a row of the first half)",
+		x.secondRaw.rows, x.secondRaw.transactions(), x.updates)
+	var eds, raws []time.Duration
+	for run := range b.opts.runs {
+		name := "existing-" + strconv.Itoa(run+1)
+		if err := b.eddyFirstHalf(ctx, x, run); err != nil {
+			return fmt.Errorf("eddy over existing rows, run %d: first half: %w", run+1, err)
+		}
+		var st pgEddyStats
+		d, err := b.phase(ctx, "eddy-"+name, func(ctx context.Context) (d time.Duration, err error) {
+			d, st, err = b.eddyRun(ctx, "eddy-"+name)
+			return d, err
+		})
+		if err != nil {
+			return fmt.Errorf("eddy over existing rows, run %d: %w", run+1, err)
+		}
+		if err := b.check(ctx, pgStateTable, x.want); err != nil {
+			return fmt.Errorf("eddy over existing rows, run %d: %w", run+1, err)
+		}
+		eds = append(eds, d)
+		b.printf("  run %d: eddy over existing rows %d events in %v = %.0f ev/s (%.0f commits of %.0f events, %.1f ms each from the batch's start on average; CPU: bench process %.1f s, postgres %s)",
+			run+1, events, d.Round(time.Millisecond), rate(events, d), st.commits, float64(events)/max(st.commits, 1),
+			1000*st.commitSeconds/max(st.commits, 1), st.cpu.self.Seconds(), st.cpu.pgString())
+
+		if err := b.rawFirstHalf(ctx, x); err != nil {
+			return fmt.Errorf("raw over existing rows, run %d: first half: %w", run+1, err)
+		}
+		var cpu pgPhaseCPU
+		d, err = b.phase(ctx, "raw-"+name, func(ctx context.Context) (d time.Duration, err error) {
+			d, cpu, err = b.rawRun(ctx, x.secondRaw.batches, false)
+			return d, err
+		})
+		if err != nil {
+			return fmt.Errorf("raw over existing rows, run %d: %w", run+1, err)
+		}
+		if err := b.check(ctx, pgRawTable, x.want); err != nil {
+			return fmt.Errorf("raw over existing rows, run %d: %w", run+1, err)
+		}
+		raws = append(raws, d)
+		b.printf("  run %d: raw  over existing rows %d rows in %v = %.0f rows/s, %.0f ev/s of input (%d transactions; CPU: bench process %.1f s, postgres %s)",
+			run+1, x.secondRaw.rows, d.Round(time.Millisecond), rate(x.secondRaw.rows, d), rate(events, d), x.secondRaw.transactions(),
+			cpu.self.Seconds(), cpu.pgString())
+	}
+	if err := b.resetTables(ctx); err != nil {
+		return err
+	}
+	ed, raw := median(eds), median(raws)
+	b.printf("  medians over existing rows: eddy %v = %.0f ev/s; raw %v = %.0f rows/s = %.0f ev/s of input",
+		ed.Round(time.Millisecond), rate(events, ed), raw.Round(time.Millisecond), rate(x.secondRaw.rows, raw), rate(events, raw))
+	b.printf("bench: postgres existing-rows ratio=%.2f", rate(events, ed)/rate(events, raw))
 	return nil
 }
 
-func (b *pgBench) transactions() int {
-	n := 0
-	for _, bs := range b.batches {
-		n += len(bs)
+// eddyFirstHalf brings the input and PostgreSQL to where eddy's timed run
+// over existing rows starts: from empty tables and a new input stream,
+// one node processes the first half and stops, then the second half is
+// published. b.lastSeq is then each partition's last event of the second
+// half (0: it has none, nothing to wait for).
+func (b *pgBench) eddyFirstHalf(ctx context.Context, x *pgExisting, run int) error {
+	ctx, cancel := context.WithTimeout(ctx, b.opts.phaseTimeout)
+	defer cancel()
+	if err := b.resetTables(ctx); err != nil {
+		return err
 	}
-	return n
+	// A new stream: the offsets the first half leaves must be those of
+	// its events, whatever the stream held before.
+	if err := b.js.DeleteStream(ctx, benchType); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("delete the input stream: %w", err)
+	}
+	err := partition.EnsureInputStream(ctx, b.js, b.input(), partition.StreamOptions{Replicas: 1, Duplicates: b.cfg.DuplicateWindow})
+	if err != nil {
+		return err
+	}
+	if b.lastSeq, err = b.publishInput(ctx, x.first, len(x.first)); err != nil {
+		return err
+	}
+	if _, _, err := b.eddyRun(ctx, "eddy-first-half-"+strconv.Itoa(run+1)); err != nil {
+		return err
+	}
+	if err := b.check(ctx, pgStateTable, x.wantFirst); err != nil {
+		return err
+	}
+	if b.lastSeq, err = b.publishInput(ctx, x.second, len(x.first)+len(x.second)); err != nil {
+		return fmt.Errorf("second half: %w", err)
+	}
+	return b.checkpoint(ctx) // as resetTables before a phase from empty tables
+}
+
+// rawFirstHalf makes the raw table hold the first half's rows.
+func (b *pgBench) rawFirstHalf(ctx context.Context, x *pgExisting) error {
+	ctx, cancel := context.WithTimeout(ctx, b.opts.phaseTimeout)
+	defer cancel()
+	if err := b.resetTables(ctx); err != nil {
+		return err
+	}
+	if _, _, err := b.rawRun(ctx, x.firstRaw.batches, true); err != nil {
+		return err
+	}
+	return b.checkpoint(ctx)
+}
+
+// publishInput publishes an event of each key, in order, to the input
+// stream, which must then hold total events, and returns each partition's
+// last sequence of them (0: none of them is the partition's).
+func (b *pgBench) publishInput(ctx context.Context, keys []string, total int) ([]uint64, error) {
+	var failed atomic.Int64
+	js, err := jetstream.New(b.nc, jetstream.WithPublishAsyncMaxPending(4096),
+		jetstream.WithPublishAsyncErrHandler(func(jetstream.JetStream, *nats.Msg, error) { failed.Add(1) }))
+	if err != nil {
+		return nil, err
+	}
+	in := b.input()
+	payload := make([]byte, b.opts.eventSize)
+	has := make([]bool, in.Partitions)
+	for _, k := range keys {
+		has[partition.Of(k, in.Partitions)] = true
+		if _, err := js.PublishMsgAsync(in.Msg(k, payload), jetstream.WithStallWait(time.Minute)); err != nil {
+			return nil, err
+		}
+	}
+	if err := waitAsync(ctx, js); err != nil {
+		return nil, err
+	}
+	if n := failed.Load(); n > 0 {
+		return nil, fmt.Errorf("%d events not stored", n)
+	}
+	st, err := b.js.Stream(ctx, benchType)
+	if err != nil {
+		return nil, err
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if info.State.Msgs != uint64(total) {
+		return nil, fmt.Errorf("input stream holds %d events, want %d", info.State.Msgs, total)
+	}
+	last := make([]uint64, in.Partitions)
+	for p := range last {
+		if !has[p] {
+			continue
+		}
+		m, err := st.GetLastMsgForSubject(ctx, in.Filter(p))
+		if err != nil {
+			return nil, fmt.Errorf("last event of partition %d: %w", p, err)
+		}
+		last[p] = m.Sequence
+	}
+	return last, nil
 }
 
 // resetTables drops both sides' tables and the bench type's runtime and
@@ -268,8 +510,16 @@ func (b *pgBench) resetTables(ctx context.Context) error {
 	if err := dropTypeState(ctx, b.admin, benchType, pgRawTable); err != nil {
 		return fmt.Errorf("reset tables: %w", err)
 	}
+	if err := b.checkpoint(ctx); err != nil {
+		return fmt.Errorf("reset tables: %w", err)
+	}
+	return nil
+}
+
+// checkpoint runs a CHECKPOINT (on --pg-dsn, if it may).
+func (b *pgBench) checkpoint(ctx context.Context) error {
 	if _, err := b.admin.Exec(ctx, `CHECKPOINT`); err != nil && b.srv != nil {
-		return fmt.Errorf("reset tables: checkpoint: %w", err) // not a superuser on --pg-dsn: go without
+		return fmt.Errorf("checkpoint: %w", err) // not a superuser on --pg-dsn: go without
 	}
 	return nil
 }
@@ -339,12 +589,12 @@ type pgEddyStats struct {
 	cpu                    pgPhaseCPU
 }
 
-// eddyRun runs a node whose actor type counts the events of each key in
-// PostgreSQL, from Start until every partition committed its last input
-// event (the committed-offset gauge, set once the transaction landed,
-// confirmed by Status).
-func (b *pgBench) eddyRun(ctx context.Context, run int) (time.Duration, pgEddyStats, error) {
-	dir := filepath.Join(b.dir, "eddy-"+strconv.Itoa(run))
+// eddyRun runs a node (data directory name, removed afterwards) whose
+// actor type counts the events of each key in PostgreSQL, from Start until
+// every partition committed its event at lastSeq (the committed-offset
+// gauge, set once the transaction landed, confirmed by Status).
+func (b *pgBench) eddyRun(ctx context.Context, name string) (time.Duration, pgEddyStats, error) {
+	dir := filepath.Join(b.dir, name)
 	defer os.RemoveAll(dir)
 	cpu := b.startCPU()
 	start := time.Now()
@@ -363,10 +613,11 @@ func (b *pgBench) eddyRun(ctx context.Context, run int) (time.Duration, pgEddySt
 	return took, st, errors.Join(err, stopNode(node))
 }
 
-// rawRun applies the batches with one connection per partition, each
-// batch one upsert statement, from creating the table (as eddy's
-// partitions do when they start) until the last batch committed.
-func (b *pgBench) rawRun(ctx context.Context) (time.Duration, pgPhaseCPU, error) {
+// rawRun applies batches with one connection per partition, each batch
+// one upsert statement, until the last batch committed: from creating the
+// table (as eddy's partitions do when they start) with create, else into
+// the table as it is.
+func (b *pgBench) rawRun(ctx context.Context, batches [][]pgRawBatch, create bool) (time.Duration, pgPhaseCPU, error) {
 	conns := make([]*pgx.Conn, b.opts.partitions)
 	defer func() {
 		for _, c := range conns {
@@ -384,20 +635,22 @@ func (b *pgBench) rawRun(ctx context.Context) (time.Duration, pgPhaseCPU, error)
 	}
 	cpu := b.startCPU()
 	start := time.Now()
-	if _, err := conns[0].Exec(ctx, `CREATE TABLE `+pgRawTable+` (
+	if create {
+		if _, err := conns[0].Exec(ctx, `CREATE TABLE `+pgRawTable+` (
 	partition integer NOT NULL,
 	store     text    NOT NULL,
 	key       bytea   NOT NULL,
 	value     bytea   NOT NULL,
 	PRIMARY KEY (partition, store, key)
 )`); err != nil {
-		return 0, pgPhaseCPU{}, err
+			return 0, pgPhaseCPU{}, err
+		}
 	}
 	errs := make([]error, len(conns))
 	var wg sync.WaitGroup
 	for p, c := range conns {
 		wg.Go(func() {
-			for i, batch := range b.batches[p] {
+			for i, batch := range batches[p] {
 				if _, err := c.Exec(ctx, pgRawUpsert, p, batch.keys, batch.values); err != nil {
 					errs[p] = fmt.Errorf("partition %d, batch %d: %w", p, i, err)
 					return
@@ -411,7 +664,7 @@ func (b *pgBench) rawRun(ctx context.Context) (time.Duration, pgPhaseCPU, error)
 }
 
 // check compares a table's rows with the count each key must end with.
-func (b *pgBench) check(ctx context.Context, table string) error {
+func (b *pgBench) check(ctx context.Context, table string, want map[string]int64) error {
 	rows, err := b.admin.Query(ctx, `SELECT key, value FROM `+table+` WHERE store = $1`, partition.DefaultStore)
 	if err != nil {
 		return fmt.Errorf("check %s: %w", table, err)
@@ -427,16 +680,16 @@ func (b *pgBench) check(ctx context.Context, table string) error {
 		if err := msgpack.Unmarshal(v, &count); err != nil {
 			return fmt.Errorf("check %s: key %q: %w", table, k, err)
 		}
-		if want := b.want[string(k)]; count != want {
-			return fmt.Errorf("check %s: key %q counted %d events, it has %d", table, k, count, want)
+		if w := want[string(k)]; count != w {
+			return fmt.Errorf("check %s: key %q counted %d events, it has %d", table, k, count, w)
 		}
 		n++
 	}
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("check %s: %w", table, err)
 	}
-	if n != len(b.want) {
-		return fmt.Errorf("check %s: %d keys, the input has %d", table, n, len(b.want))
+	if n != len(want) {
+		return fmt.Errorf("check %s: %d keys, the input has %d", table, n, len(want))
 	}
 	return nil
 }

@@ -11,8 +11,11 @@ import (
 )
 
 // TestBenchPostgresTiny runs `node bench postgres` on a few thousand events
-// (a throwaway PostgreSQL without fsync): both sides must end with every
-// key's exact count, which the bench checks after each phase.
+// (a throwaway PostgreSQL without fsync), from empty tables and then over
+// existing rows: both sides must end with every key's exact count, which
+// the bench checks after each phase (over existing rows, a count a new
+// node's partitions did not read from PostgreSQL misses the first half's
+// events).
 func TestBenchPostgresTiny(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a PostgreSQL server")
@@ -30,6 +33,9 @@ func TestBenchPostgresTiny(t *testing.T) {
 		`(?m)^  run 1: eddy 2000 events in \S+ = \d+ ev/s`,
 		`(?m)^  run 1: raw  \d+ rows in \S+ = \d+ rows/s`,
 		`(?m)^bench: postgres ratio=\d+\.\d\d$`,
+		`(?m)^  run 1: eddy over existing rows 2000 events in \S+ = \d+ ev/s`,
+		`(?m)^  run 1: raw  over existing rows \d+ rows in \S+ = \d+ rows/s`,
+		`(?m)^bench: postgres ratio=\d+\.\d\d\n(?s:.*)^bench: postgres existing-rows ratio=\d+\.\d\d$`,
 	} {
 		if !regexp.MustCompile(re).MatchString(out.String()) {
 			t.Errorf("output lacks a line matching %s:\n%s", re, out.String())
