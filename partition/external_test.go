@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/eddyrt/eddy/internal/natsproc"
 	"github.com/eddyrt/eddy/internal/natstest"
 	"github.com/eddyrt/eddy/internal/pgtest"
 	"github.com/eddyrt/eddy/internal/testkit"
@@ -471,4 +472,96 @@ func TestExternalStoreRestoresFromChangelog(t *testing.T) {
 			checkOutputs(t, h.ctx, h.js, h.typ+"_out", h.typ, outputs, 1)
 		})
 	}
+}
+
+// TestExternalStoreNATSKilled SIGKILLs the nats-server process under a
+// partition on PostgreSQL, three times, each while a commit's outbox is
+// half forwarded, and starts it again while events keep coming: the
+// partition reads, forwards and commits on, and every key's count and
+// every output (each exactly once) are those of a sequential run.
+func TestExternalStoreNATSKilled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs nats-server processes")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	srv, err := natsproc.Start(natsproc.Config{Servers: 1, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	if err := srv.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const typ, events, keys = "ext_natskill", 600, 7
+	h := newHarnessOn(t, ctx, srv.ConnectURL(), typ, 1)
+	db := openExternal(t, ctx, pgtest.DB(t), typ, nil)
+	out := "out." + typ
+	ensureOutput(t, ctx, h.js, typ+"_out", out)
+
+	killed := make(chan int, 3)
+	forwards := 0
+	cfg := h.config(0, countAndEmit(out, 2))
+	cfg.External, cfg.BatchSize, cfg.CommitTimeout = db, 20, 2*time.Second
+	cfg.Hooks.MidForward = func() {
+		if forwards++; forwards == 3 || forwards == 8 || forwards == 13 {
+			if err := srv.Kill(0); err != nil {
+				t.Error(err)
+			}
+			killed <- forwards
+		}
+	}
+	a := h.start(cfg)
+	published := make(chan error, 1)
+	go func() {
+		for i := range events {
+			if err := h.publishUntilStored(h.js, "k"+strconv.Itoa(i%keys), "e-"+strconv.Itoa(i)); err != nil {
+				published <- err
+				return
+			}
+		}
+		published <- nil
+	}()
+	for range 3 {
+		select {
+		case n := <-killed:
+			time.Sleep(300 * time.Millisecond) // NATS stays away for a while
+			if err := srv.Start(0); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("nats-server SIGKILLed in forward %d and started again", n)
+		case <-ctx.Done():
+			t.Fatal("no forward reached its kill")
+		}
+	}
+	if err := <-published; err != nil {
+		t.Fatal(err)
+	}
+	h.waitOffset(a, 0)
+	want := map[string]uint64{}
+	for i := range events {
+		want["k"+strconv.Itoa(i%keys)]++
+	}
+	checkCounts(t, externalCounts(t, ctx, db, typ, 0, keys), want)
+	// Outputs: each event's two, once, and per key the counts 1..n.
+	testkit.WaitFor(t, waitTimeout, "every output forwarded", func() bool { return len(streamMsgs(t, ctx, h.js, typ+"_out")) >= 2*events })
+	msgs := streamMsgs(t, ctx, h.js, typ+"_out")
+	if ids := byMsgID(t, msgs); len(ids) != 2*events || len(msgs) != 2*events {
+		t.Errorf("%d outputs (%d ids), want %d", len(msgs), len(ids), 2*events)
+	}
+	seen := map[string]int{}
+	for _, m := range msgs {
+		seen[string(m.Data)]++
+	}
+	for k, n := range want {
+		for c := range n {
+			if v := fmt.Sprintf("%s=%d", k, c+1); seen[v] != 2 {
+				t.Errorf("output %s seen %d times, want 2", v, seen[v])
+			}
+		}
+	}
+	if err := a.Stop(ctx); err != nil || a.Err() != nil {
+		t.Fatalf("stop: %v, actor ended with %v", err, a.Err())
+	}
+	t.Logf("the actor restarted %d times", a.Restarts())
 }
