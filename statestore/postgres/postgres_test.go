@@ -100,3 +100,52 @@ func TestClaimFencesOlderOwners(t *testing.T) {
 		t.Fatal("A claimed again below B's epoch")
 	}
 }
+
+// TestPrefetchReadsWhatIsThere: a new owner's handle reads a batch's keys
+// in one query, present and absent, and a partition that starts empty
+// reads nothing.
+func TestPrefetchReadsWhatIsThere(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	db, err := postgres.Open(ctx, postgres.DefaultConfig(pgtest.DB(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.EnsureType(ctx, "acct"); err != nil {
+		t.Fatal(err)
+	}
+	created := time.Now()
+	a := db.Partition("acct", 0)
+	if _, ok, err := a.Claim(ctx, postgres.Claim{Epoch: 1, Owner: "A", InputStream: "acct", InputCreated: created}); err != nil || !ok {
+		t.Fatalf("claim: %v %v", ok, err)
+	}
+	c := &postgres.Commit{Epoch: 1, Owner: "A", Offset: 1}
+	for _, k := range []string{"a", "b", "c"} {
+		c.Writes = append(c.Writes, postgres.Write{Store: "state", Key: []byte(k), Value: []byte("v" + k)})
+	}
+	c.Writes = append(c.Writes, postgres.Write{Store: "other", Key: []byte("a"), Value: []byte("other")})
+	if err := a.Commit(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	b := db.Partition("acct", 0) // a new owner: a cold cache
+	if _, ok, err := b.Claim(ctx, postgres.Claim{Epoch: 2, Owner: "B", InputStream: "acct", InputCreated: created}); err != nil || !ok {
+		t.Fatalf("claim: %v %v", ok, err)
+	}
+	if b.Complete() {
+		t.Fatal("a partition with rows taken for empty")
+	}
+	if err := b.Prefetch(ctx, "state", [][]byte{[]byte("a"), []byte("c"), []byte("zz")}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close() // from here on, only the cache answers
+	for k, want := range map[string]string{"a": "va", "c": "vc", "zz": ""} {
+		v, ok, err := b.Get(ctx, "state", []byte(k))
+		if err != nil || ok != (want != "") || string(v) != want {
+			t.Errorf("%s = %q %v %v, want %q from the prefetch", k, v, ok, err, want)
+		}
+	}
+	if _, _, err := b.Get(ctx, "state", []byte("b")); err == nil {
+		t.Error("b was not prefetched, yet read without the server")
+	}
+}
