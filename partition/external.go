@@ -181,6 +181,9 @@ func (a *partitionActor) getExternal(k string) ([]byte, error) {
 // query, so that handlers reading their event's own state find it in
 // memory.
 func (a *partitionActor) prefetchExternal(ctx context.Context, msgs []jetstream.Msg) error {
+	if a.ext.Complete() {
+		return nil // nothing to read: every key not in memory is absent
+	}
 	keys := make([][]byte, 0, len(msgs))
 	in := a.cfg.input()
 	for _, m := range msgs {

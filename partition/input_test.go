@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/eddyrt/eddy/internal/testkit"
 )
 
 // An event's key comes from its subject or its header, by the stream's
@@ -60,6 +62,8 @@ func TestEmitAddressesAnotherTypesInput(t *testing.T) {
 		h.publish(k, nil)
 	}
 	h.waitOffset(a, 0)
+	// The forward follows the commit: wait for it, then check nothing more came.
+	testkit.WaitFor(t, waitTimeout, "the emits forwarded", func() bool { return len(streamMsgs(t, h.ctx, h.js, other.Type)) >= 3 })
 	msgs := streamMsgs(t, h.ctx, h.js, other.Type)
 	if len(msgs) != 3 {
 		t.Fatalf("%d events in %s, want 3", len(msgs), other.Type)
