@@ -70,9 +70,11 @@ func (h *harness) sequentialModel(rng *rand.Rand, events, keys int, counts map[s
 }
 
 // checkOutputs fails t unless stream holds copies outputs of each event,
-// exactly once each, with the sequential value.
+// exactly once each, with the sequential value. It first waits for them:
+// the forward follows the commit.
 func checkOutputs(t *testing.T, ctx context.Context, js jetstream.JetStream, stream, typ string, outputs map[uint64]string, copies int) {
 	t.Helper()
+	testkit.WaitFor(t, waitTimeout, "the outputs forwarded", func() bool { return len(streamMsgs(t, ctx, js, stream)) >= copies*len(outputs) })
 	msgs := streamMsgs(t, ctx, js, stream)
 	ids := byMsgID(t, msgs)
 	if len(msgs) != copies*len(outputs) || len(ids) != copies*len(outputs) {
