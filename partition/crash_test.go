@@ -261,21 +261,7 @@ func crashScenario(t *testing.T, ctx context.Context, url string, js jetstream.J
 	}
 
 	// Outputs: every (event, index) exactly once, with the sequential value.
-	msgs := streamMsgs(t, ctx, js, typ+"_out")
-	ids := byMsgID(t, msgs)
-	if len(msgs) != crashOutputs*events || len(ids) != crashOutputs*events {
-		t.Errorf("output stream holds %d messages (%d ids), want %d", len(msgs), len(ids), crashOutputs*events)
-	}
-	for off, want := range outputs {
-		for i := range crashOutputs {
-			id := fmt.Sprintf("%s/0/%d/%d", typ, off, i)
-			if m := ids[id]; m == nil {
-				t.Errorf("output %s missing", id)
-			} else if string(m.Data) != want {
-				t.Errorf("output %s = %q, want %q", id, m.Data, want)
-			}
-		}
-	}
+	checkOutputs(t, ctx, js, typ+"_out", typ, outputs, crashOutputs)
 	if dl := streamMsgs(t, ctx, js, DLQStream(typ)); len(dl) != 0 {
 		t.Errorf("%d dead letters, want none", len(dl))
 	}

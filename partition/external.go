@@ -296,17 +296,7 @@ func (a *partitionActor) finishExternal(ctx context.Context) error {
 	if h := a.cfg.Hooks.AfterChangelog; h != nil {
 		h()
 	}
-	a.m.commits.Inc()
-	a.m.commitSeconds.Observe(time.Since(f.start).Seconds())
-	a.m.offset.Set(float64(f.offset))
-	a.inputLag, a.lastCommit = f.readLag, time.Now()
-	a.m.inputLag.Set(float64(a.inputLag))
-	a.m.lastCommit.Set(float64(a.lastCommit.UnixNano()) / 1e9)
-	if a.started && !a.stopped {
-		a.publishStatus(StateRunning)
-	} else {
-		a.publishProgress()
-	}
+	a.committed(f)
 	err := a.startForward(ctx, x.outs, f.replies)
 	a.recycle(f)
 	return err

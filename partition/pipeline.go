@@ -412,10 +412,23 @@ func (a *partitionActor) apply(ctx context.Context, f *flight) error {
 	if h := a.cfg.Hooks.AfterLocal; h != nil {
 		h()
 	}
-	a.m.commits.Inc()
-	a.m.commitSeconds.Observe(time.Since(f.start).Seconds())
 	a.m.changelogRecords.Add(float64(len(f.recs)))
 	a.snap.records += uint64(len(f.recs))
+	a.committed(f)
+	err = a.startForward(ctx, outs, f.replies)
+	a.recycle(f)
+	if err != nil || a.stopped {
+		return err
+	}
+	a.maybeTrim(ctx)
+	a.maybeSnapshot()
+	return nil
+}
+
+// committed records, in metrics and Status, that f's commit is done.
+func (a *partitionActor) committed(f *flight) {
+	a.m.commits.Inc()
+	a.m.commitSeconds.Observe(time.Since(f.start).Seconds())
 	a.m.offset.Set(float64(f.offset))
 	a.inputLag, a.lastCommit = f.readLag, time.Now()
 	a.m.inputLag.Set(float64(a.inputLag))
@@ -425,14 +438,6 @@ func (a *partitionActor) apply(ctx context.Context, f *flight) error {
 	} else {
 		a.publishProgress()
 	}
-	err = a.startForward(ctx, outs, f.replies)
-	a.recycle(f)
-	if err != nil || a.stopped {
-		return err
-	}
-	a.maybeTrim(ctx)
-	a.maybeSnapshot()
-	return nil
 }
 
 // recycle keeps f's buffers for the next batch.
