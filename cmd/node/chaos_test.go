@@ -18,6 +18,7 @@ import (
 
 	"github.com/eddyrt/eddy/changelog"
 	"github.com/eddyrt/eddy/internal/natsproc"
+	"github.com/eddyrt/eddy/internal/pgtest"
 )
 
 // The NATS chaos test's knobs, from the environment.
@@ -74,7 +75,8 @@ var chaosWeight = [faultKinds]int{natsKill: 3, stepDown: 2, nodeKill: 2, nodePau
 // TestNATSChaos is eddy against NATS faults, all real processes: three node
 // processes run the bank and the word count (4 partitions each, one hot
 // replica) on one nats-server, then on a 3-server JetStream cluster with
-// streams of 3 replicas. NATS starts 5 s after the nodes. A producer that
+// streams of 3 replicas, then on one nats-server again with their state in
+// PostgreSQL (no replicas). NATS starts 5 s after the nodes. A producer that
 // is not eddy's Client publishes JSON events with message ids, retried
 // until acknowledged, ~300 a second. Faults mixed by a seeded RNG: a
 // nats-server SIGKILLed and restarted (on the cluster one at a time, often
@@ -103,11 +105,23 @@ func TestNATSChaos(t *testing.T) {
 		}
 	}
 	t.Logf("seed %d (replay with %s=%d)", seed, envNATSChaosSeed, seed)
-	for _, servers := range []int{1, 3} {
-		name := map[int]string{1: "one-server", 3: "three-servers"}[servers]
+	for _, v := range []struct {
+		name     string
+		servers  int
+		postgres bool // the apps' state in PostgreSQL (a server of the test's)
+	}{{"one-server", 1, false}, {"three-servers", 3, false}, {"one-server-postgres", 1, true}} {
+		name, servers := v.name, v.servers
 		t.Run(name, func(t *testing.T) {
 			t.Logf("seed %d (replay with %s=%d)", seed, envNATSChaosSeed, seed)
-			c := startChaos(t, name, servers, seed, true)
+			var opts []func(*procConfig)
+			if v.postgres {
+				dsn := pgtest.New(t).DSN("postgres")
+				opts = append(opts, func(c *procConfig) {
+					c.Replicas = 0
+					c.ExtraArgs = append(c.ExtraArgs, "--state-store", "postgres", "--pg-dsn", dsn)
+				})
+			}
+			c := startChaos(t, name, servers, seed, true, opts...)
 			var long time.Duration
 			if form == "long" {
 				long = chaosLongFor
@@ -157,7 +171,7 @@ type chaos struct {
 // startChaos starts three node processes, then NATS (servers nats-server
 // processes) chaosNATSLate later, waits until every partition runs, and
 // starts the producer: the bank and, with wordcount, the word count.
-func startChaos(t *testing.T, name string, servers int, seed uint64, wordcount bool) *chaos {
+func startChaos(t *testing.T, name string, servers int, seed uint64, wordcount bool, opts ...func(*procConfig)) *chaos {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -176,8 +190,12 @@ func startChaos(t *testing.T, name string, servers int, seed uint64, wordcount b
 	if wordcount {
 		appList = append(appList, "wordcount")
 	}
-	pc := newTestProcCluster(t, procConfig{Dir: dir, Exe: os.Args[0], Env: []string{"EDDY_TEST_AS_NODE=1"},
-		Apps: appList, Partitions: chaosPartitions, Replicas: 1, NATSServers: servers, NATSLater: true, Logf: t.Logf})
+	cfg := procConfig{Dir: dir, Exe: os.Args[0], Env: []string{"EDDY_TEST_AS_NODE=1"},
+		Apps: appList, Partitions: chaosPartitions, Replicas: 1, NATSServers: servers, NATSLater: true, Logf: t.Logf}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	pc := newTestProcCluster(t, cfg)
 	c := &chaos{t: t, pc: pc, ids: []string{"n1", "n2", "n3"}, rng: rand.New(rand.NewPCG(seed, 3)), wordcount: wordcount, ctx: ctx}
 
 	// The nodes start first and wait for NATS; the delay is the point.
