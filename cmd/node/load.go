@@ -106,10 +106,7 @@ func (g *loadGen) fundAccounts(ctx context.Context) error {
 	funded := 0
 	for i := range loadAccounts {
 		key := account(i)
-		qctx, cancel := context.WithTimeout(ctx, time.Minute) // waits for the partition to restore
-		var acc apps.Account
-		err := g.node.Query(qctx, apps.BankType, key, &acc)
-		cancel()
+		acc, err := g.account(ctx, key)
 		switch {
 		case err == nil && acc.Deposited > 0:
 			continue
@@ -124,6 +121,26 @@ func (g *loadGen) fundAccounts(ctx context.Context) error {
 	}
 	g.log.Info("bank accounts funded", "accounts", loadAccounts, "new", funded, "deposit", loadDeposit)
 	return nil
+}
+
+// account reads key's account, asking again for a minute while its
+// partition does not run (restoring, or moving between nodes as a cluster
+// forms).
+func (g *loadGen) account(ctx context.Context, key string) (apps.Account, error) {
+	qctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for {
+		var acc apps.Account
+		err := g.node.Query(qctx, apps.BankType, key, &acc)
+		if !errors.Is(err, eddy.ErrUnavailable) || qctx.Err() != nil {
+			return acc, err
+		}
+		select {
+		case <-time.After(200 * time.Millisecond):
+		case <-qctx.Done():
+			return acc, err
+		}
+	}
 }
 
 func (g *loadGen) transfer(ctx context.Context) error {
