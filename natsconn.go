@@ -47,6 +47,14 @@ func (n *Node) connect(ctx context.Context) error {
 		// Fail publishes while disconnected instead of buffering them: a commit
 		// must know whether it reached the server.
 		nats.ReconnectBufSize(-1),
+		// A server cut off by the network sends no reset: without pings the
+		// connection looks alive for minutes (nats.go's default: a ping every
+		// 2 min) while no commit gets through. A ping a second, and the
+		// connection is given up after 3 unanswered, so the node moves to
+		// another server of the URL list within about 4 s. Pings are a few
+		// bytes.
+		nats.PingInterval(time.Second),
+		nats.MaxPingsOutstanding(3),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil { // nil: the node closed the connection itself
 				n.log.Warn("NATS disconnected; partitions retry until it is back", "err", err)
