@@ -25,6 +25,7 @@ import (
 	"github.com/eddyrt/eddy"
 	"github.com/eddyrt/eddy/examples/apps"
 	"github.com/eddyrt/eddy/internal/natsproc"
+	"github.com/eddyrt/eddy/internal/procs"
 )
 
 // procCluster runs eddy nodes as separate processes on loopback, each its
@@ -160,19 +161,21 @@ func (c *procCluster) startNATS(ctx context.Context) error {
 	return c.nats.WaitReady(ctx)
 }
 
-// freePort finds a loopback port free for TCP and UDP (gossip uses both).
+// freePort returns a loopback port free for TCP and UDP (gossip uses both)
+// now, from below the kernel's ephemeral range and never handed out twice
+// in this process (procs.PickPorts): a port the kernel hands out for ":0"
+// can be taken as the source port of an outgoing connection before the
+// node binds it.
 func freePort() (int, error) {
 	for range 20 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		ps, err := procs.PickPorts(1)
 		if err != nil {
 			return 0, err
 		}
-		port := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp", l.Addr().String())
-		l.Close()
+		u, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(ps[0])))
 		if err == nil {
 			u.Close()
-			return port, nil
+			return ps[0], nil
 		}
 	}
 	return 0, errors.New("no free port")
