@@ -18,7 +18,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/eddyrt/eddy/internal/natsproc"
 	"github.com/eddyrt/eddy/internal/natstest"
 	"github.com/eddyrt/eddy/internal/pgtest"
 	"github.com/eddyrt/eddy/internal/testkit"
@@ -487,14 +486,7 @@ func TestExternalStoreNATSKilled(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	srv, err := natsproc.Start(natsproc.Config{Servers: 1, Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	if err := srv.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
+	srv := startNATSProcess(t, ctx, nil)
 	const typ, events, keys = "ext_natskill", 600, 7
 	h := newHarnessOn(t, ctx, srv.ConnectURL(), typ, 1)
 	db := openExternal(t, ctx, pgtest.DB(t), typ, nil)
@@ -514,28 +506,8 @@ func TestExternalStoreNATSKilled(t *testing.T) {
 		}
 	}
 	a := h.start(cfg)
-	published := make(chan error, 1)
-	go func() {
-		for i := range events {
-			if err := h.publishUntilStored(h.js, "k"+strconv.Itoa(i%keys), "e-"+strconv.Itoa(i)); err != nil {
-				published <- err
-				return
-			}
-		}
-		published <- nil
-	}()
-	for range 3 {
-		select {
-		case n := <-killed:
-			time.Sleep(300 * time.Millisecond) // NATS stays away for a while
-			if err := srv.Start(0); err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("nats-server SIGKILLed in forward %d and started again", n)
-		case <-ctx.Done():
-			t.Fatal("no forward reached its kill")
-		}
-	}
+	published := h.publishCycling(events, keys)
+	restartAfterKills(t, ctx, srv, killed, 3, "forward")
 	if err := <-published; err != nil {
 		t.Fatal(err)
 	}

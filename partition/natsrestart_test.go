@@ -201,14 +201,7 @@ func killedMidCommit(t *testing.T, typ string, extraConfig []string, inFlight in
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	srv, err := natsproc.Start(natsproc.Config{Servers: 1, Dir: t.TempDir(), ExtraConfig: extraConfig})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	if err := srv.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
+	srv := startNATSProcess(t, ctx, extraConfig)
 	h := newHarnessOn(t, ctx, srv.ConnectURL(), typ, 1)
 	const events, keys = 600, 7
 	out := "out." + typ
@@ -224,28 +217,8 @@ func killedMidCommit(t *testing.T, typ string, extraConfig []string, inFlight in
 	cfg.Metrics = NewMetrics(prometheus.NewRegistry())
 	a := h.start(cfg)
 
-	published := make(chan error, 1)
-	go func() {
-		for i := range events {
-			if err := h.publishUntilStored(h.js, "k"+strconv.Itoa(i%keys), "e-"+strconv.Itoa(i)); err != nil {
-				published <- err
-				return
-			}
-		}
-		published <- nil
-	}()
-	for range 3 {
-		select {
-		case n := <-kc.killed:
-			time.Sleep(300 * time.Millisecond) // NATS stays away for a while
-			if err := srv.Start(0); err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("nats-server SIGKILLed during commit %d and started again", n)
-		case <-ctx.Done():
-			t.Fatal("no commit reached its kill")
-		}
-	}
+	published := h.publishCycling(events, keys)
+	restartAfterKills(t, ctx, srv, kc.killed, 3, "commit")
 	if err := <-published; err != nil {
 		t.Fatal(err)
 	}

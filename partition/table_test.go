@@ -14,7 +14,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/eddyrt/eddy/changelog"
-	"github.com/eddyrt/eddy/internal/natsproc"
 	"github.com/eddyrt/eddy/internal/testkit"
 	"github.com/eddyrt/eddy/statestore"
 	"github.com/eddyrt/eddy/table"
@@ -281,14 +280,7 @@ func TestTableJoinSurvivesNATSKilled(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	srv, err := natsproc.Start(natsproc.Config{Servers: 1, Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	if err := srv.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
+	srv := startNATSProcess(t, ctx, nil)
 	h := newHarnessOn(t, ctx, srv.ConnectURL(), "killtbl", 1)
 	m := newJoinModel(h)
 	m.publish(400, 6)
@@ -298,18 +290,7 @@ func TestTableJoinSurvivesNATSKilled(t *testing.T) {
 	cfg.CommitTimeout = 2 * time.Second
 	cfg.Hooks.Conn = kc
 	a := h.start(cfg)
-	for range 2 {
-		select {
-		case n := <-kc.killed:
-			time.Sleep(300 * time.Millisecond) // NATS stays away for a while
-			if err := srv.Start(0); err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("nats-server SIGKILLed during commit %d and started again", n)
-		case <-ctx.Done():
-			t.Fatal("no commit reached its kill")
-		}
-	}
+	restartAfterKills(t, ctx, srv, kc.killed, 2, "commit")
 	h.waitOffset(a, 0)
 	m.check()
 	t.Logf("the actor restarted %d times", a.Restarts())

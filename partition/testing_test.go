@@ -17,6 +17,7 @@ import (
 
 	"github.com/eddyrt/eddy/actor"
 	"github.com/eddyrt/eddy/changelog"
+	"github.com/eddyrt/eddy/internal/natsproc"
 	"github.com/eddyrt/eddy/internal/natstest"
 	"github.com/eddyrt/eddy/internal/testkit"
 	"github.com/eddyrt/eddy/statestore"
@@ -321,4 +322,54 @@ func lastMeta(ctx context.Context, js jetstream.JetStream, s changelog.Subjects)
 	}
 	m, err := changelog.DecodeMeta(raw.Data)
 	return m, true, err
+}
+
+// startNATSProcess starts one nats-server process (with extraConfig lines),
+// ready, and closed when the test ends.
+func startNATSProcess(t *testing.T, ctx context.Context, extraConfig []string) *natsproc.Cluster {
+	t.Helper()
+	srv, err := natsproc.Start(natsproc.Config{Servers: 1, Dir: t.TempDir(), ExtraConfig: extraConfig})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Close() })
+	if err := srv.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return srv
+}
+
+// publishCycling publishes events for keys k0..k<keys-1> in turn, each until
+// stored (publishUntilStored), in the background; the channel gets the
+// outcome.
+func (h *harness) publishCycling(events, keys int) <-chan error {
+	published := make(chan error, 1)
+	go func() {
+		for i := range events {
+			if err := h.publishUntilStored(h.js, "k"+strconv.Itoa(i%keys), "e-"+strconv.Itoa(i)); err != nil {
+				published <- err
+				return
+			}
+		}
+		published <- nil
+	}()
+	return published
+}
+
+// restartAfterKills starts srv's server again, 300 ms after each of n kills
+// reported on killed (what was killed, for the log).
+func restartAfterKills(t *testing.T, ctx context.Context, srv *natsproc.Cluster, killed <-chan int, n int, what string) {
+	t.Helper()
+	for range n {
+		select {
+		case k := <-killed:
+			time.Sleep(300 * time.Millisecond) // NATS stays away for a while
+			if err := srv.Start(0); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("nats-server SIGKILLed during %s %d and started again", what, k)
+		case <-ctx.Done():
+			t.Fatalf("no %s reached its kill", what)
+		}
+	}
 }
