@@ -40,20 +40,27 @@ func TestOpenDoesNotLeakTheDSN(t *testing.T) {
 	}
 }
 
+// openAcct opens a pool on a fresh database with the tables of type acct.
+func openAcct(t *testing.T, ctx context.Context) *postgres.DB {
+	t.Helper()
+	db, err := postgres.Open(ctx, postgres.DefaultConfig(pgtest.DB(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	if err := db.EnsureType(ctx, "acct"); err != nil {
+		t.Fatal(err)
+	}
+	return db
+}
+
 // TestClaimFencesOlderOwners: once a newer owner claimed a partition, the
 // older owner's commits update nothing and roll back, whatever they hold;
 // a commit of an offset already committed is not applied twice.
 func TestClaimFencesOlderOwners(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	db, err := postgres.Open(ctx, postgres.DefaultConfig(pgtest.DB(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if err := db.EnsureType(ctx, "acct"); err != nil {
-		t.Fatal(err)
-	}
+	db := openAcct(t, ctx)
 	created := time.Now()
 	claim := func(epoch uint64, owner string) (*postgres.Partition, postgres.Position, bool) {
 		pt := db.Partition("acct", 3)
@@ -107,14 +114,7 @@ func TestClaimFencesOlderOwners(t *testing.T) {
 func TestPrefetchReadsWhatIsThere(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	db, err := postgres.Open(ctx, postgres.DefaultConfig(pgtest.DB(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if err := db.EnsureType(ctx, "acct"); err != nil {
-		t.Fatal(err)
-	}
+	db := openAcct(t, ctx)
 	created := time.Now()
 	a := db.Partition("acct", 0)
 	if _, ok, err := a.Claim(ctx, postgres.Claim{Epoch: 1, Owner: "A", InputStream: "acct", InputCreated: created}); err != nil || !ok {
