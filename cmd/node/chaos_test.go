@@ -19,6 +19,7 @@ import (
 	"github.com/eddyrt/eddy/changelog"
 	"github.com/eddyrt/eddy/internal/natsproc"
 	"github.com/eddyrt/eddy/internal/pgtest"
+	"github.com/eddyrt/eddy/internal/workload"
 )
 
 // The NATS chaos test's knobs, from the environment.
@@ -155,7 +156,7 @@ type chaos struct {
 	pc        *procCluster
 	ids       []string
 	rng       *rand.Rand
-	prod      *chaosProducer
+	prod      *workload.Producer
 	wordcount bool
 	ctx       context.Context
 	began     time.Time
@@ -219,14 +220,14 @@ func startChaos(t *testing.T, name string, servers int, seed uint64, wordcount b
 		lineRate = chaosLineRate
 	}
 	var err error
-	if c.prod, err = newChaosProducer(pc.natsURL, pc.Partitions, seed, chaosBankRate, lineRate); err != nil {
+	if c.prod, err = workload.NewProducer(pc.natsURL, pc.Partitions, seed, chaosBankRate, lineRate); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.prod.fund(ctx); err != nil {
+	if err := c.prod.Fund(ctx); err != nil {
 		c.fatalf("funding: %v", err)
 	}
-	c.prod.start(ctx)
-	t.Cleanup(func() { _ = c.prod.stopAndWait() })
+	c.prod.Start(ctx)
+	t.Cleanup(func() { _ = c.prod.StopAndWait() })
 	c.began = time.Now()
 	return c
 }
@@ -300,7 +301,7 @@ func (c *chaos) run(schedule []faultKind, long time.Duration) {
 			c.leaveNode()
 		}
 		c.faults[k]++
-		c.t.Logf("fault %d (%s) over in %v; %d events published so far", i+1, k, time.Since(start).Round(time.Millisecond), c.prod.events())
+		c.t.Logf("fault %d (%s) over in %v; %d events published so far", i+1, k, time.Since(start).Round(time.Millisecond), c.prod.Events())
 	}
 }
 
@@ -561,13 +562,17 @@ func (c *chaos) leaveNode() {
 func (c *chaos) finish() {
 	t := c.t
 	loadFor := time.Since(c.began)
-	if err := c.prod.stopAndWait(); err != nil {
+	if err := c.prod.StopAndWait(); err != nil {
 		c.fatalf("producer: %v", err)
 	}
-	m := c.prod.snapshot()
+	m := c.prod.Snapshot()
 	c.settle(c.ids, "the last fault")
-	st := waitChaosCaughtUp(c.ctx, t, c.pc, c.ids, c.prod, m, c.wordcount, chaosCatchUpIn)
-	violations := checkChaos(c.ctx, t, c.pc, st, m, c.wordcount)
+	st := workload.WaitCaughtUp(c.ctx, t, c.pc.stateGetter(c.ids), c.prod, m, c.wordcount, chaosCatchUpIn)
+	js, err := jetstream.New(c.pc.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	violations := workload.Check(c.ctx, t, js, st, m, c.wordcount)
 
 	var faults []string
 	for k := range faultKinds {
@@ -577,8 +582,8 @@ func (c *chaos) finish() {
 	}
 	t.Logf("faults: %s", strings.Join(faults, ", "))
 	t.Logf("published in %v: %d events, %.0f/s (%d deposits, %d transfers, %d lines of %d words); %d publish attempts retried, %d of them stored before (duplicate acks); slowest ack %v",
-		loadFor.Round(time.Second), m.events(), float64(m.events())/loadFor.Seconds(), m.deposits, m.transfers, m.lines, m.wordsSent,
-		c.prod.retried.Load(), c.prod.duplicates.Load(), time.Duration(c.prod.slowest.Load()).Round(time.Millisecond))
+		loadFor.Round(time.Second), m.Events(), float64(m.Events())/loadFor.Seconds(), m.Deposits, m.Transfers, m.Lines, m.WordsSent,
+		c.prod.Retried(), c.prod.Duplicates(), c.prod.Slowest().Round(time.Millisecond))
 	t.Logf("violations: %d", violations)
 	if len(c.natsBack) > 0 {
 		t.Logf("nats-server restarted, accepting connections -> every partition committed: p50 %v, p99 %v over %d kills %v",
