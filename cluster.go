@@ -44,6 +44,7 @@ func (n *Node) startCluster(ctx context.Context) error {
 	}
 	n.mu.Lock()
 	n.cl = cl
+	n.stopDataPlane = n.watchDataPlane(cl, n.nc)
 	n.mu.Unlock()
 	n.log.Info("joining the cluster", "gossip", cl.GossipAddr(), "raft", cl.RaftAddr(), "join", n.cfg.Join)
 	for _, name := range n.order {
@@ -65,10 +66,14 @@ func (n *Node) startCluster(ctx context.Context) error {
 // n.mu is not held.
 func (n *Node) stopCluster(leave time.Duration) error {
 	n.mu.Lock()
-	cl, r := n.cl, n.rec
+	cl, r, stopDataPlane := n.cl, n.rec, n.stopDataPlane
+	n.stopDataPlane = nil
 	n.mu.Unlock()
 	if cl == nil {
 		return nil
+	}
+	if stopDataPlane != nil {
+		stopDataPlane()
 	}
 	var err error
 	if leave > 0 {

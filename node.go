@@ -76,7 +76,9 @@ type Node struct {
 	// Cluster mode.
 	cl      *cluster.Cluster
 	ctlSubs []*nats.Subscription
-	wg      sync.WaitGroup // control request handlers
+	// stopDataPlane ends the watch of the NATS connection (watchDataPlane).
+	stopDataPlane func()
+	wg            sync.WaitGroup // control request handlers
 }
 
 // NewNode returns a node for cfg; register actor types, then Start it.

@@ -67,6 +67,9 @@ type MemberStatus struct {
 	Raft     string `json:"raft,omitempty"`
 	HTTP     string `json:"http,omitempty"`
 	Assigned string `json:"assigned,omitempty"` // the assignor's view: alive, left or dead
+	// NATS is "down" while the member reports its NATS connection lost
+	// (its partitions move to nodes that reach NATS), empty otherwise.
+	NATS string `json:"nats,omitempty"`
 }
 
 // AssignmentStatus is where one partition runs, and how its partition
@@ -121,6 +124,9 @@ func (n *Node) Cluster(ctx context.Context) (ClusterStatus, error) {
 	st.Leader, _ = cl.Leader()
 	for _, mb := range cl.Members() {
 		ms := MemberStatus{ID: mb.ID, State: mb.State.String(), Zone: mb.Meta.Zone, Gossip: mb.Addr, Raft: mb.Meta.RaftAddr, HTTP: mb.Meta.HTTPAddr}
+		if mb.Meta.DataPlaneDown {
+			ms.NATS = "down"
+		}
 		if ni, ok := m.Node(mb.ID); ok {
 			ms.Assigned = ni.State.String()
 		}

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -53,6 +54,14 @@ type Config struct {
 	// the assignment's node list before the leader removes it. Its partitions
 	// move at once: the grace only delays forgetting the node.
 	DeadGrace time.Duration
+	// DataPlaneGrace is how long a live node may report its data plane down
+	// (NodeMeta.DataPlaneDown) before the leader records it down and its
+	// partitions fail over, provided another live node reports its own data
+	// plane up: when every node has lost NATS, nothing moves. It rides out a
+	// reconnection to another server of the NATS cluster (~0.1 s) and the
+	// spread of one outage's detection across the nodes (their pings are
+	// not in step).
+	DataPlaneGrace time.Duration
 	// Assignor tunes Plan.
 	Assignor AssignorConfig
 	// Forward carries a command a follower sends to the leader (lag reports
@@ -77,6 +86,7 @@ func DefaultConfig() Config {
 		BootstrapSettle: r.BootstrapSettle,
 		MaxVoters:       r.MaxVoters,
 		DeadGrace:       r.DeadGrace,
+		DataPlaneGrace:  time.Second,
 		Assignor:        DefaultAssignorConfig(),
 	}
 }
@@ -93,6 +103,9 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Assignor.Validate(); err != nil {
 		return err
+	}
+	if c.DataPlaneGrace <= 0 {
+		return fmt.Errorf("cluster: config: data plane grace %v: must be positive", c.DataPlaneGrace)
 	}
 	return nil
 }
@@ -369,6 +382,14 @@ func (c *Cluster) ApplyForwarded(b []byte) error {
 	return err
 }
 
+// SetDataPlaneDown tells the cluster whether this node has lost its data
+// plane (NATS): it gossips NodeMeta.DataPlaneDown, and the leader fails the
+// node's partitions over once it has been down for Config.DataPlaneGrace
+// while another node's is up. It does not wait for the others to hear it.
+func (c *Cluster) SetDataPlaneDown(down bool) error {
+	return c.gossip.UpdateMeta(func(m *NodeMeta) { m.DataPlaneDown = down }, 0)
+}
+
 // IsLeader reports whether this node leads (and runs the assignor) now.
 func (c *Cluster) IsLeader() bool { return c.raft.IsLeader() }
 
@@ -389,35 +410,69 @@ func (c *Cluster) Shutdown() error {
 // Leave leaves the cluster gracefully within timeout: it announces the
 // leave, so that the leader moves this node's active partitions away, waits
 // until the assignment shows none on this node (or the timeout, or no other
-// node is alive to take them), leaves
-// gossip and shuts down. The returned error says if the actives did not
-// move in time; the node has shut down either way.
+// node stays to take them: every other node is gone or leaving too, as
+// when a whole cluster is stopped at once), leaves gossip and shuts down.
+// The returned error says if the actives did not move in time while
+// another node stayed; the node has shut down either way.
 func (c *Cluster) Leave(timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
-	defer cancel()
 	var errs []error
 	if err := c.gossip.AnnounceLeave(timeout / 4); err != nil {
 		c.log.Warn("leave announcement not confirmed; waiting for gossip to spread it", "err", err)
 	}
-	alone := false
-	_, err := c.fsm.Wait(ctx, func(m Model) bool {
-		alone = !slices.ContainsFunc(m.Nodes, func(n NodeInfo) bool { return n.Alive() && n.ID != c.cfg.NodeID })
-		return alone || len(m.ActiveOn(c.cfg.NodeID)) == 0
-	})
-	switch {
-	case err == nil && alone:
-		c.log.Info("no other node is alive to take this node's partitions; leaving")
+	switch why, err := c.awaitActivesMoved(deadline); {
 	case err != nil:
-		errs = append(errs, fmt.Errorf("cluster: leave: actives still on this node: %w", err))
+		errs = append(errs, fmt.Errorf("cluster: leave: %w", err))
 	default:
-		c.log.Info("no active partition left on this node; leaving")
+		c.log.Info(why + "; leaving")
 	}
 	if err := c.gossip.Leave(max(time.Until(deadline), 500*time.Millisecond)); err != nil {
 		errs = append(errs, err)
 	}
 	errs = append(errs, c.Shutdown())
 	return errors.Join(errs...)
+}
+
+// leaveCheck is how often a leaving node looks at gossip for nodes that
+// stay (the assignment's changes wake it at once).
+const leaveCheck = 100 * time.Millisecond
+
+// awaitActivesMoved waits until the assignment shows no active partition on
+// this node, or no other node stays to take them, or deadline; it says
+// which, or fails at the deadline.
+func (c *Cluster) awaitActivesMoved(deadline time.Time) (string, error) {
+	changes, unsubscribe := c.fsm.Subscribe()
+	defer unsubscribe()
+	timeout := time.NewTimer(time.Until(deadline))
+	defer timeout.Stop()
+	tick := time.NewTicker(leaveCheck)
+	defer tick.Stop()
+	for {
+		m := c.fsm.Assignment()
+		actives := len(m.ActiveOn(c.cfg.NodeID))
+		if actives == 0 {
+			return "no active partition left on this node", nil
+		}
+		if !c.othersStay(m) {
+			return "no other node stays to take this node's partitions", nil
+		}
+		select {
+		case <-changes:
+		case <-tick.C:
+		case <-timeout.C:
+			return "", fmt.Errorf("%d actives still on this node: %w", actives, context.DeadlineExceeded)
+		}
+	}
+}
+
+// othersStay reports whether another node is alive in assignment m and
+// alive, not leaving, in gossip: one that can take partitions.
+func (c *Cluster) othersStay(m Model) bool {
+	staying := make(map[string]bool)
+	for _, mb := range c.gossip.Members() {
+		staying[mb.ID] = mb.State == MemberAlive
+	}
+	return slices.ContainsFunc(m.Nodes, func(n NodeInfo) bool { return n.Alive() && n.ID != c.cfg.NodeID && staying[n.ID] })
 }
 
 // followLeadership runs the assignor loop while this node leads.
@@ -485,10 +540,16 @@ func (c *Cluster) leaderLoop(done <-chan struct{}) {
 	defer cancelFSM()
 	tick := time.NewTicker(assignEvery)
 	defer tick.Stop()
-	lp := &leaderPass{c: c, unknownSince: make(map[string]time.Time), suspects: make(map[string]bool), refused: make(map[string]uint64)}
+	lp := &leaderPass{c: c, unknownSince: make(map[string]time.Time), suspects: make(map[string]bool), refused: make(map[string]uint64),
+		dataDownSince: make(map[string]time.Time)}
 	for {
 		lp.run()
+		var wake <-chan time.Time
+		if lp.wake > 0 {
+			wake = time.After(lp.wake)
+		}
 		select {
+		case <-wake:
 		case <-done:
 			return
 		case _, ok := <-events:
@@ -512,6 +573,10 @@ type leaderPass struct {
 	unknownSince map[string]time.Time // alive in the assignment, unknown to gossip, since
 	suspects     map[string]bool      // nodes a Raft heartbeat to failed, to probe
 	refused      map[string]uint64    // nodes found gone by probing: the incarnation found gone
+	// dataDownSince: live members reporting their data plane down, since
+	// when (this leader's clock).
+	dataDownSince map[string]time.Time
+	wake          time.Duration // run again this soon (0: on the next event or tick)
 }
 
 // probeTimeout bounds the connection attempt that tells a crashed process
@@ -553,6 +618,7 @@ func (lp *leaderPass) run() {
 	if !c.raft.IsLeader() {
 		return
 	}
+	lp.wake = 0
 	m := c.fsm.Assignment()
 
 	c.typesMu.Lock()
@@ -584,10 +650,19 @@ func (lp *leaderPass) run() {
 		if inc, ok := lp.refused[mb.ID]; ok && (mb.State != MemberAlive || mb.Meta.Incarnation != inc) {
 			delete(lp.refused, mb.ID) // gossip caught up, or the node restarted
 		}
+		if mb.State != MemberAlive || !mb.Meta.DataPlaneDown {
+			delete(lp.dataDownSince, mb.ID)
+		} else if _, ok := lp.dataDownSince[mb.ID]; !ok {
+			lp.dataDownSince[mb.ID] = now
+			lp.c.log.Warn("a node reports its data plane (NATS) down", "member", mb.ID, "grace", lp.c.cfg.DataPlaneGrace)
+		}
 		switch mb.State {
 		case MemberAlive:
 			if _, gone := lp.refused[mb.ID]; gone {
 				continue // gossip has not seen this process die yet
+			}
+			if mb.Meta.DataPlaneDown && known && !n.Alive() {
+				continue // it comes back once its data plane is up
 			}
 			up := NodeUp{ID: mb.ID, Zone: mb.Meta.Zone, RaftAddr: mb.Meta.RaftAddr, HTTPAddr: mb.Meta.HTTPAddr, Incarnation: mb.Meta.Incarnation}
 			if mb.Meta.RaftAddr == "" {
@@ -642,9 +717,49 @@ func (lp *leaderPass) run() {
 		}
 	}
 
+	for id := range lp.dataDownSince {
+		if _, ok := byID[id]; !ok {
+			delete(lp.dataDownSince, id)
+		}
+	}
+	m = c.fsm.Assignment()
+	lp.dataPlaneDown(m, byID, now)
 	m = c.fsm.Assignment()
 	lp.forget(m, byID, now)
 	lp.assign()
+}
+
+// dataPlaneDown records down each live node that has reported its data
+// plane down for Config.DataPlaneGrace, while another live node reports its
+// own up: the node's partitions then fail over to nodes that can commit,
+// as if it had crashed (the new owners' epochs fence it should it reach
+// NATS again with a commit in hand). It stays in gossip and Raft, and comes
+// back as a node once its data plane is up. When no live node reports its
+// data plane up, NATS itself is away: nothing moves, and every partition
+// retries where it is.
+func (lp *leaderPass) dataPlaneDown(m Model, byID map[string]Member, now time.Time) {
+	var up string // a live node whose data plane is up
+	for _, mb := range byID {
+		if n, ok := m.Node(mb.ID); ok && n.Alive() && mb.State == MemberAlive && !mb.Meta.DataPlaneDown {
+			up = mb.ID
+			break
+		}
+	}
+	for id, since := range lp.dataDownSince {
+		n, ok := m.Node(id)
+		if !ok || !n.Alive() {
+			continue
+		}
+		if wait := since.Add(lp.c.cfg.DataPlaneGrace).Sub(now); wait > 0 {
+			lp.wake = min(cmp.Or(lp.wake, wait), wait)
+			continue
+		}
+		if up == "" {
+			continue
+		}
+		lp.apply(NodeDown{ID: id}, "node down", "member", id,
+			"why", fmt.Sprintf("its data plane (NATS) is down for %v while %s's is up", now.Sub(since).Round(time.Millisecond), up))
+	}
 }
 
 // forget drops gone nodes that hold nothing once they are past DeadGrace.

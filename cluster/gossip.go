@@ -66,6 +66,11 @@ type NodeMeta struct {
 	// the others tell a graceful leave from a crash (memberlist reports both
 	// alike) and can move work away first.
 	Leaving bool `msgpack:"lv,omitempty"`
+	// DataPlaneDown is set while the node has lost its connection to the data
+	// plane (NATS) and not got it back (Cluster.SetDataPlaneDown). Its
+	// partitions cannot commit there; the assignor moves them to nodes that
+	// can, when some can (see Config.DataPlaneGrace).
+	DataPlaneDown bool `msgpack:"dd,omitempty"`
 	// Incarnation identifies this run of the node's process: StartGossip sets
 	// it (unless the config sets one) to the start time in Unix nanoseconds, so
 	// that a restarted node, same id and data dir, announces a greater one. The
@@ -354,7 +359,78 @@ func StartGossip(cfg GossipConfig) (*Gossip, error) {
 		g.wg.Add(1)
 		go g.joinLoop(seeds)
 	}
+	g.wg.Go(g.reconnectLoop)
 	return g, nil
+}
+
+// Reconnecting to members declared dead.
+const (
+	// reconnectEvery is how often a node tries the members it holds dead.
+	reconnectEvery = 2 * time.Second
+	// reconnectDial bounds the TCP connection attempt that tells whether a
+	// member declared dead answers again, before memberlist's join (whose
+	// own connection timeout, 10 s, would hold up Shutdown) is asked to
+	// exchange state with it.
+	reconnectDial = 500 * time.Millisecond
+)
+
+// reconnectLoop heals a network partition. Memberlist stops gossiping to a
+// member it declared dead after GossipToTheDeadTime (30 s) and never
+// exchanges state with it, so after a longer partition both sides would
+// hold each other dead for good. Every reconnectEvery this node tries the
+// members it holds dead (not those that left); one that answers gets a
+// state exchange, which makes whichever side was declared dead refute it.
+// A crashed member costs a refused connection every 2 s until it is
+// forgotten. It starts once the node has joined and stops with Shutdown,
+// or after Leave.
+func (g *Gossip) reconnectLoop() {
+	select {
+	case <-g.joined:
+	case <-g.stop:
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-g.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	tick := time.NewTicker(reconnectEvery)
+	defer tick.Stop()
+	d := net.Dialer{Timeout: reconnectDial}
+	for {
+		select {
+		case <-g.stop:
+			return
+		case <-tick.C:
+		}
+		if g.left.Load() {
+			return
+		}
+		var dead []Member
+		g.mu.Lock()
+		for _, m := range g.members {
+			if m.State == MemberDead && m.ID != g.cfg.NodeID {
+				dead = append(dead, *m)
+			}
+		}
+		g.mu.Unlock()
+		for _, m := range dead {
+			conn, err := d.DialContext(ctx, "tcp", m.Addr)
+			if err != nil {
+				continue
+			}
+			conn.Close()
+			if n, err := g.ml.Join([]string{m.Addr}); n > 0 {
+				g.log.Info("a member declared dead answers again: state exchanged", "member", m.ID, "addr", m.Addr)
+			} else {
+				g.log.Debug("a member declared dead accepts connections but no state exchange", "member", m.ID, "err", err)
+			}
+		}
+	}
 }
 
 // seeds is the seed list without this node's own address.

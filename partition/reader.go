@@ -154,16 +154,39 @@ func (a *partitionActor) checkStall(ctx context.Context, p *readerProgress) erro
 	return a.restartReader(ctx)
 }
 
-// stopReader stops the reader and waits for it. Stopping the iterator, not
-// only cancelling the reader's context, ends a Next that is recreating a
-// lost consumer (nats.go retries that with its own timeouts).
+// readerStopWait bounds how long stopReader waits for the reader's
+// goroutines to end.
+const readerStopWait = 500 * time.Millisecond
+
+// stopReader stops the reader and waits for it, readerStopWait at most.
+// Stopping the iterator, not only cancelling the reader's context, ends a
+// Next that is recreating a lost consumer (nats.go retries that with its
+// own timeouts). But nats.go holds the iterator's lock across that
+// consumer request, 10 s at most, and Stop waits for the lock: after a
+// connection lost and back, the request in flight went out on the dead
+// connection and waits out its timeout. The actor does not wait that long
+// (the store it closes next is what a hot replica or the next owner on
+// this node waits for): Stop is left to run, and the reader's goroutines
+// end when the request does. A batch they still deliver is dropped: it is
+// from an incarnation that has ended.
 func (a *partitionActor) stopReader() {
 	if a.readerCancel == nil {
 		return
 	}
 	a.readerCancel()
-	a.readerIt.Stop()
-	<-a.readerDone
+	stopped := make(chan struct{})
+	go func() {
+		a.readerIt.Stop()
+		close(stopped)
+	}()
+	wait := time.NewTimer(readerStopWait)
+	defer wait.Stop()
+	select {
+	case <-a.readerDone:
+		<-stopped // Stop returns once Next has
+	case <-wait.C:
+		a.log.Info("the input reader is re-creating its consumer in nats.go; it stops once that request ends", "waited", readerStopWait)
+	}
 	a.readerCancel, a.readerDone, a.readerIt, a.readerProgress = nil, nil, nil, nil
 }
 
