@@ -49,11 +49,11 @@ func (n *Node) connect(ctx context.Context) error {
 		nats.ReconnectBufSize(-1),
 		// A server cut off by the network sends no reset: without pings the
 		// connection looks alive for minutes (nats.go's default: a ping every
-		// 2 min) while no commit gets through. A ping every 750 ms, and the
+		// 2 min) while no commit gets through. A ping every 500 ms, and the
 		// connection is given up after 3 unanswered, so the node moves to
 		// another server of the URL list, or tells the cluster it lost NATS
-		// (watchDataPlane), within about 3 s. Pings are a few bytes.
-		nats.PingInterval(750 * time.Millisecond),
+		// (watchDataPlane), within about 2 s. Pings are a few bytes.
+		nats.PingInterval(500 * time.Millisecond),
 		nats.MaxPingsOutstanding(3),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil { // nil: the node closed the connection itself

@@ -756,7 +756,15 @@ func (g *Gossip) Leave(timeout time.Duration) error {
 	g.metaMu.Lock() // no metadata update may re-advertise this node once it leaves
 	g.left.Store(true)
 	g.metaMu.Unlock()
-	if err := g.ml.Leave(max(time.Until(deadline), time.Millisecond)); err != nil {
+	wait := max(time.Until(deadline), time.Millisecond)
+	if !g.othersStay() {
+		// Every other member is leaving or gone (a whole cluster stopped at
+		// once): memberlist's leave message would wait for a gossip round
+		// that no member is left to receive, to the end of the timeout,
+		// and the others know from the announcement anyway.
+		wait = min(wait, leaveAlone)
+	}
+	if err := g.ml.Leave(wait); err != nil {
 		if announceErr == nil {
 			// memberlist never reports a leave message its queue dropped
 			// (hashicorp/memberlist#263); the announcement covers it.
@@ -766,6 +774,21 @@ func (g *Gossip) Leave(timeout time.Duration) error {
 		return fmt.Errorf("cluster: gossip leave: %w", err)
 	}
 	return nil
+}
+
+// leaveAlone bounds memberlist's leave when no other member stays.
+const leaveAlone = 500 * time.Millisecond
+
+// othersStay reports whether another member is alive and not leaving.
+func (g *Gossip) othersStay() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, m := range g.members {
+		if m.ID != g.cfg.NodeID && m.State == MemberAlive {
+			return true
+		}
+	}
+	return false
 }
 
 // Shutdown stops gossip at once, without a Leave: the others will find this
