@@ -757,12 +757,14 @@ func (g *Gossip) Leave(timeout time.Duration) error {
 	g.left.Store(true)
 	g.metaMu.Unlock()
 	wait := max(time.Until(deadline), time.Millisecond)
-	if !g.othersStay() {
-		// Every other member is leaving or gone (a whole cluster stopped at
-		// once): memberlist's leave message would wait for a gossip round
-		// that no member is left to receive, to the end of the timeout,
-		// and the others know from the announcement anyway.
-		wait = min(wait, leaveAlone)
+	if announceErr == nil || !g.othersStay() {
+		// The others know from the announcement that this node leaves (or
+		// no other member stays: a whole cluster stopped at once), and a
+		// member that misses the leave message counts this node left when
+		// it stops answering. memberlist waits for its leave message to go
+		// out in a gossip round, which never comes once the others have
+		// left too: it would wait out the whole timeout.
+		wait = min(wait, leaveBroadcastWait)
 	}
 	if err := g.ml.Leave(wait); err != nil {
 		if announceErr == nil {
@@ -776,8 +778,9 @@ func (g *Gossip) Leave(timeout time.Duration) error {
 	return nil
 }
 
-// leaveAlone bounds memberlist's leave when no other member stays.
-const leaveAlone = 500 * time.Millisecond
+// leaveBroadcastWait bounds the wait for memberlist's leave message once
+// the others know this node leaves.
+const leaveBroadcastWait = time.Second
 
 // othersStay reports whether another member is alive and not leaving.
 func (g *Gossip) othersStay() bool {

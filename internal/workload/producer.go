@@ -85,10 +85,11 @@ type Producer struct {
 // connection fails publishes at once while it is disconnected instead of
 // buffering them, and reconnects every 100 ms, so that an event is
 // published again as soon as NATS is back rather than when an attempt
-// buffered meanwhile times out.
-func NewProducer(url string, partitions int, seed uint64, bankRate, lineRate float64) (*Producer, error) {
-	nc, err := nats.Connect(url, nats.Name("eddy chaos producer"), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond),
-		nats.ReconnectBufSize(-1), nats.RetryOnFailedConnect(true))
+// buffered meanwhile times out. opts are added to the connection's (pings,
+// for a server that may be cut off without a reset).
+func NewProducer(url string, partitions int, seed uint64, bankRate, lineRate float64, opts ...nats.Option) (*Producer, error) {
+	nc, err := nats.Connect(url, append([]nats.Option{nats.Name("eddy chaos producer"), nats.MaxReconnects(-1),
+		nats.ReconnectWait(100 * time.Millisecond), nats.ReconnectBufSize(-1), nats.RetryOnFailedConnect(true)}, opts...)...)
 	if err != nil {
 		return nil, err
 	}

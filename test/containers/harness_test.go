@@ -143,6 +143,38 @@ func (n network) ip(host int) string { return n.prefix + fmt.Sprint(host) }
 type container struct {
 	name string
 	ips  map[*network]string
+
+	mu  sync.Mutex
+	cut map[*network]bool // networks it is disconnected from
+}
+
+// isCut reports whether n is disconnected from net.
+func (n *container) isCut(net *network) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.cut[net]
+}
+
+// isolated reports whether n is disconnected from any of its networks: its
+// view of the cluster may be stale.
+func (n *container) isolated() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, cut := range n.cut {
+		if cut {
+			return true
+		}
+	}
+	return false
+}
+
+func (n *container) setCut(net *network, cut bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cut == nil {
+		n.cut = map[*network]bool{}
+	}
+	n.cut[net] = cut
 }
 
 // dockerCluster is the deployment of compose.yaml under test: nats[i] and
@@ -215,7 +247,7 @@ func newDockerCluster(t *testing.T, partitions int) *dockerCluster {
 	for i, n := range c.nodes {
 		ip := n.ips[c.control]
 		c.create(n, "eddy-node:dev", "run", "--node-id", fmt.Sprintf("n%d", i+1), "--zone", string(rune('a'+i)),
-			"--data-dir", "/data", "--http", "0.0.0.0:8080", "--app", "bank", "--partitions", fmt.Sprint(partitions),
+			"--data-dir", "/data", "--http", "0.0.0.0:8080", "--app", "bank,wordcount", "--partitions", fmt.Sprint(partitions),
 			"--stream-replicas", "3", "--nats", strings.Join(natsURLs, ","), "--gossip", ip+":7946", "--raft", ip+":8300",
 			"--expect", "3", "--join", strings.Join(join, ","))
 	}
@@ -290,12 +322,14 @@ func (c *dockerCluster) startNodes() {
 func (c *dockerCluster) disconnect(n *container, net *network) {
 	c.t.Helper()
 	mustDocker(c.t, "network", "disconnect", net.name, n.name)
+	n.setCut(net, true)
 }
 
 // reconnect connects container n to network net again, at its address.
 func (c *dockerCluster) reconnect(n *container, net *network) {
 	c.t.Helper()
 	mustDocker(c.t, "network", "connect", "--ip", n.ips[net], net.name, n.name)
+	n.setCut(net, false)
 }
 
 // kill SIGKILLs container n.
@@ -404,8 +438,15 @@ func (c *dockerCluster) waitFor(timeout time.Duration, what string, cond func(co
 
 // HTTP.
 
-// nodeURL is node n's HTTP API, on the control network.
-func (c *dockerCluster) nodeURL(n *container) string { return "http://" + n.ips[c.control] + ":8080" }
+// nodeURL is node n's HTTP API, on the control network, or on the data
+// network while n is cut off the control network (the test's host is on
+// both).
+func (c *dockerCluster) nodeURL(n *container) string {
+	if n.isCut(c.control) {
+		return "http://" + n.ips[c.data] + ":8080"
+	}
+	return "http://" + n.ips[c.control] + ":8080"
+}
 
 func (c *dockerCluster) clusterStatus(ctx context.Context, n *container) (eddy.ClusterStatus, error) {
 	var st eddy.ClusterStatus

@@ -11,10 +11,13 @@ import (
 	"time"
 )
 
-// progress samples /v1/cluster every 250 ms, from the first node that
-// answers, and keeps each partition's last commit and the longest interval
-// between two of its successive commits it saw (a gap longer than the
-// sampling period is seen as such; a shorter one shows as at most ~250 ms).
+// progress samples, every 250 ms, the partition actors of every node that
+// is not cut off (/v1/status: each node's own, with no request to the
+// others), and keeps each partition's last commit, the latest any node
+// reports, and the longest interval between two of its successive commits
+// it saw. A gap longer than the sampling period is seen as such; a shorter
+// one shows as at most ~250 ms. A node that does not answer within a
+// second is left out of that sample; the others still count.
 type progress struct {
 	c *dockerCluster
 
@@ -47,25 +50,40 @@ func watchProgress(c *dockerCluster) *progress {
 }
 
 func (w *progress) sample(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	latest := map[string]time.Time{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
 	for _, n := range w.c.nodes {
-		ctx, cancel := context.WithTimeout(ctx, time.Second)
-		st, err := w.c.clusterStatus(ctx, n)
-		cancel()
-		if err != nil {
-			continue
+		if n.isolated() {
+			continue // its actors may be zombies until they try to commit
 		}
-		w.mu.Lock()
-		for _, p := range st.Partitions {
-			k := fmt.Sprintf("%s/%d", p.Type, p.Partition)
-			if prev := w.last[k]; p.LastCommit.After(prev) {
-				if !prev.IsZero() {
-					w.gap[k] = max(w.gap[k], p.LastCommit.Sub(prev))
-				}
-				w.last[k] = p.LastCommit
+		wg.Go(func() {
+			st, err := w.c.nodeStatus(ctx, n)
+			if err != nil {
+				return
 			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, p := range st {
+				k := fmt.Sprintf("%s/%d", p.Type, p.Partition)
+				if p.LastCommit.After(latest[k]) {
+					latest[k] = p.LastCommit
+				}
+			}
+		})
+	}
+	wg.Wait()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for k, last := range latest {
+		if prev := w.last[k]; last.After(prev) {
+			if !prev.IsZero() {
+				w.gap[k] = max(w.gap[k], last.Sub(prev))
+			}
+			w.last[k] = last
 		}
-		w.mu.Unlock()
-		return
 	}
 }
 
@@ -85,8 +103,9 @@ func (w *progress) committedSince(t time.Time) error {
 }
 
 // gaps returns the longest interval between commits of each partition seen
-// since the last call, and starts over.
-func (w *progress) gaps() string {
+// since the last call, and the longest of them with its partition, and
+// starts over.
+func (w *progress) gaps() (each string, longest time.Duration, of string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var ks []string
@@ -97,7 +116,10 @@ func (w *progress) gaps() string {
 	var b strings.Builder
 	for _, k := range ks {
 		fmt.Fprintf(&b, " %s %v", k, w.gap[k].Round(10*time.Millisecond))
+		if w.gap[k] > longest {
+			longest, of = w.gap[k], k
+		}
 	}
 	clear(w.gap)
-	return strings.TrimSpace(b.String())
+	return strings.TrimSpace(b.String()), longest, of
 }
