@@ -9,9 +9,10 @@
 //
 //	go test -tags containers -count=1 -v ./test/containers/...
 //
-// Everything the tests create carries the label com.eddyrt.eddy=test and is
-// removed at the end, and at the start of the next run if a run died
-// before its clean-up. Two runs at once on one Docker daemon would remove
+// Everything the tests create (containers, networks, volumes, and the
+// images eddy-node:test and eddy-nats:test) carries the label
+// com.eddyrt.eddy=test and is removed at the end, and at the start of the
+// next run if a run died before its clean-up. Two runs at once on one Docker daemon would remove
 // each other's containers.
 package containers
 
@@ -27,6 +28,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -56,9 +58,20 @@ var (
 	buildErr  error
 )
 
-// requireDocker skips the test when there is no Docker to run it on, builds
-// the images once per test binary (unless EDDY_CONTAINERS_NO_BUILD=1) and
-// removes what an earlier run left.
+// imageTag is the tag of the images the tests build and run
+// (containers/build with EDDY_IMAGE_TAG), labelled as the tests' and
+// removed with the rest: the images docker-compose runs (tag dev) are left
+// alone.
+const imageTag = "test"
+
+// keepImages (EDDY_CONTAINERS_KEEP_IMAGES=1) keeps the images at the end,
+// and runs those an earlier run kept instead of building them again: for
+// quicker runs while working on the tests (not on eddy).
+var keepImages = os.Getenv("EDDY_CONTAINERS_KEEP_IMAGES") == "1"
+
+// requireDocker skips the test when there is no Docker to run it on,
+// removes what an earlier run left and builds the images, once per test
+// binary.
 func requireDocker(t *testing.T) {
 	t.Helper()
 	if _, err := exec.LookPath("docker"); err != nil {
@@ -69,16 +82,19 @@ func requireDocker(t *testing.T) {
 	}
 	buildOnce.Do(func() {
 		removeLabelled(t)
-		if os.Getenv("EDDY_CONTAINERS_NO_BUILD") == "1" {
+		if _, err := docker("image", "inspect", "eddy-node:"+imageTag, "eddy-nats:"+imageTag); err == nil && keepImages {
+			t.Logf("containers: running the images kept by an earlier run (EDDY_CONTAINERS_KEEP_IMAGES=1)")
 			return
 		}
 		start := time.Now()
-		out, err := exec.Command("../../containers/build").CombinedOutput()
+		cmd := exec.Command("../../containers/build")
+		cmd.Env = append(os.Environ(), "EDDY_IMAGE_TAG="+imageTag, "EDDY_IMAGE_LABEL=test")
+		out, err := cmd.CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("containers/build: %v\n%s", err, out)
 			return
 		}
-		t.Logf("containers/build: images built in %v", time.Since(start).Round(time.Second))
+		t.Logf("containers/build: images eddy-node:%s and eddy-nats:%s built in %v", imageTag, imageTag, time.Since(start).Round(time.Second))
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)
@@ -106,29 +122,56 @@ func mustDocker(t *testing.T, args ...string) string {
 }
 
 // removeLabelled removes every container, network and volume labelled as
-// the tests' (in that order: a network or volume in use cannot go).
+// the tests' (in that order: what is in use cannot go).
 func removeLabelled(t *testing.T) {
 	t.Helper()
 	for _, kind := range []string{"container", "network", "volume"} {
-		args := []string{kind, "ls", "-q", "--filter", "label=" + label}
-		if kind == "container" {
-			args = []string{"ps", "-aq", "--filter", "label=" + label}
-		}
-		out, err := docker(args...)
-		if err != nil {
+		if err := removeKind(kind); err != nil {
 			t.Logf("clean-up: %v", err)
-			continue
 		}
-		if ids := strings.Fields(out); len(ids) > 0 {
-			rm := []string{kind, "rm"}
-			if kind == "container" {
-				rm = append(rm, "-f", "-v")
-			}
-			if _, err := docker(append(rm, ids...)...); err != nil {
-				t.Logf("clean-up: %v", err)
+	}
+}
+
+// removeKind removes every container, network, volume or image (kind)
+// labelled as the tests'.
+func removeKind(kind string) error {
+	args := []string{kind, "ls", "-q", "--filter", "label=" + label}
+	if kind == "container" {
+		args = []string{"ps", "-aq", "--filter", "label=" + label}
+	}
+	out, err := docker(args...)
+	if err != nil {
+		return err
+	}
+	ids := strings.Fields(out)
+	if len(ids) == 0 {
+		return nil
+	}
+	rm := []string{kind, "rm"}
+	switch kind {
+	case "container":
+		rm = append(rm, "-f", "-v")
+	case "image":
+		rm = append(rm, "-f")
+		slices.Sort(ids)
+		ids = slices.Compact(ids) // an image with two tags is listed twice
+	}
+	_, err = docker(append(rm, ids...)...)
+	return err
+}
+
+// TestMain removes the images the tests built once they have all run
+// (unless they are kept: keepImages).
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if !keepImages {
+		if _, err := exec.LookPath("docker"); err == nil {
+			if err := removeKind("image"); err != nil {
+				fmt.Fprintln(os.Stderr, "clean-up:", err)
 			}
 		}
 	}
+	os.Exit(code)
 }
 
 // network is a user network of the run, with a /24 subnet.
@@ -227,7 +270,7 @@ func newDockerCluster(t *testing.T, partitions int) *dockerCluster {
 				routes = append(routes, "nats://"+o.ips[c.data]+":6222")
 			}
 		}
-		c.create(n, "eddy-nats:dev", "-js", "-sd", "/data", "-n", fmt.Sprintf("nats%d", i+1), "--cluster_name", "eddy",
+		c.create(n, "eddy-nats:"+imageTag, "-js", "-sd", "/data", "-n", fmt.Sprintf("nats%d", i+1), "--cluster_name", "eddy",
 			"--cluster", "nats://0.0.0.0:6222", "--routes", strings.Join(routes, ","), "-m", "8222")
 	}
 	// The nodes are given nats1 and nats3 only (compose.yaml gives all
@@ -246,7 +289,7 @@ func newDockerCluster(t *testing.T, partitions int) *dockerCluster {
 	}
 	for i, n := range c.nodes {
 		ip := n.ips[c.control]
-		c.create(n, "eddy-node:dev", "run", "--node-id", fmt.Sprintf("n%d", i+1), "--zone", string(rune('a'+i)),
+		c.create(n, "eddy-node:"+imageTag, "run", "--node-id", fmt.Sprintf("n%d", i+1), "--zone", string(rune('a'+i)),
 			"--data-dir", "/data", "--http", "0.0.0.0:8080", "--app", "bank,wordcount", "--partitions", fmt.Sprint(partitions),
 			"--stream-replicas", "3", "--nats", strings.Join(natsURLs, ","), "--gossip", ip+":7946", "--raft", ip+":8300",
 			"--expect", "3", "--join", strings.Join(join, ","))
