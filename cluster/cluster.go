@@ -573,8 +573,8 @@ type leaderPass struct {
 	unknownSince map[string]time.Time // alive in the assignment, unknown to gossip, since
 	suspects     map[string]bool      // nodes a Raft heartbeat to failed, to probe
 	refused      map[string]uint64    // nodes found gone by probing: the incarnation found gone
-	// dataDownSince: live members reporting their data plane down, since
-	// when (this leader's clock).
+	// dataDownSince: live members reporting their data plane down while
+	// another's is up, since when (this leader's clock).
 	dataDownSince map[string]time.Time
 	wake          time.Duration // run again this soon (0: on the next event or tick)
 }
@@ -650,12 +650,6 @@ func (lp *leaderPass) run() {
 		if inc, ok := lp.refused[mb.ID]; ok && (mb.State != MemberAlive || mb.Meta.Incarnation != inc) {
 			delete(lp.refused, mb.ID) // gossip caught up, or the node restarted
 		}
-		if mb.State != MemberAlive || !mb.Meta.DataPlaneDown {
-			delete(lp.dataDownSince, mb.ID)
-		} else if _, ok := lp.dataDownSince[mb.ID]; !ok {
-			lp.dataDownSince[mb.ID] = now
-			lp.c.log.Warn("a node reports its data plane (NATS) down", "member", mb.ID, "grace", lp.c.cfg.DataPlaneGrace)
-		}
 		switch mb.State {
 		case MemberAlive:
 			if _, gone := lp.refused[mb.ID]; gone {
@@ -717,11 +711,6 @@ func (lp *leaderPass) run() {
 		}
 	}
 
-	for id := range lp.dataDownSince {
-		if _, ok := byID[id]; !ok {
-			delete(lp.dataDownSince, id)
-		}
-	}
 	m = c.fsm.Assignment()
 	lp.dataPlaneDown(m, byID, now)
 	m = c.fsm.Assignment()
@@ -730,35 +719,49 @@ func (lp *leaderPass) run() {
 }
 
 // dataPlaneDown records down each live node that has reported its data
-// plane down for Config.DataPlaneGrace, while another live node reports its
+// plane down for Config.DataPlaneGrace while another live node reported its
 // own up: the node's partitions then fail over to nodes that can commit,
 // as if it had crashed (the new owners' epochs fence it should it reach
 // NATS again with a commit in hand). It stays in gossip and Raft, and comes
-// back as a node once its data plane is up. When no live node reports its
-// data plane up, NATS itself is away: nothing moves, and every partition
-// retries where it is.
+// back as a node once its data plane is up. While no live node reports its
+// data plane up, NATS itself is away: nothing moves, every partition
+// retries where it is, and the grace starts over once one node is back
+// (the others reconnect within it).
 func (lp *leaderPass) dataPlaneDown(m Model, byID map[string]Member, now time.Time) {
 	var up string // a live node whose data plane is up
+	down := map[string]bool{}
 	for _, mb := range byID {
-		if n, ok := m.Node(mb.ID); ok && n.Alive() && mb.State == MemberAlive && !mb.Meta.DataPlaneDown {
+		n, ok := m.Node(mb.ID)
+		if !ok || !n.Alive() || mb.State != MemberAlive {
+			continue
+		}
+		if mb.Meta.DataPlaneDown {
+			down[mb.ID] = true
+		} else if up == "" {
 			up = mb.ID
-			break
 		}
 	}
-	for id, since := range lp.dataDownSince {
-		n, ok := m.Node(id)
-		if !ok || !n.Alive() {
-			continue
+	for id := range lp.dataDownSince {
+		if !down[id] || up == "" {
+			delete(lp.dataDownSince, id)
+		}
+	}
+	if up == "" {
+		return
+	}
+	for id := range down {
+		since, ok := lp.dataDownSince[id]
+		if !ok {
+			since = now
+			lp.dataDownSince[id] = now
+			lp.c.log.Warn("a node reports its data plane (NATS) down while another's is up", "member", id, "up", up, "grace", lp.c.cfg.DataPlaneGrace)
 		}
 		if wait := since.Add(lp.c.cfg.DataPlaneGrace).Sub(now); wait > 0 {
 			lp.wake = min(cmp.Or(lp.wake, wait), wait)
 			continue
 		}
-		if up == "" {
-			continue
-		}
 		lp.apply(NodeDown{ID: id}, "node down", "member", id,
-			"why", fmt.Sprintf("its data plane (NATS) is down for %v while %s's is up", now.Sub(since).Round(time.Millisecond), up))
+			"why", fmt.Sprintf("its data plane (NATS) is down, for %v while %s's is up", now.Sub(since).Round(time.Millisecond), up))
 	}
 }
 
