@@ -174,9 +174,9 @@ func (a *partitionActor) stopReader() {
 		return
 	}
 	a.readerCancel()
-	stopped := make(chan struct{})
+	it, stopped := a.readerIt, make(chan struct{})
 	go func() {
-		a.readerIt.Stop()
+		it.Stop()
 		close(stopped)
 	}()
 	wait := time.NewTimer(readerStopWait)
