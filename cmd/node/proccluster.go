@@ -355,20 +355,10 @@ func (c *procCluster) getJSON(ctx context.Context, id, path string, v any) error
 	if n == nil {
 		return fmt.Errorf("no node %s", id)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+n.http+path, nil)
-	if err != nil {
-		return err
+	if err := procs.GetJSON(ctx, c.hc, "http://"+n.http+path, v); err != nil {
+		return fmt.Errorf("%s: %w", id, err)
 	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(resp.Body)
-		return fmt.Errorf("%s %s: %s: %s", id, path, resp.Status, b)
-	}
-	return json.NewDecoder(resp.Body).Decode(v)
+	return nil
 }
 
 func (c *procCluster) clusterStatus(ctx context.Context, id string) (eddy.ClusterStatus, error) {

@@ -1,6 +1,7 @@
 // Package procs holds what the packages that run server processes for
-// tests and benches (natsproc, pgproc) share: loopback ports that stay
-// theirs across restarts, and the tail of a log file.
+// tests and benches (natsproc, pgproc, cmd/node's process clusters) share:
+// loopback ports that stay theirs across restarts, the tail of a log file,
+// and reading a server's JSON over HTTP.
 package procs
 
 import (

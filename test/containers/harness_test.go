@@ -21,10 +21,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -35,6 +33,7 @@ import (
 	"time"
 
 	"github.com/eddyrt/eddy"
+	"github.com/eddyrt/eddy/internal/procs"
 )
 
 // label marks what the tests create, for clean-up.
@@ -498,23 +497,7 @@ func (c *dockerCluster) clusterStatus(ctx context.Context, n *container) (eddy.C
 
 // get GETs url into v (v nil: only the status counts).
 func (c *dockerCluster) get(ctx context.Context, url string, v any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(resp.Body)
-		return fmt.Errorf("GET %s: %s: %s", url, resp.Status, bytes.TrimSpace(b))
-	}
-	if v == nil {
-		return nil
-	}
-	return json.NewDecoder(resp.Body).Decode(v)
+	return procs.GetJSON(ctx, c.hc, url, v)
 }
 
 // dumpLogs logs where every partition stands, which server each NATS
