@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -201,9 +202,10 @@ type Raft struct {
 	store  *raftboltdb.BoltStore
 	gossip *Gossip
 
-	stop     chan struct{}
-	wg       sync.WaitGroup
-	shutdown sync.Once
+	stop        chan struct{}
+	wg          sync.WaitGroup
+	shutdown    sync.Once
+	cancelDials context.CancelFunc // ends the transport's dials in progress (raftStream)
 
 	failedHB chan raft.Observation // heartbeats from this node, as leader, that failed
 	observer *raft.Observer
@@ -240,11 +242,13 @@ func StartRaft(cfg RaftConfig, fsm raft.FSM, gossip *Gossip) (_ *Raft, err error
 	if logger == nil {
 		logger = slog.Default()
 	}
+	dialCtx, cancelDials := context.WithCancel(context.Background())
 	r := &Raft{
-		cfg:    cfg,
-		log:    logger.With("component", "raft", "node", cfg.NodeID),
-		gossip: gossip,
-		stop:   make(chan struct{}),
+		cfg:         cfg,
+		log:         logger.With("component", "raft", "node", cfg.NodeID),
+		gossip:      gossip,
+		stop:        make(chan struct{}),
+		cancelDials: cancelDials,
 	}
 	hl := newRaftLogger(r.log)
 	defer func() { // on failure, close what was opened
@@ -253,6 +257,7 @@ func StartRaft(cfg RaftConfig, fsm raft.FSM, gossip *Gossip) (_ *Raft, err error
 		case r.raft != nil:
 			r.Shutdown() // closes the transport and the log too
 		default:
+			cancelDials()
 			if r.trans != nil {
 				r.trans.Close()
 			}
@@ -285,22 +290,23 @@ func StartRaft(cfg RaftConfig, fsm raft.FSM, gossip *Gossip) (_ *Raft, err error
 			return nil, fmt.Errorf("cluster: raft advertise address: %w", err)
 		}
 	}
-	trans, err := raft.NewTCPTransportWithConfig(cfg.BindAddr, advertise, &raft.NetworkTransportConfig{
+	stream, err := newRaftStream(dialCtx, cfg.BindAddr, advertise)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: start raft transport on %s: %w", cfg.BindAddr, err)
+	}
+	r.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream:  stream,
 		MaxPool: 3,                // connections kept per peer, as Consul does
 		Timeout: 10 * time.Second, // I/O deadline of one RPC; raft backs off a silent peer on its own
 		Logger:  hl.Named("transport"),
 	})
-	if err != nil {
-		return nil, fmt.Errorf("cluster: start raft transport on %s: %w", cfg.BindAddr, err)
-	}
-	r.trans = trans
 	hasState, err := raft.HasExistingState(store, store, snaps)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: read raft state: %w", err)
 	}
 	rc := cfg.raftConfig()
 	rc.Logger = hl
-	ra, err := raft.NewRaft(rc, fsm, store, store, snaps, trans)
+	ra, err := raft.NewRaft(rc, fsm, store, store, snaps, r.trans)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
 	}
@@ -316,7 +322,7 @@ func StartRaft(cfg RaftConfig, fsm raft.FSM, gossip *Gossip) (_ *Raft, err error
 
 	if cfg.Bootstrap && !hasState {
 		err := ra.BootstrapCluster(raft.Configuration{Servers: []raft.Server{
-			{Suffrage: raft.Voter, ID: raft.ServerID(cfg.NodeID), Address: trans.LocalAddr()},
+			{Suffrage: raft.Voter, ID: raft.ServerID(cfg.NodeID), Address: r.trans.LocalAddr()},
 		}}).Error()
 		switch {
 		case errors.Is(err, raft.ErrCantBootstrap):
@@ -467,6 +473,7 @@ func (r *Raft) Shutdown() error {
 	var err error
 	r.shutdown.Do(func() {
 		close(r.stop)
+		r.cancelDials() // raft.Shutdown waits for its RPCs, one of which may be dialing a peer that is gone
 		// raft's heartbeat fast path runs on the transport's connection
 		// goroutines, which raft.Shutdown does not wait for: one could save the
 		// term after the log store is closed, and raft panics on that. Without

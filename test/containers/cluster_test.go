@@ -310,14 +310,16 @@ func fullStopAndStart(t *testing.T, c *dockerCluster, l *load, w *progress, f *f
 	for _, n := range c.nodes {
 		c.checkExit(n, stopped)
 	}
-	t.Logf("nodes stopped in %v", time.Since(stopped).Round(100*time.Millisecond))
+	stopTook := time.Since(stopped)
+	t.Logf("nodes stopped in %v", stopTook.Round(100*time.Millisecond))
 	parallel(t, c.nats, "stop", "-t", fmt.Sprint(int(stopTimeout.Seconds())))
 
 	restarted := time.Now()
 	c.startNATS()
 	c.startNodes()
 	f.heal = time.Since(restarted)
-	f.note = fmt.Sprintf("heal: NATS and nodes started, every partition running (%d events before the stop)", events)
+	f.note = fmt.Sprintf("nodes stopped in %v; heal: NATS and nodes started, every partition running (%d events before the stop)",
+		stopTook.Round(100*time.Millisecond), events)
 
 	after, err := l.readState(ctx)
 	if err != nil {
