@@ -1,10 +1,12 @@
 package eddy
 
 import (
+	"context"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/eddyrt/eddy/cluster"
 )
@@ -53,6 +55,79 @@ func (n *Node) watchDataPlane(cl *cluster.Cluster, nc *nats.Conn) (stop func()) 
 	return func() {
 		close(done)
 		nc.RemoveStatusListener(events)
+		wg.Wait()
+	}
+}
+
+// Probing JetStream through the node's server.
+const (
+	// jsProbeEvery is how often the node asks JetStream for its account
+	// info, a request its server routes to the JetStream meta leader.
+	jsProbeEvery = 2 * time.Second
+	// jsProbeGiveUp is how long the probes may fail, while the connection
+	// is up, before the node moves to another server of its URL list. It
+	// is longer than a JetStream meta leader election after a server is
+	// lost (a few seconds), during which every server fails them.
+	jsProbeGiveUp = 10 * time.Second
+)
+
+// probeJetStream moves the node to another NATS server when the one it is
+// connected to answers but cannot reach JetStream: a server cut off from
+// its cluster's peers keeps its clients' connections, so no ping fails and
+// nats.go never reconnects, yet no commit, read or forward gets through.
+// When JetStream's account info has not come back for jsProbeGiveUp while
+// connected, and the node knows more than one server, it forces a
+// reconnection; nats.go tries the other servers first. With a single
+// server there is nowhere to go: the partitions retry in place. stop ends
+// the probe and waits for it.
+func (n *Node) probeJetStream(nc *nats.Conn, js jetstream.JetStream) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		tick := time.NewTicker(jsProbeEvery)
+		defer tick.Stop()
+		var failingSince time.Time
+		var lastErr error
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			if !nc.IsConnected() {
+				failingSince = time.Time{} // the pings' business (watchDataPlane)
+				continue
+			}
+			pctx, pcancel := context.WithTimeout(ctx, jsProbeEvery)
+			_, err := js.AccountInfo(pctx)
+			pcancel()
+			switch {
+			case err == nil:
+				if !failingSince.IsZero() {
+					n.log.Info("JetStream answers again", "server", redactURL(nc.ConnectedUrl()), "after", time.Since(failingSince).Round(time.Second))
+				}
+				failingSince = time.Time{}
+				continue
+			case ctx.Err() != nil:
+				return
+			case failingSince.IsZero():
+				failingSince, lastErr = time.Now(), err
+				continue
+			}
+			lastErr = err
+			if time.Since(failingSince) < jsProbeGiveUp || len(nc.Servers()) < 2 {
+				continue
+			}
+			n.log.Warn("JetStream does not answer through this NATS server though it is connected; moving to another server",
+				"server", redactURL(nc.ConnectedUrl()), "for", time.Since(failingSince).Round(time.Second), "err", lastErr)
+			if err := nc.ForceReconnect(); err != nil {
+				n.log.Warn("could not reconnect to another NATS server", "err", err)
+			}
+			failingSince = time.Time{}
+		}
+	})
+	return func() {
+		cancel()
 		wg.Wait()
 	}
 }

@@ -91,6 +91,9 @@ func (n *Node) connect(ctx context.Context) error {
 	if err := n.ensureStreams(ctx, w, nc, js); err != nil {
 		return err
 	}
+	n.mu.Lock()
+	n.stopJSProbe = n.probeJetStream(nc, js)
+	n.mu.Unlock()
 	return n.serveTypes(nc)
 }
 

@@ -78,7 +78,10 @@ type Node struct {
 	ctlSubs []*nats.Subscription
 	// stopDataPlane ends the watch of the NATS connection (watchDataPlane).
 	stopDataPlane func()
-	wg            sync.WaitGroup // control request handlers
+	// stopJSProbe ends the probe of JetStream through the node's server
+	// (probeJetStream).
+	stopJSProbe func()
+	wg          sync.WaitGroup // control request handlers
 }
 
 // NewNode returns a node for cfg; register actor types, then Start it.
@@ -266,6 +269,10 @@ func (n *Node) shutdown(ctx context.Context) error {
 	if n.pg != nil {
 		n.pg.Close()
 		n.pg = nil
+	}
+	if n.stopJSProbe != nil {
+		n.stopJSProbe()
+		n.stopJSProbe = nil
 	}
 	if n.nc != nil {
 		n.nc.Close()

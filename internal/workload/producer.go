@@ -77,6 +77,7 @@ type Producer struct {
 	retried    atomic.Int64 // publish attempts that failed and were retried
 	duplicates atomic.Int64 // retries JetStream acknowledged as duplicates: the failed attempt had been stored
 	slowest    atomic.Int64 // nanoseconds from an event's first attempt to its ack, the most
+	movedAt    atomic.Int64 // unix ns of the last forced move to another server (moveServerIfStuck)
 }
 
 // NewProducer connects to NATS at url (servers comma-separated) for input
@@ -322,9 +323,29 @@ func (p *Producer) publish(ctx context.Context, typ, key, id string, v any) erro
 			return fmt.Errorf("publish %s (id %s): not acknowledged after %d attempts in %v: %w", subject, id, attempt, time.Since(began).Round(time.Millisecond), err)
 		}
 		p.retried.Add(1)
+		p.moveServerIfStuck(began)
 		select {
 		case <-ctx.Done():
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// stuckAfter is how long a publish may go unacknowledged, while the
+// connection is up, before the producer tries another server.
+const stuckAfter = 5 * time.Second
+
+// moveServerIfStuck makes the connection try another server when an event
+// first attempted at began has not been acknowledged for stuckAfter while
+// connected, at most once per stuckAfter: a server cut off from its
+// cluster's peers keeps its clients connected, but JetStream does not
+// answer through it, and nats.go would never leave it.
+func (p *Producer) moveServerIfStuck(began time.Time) {
+	now := time.Now()
+	last := p.movedAt.Load()
+	if now.Sub(began) < stuckAfter || now.Sub(time.Unix(0, last)) < stuckAfter || !p.nc.IsConnected() ||
+		!p.movedAt.CompareAndSwap(last, now.UnixNano()) {
+		return
+	}
+	_ = p.nc.ForceReconnect()
 }

@@ -94,6 +94,10 @@ func TestCluster(t *testing.T) {
 		cutOffThenKilled(t, c, l, w, victim, f)
 	})
 
+	// A server cut off from its peers but not from its clients: no
+	// connection drops, JetStream just stops answering through it.
+	scenario("NATSServerOfNodesCutOffFromPeers", func(t *testing.T, f *figures) { cutOffFromPeers(t, c, l, w, f) })
+
 	scenario("ControlPlanePartition", func(t *testing.T, f *figures) { controlPlanePartition(t, c, l, w, f) })
 	scenario("DataPlanePartition", func(t *testing.T, f *figures) { dataPlanePartition(t, c, l, w, f) })
 	scenario("RollingRestart", func(t *testing.T, f *figures) { rollingRestart(t, c, l, w, f) })
@@ -112,23 +116,19 @@ func underLoad(t *testing.T, c *dockerCluster, l *load, w *progress) {
 	w.gaps()
 }
 
-// cutOffThenKilled cuts nats-server victim off the data network under load
-// for 10 s, then kills it, then starts it and connects it again: every
-// partition commits throughout, after the cut and after the kill.
+// cutOffThenKilled cuts nats-server victim off every network (its clients
+// and its peers) under load for 10 s, then kills it, then starts it and
+// connects it again: every partition commits throughout, after the cut and
+// after the kill.
 func cutOffThenKilled(t *testing.T, c *dockerCluster, l *load, w *progress, victim *container, f *figures) {
-	t.Cleanup(func() {
-		if t.Failed() { // leave NATS whole for the next scenario
-			_, _ = docker("start", victim.name)
-			_, _ = docker("network", "connect", "--ip", victim.ips[c.data], c.data.name, victim.name)
-			victim.setCut(c.data, false)
-		}
-	})
+	t.Cleanup(func() { c.healNATS(t, victim) })
 	underLoad(t, c, l, w)
 
 	names, err := c.clients(context.Background(), victim)
 	t.Logf("%s's clients before the cut: %q %v", victim.name, names, err)
 	cut := time.Now()
 	c.disconnect(victim, c.data)
+	c.disconnect(victim, c.routes)
 	c.waitFor(progressTimeout, victim.name+" cut off for 10 s, every partition committing 5 s after the cut", func(context.Context) error {
 		if d := time.Since(cut); d < 10*time.Second {
 			return fmt.Errorf("cut off for %v", d.Round(time.Second))
@@ -150,6 +150,7 @@ func cutOffThenKilled(t *testing.T, c *dockerCluster, l *load, w *progress, vict
 	// with its peers.
 	back := time.Now()
 	c.start(victim)
+	c.reconnect(victim, c.routes)
 	c.reconnect(victim, c.data)
 	c.waitNATSReady(c.nats...)
 	c.waitFor(progressTimeout, "every partition committing with "+victim.name+" back", func(context.Context) error {
@@ -157,6 +158,69 @@ func cutOffThenKilled(t *testing.T, c *dockerCluster, l *load, w *progress, vict
 	})
 	f.heal = time.Since(back)
 	f.note = "heal: server started and reconnected to JetStream healthy on all three"
+}
+
+// cutOffFromPeers cuts the nats-server the nodes are connected to off its
+// peers only (the routes network): its clients stay connected, no ping
+// fails, but JetStream does not answer through it. The nodes notice by
+// probing JetStream and move to another server of their list; every
+// partition commits again. Then the server is connected again.
+func cutOffFromPeers(t *testing.T, c *dockerCluster, l *load, w *progress, f *figures) {
+	victim := c.natsServer(func(nodes int) bool { return nodes > 0 })
+	if victim == nil {
+		t.Fatal("no nats-server carries a node's connection")
+	}
+	t.Cleanup(func() { c.healNATS(t, victim) })
+	underLoad(t, c, l, w)
+	names, err := c.clients(context.Background(), victim)
+	t.Logf("%s's clients before the cut: %q %v", victim.name, names, err)
+
+	cut := time.Now()
+	c.disconnect(victim, c.routes)
+	c.waitFor(progressTimeout, "no node connected to "+victim.name, func(ctx context.Context) error {
+		names, err := c.clients(ctx, victim)
+		if err != nil {
+			return err
+		}
+		for _, name := range names {
+			if strings.HasPrefix(name, "eddy n") {
+				return fmt.Errorf("%q still connected", name)
+			}
+		}
+		return nil
+	})
+	left := time.Since(cut)
+	c.waitFor(progressTimeout, "every partition committing without "+victim.name, func(context.Context) error {
+		return w.committedSince(cut.Add(left))
+	})
+	resumed := time.Since(cut)
+	t.Logf("%s cut off its peers: the nodes left it %v after the cut, every partition committed again %v after it",
+		victim.name, left.Round(100*time.Millisecond), resumed.Round(100*time.Millisecond))
+
+	back := time.Now()
+	c.reconnect(victim, c.routes)
+	c.waitNATSReady(c.nats...)
+	c.waitFor(progressTimeout, "every partition committing with "+victim.name+" back", func(context.Context) error {
+		return w.committedSince(time.Now().Add(-time.Second))
+	})
+	f.heal = time.Since(back)
+	f.note = fmt.Sprintf("nodes left the server in %v, all committing %v after the cut; heal: JetStream healthy on all three",
+		left.Round(100*time.Millisecond), resumed.Round(100*time.Millisecond))
+}
+
+// healNATS leaves nats-server n started and on its networks, for the next
+// scenario, after a scenario that failed half-way.
+func (c *dockerCluster) healNATS(t *testing.T, n *container) {
+	if !t.Failed() {
+		return
+	}
+	_, _ = docker("start", n.name)
+	for _, net := range []*network{c.data, c.routes} {
+		if n.isCut(net) {
+			_, _ = docker("network", "connect", "--ip", n.ips[net], net.name, n.name)
+			n.setCut(net, false)
+		}
+	}
 }
 
 // controlPlanePartition cuts the Raft leader off the control network: it

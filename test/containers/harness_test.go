@@ -222,11 +222,14 @@ func (n *container) setCut(net *network, cut bool) {
 // dockerCluster is the deployment of compose.yaml under test: nats[i] and
 // nodes[i], i in 0..2.
 type dockerCluster struct {
-	t             *testing.T
-	run           string // unique to the run, in every name
-	control, data *network
-	nats, nodes   []*container
-	hc            *http.Client
+	t   *testing.T
+	run string // unique to the run, in every name
+	// control carries the nodes' gossip and Raft, data their NATS
+	// connections (and the test's), routes the NATS servers' cluster
+	// traffic: each can be cut alone.
+	control, data, routes *network
+	nats, nodes           []*container
+	hc                    *http.Client
 }
 
 // spareNATS is the nats-server no node is given (nats2).
@@ -234,7 +237,7 @@ const spareNATS = 1
 
 // Addresses within each /24, as compose.yaml has them.
 const (
-	natsHost = 11 // nats1..3: .11 .. .13 on data
+	natsHost = 11 // nats1..3: .11 .. .13 on data and routes
 	nodeHost = 21 // n1..3: .21 .. .23 on control and data
 )
 
@@ -252,9 +255,10 @@ func newDockerCluster(t *testing.T, partitions int) *dockerCluster {
 		}
 		removeLabelled(t)
 	})
-	c.control, c.data = c.createNetworks()
+	c.control, c.data, c.routes = c.createNetworks()
 	for i := range 3 {
-		n := &container{name: fmt.Sprintf("%s-nats%d", c.run, i+1), ips: map[*network]string{c.data: c.data.ip(natsHost + i)}}
+		n := &container{name: fmt.Sprintf("%s-nats%d", c.run, i+1), ips: map[*network]string{
+			c.data: c.data.ip(natsHost + i), c.routes: c.routes.ip(natsHost + i)}}
 		c.nats = append(c.nats, n)
 	}
 	for i := range 3 {
@@ -266,7 +270,7 @@ func newDockerCluster(t *testing.T, partitions int) *dockerCluster {
 		var routes []string
 		for j, o := range c.nats {
 			if j != i {
-				routes = append(routes, "nats://"+o.ips[c.data]+":6222")
+				routes = append(routes, "nats://"+o.ips[c.routes]+":6222")
 			}
 		}
 		c.create(n, "eddy-nats:"+imageTag, "-js", "-sd", "/data", "-n", fmt.Sprintf("nats%d", i+1), "--cluster_name", "eddy",
@@ -298,30 +302,35 @@ func newDockerCluster(t *testing.T, partitions int) *dockerCluster {
 	return c
 }
 
-// createNetworks creates the control and data networks on two /24s of
-// 172.16.0.0/12 that no other network of the host uses (Docker refuses an
-// overlapping pool; another is tried then).
-func (c *dockerCluster) createNetworks() (control, data *network) {
+// createNetworks creates the control, data and routes networks on three
+// /24s of 172.16.0.0/12 that no other network of the host uses (Docker
+// refuses an overlapping pool; others are tried then).
+func (c *dockerCluster) createNetworks() (control, data, routes *network) {
 	t := c.t
 	var lastErr error
 	for range 40 {
 		b := make([]byte, 2)
 		_, _ = rand.Read(b)
-		x, y := 16+int(b[0])%16, int(b[1])&^1 // 172.16-31, an even third byte: y and y+1
-		ctl := &network{name: c.run + "-control", prefix: fmt.Sprintf("172.%d.%d.", x, y)}
-		dat := &network{name: c.run + "-data", prefix: fmt.Sprintf("172.%d.%d.", x, y+1)}
-		if _, lastErr = docker("network", "create", "--label", label, "--subnet", ctl.prefix+"0/24", ctl.name); lastErr != nil {
+		x, y := 16+int(b[0])%16, int(b[1])&^3 // 172.16-31, a third byte that is a multiple of 4: y .. y+2
+		var nets []*network
+		for i, name := range []string{"control", "data", "routes"} {
+			n := &network{name: c.run + "-" + name, prefix: fmt.Sprintf("172.%d.%d.", x, y+i)}
+			if _, lastErr = docker("network", "create", "--label", label, "--subnet", n.prefix+"0/24", n.name); lastErr != nil {
+				break
+			}
+			nets = append(nets, n)
+		}
+		if len(nets) < 3 {
+			for _, n := range nets {
+				_, _ = docker("network", "rm", n.name)
+			}
 			continue
 		}
-		if _, lastErr = docker("network", "create", "--label", label, "--subnet", dat.prefix+"0/24", dat.name); lastErr != nil {
-			_, _ = docker("network", "rm", ctl.name)
-			continue
-		}
-		t.Logf("networks: control %s0/24, data %s0/24", ctl.prefix, dat.prefix)
-		return ctl, dat
+		t.Logf("networks: control %s0/24, data %s0/24, routes %s0/24", nets[0].prefix, nets[1].prefix, nets[2].prefix)
+		return nets[0], nets[1], nets[2]
 	}
-	t.Fatalf("no free subnet for the networks: %v", lastErr)
-	return nil, nil
+	t.Fatalf("no free subnets for the networks: %v", lastErr)
+	return nil, nil, nil
 }
 
 // create creates container n from image with a labelled volume at /data and

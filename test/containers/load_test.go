@@ -129,6 +129,6 @@ type figures struct {
 }
 
 func (f figures) String() string {
-	return fmt.Sprintf("%-28s events %6d  violations %d  longest gap %-8v (%s)  heal %-8v %s",
+	return fmt.Sprintf("%-34s events %6d  violations %d  longest gap %-8v (%s)  heal %-8v %s",
 		f.name, f.events, f.violations, f.longestGap.Round(10*time.Millisecond), f.gapOf, f.heal.Round(10*time.Millisecond), f.note)
 }
