@@ -3,7 +3,6 @@ package natsproc
 import (
 	"bufio"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -86,7 +85,7 @@ func (c *Cluster) start(s *server) error {
 	go func() {
 		defer c.wg.Done()
 		p.err = cmd.Wait()
-		mark(logf, "pid %d exited: %v", cmd.Process.Pid, exitText(p.err))
+		mark(logf, "pid %d exited: %v", cmd.Process.Pid, procs.ExitText(p.err))
 		logf.Close()
 		close(p.done)
 	}()
@@ -107,7 +106,7 @@ func (c *Cluster) awaitListening(s *server, p *process) error {
 	var last error
 	for {
 		if p.exited() {
-			return fmt.Errorf("exited before accepting clients: %s", exitText(p.err))
+			return fmt.Errorf("exited before accepting clients: %s", procs.ExitText(p.err))
 		}
 		name, err := infoServerName(addr)
 		switch {
@@ -221,7 +220,7 @@ func (s *server) crashErr() error {
 	if s.proc == nil || !s.proc.exited() || s.proc.stopped {
 		return nil
 	}
-	return fmt.Errorf("%s: %w: %s", s.name, ErrExited, exitText(s.proc.err))
+	return fmt.Errorf("%s: %w: %s", s.name, ErrExited, procs.ExitText(s.proc.err))
 }
 
 // mark appends a line of this package's own to s's log, so that the log shows
@@ -237,18 +236,6 @@ func (c *Cluster) mark(s *server, format string, args ...any) {
 
 func mark(f *os.File, format string, args ...any) {
 	fmt.Fprintf(f, "=== natsproc %s: %s\n", time.Now().Format("15:04:05.000000"), fmt.Sprintf(format, args...))
-}
-
-// exitText describes a process's exit.
-func exitText(err error) string {
-	if err == nil {
-		return "exit status 0"
-	}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.String()
-	}
-	return err.Error()
 }
 
 // tail returns up to limit bytes from the end of s's log, headed by its name.

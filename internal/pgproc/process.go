@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/eddyrt/eddy/internal/procs"
 )
 
 const (
@@ -103,7 +105,7 @@ func (s *Server) launch() error {
 	s.proc = p
 	s.wg.Go(func() {
 		p.err = cmd.Wait()
-		s.log.mark("pid %d exited: %s", cmd.Process.Pid, exitText(p.err))
+		s.log.mark("pid %d exited: %s", cmd.Process.Pid, procs.ExitText(p.err))
 		exit()
 	})
 	if err := s.awaitReady(p); err != nil {
@@ -124,7 +126,7 @@ func (s *Server) awaitReady(p *process) error {
 			return err
 		}
 		if p.exited() {
-			return fmt.Errorf("exited before accepting connections: %s", exitText(p.err))
+			return fmt.Errorf("exited before accepting connections: %s", procs.ExitText(p.err))
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("no connection within %v: %w", startTimeout, err)
@@ -180,7 +182,7 @@ func (s *Server) stop(sig syscall.Signal) error {
 	select {
 	case <-p.alive.Done():
 		if sig == syscall.SIGINT && p.err != nil {
-			return fmt.Errorf("stop postgres: %s\n%s", exitText(p.err), s.log.tail(4096))
+			return fmt.Errorf("stop postgres: %s\n%s", procs.ExitText(p.err), s.log.tail(4096))
 		}
 		return nil
 	case <-timer.C:
@@ -232,16 +234,4 @@ func childrenOf(pid int) []int {
 		}
 	}
 	return kids
-}
-
-// exitText describes a process's exit.
-func exitText(err error) string {
-	if err == nil {
-		return "exit status 0"
-	}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.String()
-	}
-	return err.Error()
 }

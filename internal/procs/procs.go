@@ -5,10 +5,12 @@
 package procs
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -101,4 +103,16 @@ func ReadTail(path string, limit int) ([]byte, error) {
 		return nil, err
 	}
 	return b[:n], nil
+}
+
+// ExitText describes a process's exit from the error cmd.Wait returned.
+func ExitText(err error) string {
+	if err == nil {
+		return "exit status 0"
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.String()
+	}
+	return err.Error()
 }
